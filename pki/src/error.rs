@@ -1,0 +1,43 @@
+//! The error type of the `pki` crate.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while creating, loading or using certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("invalid host name {0:?}: use 1-64 characters from [A-Za-z0-9._-], starting with a letter or digit (\"master\" is reserved)")]
+    InvalidHostName(String),
+    #[error("invalid subject alternative name {0:?}")]
+    InvalidSan(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: no PEM {what} found in it")]
+    NoPem { path: PathBuf, what: &'static str },
+    #[error("{path}: {message}")]
+    BadPem { path: PathBuf, message: String },
+    #[error("{0}: no bundle here (expected ca.crt with one of master.crt, updater.crt, worker.crt and its .key)")]
+    NoBundle(PathBuf),
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("TLS configuration failed: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(String),
+    #[error("certificate could not be parsed: {0}")]
+    Parse(String),
+    #[error("HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+impl PkiError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        PkiError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! JSON bodies that cross the wire between the master, the updater and the
+//! agent. Flat objects; every error carries `error`.
+
+use serde::{Deserialize, Serialize};
+
+/// `.swarm-release.json` at the root of every release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// SHA-256 (hex) of the uploaded gzip.
+    pub sha256: String,
+    /// Size of the uploaded gzip in bytes.
+    pub size_bytes: u64,
+    /// Regular files in the release.
+    pub files: u64,
+    pub git_commit: Option<String>,
+    /// RFC 3339.
+    pub pushed_at: String,
+    /// CN of the client that pushed it.
+    pub pushed_by: String,
+}
+
+/// The manifest file name inside a release.
+pub const MANIFEST_FILE: &str = ".swarm-release.json";
+
+/// An error body: `{"status":"error","error":…}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub status: String,
+    pub error: String,
+}
+
+/// `GET /health` on the agent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgentHealth {
+    pub status: String,
+    pub role: String,
+    pub host: String,
+    pub release: Option<Manifest>,
+    pub pid: u32,
+    pub uptime_secs: u64,
+}
+
+/// `GET /status` on the agent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub status: String,
+    pub role: String,
+    pub host: String,
+    pub version: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub started_at: String,
+    pub release: Option<Manifest>,
+    pub release_dir: Option<String>,
+    pub install_dir: Option<String>,
+}
+
+/// `GET /health` on the updater.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UpdaterHealth {
+    pub status: String,
+    pub role: String,
+    pub host: String,
+    pub version: String,
+    /// The updater's own release (set once it has been self-updated).
+    pub release: Option<Manifest>,
+    pub pid: u32,
+    /// The operation running now, if any (`update`, `rollback`, `update-self`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy: Option<String>,
+}
+
+/// One health probe of an agent: how many tries, how long, what it saw.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Probe {
+    /// `forward` (the new release), `rollback` (the restored one), or `rollback-check`.
+    pub phase: String,
+    pub url: String,
+    pub healthy: bool,
+    pub attempts: u32,
+    pub elapsed_ms: u64,
+    /// The release sha256 the agent reported, when it answered.
+    pub release_sha256: Option<String>,
+    /// The last failure seen, when unhealthy.
+    pub error: Option<String>,
+}
+
+/// Outcome of `/update`, `/update-self` and `/rollback`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OpStatus {
+    Updated,
+    RolledBack,
+    Busy,
+    Error,
+}
+
+/// Time spent in each phase of an update, in milliseconds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Timings {
+    /// Receiving, hashing, decompressing and extracting (streamed together).
+    pub receive_ms: u64,
+    pub install_ms: u64,
+    pub sync_flip_ms: u64,
+    pub restart_ms: u64,
+    pub probe_ms: u64,
+    pub total_ms: u64,
+}
+
+/// The body of every state-changing response.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OpResponse {
+    pub status: OpStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Manifest>,
+    #[serde(default)]
+    pub rolled_back: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub probes: Vec<Probe>,
+    /// Tail of the install hook's stderr, on a 500.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<Timings>,
+}
+
+/// A release kept in `failed/`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FailedRelease {
+    /// Directory name under `releases/failed/`.
+    pub name: String,
+    pub manifest: Option<Manifest>,
+}
+
+/// `GET /releases`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Releases {
+    pub active: Option<Manifest>,
+    pub prev: Option<Manifest>,
+    pub failed: Vec<FailedRelease>,
+}

@@ -1,0 +1,1 @@
+//! swarm end-to-end test support.
