@@ -98,12 +98,11 @@ impl Bundle {
             });
         }
         let key_pem = read_private(&key_path)?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
-            PkiError::BadPem {
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| PkiError::BadPem {
                 path: key_path,
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         Ok(Bundle {
             dir: dir.to_owned(),
             kind,
@@ -200,10 +199,10 @@ pub(crate) fn read_private(path: &Path) -> Result<String, PkiError> {
 
 /// Create a directory (and parents) with mode 0700 for the last component.
 pub(crate) fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
-    if let Some(parent) = dir.parent() {
-        if !parent.as_os_str().is_empty() {
-            fs::create_dir_all(parent).map_err(|e| PkiError::io(parent, e))?;
-        }
+    if let Some(parent) = dir.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        fs::create_dir_all(parent).map_err(|e| PkiError::io(parent, e))?;
     }
     match fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => Ok(()),

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -98,11 +98,7 @@ impl LeafSpec {
     }
 
     /// A worker updater: CN `updater@<host>`, same SANs as the agent.
-    pub fn updater(
-        host: &HostName,
-        address: &str,
-        sans: &[String],
-    ) -> Result<LeafSpec, PkiError> {
+    pub fn updater(host: &HostName, address: &str, sans: &[String]) -> Result<LeafSpec, PkiError> {
         let mut spec = LeafSpec::base(host.updater_cn(), true, true);
         spec.add_worker_sans(host, address, sans)?;
         Ok(spec)
@@ -230,7 +226,9 @@ impl Ca {
         }
         for d in &spec.dns {
             params.subject_alt_names.push(SanType::DnsName(
-                d.clone().try_into().map_err(|_| PkiError::InvalidSan(d.clone()))?,
+                d.clone()
+                    .try_into()
+                    .map_err(|_| PkiError::InvalidSan(d.clone()))?,
             ));
         }
         for ip in &spec.ips {

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 /// Everything that can go wrong while creating, loading or using certificates.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("invalid host name {0:?}: use 1-64 characters from [A-Za-z0-9._-], starting with a letter or digit (\"master\" is reserved)")]
+    #[error(
+        "invalid host name {0:?}: use 1-64 characters from [A-Za-z0-9._-], starting with a letter or digit (\"master\" is reserved)"
+    )]
     InvalidHostName(String),
     #[error("invalid subject alternative name {0:?}")]
     InvalidSan(String),
@@ -19,7 +21,9 @@ pub enum PkiError {
     NoPem { path: PathBuf, what: &'static str },
     #[error("{path}: {message}")]
     BadPem { path: PathBuf, message: String },
-    #[error("{0}: no bundle here (expected ca.crt with one of master.crt, updater.crt, worker.crt and its .key)")]
+    #[error(
+        "{0}: no bundle here (expected ca.crt with one of master.crt, updater.crt, worker.crt and its .key)"
+    )]
     NoBundle(PathBuf),
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),

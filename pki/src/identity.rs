@@ -233,7 +233,17 @@ mod tests {
         for ok in ["worker-01", "a", "W.x_y-9", &"a".repeat(64)] {
             assert!(HostName::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-a", ".a", "a b", "a/b", "a@b", &"a".repeat(65), "master", "é"] {
+        for bad in [
+            "",
+            "-a",
+            ".a",
+            "a b",
+            "a/b",
+            "a@b",
+            &"a".repeat(65),
+            "master",
+            "é",
+        ] {
             assert!(HostName::new(bad).is_err(), "{bad}");
         }
     }

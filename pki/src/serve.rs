@@ -21,9 +21,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::Identity;
 use crate::policy::{Endpoint, authorize};
 use crate::wire::ErrorBody;
-use crate::Identity;
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
@@ -91,8 +91,8 @@ impl ServerCertVerifier for PinnedVerifier {
             }
         }
         if let Some(want) = &self.expect.cn {
-            let info = CertInfo::parse(end_entity)
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
+            let info =
+                CertInfo::parse(end_entity).map_err(|e| rustls::Error::General(e.to_string()))?;
             if info.cn != *want {
                 return Err(rustls::Error::General(format!(
                     "server certificate CN {:?} is not the expected {want:?}",
@@ -127,10 +127,7 @@ impl ServerCertVerifier for PinnedVerifier {
 }
 
 /// Client config: trust only our CA, present our certificate, apply `expect`.
-pub fn client_config(
-    bundle: &Bundle,
-    expect: ServerExpectation,
-) -> Result<ClientConfig, PkiError> {
+pub fn client_config(bundle: &Bundle, expect: ServerExpectation) -> Result<ClientConfig, PkiError> {
     let inner = WebPkiServerVerifier::builder_with_provider(roots(bundle)?, provider())
         .build()
         .map_err(|e| PkiError::Verifier(e.to_string()))?;

@@ -1,1 +1,31 @@
-fn main() {}
+//! `worker-agent`: parse arguments, bind, and hand over to [`worker_agent::run`].
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = worker_agent::Args::parse();
+    worker_agent::init_tracing();
+    let config = match worker_agent::Config::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("worker-agent: {e:#}");
+            return ExitCode::from(64);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("worker-agent: cannot start the runtime: {e}");
+            return ExitCode::from(70);
+        }
+    };
+    match runtime.block_on(worker_agent::main(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("worker-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
