@@ -191,10 +191,10 @@ fn read_manifest(release_dir: &std::path::Path) -> Option<Manifest> {
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    if let Some(cmd) = &state.health_cmd {
-        if let Err(why) = run_health_cmd(cmd).await {
-            return ErrorBody::response(StatusCode::SERVICE_UNAVAILABLE, why);
-        }
+    if let Some(cmd) = &state.health_cmd
+        && let Err(why) = run_health_cmd(cmd).await
+    {
+        return ErrorBody::response(StatusCode::SERVICE_UNAVAILABLE, why);
     }
     Json(AgentHealth {
         status: "ok".into(),
