@@ -371,13 +371,13 @@ impl Drop for Worker {
         self.kill_updater();
         // The agent runs in its own process group and outlives the updater
         // by design; kill it so tests leave nothing behind.
-        if let Some(pid) = self.agent_pid() {
-            if is_agent_process(pid) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+        if let Some(pid) = self.agent_pid()
+            && is_agent_process(pid)
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -396,10 +396,10 @@ fn is_agent_process(pid: i32) -> bool {
 /// The pid in a pidfile: the updater's JSON (`{"pid":…}`) or a bare number.
 pub fn read_pidfile(path: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(path).ok()?;
-    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-        if let Some(pid) = v.get("pid").and_then(serde_json::Value::as_i64) {
-            return i32::try_from(pid).ok();
-        }
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+        && let Some(pid) = v.get("pid").and_then(serde_json::Value::as_i64)
+    {
+        return i32::try_from(pid).ok();
     }
     text.trim().parse().ok()
 }
