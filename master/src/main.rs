@@ -1,1 +1,18 @@
-fn main() {}
+//! `swarm`: parse the command line, run it, print any error chain on one
+//! line and exit with its code (0 ok, 1 some host failed, 2 usage, 3 local).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = swarm::cli::Cli::parse();
+    match swarm::run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = e.code();
+            eprintln!("error: {:#}", anyhow::Error::new(e));
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The command line, as clap parses it. Values stay raw here (host names
+//! are strings) so that `lib.rs` can turn them into typed values with
+//! one-line errors that say what to fix.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// swarm: push a working tree to a fleet of workers over mutual TLS.
+#[derive(Debug, Parser)]
+#[command(name = "swarm", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// The master's state directory (CA, master identity, inventory).
+    #[arg(long, env = "SWARM_HOME", global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage the certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Issue a worker's agent (and updater) certificate bundles and record it.
+    Enroll(EnrollArgs),
+    /// List enrolled hosts.
+    List {
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop targeting a host (its row is kept for the record).
+    Decommission {
+        #[arg(long, value_name = "HOST")]
+        host: String,
+    },
+    /// Pack the working tree once and push it to every target.
+    Update(UpdateArgs),
+    /// Ask targets to swap back to their previous release.
+    Rollback(RollbackArgs),
+    /// Show updater, agent, releases and certificate expiry per host.
+    Status(StatusArgs),
+    /// Show the audit trail of pushes and rollbacks.
+    History(HistoryArgs),
+    /// Run a throwaway three-worker fleet on loopback and drive it.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create the CA and the master's client identity.
+    Init {
+        /// Replace an existing CA (every enrolled host must then be re-enrolled).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    /// Host name: [A-Za-z0-9][A-Za-z0-9._-]{0,63}.
+    #[arg(long, value_name = "HOST")]
+    pub host: String,
+    /// The address the master reaches the worker at (IP or DNS name).
+    #[arg(long, value_name = "ADDR", required_unless_present = "updater_only")]
+    pub address: Option<String>,
+    /// Extra subject alternative names, comma separated.
+    #[arg(
+        long,
+        value_name = "SAN,…",
+        value_delimiter = ',',
+        conflicts_with = "updater_only"
+    )]
+    pub sans: Vec<String>,
+    /// The agent's port.
+    #[arg(long, value_name = "PORT", default_value_t = 8765, value_parser = clap::value_parser!(u16).range(1..))]
+    pub agent_port: u16,
+    /// The updater's port.
+    #[arg(long, value_name = "PORT", default_value_t = 8766, value_parser = clap::value_parser!(u16).range(1..))]
+    pub updater_port: u16,
+    /// Also issue the updater bundle into DIR-updater.
+    #[arg(long, conflicts_with = "updater_only")]
+    pub updater: bool,
+    /// Only issue the updater bundle (DIR-updater) for a host enrolled without one.
+    #[arg(long)]
+    pub updater_only: bool,
+    /// Where to write the agent bundle; the updater bundle goes to DIR-updater.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: PathBuf,
+}
+
+/// Which hosts an operation targets: named ones, or every active one.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Targets {
+    /// Target these hosts (repeat, or comma separate).
+    #[arg(long = "host", value_name = "HOST", value_delimiter = ',')]
+    pub hosts: Vec<String>,
+    /// Target every active host.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Like [`Targets`], but optional: no flag means every active host.
+#[derive(Debug, Args)]
+#[group(required = false, multiple = false)]
+pub struct OptionalTargets {
+    /// Only these hosts (repeat, or comma separate).
+    #[arg(long = "host", value_name = "HOST", value_delimiter = ',')]
+    pub hosts: Vec<String>,
+    /// Every active host (the default).
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    pub targets: Targets,
+    /// The working tree to pack.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub root: PathBuf,
+    /// Leave out paths matching this gitignore-style glob (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// How many hosts to push to at once.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: u16,
+    /// Pack and show what would be pushed, without connecting to anyone.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also update the updaters themselves (not supported yet).
+    #[arg(long)]
+    pub include_self: bool,
+    /// Print one JSON document instead of bars and a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub targets: Targets,
+    /// How many hosts to roll back at once.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: u16,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub targets: OptionalTargets,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Only this host.
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// Show at most the last N entries.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub limit: usize,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Leave the fleet running and print the commands to drive it by hand.
+    #[arg(long)]
+    pub keep: bool,
+}

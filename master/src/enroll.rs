@@ -1,0 +1,513 @@
+//! Identity commands: `swarm ca init`, `swarm enroll`, `swarm list` and
+//! `swarm decommission`.
+//!
+//! Invariant: an enrollment writes all of its bundles and its inventory row,
+//! or none of them. Bundles are written to hidden siblings first, the row is
+//! inserted in a transaction, the bundles are renamed into place (never over
+//! an existing path), and only then is the transaction committed; any
+//! failure removes whatever was written.
+
+use std::cell::RefCell;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use pki::{Bundle, BundleKind, Ca, HostName, LeafSpec, PkiError};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::cli::EnrollArgs;
+use crate::error::{Error, Result};
+use crate::home::Home;
+use crate::inventory::{self, HostRecord, HostStatus, NewHost};
+use crate::table::{Cell, Color, Table, stdout_color};
+
+/// Paths removed on drop unless [`Cleanup::disarm`] is called.
+#[derive(Debug, Default)]
+struct Cleanup {
+    paths: RefCell<Vec<PathBuf>>,
+    armed: bool,
+}
+
+impl Cleanup {
+    fn new() -> Cleanup {
+        Cleanup {
+            paths: RefCell::new(Vec::new()),
+            armed: true,
+        }
+    }
+    fn add(&self, path: &Path) {
+        self.paths.borrow_mut().push(path.to_owned());
+    }
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.armed {
+            for p in self.paths.borrow().iter().rev() {
+                let _ = if p.is_dir() {
+                    fs::remove_dir_all(p)
+                } else {
+                    fs::remove_file(p)
+                };
+            }
+        }
+    }
+}
+
+/// A name no one else will pick for a hidden temp sibling of `path`.
+fn temp_sibling(path: &Path, tag: &str) -> Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::usage(format!("{} has no final component", path.display())))?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    Ok(path.with_file_name(format!(
+        ".{}.{tag}-{}-{nanos:08x}",
+        name.to_string_lossy(),
+        std::process::id()
+    )))
+}
+
+/// `rename(2)` that fails instead of replacing an existing `to`.
+fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        from,
+        nix::fcntl::AT_FDCWD,
+        to,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    )
+    .map_err(|e| Error::io(to, std::io::Error::from(e)))
+}
+
+fn sync_dir(dir: &Path) {
+    // Best effort: make the renames durable.
+    if let Ok(f) = fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+/// `swarm ca init [--force]`.
+pub(crate) fn ca_init(home: &Home, force: bool) -> Result<()> {
+    if home.has_ca() && !force {
+        return Err(Error::usage(format!(
+            "a CA already exists in {}: keep it, or pass --force to replace it (every enrolled host must then be re-enrolled)",
+            home.ca_dir().display()
+        )));
+    }
+    let ca = Ca::generate()?;
+    let master = ca.issue(&LeafSpec::master())?;
+
+    let root = home.root();
+    let created_root = !root.exists();
+    fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if created_root {
+            fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::io(root, e))?;
+        }
+    }
+    let cleanup = Cleanup::new();
+    let new_ca = temp_sibling(&home.ca_dir(), "new")?;
+    let new_master = temp_sibling(&home.master_dir(), "new")?;
+    cleanup.add(&new_ca);
+    cleanup.add(&new_master);
+    ca.save(&new_ca)?;
+    Bundle::write(&new_master, BundleKind::Master, ca.cert_pem(), &master)?;
+
+    // Move any previous identity aside, then the new one into place.
+    let mut olds = Vec::new();
+    for dir in [home.ca_dir(), home.master_dir()] {
+        if dir.exists() {
+            let old = temp_sibling(&dir, "old")?;
+            fs::rename(&dir, &old).map_err(|e| Error::io(&dir, e))?;
+            olds.push((dir, old));
+        }
+    }
+    let placed = rename_noreplace(&new_ca, &home.ca_dir())
+        .and_then(|()| rename_noreplace(&new_master, &home.master_dir()));
+    if let Err(e) = placed {
+        for dir in [home.ca_dir(), home.master_dir()] {
+            if !olds.iter().any(|(d, _)| *d == dir) {
+                cleanup.add(&dir);
+            }
+        }
+        for (dir, old) in &olds {
+            let _ = fs::remove_dir_all(dir);
+            let _ = fs::rename(old, dir);
+        }
+        return Err(e);
+    }
+    cleanup.disarm();
+    sync_dir(root);
+    for (_, old) in &olds {
+        let _ = fs::remove_dir_all(old);
+    }
+
+    let mut inv = home.inventory()?;
+    let mut retired = Vec::new();
+    if force {
+        for rec in inv.active_hosts()? {
+            inv.decommission(&rec.host)?;
+            retired.push(rec.host.to_string());
+        }
+    }
+    let ca_fp = pki::identity::CertInfo::parse(&Bundle::load(&home.master_dir())?.ca)?.fingerprint;
+    println!("CA created in {} (sha256 {ca_fp})", home.ca_dir().display());
+    println!(
+        "master identity in {} (CN master)",
+        home.master_dir().display()
+    );
+    println!("inventory {}", home.db_path().display());
+    if !retired.is_empty() {
+        println!(
+            "decommissioned {} host(s) enrolled under the old CA: {}; enroll them again",
+            retired.len(),
+            retired.join(", ")
+        );
+    }
+    println!(
+        "next: swarm enroll --host worker-01 --address 192.0.2.10 --updater --out-dir ./worker-01"
+    );
+    Ok(())
+}
+
+fn bad_san(e: PkiError) -> Error {
+    match e {
+        PkiError::InvalidSan(s) => Error::usage(format!(
+            "invalid address or SAN {s:?}: use an IP address or a DNS name (letters, digits, '-', '_', '.')"
+        )),
+        other => Error::Pki(other),
+    }
+}
+
+/// `DIR` → `DIR-updater`.
+fn updater_dir_of(out_dir: &Path) -> Result<PathBuf> {
+    let name = out_dir.file_name().ok_or_else(|| {
+        Error::usage(format!(
+            "--out-dir {} must name a new directory",
+            out_dir.display()
+        ))
+    })?;
+    Ok(out_dir.with_file_name(format!("{}-updater", name.to_string_lossy())))
+}
+
+/// Create the missing ancestors of `dir`, registering the topmost created
+/// one with `cleanup` so a failed enrollment leaves nothing behind.
+fn create_parents(dir: &Path, cleanup: &Cleanup) -> Result<()> {
+    let Some(parent) = dir.parent() else {
+        return Ok(());
+    };
+    let mut missing = None;
+    let mut p = parent;
+    while fs::symlink_metadata(p).is_err() {
+        missing = Some(p.to_owned());
+        match p.parent() {
+            Some(pp) => p = pp,
+            None => break,
+        }
+    }
+    if !p.is_dir() {
+        return Err(Error::State(format!(
+            "{} is not a directory: choose a writable --out-dir",
+            p.display()
+        )));
+    }
+    if let Some(top) = missing {
+        cleanup.add(&top);
+        fs::create_dir_all(parent).map_err(|e| {
+            Error::State(format!(
+                "cannot create {}: {e}; choose a writable --out-dir",
+                parent.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+fn ensure_new(dir: &Path) -> Result<()> {
+    if fs::symlink_metadata(dir).is_ok() {
+        return Err(Error::usage(format!(
+            "{} already exists: remove it or choose another --out-dir",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Write a bundle to a hidden sibling of `dir`; returns the temp path.
+fn stage_bundle(
+    dir: &Path,
+    kind: BundleKind,
+    ca: &Ca,
+    leaf: &pki::IssuedLeaf,
+    cleanup: &Cleanup,
+) -> Result<PathBuf> {
+    let tmp = temp_sibling(dir, "enroll")?;
+    cleanup.add(&tmp);
+    Bundle::write(&tmp, kind, ca.cert_pem(), leaf).map_err(|e| match e {
+        PkiError::Io { source, .. } => Error::State(format!(
+            "cannot write the bundle {}: {source}; choose a writable --out-dir",
+            dir.display()
+        )),
+        other => Error::Pki(other),
+    })?;
+    Ok(tmp)
+}
+
+/// `swarm enroll …`.
+pub(crate) fn enroll(home: &Home, args: &EnrollArgs) -> Result<()> {
+    let host = HostName::new(&args.host)?;
+    let out_dir = std::path::absolute(&args.out_dir).map_err(|e| Error::io(&args.out_dir, e))?;
+    let updater_dir = updater_dir_of(&out_dir)?;
+    if args.updater_only {
+        return enroll_updater_only(home, &host, &updater_dir);
+    }
+    let address = args
+        .address
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| {
+            Error::usage(
+                "--address is required: the IP or DNS name the master reaches the worker at",
+            )
+        })?;
+    let sans: Vec<String> = args
+        .sans
+        .iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let agent_spec = LeafSpec::agent(&host, address, &sans).map_err(bad_san)?;
+    let updater_spec = LeafSpec::updater(&host, address, &sans).map_err(bad_san)?;
+
+    let ca = home.ca()?;
+    let mut inv = home.inventory()?;
+    inventory::ensure_absent(&inv, &host)?;
+    ensure_new(&out_dir)?;
+    if args.updater {
+        ensure_new(&updater_dir)?;
+    }
+
+    let agent_leaf = ca.issue(&agent_spec)?;
+    let updater_leaf = if args.updater {
+        Some(ca.issue(&updater_spec)?)
+    } else {
+        None
+    };
+
+    let cleanup = Cleanup::new();
+    create_parents(&out_dir, &cleanup)?;
+    let agent_tmp = stage_bundle(&out_dir, BundleKind::Agent, &ca, &agent_leaf, &cleanup)?;
+    let updater_tmp = match &updater_leaf {
+        Some(leaf) => Some(stage_bundle(
+            &updater_dir,
+            BundleKind::Updater,
+            &ca,
+            leaf,
+            &cleanup,
+        )?),
+        None => None,
+    };
+    let new = NewHost {
+        host: host.clone(),
+        address: address.to_owned(),
+        sans: sans.clone(),
+        agent_port: args.agent_port,
+        updater_port: args.updater_port,
+        agent_fingerprint: agent_leaf.fingerprint,
+        agent_not_after: whole_seconds(agent_leaf.not_after),
+        updater: updater_leaf
+            .as_ref()
+            .map(|l| (l.fingerprint, whole_seconds(l.not_after))),
+    };
+    inv.insert_host_with(&new, || {
+        cleanup.add(&out_dir);
+        rename_noreplace(&agent_tmp, &out_dir)?;
+        if let Some(tmp) = &updater_tmp {
+            cleanup.add(&updater_dir);
+            rename_noreplace(tmp, &updater_dir)?;
+        }
+        if let Some(parent) = out_dir.parent() {
+            sync_dir(parent);
+        }
+        Ok(())
+    })?;
+    cleanup.disarm();
+
+    println!(
+        "enrolled {host} at {address} (agent port {}, updater port {})",
+        args.agent_port, args.updater_port
+    );
+    println!(
+        "  agent bundle    {}  CN {host}  sha256 {}",
+        out_dir.display(),
+        agent_leaf.fingerprint
+    );
+    match &updater_leaf {
+        Some(leaf) => println!(
+            "  updater bundle  {}  CN {}  sha256 {}",
+            updater_dir.display(),
+            host.updater_cn(),
+            leaf.fingerprint
+        ),
+        None => println!(
+            "  no updater bundle: add one later with `swarm enroll --host {host} --updater-only --out-dir {}`",
+            out_dir.display()
+        ),
+    }
+    println!(
+        "certificates expire {}; copy each bundle to the worker (worker-agent --agent-dir, worker-updater --updater-dir)",
+        inventory::rfc3339(whole_seconds(agent_leaf.not_after))
+    );
+    Ok(())
+}
+
+fn enroll_updater_only(home: &Home, host: &HostName, updater_dir: &Path) -> Result<()> {
+    let ca = home.ca()?;
+    let mut inv = home.inventory()?;
+    let rec = match inv.find(host)? {
+        None => {
+            return Err(Error::usage(format!(
+                "host {host} is not enrolled: enroll it with `swarm enroll --host {host} --address ADDR --updater --out-dir DIR`"
+            )));
+        }
+        Some(rec) if rec.status == HostStatus::Decommissioned => {
+            return Err(Error::usage(format!(
+                "host {host} is decommissioned: enroll it again with `swarm enroll --host {host} --address ADDR --updater --out-dir DIR`"
+            )));
+        }
+        Some(rec) => rec,
+    };
+    if let Some(fp) = rec.updater_fingerprint {
+        return Err(Error::usage(format!(
+            "host {host} already has an updater certificate (sha256 {fp}): to replace it, decommission and enroll the host again"
+        )));
+    }
+    ensure_new(updater_dir)?;
+    let spec = LeafSpec::updater(host, &rec.address, &rec.sans).map_err(bad_san)?;
+    let leaf = ca.issue(&spec)?;
+    let cleanup = Cleanup::new();
+    create_parents(updater_dir, &cleanup)?;
+    let tmp = stage_bundle(updater_dir, BundleKind::Updater, &ca, &leaf, &cleanup)?;
+    inv.set_updater_with(
+        host,
+        leaf.fingerprint,
+        whole_seconds(leaf.not_after),
+        || {
+            cleanup.add(updater_dir);
+            rename_noreplace(&tmp, updater_dir)?;
+            if let Some(parent) = updater_dir.parent() {
+                sync_dir(parent);
+            }
+            Ok(())
+        },
+    )?;
+    cleanup.disarm();
+    println!(
+        "issued the updater bundle for {host}: {}  CN {}  sha256 {}",
+        updater_dir.display(),
+        host.updater_cn(),
+        leaf.fingerprint
+    );
+    Ok(())
+}
+
+/// `swarm decommission --host H`.
+pub(crate) fn decommission(home: &Home, host: &str) -> Result<()> {
+    let host = HostName::new(host)?;
+    let mut inv = home.inventory()?;
+    match inv.find(&host)? {
+        None => Err(Error::usage(format!(
+            "host {host} is not enrolled (see `swarm list`)"
+        ))),
+        Some(rec) if rec.status == HostStatus::Decommissioned => Err(Error::usage(format!(
+            "host {host} is already decommissioned (see `swarm list`)"
+        ))),
+        Some(rec) => {
+            inv.decommission(&host)?;
+            println!(
+                "decommissioned {host}: it is no longer targeted by update, rollback or status"
+            );
+            println!(
+                "its certificates stay valid until {}: delete its bundles on the worker",
+                inventory::rfc3339(rec.cert_not_after())
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Certificates carry whole seconds; so does the inventory.
+fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(0).unwrap_or(t)
+}
+
+pub(crate) fn days_left(t: OffsetDateTime) -> i64 {
+    (t - OffsetDateTime::now_utc()).whole_days()
+}
+
+#[derive(Serialize)]
+struct ListDoc<'a> {
+    hosts: &'a [HostRecord],
+}
+
+/// `swarm list [--json]`.
+pub(crate) fn list(home: &Home, json: bool) -> Result<()> {
+    let inv = home.inventory()?;
+    let hosts = inv.hosts()?;
+    if json {
+        let doc = serde_json::to_string_pretty(&ListDoc { hosts: &hosts })
+            .map_err(|e| Error::Other(e.to_string()))?;
+        println!("{doc}");
+        return Ok(());
+    }
+    if hosts.is_empty() {
+        println!(
+            "no hosts enrolled yet: swarm enroll --host H --address A --updater --out-dir DIR"
+        );
+        return Ok(());
+    }
+    let mut t = Table::new(vec![
+        "HOST",
+        "ADDRESS",
+        "AGENT",
+        "UPDATER",
+        "STATUS",
+        "ENROLLED",
+        "CERT DAYS",
+    ]);
+    for h in &hosts {
+        let updater = match h.updater_fingerprint {
+            Some(fp) => format!("{}  {}", h.updater_port, &fp.to_string()[..12]),
+            None => format!("{}  (no updater cert)", h.updater_port),
+        };
+        let status = match h.status {
+            HostStatus::Active => Cell::colored("active", Color::Green),
+            HostStatus::Decommissioned => Cell::colored("decommissioned", Color::Dim),
+        };
+        t.row(vec![
+            h.host.to_string().into(),
+            h.address.clone().into(),
+            format!(
+                "{}  {}",
+                h.agent_port,
+                &h.agent_fingerprint.to_string()[..12]
+            )
+            .into(),
+            updater.into(),
+            status,
+            inventory::rfc3339(h.enrolled_at).into(),
+            days_left(h.cert_not_after()).to_string().into(),
+        ]);
+    }
+    print!("{}", t.render(stdout_color()));
+    Ok(())
+}

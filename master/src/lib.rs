@@ -1,0 +1,48 @@
+//! The `swarm` master: the CA and enrollment, the inventory, packing a
+//! working tree into a release, and pushing it across the fleet.
+//!
+//! Code map:
+//! - [`cli`]: the command line as clap sees it (raw values).
+//! - `home`: the state directory; `inventory`: the SQLite database.
+//! - `enroll`: `ca init`, `enroll`, `list`, `decommission`.
+//! - `pack`: the release tarball, built once per push.
+//! - `fleet`: concurrent update/rollback/status over pinned mTLS.
+//! - `table`: terminal tables; `demo`: the local three-worker fleet.
+//!
+//! Invariants: the master only talks to updaters whose CN and certificate
+//! fingerprint match the inventory; nothing here turns TLS verification off.
+
+pub mod cli;
+mod demo;
+mod enroll;
+mod error;
+mod fleet;
+mod home;
+mod inventory;
+mod pack;
+mod table;
+
+pub use error::{EXIT_FAILED, EXIT_LOCAL, EXIT_USAGE, Error};
+
+use cli::{CaCommand, Cli, Command};
+use home::Home;
+
+/// Run one parsed command line. `Ok(code)` is the exit code of a command
+/// that ran to its end (0, or [`EXIT_FAILED`] when some host failed);
+/// `Err` is a command that could not run, with [`Error::code`].
+pub fn run(cli: Cli) -> Result<u8, Error> {
+    let home = Home::resolve(cli.home.as_deref())?;
+    match cli.command {
+        Command::Ca {
+            command: CaCommand::Init { force },
+        } => enroll::ca_init(&home, force).map(|()| 0),
+        Command::Enroll(args) => enroll::enroll(&home, &args).map(|()| 0),
+        Command::List { json } => enroll::list(&home, json).map(|()| 0),
+        Command::Decommission { host } => enroll::decommission(&home, &host).map(|()| 0),
+        Command::Update(args) => fleet::update(&home, &args),
+        Command::Rollback(args) => fleet::rollback(&home, &args),
+        Command::Status(args) => fleet::status(&home, &args),
+        Command::History(args) => fleet::history(&home, &args),
+        Command::Demo(args) => demo::run(&args),
+    }
+}

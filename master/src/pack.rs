@@ -1,0 +1,522 @@
+//! The release tarball: the working tree at `--root` (staged, unstaged and
+//! untracked files) minus `.git/`, what `.gitignore`/`.swarmignore`/`--exclude`
+//! leave out, and secrets, packed once into a gzip temp file whose SHA-256
+//! is computed as it is written.
+//!
+//! Invariants: `.env.local` never ships; other secrets (`.env*`, `*.key`,
+//! `*.pem` holding a private key) ship only when `swarm.toml`'s
+//! `[release] include` names them; entries are sorted, owned by 0:0, with
+//! modes 0755/0644, so an unchanged tree packs to the same bytes; symlinks
+//! must stay inside the tree.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use ignore::WalkBuilder;
+use ignore::overrides::{Override, OverrideBuilder};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The file that never ships, whatever `swarm.toml` says.
+const NEVER_SHIPPED: &str = ".env.local";
+
+/// What to pack.
+#[derive(Clone, Debug)]
+pub(crate) struct PackOptions {
+    pub(crate) root: PathBuf,
+    pub(crate) excludes: Vec<String>,
+}
+
+/// A packed release, in a temp file removed on drop.
+#[derive(Debug)]
+pub(crate) struct Release {
+    file: tempfile::TempPath,
+    pub(crate) info: ReleaseInfo,
+}
+
+/// What is known about a packed release.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct ReleaseInfo {
+    pub(crate) root: PathBuf,
+    /// SHA-256 (hex) of the gzip.
+    pub(crate) sha256: String,
+    pub(crate) size_bytes: u64,
+    /// Regular files in the tarball.
+    pub(crate) files: u64,
+    pub(crate) git_commit: Option<String>,
+    /// Secrets left out (relative paths).
+    pub(crate) skipped_secrets: Vec<String>,
+    /// `[install] timeout_secs` of the tree's `swarm.toml`, if any.
+    #[serde(skip)]
+    pub(crate) install_timeout_secs: Option<u64>,
+}
+
+impl Release {
+    pub(crate) fn path(&self) -> &Path {
+        &self.file
+    }
+}
+
+/// The parts of `swarm.toml` the master reads; the rest is the updater's.
+#[derive(Debug, Default, Deserialize)]
+struct SwarmToml {
+    #[serde(default)]
+    release: ReleaseSection,
+    #[serde(default)]
+    install: InstallSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ReleaseSection {
+    /// Gitignore-style globs of secrets to ship anyway.
+    #[serde(default)]
+    include: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct InstallSection {
+    timeout_secs: Option<u64>,
+}
+
+/// A writer that hashes and counts what passes through it.
+struct HashWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl<W: Write> Write for HashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Reads exactly `remaining` bytes or fails: a file that shrinks while it
+/// is packed must not produce a corrupt tarball.
+struct Exact<R> {
+    inner: R,
+    remaining: u64,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        let max = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..max])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while it was being packed",
+            ));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+fn pack_err(root: &Path, message: impl Into<String>) -> Error {
+    Error::Pack {
+        root: root.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn read_swarm_toml(root: &Path) -> Result<SwarmToml> {
+    let path = root.join("swarm.toml");
+    match fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text)
+            .map_err(|e| pack_err(root, format!("swarm.toml: {}", e.message()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(SwarmToml::default()),
+        Err(e) => Err(Error::io(&path, e)),
+    }
+}
+
+fn globs(root: &Path, globs: &[String], negate: bool, what: &str) -> Result<Override> {
+    let mut b = OverrideBuilder::new(root);
+    for g in globs {
+        let g = if negate { format!("!{g}") } else { g.clone() };
+        b.add(&g)
+            .map_err(|e| pack_err(root, format!("{what} glob {g:?}: {e}")))?;
+    }
+    b.build()
+        .map_err(|e| pack_err(root, format!("{what} globs: {e}")))
+}
+
+/// Whether a file is a secret by name (or, for `*.pem`, by content).
+fn is_secret(path: &Path, name: &str) -> bool {
+    if name.starts_with(".env") || name.ends_with(".key") {
+        return true;
+    }
+    if name.ends_with(".pem") {
+        let mut head = Vec::new();
+        if let Ok(f) = File::open(path) {
+            let _ = f.take(256 * 1024).read_to_end(&mut head);
+        }
+        return head.windows(11).any(|w| w == b"PRIVATE KEY");
+    }
+    false
+}
+
+/// A symlink target, checked to resolve inside the tree.
+fn check_link(root: &Path, rel: &Path, target: &Path) -> Result<()> {
+    let escapes = || {
+        pack_err(
+            root,
+            format!(
+                "symlink {} -> {} points outside the tree; replace it with a copy or exclude it",
+                rel.display(),
+                target.display()
+            ),
+        )
+    };
+    if target.is_absolute() {
+        return Err(escapes());
+    }
+    let mut depth: i64 = rel.components().count() as i64 - 1;
+    for c in target.components() {
+        match c {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return Err(escapes()),
+        }
+        if depth < 0 {
+            return Err(escapes());
+        }
+    }
+    Ok(())
+}
+
+fn header(kind: tar::EntryType, mode: u32, mtime: i64, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_mtime(u64::try_from(mtime).unwrap_or(0));
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_size(size);
+    h
+}
+
+/// Pack the tree. Nothing is sent anywhere; the result is a temp file.
+pub(crate) fn pack(opts: &PackOptions) -> Result<Release> {
+    let root = fs::canonicalize(&opts.root).map_err(|e| {
+        pack_err(
+            &opts.root,
+            format!("{e}; pass --root DIR with the tree to push"),
+        )
+    })?;
+    if !root.is_dir() {
+        return Err(pack_err(&root, "not a directory; pass --root DIR"));
+    }
+    let config = read_swarm_toml(&root)?;
+    let include = globs(&root, &config.release.include, false, "swarm.toml include")?;
+    let exclude = globs(&root, &opts.excludes, true, "--exclude")?;
+
+    let tmp = tempfile::Builder::new()
+        .prefix("swarm-release-")
+        .suffix(".tar.gz")
+        .tempfile()
+        .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let (file, path) = tmp.into_parts();
+    let hw = HashWriter {
+        inner: BufWriter::with_capacity(256 * 1024, file),
+        hasher: Sha256::new(),
+        written: 0,
+    };
+    let gz = GzEncoder::new(hw, Compression::new(COMPRESSION_LEVEL));
+    let mut tar = tar::Builder::new(gz);
+    tar.mode(tar::HeaderMode::Deterministic);
+
+    let walker = WalkBuilder::new(&root)
+        .hidden(false)
+        .ignore(false)
+        .parents(true)
+        .git_ignore(true)
+        .git_exclude(true)
+        .git_global(false)
+        .require_git(false)
+        .add_custom_ignore_filename(".swarmignore")
+        .overrides(exclude)
+        .follow_links(false)
+        .sort_by_file_name(|a, b| a.cmp(b))
+        .filter_entry(|e| e.file_name() != ".git")
+        .build();
+
+    let mut files = 0u64;
+    let mut skipped_secrets = Vec::new();
+    for entry in walker {
+        let entry = entry.map_err(|e| pack_err(&root, e.to_string()))?;
+        if entry.depth() == 0 {
+            continue;
+        }
+        let path = entry.path();
+        let rel = path
+            .strip_prefix(&root)
+            .map_err(|_| pack_err(&root, format!("{} is outside the tree", path.display())))?
+            .to_owned();
+        let rel_str = rel.to_str().ok_or_else(|| {
+            pack_err(
+                &root,
+                format!(
+                    "{} is not valid UTF-8; rename it or exclude it",
+                    rel.display()
+                ),
+            )
+        })?;
+        let name = entry.file_name().to_string_lossy();
+        let meta = fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
+        let ft = meta.file_type();
+        let io_err = |e: io::Error| Error::io(path, e);
+        if ft.is_dir() {
+            let mut h = header(tar::EntryType::Directory, 0o755, meta.mtime(), 0);
+            tar.append_data(&mut h, format!("{rel_str}/"), io::empty())
+                .map_err(io_err)?;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(path).map_err(io_err)?;
+            check_link(&root, &rel, &target)?;
+            let mut h = header(tar::EntryType::Symlink, 0o777, meta.mtime(), 0);
+            tar.append_link(&mut h, rel_str, &target).map_err(io_err)?;
+        } else if ft.is_file() {
+            let secret = name == NEVER_SHIPPED
+                || (is_secret(path, &name) && !include.matched(path, false).is_whitelist());
+            if secret {
+                skipped_secrets.push(rel_str.to_owned());
+                continue;
+            }
+            let f = File::open(path).map_err(io_err)?;
+            let len = f.metadata().map_err(io_err)?.len();
+            let mode = if meta.permissions().mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            };
+            let mut h = header(tar::EntryType::Regular, mode, meta.mtime(), len);
+            let reader = Exact {
+                inner: f,
+                remaining: len,
+            };
+            tar.append_data(&mut h, rel_str, reader).map_err(io_err)?;
+            files += 1;
+        }
+        // Sockets, FIFOs and devices are not part of a release.
+    }
+    let gz = tar.into_inner().map_err(|e| Error::io(&path, e))?;
+    let mut hw = gz.finish().map_err(|e| Error::io(&path, e))?;
+    hw.flush().map_err(|e| Error::io(&path, e))?;
+    let sha256 = hex::encode(hw.hasher.finalize());
+    Ok(Release {
+        file: path,
+        info: ReleaseInfo {
+            git_commit: git_commit(&root),
+            root,
+            sha256,
+            size_bytes: hw.written,
+            files,
+            skipped_secrets,
+            install_timeout_secs: config.install.timeout_secs,
+        },
+    })
+}
+
+/// Fast compression: pushes are dominated by packing time on big trees,
+/// and workers are usually on a LAN.
+const COMPRESSION_LEVEL: u32 = 1;
+
+/// The commit checked out at `root`, read from `.git` directly (git need
+/// not be installed); `None` when `root` is not inside a checkout.
+pub(crate) fn git_commit(root: &Path) -> Option<String> {
+    let mut dir = Some(root);
+    while let Some(d) = dir {
+        let dot_git = d.join(".git");
+        if dot_git.is_dir() {
+            return head_commit(&dot_git);
+        }
+        if dot_git.is_file() {
+            // A worktree or submodule: `gitdir: <path>`.
+            let text = fs::read_to_string(&dot_git).ok()?;
+            let gitdir = text.trim().strip_prefix("gitdir:")?.trim();
+            return head_commit(&d.join(gitdir));
+        }
+        dir = d.parent();
+    }
+    None
+}
+
+fn is_object_id(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn head_commit(gitdir: &Path) -> Option<String> {
+    let head = fs::read_to_string(gitdir.join("HEAD")).ok()?;
+    let head = head.trim();
+    let Some(reference) = head.strip_prefix("ref:") else {
+        return is_object_id(head).then(|| head.to_ascii_lowercase());
+    };
+    let reference = reference.trim();
+    // Worktrees keep shared refs in the common dir.
+    let common = fs::read_to_string(gitdir.join("commondir"))
+        .ok()
+        .map(|c| gitdir.join(c.trim()))
+        .unwrap_or_else(|| gitdir.to_owned());
+    for dir in [gitdir, common.as_path()] {
+        if let Ok(id) = fs::read_to_string(dir.join(reference)) {
+            let id = id.trim();
+            if is_object_id(id) {
+                return Some(id.to_ascii_lowercase());
+            }
+        }
+    }
+    let packed = fs::read_to_string(common.join("packed-refs")).ok()?;
+    packed.lines().find_map(|line| {
+        let (id, name) = line.split_once(' ')?;
+        (name.trim() == reference && is_object_id(id)).then(|| id.to_ascii_lowercase())
+    })
+}
+
+/// A size for humans.
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    }
+
+    fn entries(release: &Release) -> Vec<String> {
+        let f = File::open(release.path()).unwrap();
+        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+        ar.entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn honours_ignores_and_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "app.txt", "hello");
+        write(root, ".gitignore", "target/\n");
+        write(root, "target/big.bin", "x");
+        write(root, ".swarmignore", "notes/\n");
+        write(root, "notes/todo", "x");
+        write(root, ".git/HEAD", "ref: refs/heads/main\n");
+        write(
+            root,
+            ".git/refs/heads/main",
+            &format!("{}\n", "a".repeat(40)),
+        );
+        write(root, ".env", "SECRET=1");
+        write(root, ".env.local", "SECRET=2");
+        write(root, ".env.production", "SECRET=3");
+        write(root, "tls/server.key", "k");
+        write(root, "tls/chain.pem", "-----BEGIN CERTIFICATE-----");
+        write(root, "tls/key.pem", "-----BEGIN PRIVATE KEY-----");
+        write(root, "logs/x.log", "log");
+        write(
+            root,
+            "swarm.toml",
+            "[release]\ninclude = [\".env.production\", \".env.local\"]\n[agent]\ncommand = [\"x\"]\n",
+        );
+        let release = pack(&PackOptions {
+            root: root.to_owned(),
+            excludes: vec!["*.log".into()],
+        })
+        .unwrap();
+        let names = entries(&release);
+        for want in [
+            "app.txt",
+            ".gitignore",
+            ".swarmignore",
+            ".env.production",
+            "tls/chain.pem",
+            "swarm.toml",
+        ] {
+            assert!(
+                names.iter().any(|n| n == want),
+                "{want} missing from {names:?}"
+            );
+        }
+        for gone in [
+            "target/big.bin",
+            "notes/todo",
+            ".git/HEAD",
+            ".env",
+            ".env.local",
+            "tls/server.key",
+            "tls/key.pem",
+            "logs/x.log",
+        ] {
+            assert!(
+                !names.iter().any(|n| n == gone),
+                "{gone} shipped: {names:?}"
+            );
+        }
+        assert_eq!(release.info.git_commit.as_deref(), Some(&*"a".repeat(40)));
+        assert_eq!(release.info.files, 6);
+        let bytes = fs::read(release.path()).unwrap();
+        assert_eq!(release.info.size_bytes, bytes.len() as u64);
+        assert_eq!(release.info.sha256, hex::encode(Sha256::digest(&bytes)));
+        // Same tree, same bytes.
+        let again = pack(&PackOptions {
+            root: root.to_owned(),
+            excludes: vec!["*.log".into()],
+        })
+        .unwrap();
+        assert_eq!(again.info.sha256, release.info.sha256);
+    }
+
+    #[test]
+    fn refuses_links_out_of_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a/b", "x");
+        std::os::unix::fs::symlink("../b", dir.path().join("a/ok")).unwrap();
+        std::os::unix::fs::symlink("../../etc/passwd", dir.path().join("a/bad")).unwrap();
+        let err = pack(&PackOptions {
+            root: dir.path().to_owned(),
+            excludes: vec![],
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("a/bad"), "{err}");
+    }
+
+    #[test]
+    fn no_checkout_no_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(git_commit(dir.path()), None);
+    }
+}
