@@ -90,13 +90,28 @@ pub struct Worker {
     pub agent_port: u16,
     /// The options it was started with (reused by [`Worker::restart`]).
     pub options: WorkerOptions,
+    /// `--listen` (port 0 unless started with [`Worker::start_with`]).
+    listen: SocketAddr,
     updater: Option<ChildGuard>,
 }
 
 impl Worker {
     /// Enroll `host` in `pki` and start its updater.
     pub fn start(pki: &TestPki, host: &str, options: WorkerOptions) -> Worker {
-        let bundles = pki.worker(host);
+        Worker::start_with(
+            pki.worker(host),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            options,
+        )
+    }
+
+    /// Start an updater holding `bundles` issued elsewhere (e.g. by `swarm
+    /// enroll`), listening on `listen` (port 0 picks one).
+    pub fn start_with(
+        bundles: WorkerBundles,
+        listen: SocketAddr,
+        options: WorkerOptions,
+    ) -> Worker {
         let tmp = tempfile::tempdir().expect("tempdir");
         let install_dir = tmp.path().join("install");
         std::fs::create_dir_all(&install_dir).expect("mkdir install");
@@ -108,6 +123,7 @@ impl Worker {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             agent_port,
             options,
+            listen,
             updater: None,
         };
         w.spawn_updater();
@@ -133,7 +149,7 @@ impl Worker {
         let o = &self.options;
         let mut cmd = Command::new(bin("worker-updater"));
         cmd.arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(self.listen.to_string())
             .arg("--updater-dir")
             .arg(&self.bundles.updater_dir)
             .arg("--agent-dir")
