@@ -1,0 +1,477 @@
+//! Agent process control: find the running agent (pidfile checked against
+//! `/proc`, or a `/proc` scan for one started by hand), stop it (SIGTERM,
+//! bounded grace, SIGKILL, reap), and spawn a new one from a release with
+//! its environment, its output in `agent.spawn.log` and a pidfile.
+//!
+//! `agent.pid` is JSON: `{"pid", "start_time", "argv", "release_dir",
+//! "sha256", "started_at"}`. `start_time` is field 22 of `/proc/<pid>/stat`
+//! (clock ticks since boot), so a recycled pid never matches. A pidfile that
+//! is a bare number (written by hand) is trusted only if that process looks
+//! like our agent (see [`Matcher`]).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::error::{Result, UpdaterError};
+
+/// How long to wait for an agent to die after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// Interpreters never matched by a `/proc` scan: a shell in the install dir
+/// is an operator, not an agent.
+const NEVER_SCANNED: &[&str] = &["sh", "bash", "dash", "zsh", "env", "sudo", "sleep"];
+
+/// `agent.pid`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PidFile {
+    pub pid: i32,
+    #[serde(default)]
+    pub start_time: Option<u64>,
+    #[serde(default)]
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub release_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub started_at: Option<String>,
+}
+
+impl PidFile {
+    /// Read `path`: our JSON, or a bare pid.
+    pub fn read(path: &Path) -> Option<PidFile> {
+        let text = std::fs::read_to_string(path).ok()?;
+        if let Ok(pf) = serde_json::from_str::<PidFile>(&text) {
+            return Some(pf);
+        }
+        text.trim().parse().ok().map(|pid| PidFile {
+            pid,
+            ..PidFile::default()
+        })
+    }
+
+    /// Write atomically (temp file, rename).
+    fn write(&self, path: &Path) -> Result<()> {
+        let tmp = path.with_extension("pid.tmp");
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| UpdaterError::Internal(format!("pidfile: {e}")))?;
+        std::fs::write(&tmp, json).map_err(|e| UpdaterError::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| UpdaterError::io(path, e))
+    }
+}
+
+/// What makes a process "our agent" when no exact pidfile says so: its
+/// program name, and a tie to this worker (our agent bundle dir or our
+/// install dir in its environment or arguments, or its binary inside the
+/// install dir).
+#[derive(Clone, Debug)]
+pub struct Matcher {
+    pub programs: Vec<String>,
+    pub install_dir: PathBuf,
+    pub agent_dir: PathBuf,
+}
+
+impl Matcher {
+    fn matches(&self, pid: i32) -> bool {
+        let Some(argv) = proc_cmdline(pid) else {
+            return false;
+        };
+        let Some(argv0) = argv.first() else {
+            return false;
+        };
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let base = |p: &[u8]| {
+            Path::new(OsStr::from_bytes(p)).file_name().map(|n| {
+                n.to_string_lossy()
+                    .trim_end_matches(" (deleted)")
+                    .to_owned()
+            })
+        };
+        let names = [
+            base(argv0),
+            exe.as_ref().and_then(|e| base(e.as_os_str().as_bytes())),
+        ];
+        let named = names
+            .iter()
+            .flatten()
+            .any(|n| self.programs.iter().any(|p| p == n) && !NEVER_SCANNED.contains(&n.as_str()));
+        if !named {
+            return false;
+        }
+        let agent_dir = self.agent_dir.as_os_str().as_bytes();
+        let install_dir = self.install_dir.as_os_str().as_bytes();
+        let arg_tie = argv
+            .windows(2)
+            .any(|w| w[0] == b"--agent-dir" && w[1] == agent_dir)
+            || argv
+                .iter()
+                .any(|a| a.strip_prefix(b"--agent-dir=") == Some(agent_dir));
+        let env_tie = proc_environ(pid).is_some_and(|env| {
+            env.iter().any(|(k, v)| {
+                (k == b"SWARM_AGENT_DIR" && v == agent_dir)
+                    || (k == b"SWARM_INSTALL_DIR" && v == install_dir)
+            })
+        });
+        let exe_tie = exe
+            .as_ref()
+            .is_some_and(|e| e.starts_with(&self.install_dir));
+        arg_tie || env_tie || exe_tie
+    }
+}
+
+/// A spawned agent: its pid and a receiver that turns `Some(status)` when it exits.
+#[derive(Clone, Debug)]
+pub struct Spawned {
+    pub pid: i32,
+    pub exited: watch::Receiver<Option<String>>,
+}
+
+/// How to start an agent.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    /// Program (resolved) and arguments.
+    pub argv: Vec<String>,
+    /// Variables added to the inherited environment.
+    pub env: Vec<(String, String)>,
+    pub release_dir: PathBuf,
+    pub sha256: Option<String>,
+}
+
+/// Starts and stops agents for one install dir. Children we spawned are
+/// reaped by a task each, so a dead agent never lingers as a zombie.
+#[derive(Debug)]
+pub struct Supervisor {
+    pub install_dir: PathBuf,
+    pub pidfile: PathBuf,
+    pub spawn_log: PathBuf,
+    pub grace: Duration,
+    children: Mutex<HashMap<i32, watch::Receiver<Option<String>>>>,
+}
+
+impl Supervisor {
+    pub fn new(install_dir: &Path, pidfile: PathBuf, spawn_log: PathBuf, grace: Duration) -> Self {
+        Supervisor {
+            install_dir: install_dir.to_owned(),
+            pidfile,
+            spawn_log,
+            grace,
+            children: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The agents of this worker that are running now: the pidfile's, if it
+    /// really is ours, else whatever a `/proc` scan finds.
+    pub fn find(&self, matcher: &Matcher) -> Vec<(i32, Option<u64>)> {
+        if let Some(pf) = PidFile::read(&self.pidfile) {
+            if self.pidfile_is_live(&pf, matcher) {
+                return vec![(pf.pid, pf.start_time)];
+            }
+            tracing::info!(
+                pid = pf.pid,
+                "agent.pid names a process that is not our agent (or is gone); ignoring it"
+            );
+        }
+        scan(matcher)
+            .into_iter()
+            .map(|pid| (pid, proc_start_time(pid)))
+            .collect()
+    }
+
+    fn pidfile_is_live(&self, pf: &PidFile, matcher: &Matcher) -> bool {
+        if pf.pid <= 1 || pf.pid == std::process::id() as i32 || !alive(pf.pid) {
+            return false;
+        }
+        match pf.start_time {
+            Some(st) => {
+                proc_start_time(pf.pid) == Some(st)
+                    && (pf.argv.is_empty()
+                        || proc_cmdline(pf.pid).is_some_and(|argv| {
+                            argv.iter()
+                                .map(|a| a.as_slice())
+                                .eq(pf.argv.iter().map(|a| a.as_bytes()))
+                        }))
+            }
+            None => matcher.matches(pf.pid),
+        }
+    }
+
+    /// Whether any agent of this worker is running.
+    pub fn running(&self, matcher: &Matcher) -> bool {
+        !self.find(matcher).is_empty()
+    }
+
+    /// Stop every agent of this worker: SIGTERM, wait up to the grace,
+    /// SIGKILL, wait again. Returns what it did, for the log.
+    pub async fn stop(&self, matcher: &Matcher) -> Vec<String> {
+        let mut notes = Vec::new();
+        for (pid, start_time) in self.find(matcher) {
+            notes.push(self.stop_pid(pid, start_time).await);
+        }
+        notes
+    }
+
+    /// Stop one process we know is ours.
+    pub async fn stop_pid(&self, pid: i32, start_time: Option<u64>) -> String {
+        let t0 = Instant::now();
+        if !signal(pid, Signal::SIGTERM) {
+            return format!("agent {pid} was already gone");
+        }
+        if self.wait_gone(pid, start_time, self.grace).await {
+            return format!("agent {pid} stopped on SIGTERM in {:?}", t0.elapsed());
+        }
+        tracing::warn!(pid, grace = ?self.grace, "agent ignored SIGTERM; sending SIGKILL");
+        signal(pid, Signal::SIGKILL);
+        if self.wait_gone(pid, start_time, KILL_WAIT).await {
+            format!("agent {pid} killed after the {:?} grace", self.grace)
+        } else {
+            tracing::error!(pid, "agent survived SIGKILL for {KILL_WAIT:?}");
+            format!("agent {pid} survived SIGKILL")
+        }
+    }
+
+    async fn wait_gone(&self, pid: i32, start_time: Option<u64>, limit: Duration) -> bool {
+        let child = self.children.lock().ok().and_then(|c| c.get(&pid).cloned());
+        if let Some(mut rx) = child {
+            let done = tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await;
+            if matches!(done, Ok(Ok(_))) {
+                if let Ok(mut c) = self.children.lock() {
+                    c.remove(&pid);
+                }
+                return true;
+            }
+            return false;
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            let gone = !alive(pid) || (start_time.is_some() && proc_start_time(pid) != start_time);
+            if gone {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Start an agent: `cwd` = install dir, output appended to
+    /// `agent.spawn.log`, its own process group (so a signal to the
+    /// updater's terminal does not reach it), then the pidfile.
+    pub fn spawn(&self, launch: &Launch) -> Result<Spawned> {
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.spawn_log)
+            .map_err(|e| UpdaterError::io(&self.spawn_log, e))?;
+        let _ = writeln!(
+            log,
+            "--- {} starting {:?} from {}",
+            now_rfc3339(),
+            launch.argv,
+            launch.release_dir.display()
+        );
+        let err_log = log
+            .try_clone()
+            .map_err(|e| UpdaterError::io(&self.spawn_log, e))?;
+        let Some((program, args)) = launch.argv.split_first() else {
+            return Err(UpdaterError::Agent("empty agent command".into()));
+        };
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .current_dir(&self.install_dir)
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err_log))
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| UpdaterError::Agent(format!("cannot start {program:?}: {e}")))?;
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| UpdaterError::Agent("spawned agent has no pid".into()))?;
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(async move {
+            let status = match child.wait().await {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("unknown status ({e})"),
+            };
+            tracing::info!(pid, "agent exited: {status}");
+            let _ = tx.send(Some(status));
+        });
+        if let Ok(mut c) = self.children.lock() {
+            c.retain(|_, rx| rx.borrow().is_none());
+            c.insert(pid, rx.clone());
+        }
+        let pf = PidFile {
+            pid,
+            start_time: proc_start_time(pid),
+            argv: launch.argv.clone(),
+            release_dir: Some(launch.release_dir.clone()),
+            sha256: launch.sha256.clone(),
+            started_at: Some(now_rfc3339()),
+        };
+        pf.write(&self.pidfile)?;
+        tracing::info!(pid, argv = ?launch.argv, "agent started");
+        Ok(Spawned { pid, exited: rx })
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Signal `pid`'s process group when it leads one (agents we spawned do),
+/// else the process. False when it no longer exists.
+fn signal(pid: i32, sig: Signal) -> bool {
+    let p = Pid::from_raw(pid);
+    let r = if proc_pgrp(pid) == Some(pid) {
+        killpg(p, sig)
+    } else {
+        kill(p, sig)
+    };
+    !matches!(r, Err(nix::errno::Errno::ESRCH))
+}
+
+/// Every process matching `matcher`, except us.
+fn scan(matcher: &Matcher) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|&pid| pid != me && alive(pid) && matcher.matches(pid))
+        .collect()
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name.
+fn proc_stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Alive and not a zombie.
+pub fn alive(pid: i32) -> bool {
+    proc_stat_fields(pid)
+        .and_then(|f| f.first().cloned())
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// Field 22 of `/proc/<pid>/stat`: start time in clock ticks since boot.
+pub fn proc_start_time(pid: i32) -> Option<u64> {
+    // Fields after ")" start at field 3 (state).
+    proc_stat_fields(pid)?.get(22 - 3)?.parse().ok()
+}
+
+/// Field 5: the process group.
+fn proc_pgrp(pid: i32) -> Option<i32> {
+    proc_stat_fields(pid)?.get(5 - 3)?.parse().ok()
+}
+
+fn proc_cmdline(pid: i32) -> Option<Vec<Vec<u8>>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut parts: Vec<Vec<u8>> = raw.split(|b| *b == 0).map(<[u8]>::to_vec).collect();
+    if parts.last().is_some_and(Vec::is_empty) {
+        parts.pop();
+    }
+    Some(parts)
+}
+
+fn proc_environ(pid: i32) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter_map(|kv| {
+                let i = kv.iter().position(|b| *b == b'=')?;
+                Some((kv[..i].to_vec(), kv[i + 1..].to_vec()))
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_fields() {
+        let me = std::process::id() as i32;
+        assert!(alive(me));
+        assert!(proc_start_time(me).is_some());
+        assert!(proc_cmdline(me).is_some_and(|a| !a.is_empty()));
+        assert!(!alive(i32::MAX));
+    }
+
+    #[test]
+    fn pidfile_formats() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("agent.pid");
+        std::fs::write(&p, "1234\n").unwrap();
+        assert_eq!(PidFile::read(&p).unwrap().pid, 1234);
+        let pf = PidFile {
+            pid: 7,
+            start_time: Some(9),
+            ..PidFile::default()
+        };
+        pf.write(&p).unwrap();
+        let back = PidFile::read(&p).unwrap();
+        assert_eq!((back.pid, back.start_time), (7, Some(9)));
+        std::fs::write(&p, "garbage").unwrap();
+        assert!(PidFile::read(&p).is_none());
+    }
+
+    #[tokio::test]
+    async fn stale_pidfile_spares_a_stranger_and_spawn_stop_reaps() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sup = Supervisor::new(
+            tmp.path(),
+            tmp.path().join("agent.pid"),
+            tmp.path().join("agent.spawn.log"),
+            Duration::from_secs(2),
+        );
+        let matcher = Matcher {
+            programs: vec!["sleep".into()],
+            install_dir: tmp.path().to_owned(),
+            agent_dir: tmp.path().join("agent"),
+        };
+        // A stranger named in a bare pidfile is not ours.
+        let mut stranger = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::fs::write(&sup.pidfile, format!("{}\n", stranger.id())).unwrap();
+        assert!(sup.find(&matcher).is_empty());
+        // One we spawn is found through the pidfile, stopped and reaped.
+        let launch = Launch {
+            argv: vec!["sleep".into(), "30".into()],
+            env: vec![],
+            release_dir: tmp.path().to_owned(),
+            sha256: None,
+        };
+        let s = sup.spawn(&launch).unwrap();
+        assert_eq!(sup.find(&matcher), vec![(s.pid, proc_start_time(s.pid))]);
+        let note = sup.stop(&matcher).await;
+        assert!(note[0].contains("SIGTERM"), "{note:?}");
+        assert!(s.exited.borrow().is_some());
+        assert!(!alive(s.pid));
+        assert!(alive(stranger.id() as i32));
+        let _ = stranger.kill();
+        let _ = stranger.wait();
+    }
+}

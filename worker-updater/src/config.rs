@@ -1,0 +1,206 @@
+//! Command-line arguments (each with a `SWARM_UPDATER_*` variable, so a
+//! re-exec can rebuild them from the environment) and the validated
+//! [`Config`] built from them before anything is bound.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use pki::{Bundle, BundleKind, HostName, Identity};
+
+use crate::extract::Caps;
+use crate::probe::ProbeSettings;
+use crate::release::split_command;
+
+/// `worker-updater` arguments.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "worker-updater",
+    version,
+    about = "swarm updater: receives releases over mTLS, installs them in A/B slots, restarts and probes the agent, rolls back"
+)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "SWARM_UPDATER_LISTEN", default_value = "0.0.0.0:8766")]
+    pub listen: SocketAddr,
+    /// The updater's bundle (ca.crt, updater.crt, updater.key). Default ~/.swarm/updater.
+    #[arg(long, env = "SWARM_UPDATER_BUNDLE_DIR")]
+    pub updater_dir: Option<PathBuf>,
+    /// The install directory holding `current`, `releases/`, `agent.pid`.
+    #[arg(long, env = "SWARM_UPDATER_INSTALL_DIR", default_value = "/opt/swarm")]
+    pub install_dir: PathBuf,
+    /// The agent's bundle dir, passed to the agent as SWARM_AGENT_DIR. Default ~/.swarm/agent.
+    #[arg(long, env = "SWARM_UPDATER_AGENT_DIR")]
+    pub agent_dir: Option<PathBuf>,
+    /// Agent command when a release has no `[agent] command` (relative
+    /// programs with a `/` are relative to the release root).
+    #[arg(
+        long,
+        env = "SWARM_UPDATER_AGENT_CMD",
+        default_value = "bin/worker-agent"
+    )]
+    pub agent_cmd: String,
+    /// Agent health URL when a release has no `[agent] health_url`.
+    #[arg(
+        long,
+        env = "SWARM_UPDATER_AGENT_URL",
+        default_value = "https://127.0.0.1:8765/health"
+    )]
+    pub agent_url: String,
+    /// Health probe attempts before the release is declared unhealthy.
+    #[arg(long, env = "SWARM_UPDATER_PROBE_ATTEMPTS", default_value_t = 20)]
+    pub probe_attempts: u32,
+    /// Pause after the first failed probe, in ms; it doubles up to the max.
+    #[arg(long, env = "SWARM_UPDATER_PROBE_BACKOFF_MS", default_value_t = 50)]
+    pub probe_backoff_ms: u64,
+    /// Largest pause between probes, in ms.
+    #[arg(
+        long,
+        env = "SWARM_UPDATER_PROBE_MAX_BACKOFF_MS",
+        default_value_t = 2000
+    )]
+    pub probe_max_backoff_ms: u64,
+    /// Timeout of one probe request, in ms.
+    #[arg(long, env = "SWARM_UPDATER_PROBE_TIMEOUT_MS", default_value_t = 3000)]
+    pub probe_timeout_ms: u64,
+    /// Largest upload (compressed), in bytes.
+    #[arg(long, env = "SWARM_UPDATER_MAX_UPLOAD_BYTES", default_value_t = 1 << 30)]
+    pub max_upload_bytes: u64,
+    /// Largest unpacked tar stream, in bytes.
+    #[arg(long, env = "SWARM_UPDATER_MAX_UNPACKED_BYTES", default_value_t = 4 << 30)]
+    pub max_unpacked_bytes: u64,
+    /// Most tar entries in one release.
+    #[arg(long, env = "SWARM_UPDATER_MAX_ENTRIES", default_value_t = 200_000)]
+    pub max_entries: u64,
+    /// Longest entry path (and link target), in bytes.
+    #[arg(long, env = "SWARM_UPDATER_MAX_PATH_BYTES", default_value_t = 1024)]
+    pub max_path_bytes: usize,
+    /// Deepest entry path, in components.
+    #[arg(long, env = "SWARM_UPDATER_MAX_PATH_DEPTH", default_value_t = 64)]
+    pub max_path_depth: usize,
+    /// Grace between SIGTERM and SIGKILL when stopping the agent, in ms.
+    #[arg(long, env = "SWARM_UPDATER_STOP_GRACE_MS", default_value_t = 10_000)]
+    pub stop_grace_ms: u64,
+    /// Install hook timeout when `swarm.toml` gives none, in seconds.
+    #[arg(
+        long,
+        env = "SWARM_UPDATER_INSTALL_TIMEOUT_SECS",
+        default_value_t = 300
+    )]
+    pub install_timeout_secs: u64,
+    /// Failed releases kept in `releases/failed/`.
+    #[arg(long, env = "SWARM_UPDATER_FAILED_KEEP", default_value_t = 5)]
+    pub failed_keep: usize,
+    /// At start-up, start the agent from `current` if none of ours is running.
+    #[arg(long, env = "SWARM_UPDATER_START_AGENT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub start_agent: bool,
+}
+
+/// Validated configuration: bundle loaded, paths absolute, numbers sane.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub bundle: Bundle,
+    pub host: HostName,
+    pub install_dir: PathBuf,
+    pub agent_dir: PathBuf,
+    pub agent_cmd: Vec<String>,
+    pub agent_url: String,
+    pub probe: ProbeSettings,
+    pub caps: Caps,
+    pub stop_grace: Duration,
+    pub install_timeout: Duration,
+    pub failed_keep: usize,
+    pub start_agent: bool,
+}
+
+impl Config {
+    pub fn from_args(args: Args) -> anyhow::Result<Config> {
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        let home = || {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .context("HOME is not set; give the directory explicitly")
+        };
+        let updater_dir = match args.updater_dir {
+            Some(d) => cwd.join(d),
+            None => home()?.join(".swarm/updater"),
+        };
+        let agent_dir = match args.agent_dir {
+            Some(d) => cwd.join(d),
+            None => home()?.join(".swarm/agent"),
+        };
+        let install_dir = clean(&cwd.join(&args.install_dir));
+        let bundle = Bundle::load_kind(&updater_dir, BundleKind::Updater).with_context(|| {
+            format!("loading the updater bundle from {}", updater_dir.display())
+        })?;
+        let host = match bundle.identity() {
+            Identity::Updater(h) => h,
+            other => bail!(
+                "{}: certificate CN {other} is not an updater identity (expected updater@<host>)",
+                updater_dir.display()
+            ),
+        };
+        let agent_cmd =
+            split_command(&args.agent_cmd).map_err(|e| anyhow::anyhow!("--agent-cmd: {e}"))?;
+        if agent_cmd.first().is_none_or(String::is_empty) {
+            bail!("--agent-cmd is empty");
+        }
+        let url = reqwest::Url::parse(&args.agent_url)
+            .with_context(|| format!("--agent-url {:?}", args.agent_url))?;
+        if url.scheme() != "https" {
+            bail!("--agent-url must be https:// (the agent speaks mTLS only)");
+        }
+        if args.probe_attempts == 0 {
+            bail!("--probe-attempts must be at least 1");
+        }
+        for (flag, v) in [
+            ("--max-upload-bytes", args.max_upload_bytes),
+            ("--max-unpacked-bytes", args.max_unpacked_bytes),
+            ("--max-entries", args.max_entries),
+            ("--max-path-bytes", args.max_path_bytes as u64),
+            ("--max-path-depth", args.max_path_depth as u64),
+            ("--probe-timeout-ms", args.probe_timeout_ms),
+        ] {
+            if v == 0 {
+                bail!("{flag} must be positive");
+            }
+        }
+        Ok(Config {
+            listen: args.listen,
+            bundle,
+            host,
+            install_dir,
+            agent_dir,
+            agent_cmd,
+            agent_url: args.agent_url,
+            probe: ProbeSettings {
+                attempts: args.probe_attempts,
+                backoff: Duration::from_millis(args.probe_backoff_ms),
+                max_backoff: Duration::from_millis(
+                    args.probe_max_backoff_ms.max(args.probe_backoff_ms),
+                ),
+                timeout: Duration::from_millis(args.probe_timeout_ms),
+            },
+            caps: Caps {
+                max_compressed: args.max_upload_bytes,
+                max_unpacked: args.max_unpacked_bytes,
+                max_entries: args.max_entries,
+                max_path_bytes: args.max_path_bytes,
+                max_path_depth: args.max_path_depth,
+            },
+            stop_grace: Duration::from_millis(args.stop_grace_ms),
+            install_timeout: Duration::from_secs(args.install_timeout_secs),
+            failed_keep: args.failed_keep,
+            start_agent: args.start_agent,
+        })
+    }
+}
+
+/// Drop `.` components (a lexical clean; `..` is kept as given).
+fn clean(p: &Path) -> PathBuf {
+    p.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
+}

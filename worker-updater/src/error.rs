@@ -1,0 +1,140 @@
+//! The updater's one error type, and its mapping to HTTP responses
+//! (`AppError`): the client's mistakes are 4xx with a message that says what
+//! to fix; internal failures are 500 and logged with their cause.
+
+use std::path::{Path, PathBuf};
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use pki::wire::{OpResponse, OpStatus};
+
+/// Everything that can go wrong in the updater.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdaterError {
+    /// A tar entry our extraction policy refuses.
+    #[error("unsafe entry {path:?}: {why}")]
+    Unsafe { path: String, why: String },
+    /// A configured cap was exceeded.
+    #[error("{0}")]
+    Cap(String),
+    /// The uploaded gzip does not hash to the claimed digest.
+    #[error("sha256 mismatch: the form says {claimed} but the upload hashes to {actual}")]
+    DigestMismatch { claimed: String, actual: String },
+    /// A malformed request: multipart, gzip or tar framing, missing fields.
+    #[error("{0}")]
+    BadUpload(String),
+    /// `swarm.toml` in the pushed tree is unusable.
+    #[error("swarm.toml: {0}")]
+    ReleaseConfig(String),
+    /// The install hook failed or timed out.
+    #[error("{message}")]
+    Install { message: String, stderr: String },
+    /// The disk (or quota) is full.
+    #[error("no space left on the install filesystem ({path}): {source}")]
+    NoSpace {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `/rollback` with no `releases/prev`.
+    #[error("no previous release")]
+    NoPrevious,
+    /// Another operation holds the worker.
+    #[error("busy: {0} in progress; retry when it is done")]
+    Busy(&'static str),
+    /// A filesystem operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Starting or stopping the agent failed.
+    #[error("agent: {0}")]
+    Agent(String),
+    /// Anything else internal.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl UpdaterError {
+    /// An I/O error on `path`; ENOSPC and EDQUOT become [`UpdaterError::NoSpace`].
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        let path = path.as_ref().to_owned();
+        match source.raw_os_error() {
+            Some(code) if code == nix::libc::ENOSPC || code == nix::libc::EDQUOT => {
+                UpdaterError::NoSpace { path, source }
+            }
+            _ => UpdaterError::Io { path, source },
+        }
+    }
+
+    /// Shorthand for an unsafe-entry rejection.
+    pub fn unsafe_entry(path: impl Into<String>, why: impl Into<String>) -> Self {
+        UpdaterError::Unsafe {
+            path: path.into(),
+            why: why.into(),
+        }
+    }
+
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            UpdaterError::Unsafe { .. }
+            | UpdaterError::Cap(_)
+            | UpdaterError::DigestMismatch { .. }
+            | UpdaterError::BadUpload(_)
+            | UpdaterError::ReleaseConfig(_) => StatusCode::BAD_REQUEST,
+            UpdaterError::NoPrevious => StatusCode::NOT_FOUND,
+            UpdaterError::Busy(_) => StatusCode::CONFLICT,
+            UpdaterError::NoSpace { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            UpdaterError::Install { .. }
+            | UpdaterError::Io { .. }
+            | UpdaterError::Agent(_)
+            | UpdaterError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An error on its way out of a handler.
+#[derive(Debug)]
+pub struct AppError(pub UpdaterError);
+
+impl From<UpdaterError> for AppError {
+    fn from(e: UpdaterError) -> Self {
+        AppError(e)
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let code = self.0.status();
+        if code.is_server_error() {
+            tracing::error!("{code}: {}", self.0);
+        } else {
+            tracing::warn!("{code}: {}", self.0);
+        }
+        let status = match self.0 {
+            UpdaterError::Busy(_) => OpStatus::Busy,
+            _ => OpStatus::Error,
+        };
+        let stderr = match &self.0 {
+            UpdaterError::Install { stderr, .. } => Some(stderr.clone()),
+            _ => None,
+        };
+        let body = OpResponse {
+            status,
+            release: None,
+            rolled_back: false,
+            error: Some(self.0.to_string()),
+            probes: Vec::new(),
+            stderr,
+            timings: None,
+        };
+        (code, Json(body)).into_response()
+    }
+}
+
+/// Result alias for the crate.
+pub type Result<T, E = UpdaterError> = std::result::Result<T, E>;

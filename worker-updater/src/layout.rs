@@ -1,0 +1,553 @@
+//! The install directory and its release slots: staging, the atomic flip,
+//! confirmation, revert, rollback swaps, `failed/` retention, and the
+//! start-up repair of whatever a crash left behind.
+//!
+//! ```text
+//! current -> releases/active    (relative symlink, replaced only by rename(2))
+//! releases/active/              live release
+//! releases/prev/                last good release
+//! releases/active.new/          staging (mid-update only)
+//! releases/active.old/          the release that was live before the update
+//!                               in flight, kept until the new one is healthy
+//! releases/.incoming.json       journal: manifest of the update in flight
+//! releases/failed/<time>-<sha>/ releases that failed their probe
+//! ```
+//!
+//! The flip swaps `active.new` and `active` with one `renameat2(RENAME_EXCHANGE)`,
+//! so `releases/active` (and with it `current`) is a whole release at every
+//! instant. One `syncfs` runs before it (staging, manifest and journal reach
+//! the disk together), and the directories are fsynced after each rename.
+//! `prev` is replaced only once the new release has passed its probe, so a
+//! failed release never evicts the last good one.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+use pki::wire::{FailedRelease, Manifest, Releases};
+
+use crate::error::{Result, UpdaterError};
+use crate::release::read_manifest;
+
+/// Paths of one install directory.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub install: PathBuf,
+    pub releases: PathBuf,
+    /// How many failed releases to keep.
+    pub failed_keep: usize,
+}
+
+/// What the start-up repair did.
+#[derive(Clone, Debug, Default)]
+pub struct Repair {
+    /// Human-readable actions, for the log.
+    pub actions: Vec<String>,
+    /// An update crashed after its flip: the live release was never probed.
+    pub unconfirmed: bool,
+}
+
+impl Layout {
+    pub fn new(install: &Path, failed_keep: usize) -> Layout {
+        Layout {
+            install: install.to_owned(),
+            releases: install.join("releases"),
+            failed_keep,
+        }
+    }
+    pub fn current(&self) -> PathBuf {
+        self.install.join("current")
+    }
+    pub fn active(&self) -> PathBuf {
+        self.releases.join("active")
+    }
+    pub fn prev(&self) -> PathBuf {
+        self.releases.join("prev")
+    }
+    pub fn staging(&self) -> PathBuf {
+        self.releases.join("active.new")
+    }
+    pub fn old(&self) -> PathBuf {
+        self.releases.join("active.old")
+    }
+    pub fn failed(&self) -> PathBuf {
+        self.releases.join("failed")
+    }
+    pub fn journal(&self) -> PathBuf {
+        self.releases.join(".incoming.json")
+    }
+    pub fn pidfile(&self) -> PathBuf {
+        self.install.join("agent.pid")
+    }
+    pub fn spawn_log(&self) -> PathBuf {
+        self.install.join("agent.spawn.log")
+    }
+    pub fn env_local(&self) -> PathBuf {
+        self.install.join(".env.local")
+    }
+
+    /// The directory `current` resolves to (e.g. `<install>/releases/active`).
+    pub fn resolved_current(&self) -> Option<PathBuf> {
+        fs::canonicalize(self.current()).ok().filter(|p| p.is_dir())
+    }
+
+    /// Create the install skeleton if missing.
+    pub fn ensure_dirs(&self) -> Result<()> {
+        for d in [&self.install, &self.releases, &self.failed()] {
+            fs::create_dir_all(d).map_err(|e| UpdaterError::io(d, e))?;
+        }
+        Ok(())
+    }
+
+    /// A fresh, empty `active.new/` (a stale one is removed first).
+    pub fn prepare_staging(&self) -> Result<PathBuf> {
+        self.ensure_dirs()?;
+        let staging = self.staging();
+        remove_tree(&staging)?;
+        fs::create_dir(&staging).map_err(|e| UpdaterError::io(&staging, e))?;
+        Ok(staging)
+    }
+
+    /// Remove `active.new/` (after a rejected upload or failed install).
+    pub fn discard_staging(&self) {
+        if let Err(e) = remove_tree(&self.staging()) {
+            tracing::error!("removing the staging dir: {e}");
+        }
+    }
+
+    /// Promote the complete staging release `incoming`: journal it, sync
+    /// once, swap it into `active` atomically, keep the old one as
+    /// `active.old`, and point `current` at `releases/active`.
+    pub fn flip_in(&self, incoming: &Manifest) -> Result<()> {
+        let journal = self.journal();
+        let json = serde_json::to_vec(incoming)
+            .map_err(|e| UpdaterError::Internal(format!("serializing the journal: {e}")))?;
+        fs::write(&journal, json).map_err(|e| UpdaterError::io(&journal, e))?;
+        self.sync_fs()?;
+        remove_tree(&self.old())?;
+        if self.active().is_dir() {
+            exchange(&self.staging(), &self.active())?;
+            rename(&self.staging(), &self.old())?;
+        } else {
+            rename(&self.staging(), &self.active())?;
+        }
+        fsync_dir(&self.releases)?;
+        self.point_current()
+    }
+
+    /// The release in `active` is healthy: the one it replaced becomes
+    /// `prev` (the former `prev` is dropped), the journal goes.
+    pub fn confirm(&self) -> Result<()> {
+        if self.old().is_dir() {
+            let trash = self.trash_name("prev");
+            if self.prev().exists() {
+                rename(&self.prev(), &trash)?;
+            }
+            rename(&self.old(), &self.prev())?;
+            fsync_dir(&self.releases)?;
+            remove_tree(&trash)?;
+        }
+        remove_file(&self.journal())?;
+        fsync_dir(&self.releases)
+    }
+
+    /// The release in `active` failed: move it to `failed/` and put the one
+    /// it replaced back. Returns the name under `failed/` and whether a
+    /// release was restored (false on a first install: `current` is removed).
+    pub fn revert(&self, manifest: &Manifest) -> Result<(String, bool)> {
+        self.ensure_dirs()?;
+        let name = self.failed_name(manifest);
+        let dest = self.failed().join(&name);
+        let restored = if self.old().is_dir() {
+            exchange(&self.active(), &self.old())?;
+            rename(&self.old(), &dest)?;
+            true
+        } else {
+            rename(&self.active(), &dest)?;
+            remove_file(&self.current())?;
+            false
+        };
+        remove_file(&self.journal())?;
+        fsync_dir(&self.releases)?;
+        fsync_dir(&self.install)?;
+        self.prune_failed();
+        Ok((name, restored))
+    }
+
+    /// Swap `active` and `prev` atomically (rollback, and its undo).
+    pub fn swap_prev(&self) -> Result<()> {
+        if !self.prev().is_dir() {
+            return Err(UpdaterError::NoPrevious);
+        }
+        self.sync_fs()?;
+        exchange(&self.active(), &self.prev())?;
+        fsync_dir(&self.releases)?;
+        self.point_current()
+    }
+
+    /// Move the release in `prev` to `failed/` (it failed after a crash repair).
+    pub fn fail_prev(&self) -> Result<String> {
+        let manifest = read_manifest(&self.prev()).unwrap_or_else(unknown_manifest);
+        let name = self.failed_name(&manifest);
+        rename(&self.prev(), &self.failed().join(&name))?;
+        fsync_dir(&self.releases)?;
+        self.prune_failed();
+        Ok(name)
+    }
+
+    /// `GET /releases`.
+    pub fn releases(&self) -> Releases {
+        let mut failed: Vec<FailedRelease> = fs::read_dir(self.failed())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| FailedRelease {
+                        name: e.file_name().to_string_lossy().into_owned(),
+                        manifest: read_manifest(&e.path()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        failed.sort_by(|a, b| b.name.cmp(&a.name));
+        Releases {
+            active: read_manifest(&self.active()),
+            prev: read_manifest(&self.prev()),
+            failed,
+        }
+    }
+
+    /// Bring the layout back to a rest state after a crash, before serving:
+    /// `current` ends on one whole release (or is absent when there is none).
+    ///
+    /// Rules, in order:
+    /// 1. leftover temp symlinks and trash dirs are removed;
+    /// 2. `active.new` is either staging that never went live (removed) or,
+    ///    when the journal's release is already in `active`, the old release
+    ///    swapped out by the flip (kept as `active.old`);
+    /// 3. `active.old` with no `active` (a non-atomic fallback interrupted):
+    ///    the old release goes back to `active`;
+    /// 4. `active.old` next to `active`: the flip happened, the probe never
+    ///    confirmed it. The layout rolls forward (`active.old` becomes
+    ///    `prev`) and [`Repair::unconfirmed`] asks the caller to restart and
+    ///    probe the agent, reverting to `prev` if it is unhealthy;
+    /// 5. no `active` but a `prev`: `prev` becomes `active`;
+    /// 6. `current` is re-pointed at `releases/active`, or removed if there
+    ///    is no release at all.
+    pub fn repair(&self) -> Result<Repair> {
+        self.ensure_dirs()?;
+        let mut r = Repair::default();
+        for dir in [&self.install, &self.releases] {
+            let entries = fs::read_dir(dir).map_err(|e| UpdaterError::io(dir, e))?;
+            for e in entries.filter_map(|e| e.ok()) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(".current.tmp") || name.starts_with(".trash-") {
+                    remove_tree(&e.path())?;
+                    r.actions
+                        .push(format!("removed leftover {}", e.path().display()));
+                }
+            }
+        }
+        let journal: Option<Manifest> = fs::read(self.journal())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let active = read_manifest(&self.active());
+        let flipped = matches!((&journal, &active), (Some(j), Some(a)) if j == a);
+        if self.staging().exists() {
+            if flipped && !self.old().exists() {
+                rename(&self.staging(), &self.old())?;
+                r.actions
+                    .push("kept the release swapped out by the flip as active.old".into());
+            } else {
+                remove_tree(&self.staging())?;
+                r.actions
+                    .push("removed unfinished staging active.new".into());
+            }
+        }
+        if self.old().is_dir() && !self.active().is_dir() {
+            rename(&self.old(), &self.active())?;
+            r.actions.push("restored active.old as active".into());
+        } else if self.old().is_dir() {
+            r.unconfirmed = true;
+            self.confirm()?;
+            r.actions.push(
+                "an update crashed after its flip: kept it live, the release it replaced is prev"
+                    .into(),
+            );
+        } else if flipped {
+            // First install flipped but never confirmed.
+            r.unconfirmed = true;
+        }
+        if !self.active().is_dir() && self.prev().is_dir() {
+            rename(&self.prev(), &self.active())?;
+            r.actions.push("no active release: promoted prev".into());
+        }
+        if self.journal().exists() {
+            remove_file(&self.journal())?;
+        }
+        fsync_dir(&self.releases)?;
+        if self.active().is_dir() {
+            if fs::read_link(self.current()).ok().as_deref() != Some(Path::new("releases/active")) {
+                r.actions
+                    .push("re-pointed current at releases/active".into());
+            }
+            self.point_current()?;
+        } else if fs::symlink_metadata(self.current()).is_ok() {
+            remove_file(&self.current())?;
+            fsync_dir(&self.install)?;
+            r.actions
+                .push("removed current: there is no release".into());
+        }
+        Ok(r)
+    }
+
+    /// Atomically (re)point `current` at `releases/active`: a temp symlink
+    /// renamed over it, then the install dir fsynced.
+    fn point_current(&self) -> Result<()> {
+        let tmp = self
+            .install
+            .join(format!(".current.tmp-{}", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink("releases/active", &tmp)
+            .map_err(|e| UpdaterError::io(&tmp, e))?;
+        rename(&tmp, &self.current())?;
+        fsync_dir(&self.install)
+    }
+
+    /// One sync of the install filesystem.
+    fn sync_fs(&self) -> Result<()> {
+        let f = File::open(&self.releases).map_err(|e| UpdaterError::io(&self.releases, e))?;
+        nix::unistd::syncfs(&f).map_err(|e| UpdaterError::io(&self.releases, e.into()))
+    }
+
+    fn trash_name(&self, what: &str) -> PathBuf {
+        self.releases
+            .join(format!(".trash-{what}-{}", std::process::id()))
+    }
+
+    fn failed_name(&self, manifest: &Manifest) -> String {
+        let stamp = time::OffsetDateTime::now_utc()
+            .format(time::macros::format_description!(
+                "[year][month][day]T[hour][minute][second]Z"
+            ))
+            .unwrap_or_else(|_| "unknown".into());
+        let sha: String = manifest.sha256.chars().take(12).collect();
+        let base = format!("{stamp}-{sha}");
+        let mut name = base.clone();
+        let mut n = 1;
+        while self.failed().join(&name).exists() {
+            n += 1;
+            name = format!("{base}-{n}");
+        }
+        name
+    }
+
+    /// Keep the newest `failed_keep` failed releases.
+    fn prune_failed(&self) {
+        let Ok(rd) = fs::read_dir(self.failed()) else {
+            return;
+        };
+        let mut names: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let excess = names.len().saturating_sub(self.failed_keep);
+        for name in &names[..excess] {
+            if let Err(e) = remove_tree(&self.failed().join(name)) {
+                tracing::warn!("pruning failed/{name}: {e}");
+            }
+        }
+    }
+}
+
+/// A placeholder manifest for a release whose own is unreadable.
+fn unknown_manifest() -> Manifest {
+    Manifest {
+        sha256: "unknown".into(),
+        size_bytes: 0,
+        files: 0,
+        git_commit: None,
+        pushed_at: String::new(),
+        pushed_by: String::new(),
+    }
+}
+
+/// Swap two directory entries atomically. Filesystems without
+/// `RENAME_EXCHANGE` get three renames (not atomic; logged).
+fn exchange(a: &Path, b: &Path) -> Result<()> {
+    match renameat2(AT_FDCWD, a, AT_FDCWD, b, RenameFlags::RENAME_EXCHANGE) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {
+            tracing::warn!(
+                "this filesystem has no RENAME_EXCHANGE; swapping {} and {} with three renames",
+                a.display(),
+                b.display()
+            );
+            let tmp = a.with_extension("swap");
+            rename(a, &tmp)?;
+            rename(b, a)?;
+            rename(&tmp, b)
+        }
+        Err(e) => Err(UpdaterError::io(a, e.into())),
+    }
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    fs::rename(from, to).map_err(|e| {
+        UpdaterError::io(
+            from,
+            io::Error::new(e.kind(), format!("rename to {}: {e}", to.display())),
+        )
+    })
+}
+
+fn remove_file(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(UpdaterError::io(path, e)),
+    }
+}
+
+/// Remove a directory tree (or file, or link) if it exists.
+pub fn remove_tree(path: &Path) -> Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(UpdaterError::io(path, e)),
+    };
+    let r = if meta.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    r.map_err(|e| UpdaterError::io(path, e))
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| UpdaterError::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(sha: &str) -> Manifest {
+        Manifest {
+            sha256: sha.into(),
+            size_bytes: 1,
+            files: 1,
+            git_commit: None,
+            pushed_at: "2025-01-01T00:00:00Z".into(),
+            pushed_by: "master".into(),
+        }
+    }
+
+    fn stage(l: &Layout, sha: &str) -> Manifest {
+        let s = l.prepare_staging().unwrap();
+        let m = manifest(sha);
+        crate::release::write_manifest(&s, &m).unwrap();
+        m
+    }
+
+    fn live(l: &Layout) -> Option<String> {
+        read_manifest(&l.current()).map(|m| m.sha256)
+    }
+
+    #[test]
+    fn update_confirm_revert_rollback() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = Layout::new(tmp.path(), 2);
+        assert_eq!(l.repair().unwrap().actions.len(), 0);
+        let a = stage(&l, "aaaa");
+        l.flip_in(&a).unwrap();
+        assert_eq!(live(&l).as_deref(), Some("aaaa"));
+        l.confirm().unwrap();
+        let b = stage(&l, "bbbb");
+        l.flip_in(&b).unwrap();
+        assert_eq!(live(&l).as_deref(), Some("bbbb"));
+        assert!(l.old().is_dir());
+        l.confirm().unwrap();
+        assert_eq!(read_manifest(&l.prev()).unwrap().sha256, "aaaa");
+        // A failing update keeps prev.
+        let c = stage(&l, "cccc");
+        l.flip_in(&c).unwrap();
+        let (name, restored) = l.revert(&c).unwrap();
+        assert!(restored);
+        assert!(name.contains("cccc"));
+        assert_eq!(live(&l).as_deref(), Some("bbbb"));
+        assert_eq!(read_manifest(&l.prev()).unwrap().sha256, "aaaa");
+        assert_eq!(l.releases().failed.len(), 1);
+        l.swap_prev().unwrap();
+        assert_eq!(live(&l).as_deref(), Some("aaaa"));
+        assert_eq!(
+            fs::read_link(l.current()).unwrap(),
+            PathBuf::from("releases/active")
+        );
+    }
+
+    #[test]
+    fn first_install_failure_leaves_nothing_live() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = Layout::new(tmp.path(), 2);
+        let a = stage(&l, "aaaa");
+        l.flip_in(&a).unwrap();
+        let (_, restored) = l.revert(&a).unwrap();
+        assert!(!restored);
+        assert!(fs::symlink_metadata(l.current()).is_err());
+        assert!(!l.active().exists());
+        let b = stage(&l, "bbbb");
+        l.flip_in(&b).unwrap();
+        l.confirm().unwrap();
+        assert_eq!(live(&l).as_deref(), Some("bbbb"));
+    }
+
+    #[test]
+    fn repair_rules() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = Layout::new(tmp.path(), 2);
+        let a = stage(&l, "aaaa");
+        l.flip_in(&a).unwrap();
+        l.confirm().unwrap();
+        // Crash mid-staging: staging removed, nothing else.
+        stage(&l, "bbbb");
+        let r = l.repair().unwrap();
+        assert!(!r.unconfirmed);
+        assert!(!l.staging().exists());
+        assert_eq!(live(&l).as_deref(), Some("aaaa"));
+        // Crash between the exchange and the rename of the old release.
+        let b = stage(&l, "bbbb");
+        fs::write(l.journal(), serde_json::to_vec(&b).unwrap()).unwrap();
+        exchange(&l.staging(), &l.active()).unwrap();
+        let r = l.repair().unwrap();
+        assert!(r.unconfirmed, "{r:?}");
+        assert_eq!(live(&l).as_deref(), Some("bbbb"));
+        assert_eq!(read_manifest(&l.prev()).unwrap().sha256, "aaaa");
+        assert!(!l.journal().exists() && !l.old().exists() && !l.staging().exists());
+        // current missing and a stray temp link.
+        fs::remove_file(l.current()).unwrap();
+        std::os::unix::fs::symlink("nowhere", l.install.join(".current.tmp-1")).unwrap();
+        l.repair().unwrap();
+        assert_eq!(live(&l).as_deref(), Some("bbbb"));
+        assert!(fs::symlink_metadata(l.install.join(".current.tmp-1")).is_err());
+        // active gone, prev there: prev promoted.
+        remove_tree(&l.active()).unwrap();
+        l.repair().unwrap();
+        assert_eq!(live(&l).as_deref(), Some("aaaa"));
+    }
+
+    #[test]
+    fn failed_retention() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = Layout::new(tmp.path(), 2);
+        for i in 0..4 {
+            let m = stage(&l, &format!("{i}{i}{i}"));
+            l.flip_in(&m).unwrap();
+            l.revert(&m).unwrap();
+        }
+        assert_eq!(l.releases().failed.len(), 2);
+    }
+}

@@ -1,0 +1,160 @@
+//! swarm's updater daemon: receives releases over mTLS, extracts them
+//! safely, rotates A/B slots with an atomic flip, restarts and probes the
+//! agent, and rolls back on its own when the probe fails.
+//!
+//! Code map: [`config`] (flags → validated [`Config`]), [`upload`] +
+//! [`extract`] (streamed, validated extraction), [`release`] (`swarm.toml`,
+//! `.env.local`, manifests), [`layout`] (slots, flip, repair), [`agent`]
+//! (pidfile, `/proc`, signals, spawn), [`probe`] (mTLS health checks),
+//! [`ops`] (the operations), [`error`] (the one error type and `AppError`).
+//!
+//! Invariants: only this crate touches release symlinks and agent
+//! processes; one operation at a time; blocking work never runs on the
+//! async runtime's threads, so `/health` answers during an update.
+
+pub mod agent;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod layout;
+pub mod ops;
+pub mod probe;
+pub mod release;
+pub mod upload;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{DefaultBodyLimit, Multipart, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use pki::Peer;
+use pki::wire::{ErrorBody, Releases, UpdaterHealth};
+use tokio::net::TcpListener;
+
+pub use config::{Args, Config};
+use error::{AppError, UpdaterError};
+use ops::{App, blocking};
+
+/// Log to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stopping");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+}
+
+/// Repair the install dir, then serve on `listener` until `shutdown`.
+pub async fn run(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let app = Arc::new(App::new(config)?);
+    let layout = app.layout.clone();
+    let repair = blocking(move || layout.repair()).await?;
+    for action in &repair.actions {
+        tracing::warn!("start-up repair: {action}");
+    }
+    tokio::spawn(app.clone().reconcile(repair.unconfirmed));
+    pki::serve(listener, tls, router(app), shutdown).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The updater's routes (the auth policy is applied by [`pki::serve`]).
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/releases", get(releases))
+        .route("/update", post(update).layer(DefaultBodyLimit::disable()))
+        .route("/rollback", post(rollback))
+        .route("/update-self", post(update_self))
+        .fallback(not_found)
+        .with_state(app)
+}
+
+async fn health(State(app): State<Arc<App>>) -> Json<UpdaterHealth> {
+    Json(UpdaterHealth {
+        status: "ok".into(),
+        role: "updater".into(),
+        host: app.config.host.to_string(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        release: app.own_release.clone(),
+        pid: std::process::id(),
+        busy: app.busy(),
+    })
+}
+
+async fn releases(State(app): State<Arc<App>>) -> Result<Json<Releases>, AppError> {
+    let layout = app.layout.clone();
+    Ok(Json(blocking(move || Ok(layout.releases())).await?))
+}
+
+async fn update(
+    State(app): State<Arc<App>>,
+    Peer(who): Peer,
+    form: Result<Multipart, MultipartRejection>,
+) -> Result<Response, AppError> {
+    let guard = app.try_begin("update")?;
+    let form = form.map_err(|e| {
+        UpdaterError::BadUpload(format!(
+            "{e}: send multipart/form-data with fields sha256 and tarball"
+        ))
+    })?;
+    // Run detached so a client that hangs up cannot cancel the operation
+    // half-way through a rotation.
+    let task = tokio::spawn(async move {
+        let _guard = guard;
+        app.update(form, who.cn()).await
+    });
+    let (code, body) = task
+        .await
+        .map_err(|e| UpdaterError::Internal(format!("update task: {e}")))??;
+    Ok((code, Json(body)).into_response())
+}
+
+async fn rollback(State(app): State<Arc<App>>) -> Result<Response, AppError> {
+    let guard = app.try_begin("rollback")?;
+    let task = tokio::spawn(async move {
+        let _guard = guard;
+        app.rollback().await
+    });
+    let (code, body) = task
+        .await
+        .map_err(|e| UpdaterError::Internal(format!("rollback task: {e}")))??;
+    Ok((code, Json(body)).into_response())
+}
+
+async fn update_self() -> Response {
+    ErrorBody::response(
+        StatusCode::NOT_IMPLEMENTED,
+        "self-update is not available in this version of worker-updater",
+    )
+}
+
+async fn not_found() -> Response {
+    ErrorBody::response(StatusCode::NOT_FOUND, "no such endpoint")
+}

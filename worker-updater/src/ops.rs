@@ -1,0 +1,557 @@
+//! The operations: update (receive → install hook → flip → restart → probe
+//! → confirm or revert), rollback (swap with `prev` → restart → probe → undo
+//! if unhealthy), and the start-up reconcile. One at a time per worker:
+//! [`App::try_begin`] hands out the only [`OpGuard`].
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::Multipart;
+use axum::http::StatusCode;
+use pki::wire::{Manifest, OpResponse, OpStatus, Probe, Timings};
+use tokio::io::AsyncReadExt;
+
+use crate::agent::{Launch, Matcher, Spawned, Supervisor};
+use crate::config::Config;
+use crate::error::{Result, UpdaterError};
+use crate::layout::Layout;
+use crate::probe::probe;
+use crate::release::{AgentEnv, SwarmToml, read_manifest, resolve_program, write_manifest};
+use crate::upload;
+
+/// How much of the install hook's stderr is returned.
+const STDERR_TAIL: usize = 8 * 1024;
+
+/// Shared state of the daemon.
+#[derive(Debug)]
+pub struct App {
+    pub config: Config,
+    pub layout: Layout,
+    pub supervisor: Supervisor,
+    pub probe_client: reqwest::Client,
+    /// The updater's own release (set by self-update), read at start.
+    pub own_release: Option<Manifest>,
+    busy: Mutex<Option<&'static str>>,
+}
+
+/// Holds the worker for one operation; released on drop.
+#[derive(Debug)]
+pub struct OpGuard {
+    app: Arc<App>,
+}
+
+impl Drop for OpGuard {
+    fn drop(&mut self) {
+        if let Ok(mut b) = self.app.busy.lock() {
+            *b = None;
+        }
+    }
+}
+
+/// An operation's answer: status code and body.
+pub type OpResult = Result<(StatusCode, OpResponse)>;
+
+impl App {
+    pub fn new(config: Config) -> anyhow::Result<App> {
+        let layout = Layout::new(&config.install_dir, config.failed_keep);
+        let supervisor = Supervisor::new(
+            &config.install_dir,
+            layout.pidfile(),
+            layout.spawn_log(),
+            config.stop_grace,
+        );
+        let probe_client = pki::http_client(
+            &config.bundle,
+            pki::ServerExpectation::cn(config.host.as_str()),
+        )?
+        .connect_timeout(config.probe.timeout)
+        .build()?;
+        let own_release = read_manifest(&config.install_dir.join("updater/current"));
+        Ok(App {
+            config,
+            layout,
+            supervisor,
+            probe_client,
+            own_release,
+            busy: Mutex::new(None),
+        })
+    }
+
+    /// Take the worker for `op`, or fail at once with `Busy`.
+    pub fn try_begin(self: &Arc<Self>, op: &'static str) -> Result<OpGuard> {
+        let mut b = self
+            .busy
+            .lock()
+            .map_err(|_| UpdaterError::Internal("operation lock poisoned".into()))?;
+        if let Some(running) = *b {
+            return Err(UpdaterError::Busy(running));
+        }
+        *b = Some(op);
+        Ok(OpGuard { app: self.clone() })
+    }
+
+    /// The operation running now, if any.
+    pub fn busy(&self) -> Option<String> {
+        self.busy.lock().ok().and_then(|b| b.map(str::to_owned))
+    }
+
+    /// How to recognise this worker's agent: the default program, the
+    /// reference agent, and the programs of the releases on disk.
+    fn matcher(&self) -> Matcher {
+        let mut programs = vec!["worker-agent".to_owned()];
+        let mut add = |cmd: Option<&String>| {
+            if let Some(name) = cmd.and_then(|c| Path::new(c).file_name()) {
+                programs.push(name.to_string_lossy().into_owned());
+            }
+        };
+        add(self.config.agent_cmd.first());
+        for dir in [self.layout.active(), self.layout.prev(), self.layout.old()] {
+            if let Ok(t) = SwarmToml::load(&dir) {
+                add(t.agent.command.as_ref().and_then(|c| c.first()));
+            }
+        }
+        programs.sort();
+        programs.dedup();
+        Matcher {
+            programs,
+            install_dir: self.config.install_dir.clone(),
+            agent_dir: self.config.agent_dir.clone(),
+        }
+    }
+
+    /// The environment of an agent (or install hook) running from `release_dir`.
+    fn env_for(&self, release_dir: &Path) -> Result<AgentEnv> {
+        AgentEnv::new(
+            &self.layout.env_local(),
+            &self.config.agent_dir,
+            release_dir,
+            &self.config.install_dir,
+        )
+    }
+
+    /// The command, environment and health URL for the release in `release_dir`.
+    fn launch_for(&self, release_dir: &Path, sha256: Option<String>) -> Result<(Launch, String)> {
+        let toml = SwarmToml::load(release_dir)?;
+        let env = self.env_for(release_dir)?;
+        let raw = toml
+            .agent
+            .command
+            .unwrap_or_else(|| self.config.agent_cmd.clone());
+        let mut argv = raw
+            .iter()
+            .map(|a| env.expand(a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| UpdaterError::ReleaseConfig(format!("[agent] command: {e}")))?;
+        if let Some(p) = argv.first_mut() {
+            *p = resolve_program(p, release_dir).display().to_string();
+        }
+        let url = match toml.agent.health_url {
+            Some(u) => env
+                .expand(&u)
+                .map_err(|e| UpdaterError::ReleaseConfig(format!("[agent] health_url: {e}")))?,
+            None => self.config.agent_url.clone(),
+        };
+        let launch = Launch {
+            argv,
+            env: env.added.into_iter().collect(),
+            release_dir: release_dir.to_owned(),
+            sha256,
+        };
+        Ok((launch, url))
+    }
+
+    /// Stop whatever agent of ours runs, start one from `current`, probe it.
+    pub async fn restart_and_probe(
+        &self,
+        phase: &str,
+        expect: Option<&Manifest>,
+    ) -> (Probe, Option<Spawned>) {
+        let notes = self.supervisor.stop(&self.matcher()).await;
+        for n in notes {
+            tracing::info!("{n}");
+        }
+        let failed = |url: String, error: String| Probe {
+            phase: phase.into(),
+            url,
+            healthy: false,
+            attempts: 0,
+            elapsed_ms: 0,
+            release_sha256: None,
+            error: Some(error),
+        };
+        let Some(release_dir) = self.layout.resolved_current() else {
+            return (
+                failed(
+                    self.config.agent_url.clone(),
+                    "no current release to start".into(),
+                ),
+                None,
+            );
+        };
+        let sha = read_manifest(&release_dir).map(|m| m.sha256);
+        let (launch, url) = match self.launch_for(&release_dir, sha) {
+            Ok(l) => l,
+            Err(e) => return (failed(self.config.agent_url.clone(), e.to_string()), None),
+        };
+        let spawned = match self.supervisor.spawn(&launch) {
+            Ok(s) => s,
+            Err(e) => return (failed(url, e.to_string()), None),
+        };
+        let p = probe(
+            &self.probe_client,
+            &url,
+            phase,
+            expect.map(|m| m.sha256.as_str()),
+            &self.config.probe,
+            Some(spawned.exited.clone()),
+        )
+        .await;
+        (p, Some(spawned))
+    }
+
+    /// `POST /update`, with the worker already taken.
+    pub async fn update(self: Arc<Self>, form: Multipart, pushed_by: String) -> OpResult {
+        let t0 = Instant::now();
+        let mut timings = Timings::default();
+        let layout = self.layout.clone();
+        let staging = blocking(move || layout.prepare_staging()).await?;
+        let prepared = self.prepare(form, &staging, pushed_by, &mut timings).await;
+        let manifest = match prepared {
+            Ok(m) => m,
+            Err(e) => {
+                let layout = self.layout.clone();
+                let _ = blocking(move || {
+                    layout.discard_staging();
+                    Ok(())
+                })
+                .await;
+                return Err(e);
+            }
+        };
+        let previous = read_manifest(&self.layout.active());
+
+        let t = Instant::now();
+        let (layout, m) = (self.layout.clone(), manifest.clone());
+        blocking(move || layout.flip_in(&m)).await?;
+        timings.sync_flip_ms = ms(t);
+        tracing::info!(sha256 = %manifest.sha256, "flipped current to the new release");
+
+        let t = Instant::now();
+        let (forward, spawned) = self.restart_and_probe("forward", Some(&manifest)).await;
+        timings.probe_ms = forward.elapsed_ms;
+        timings.restart_ms = ms(t).saturating_sub(forward.elapsed_ms);
+        if forward.healthy {
+            let layout = self.layout.clone();
+            blocking(move || layout.confirm()).await?;
+            timings.total_ms = ms(t0);
+            tracing::info!(sha256 = %manifest.sha256, "update healthy");
+            return Ok((
+                StatusCode::OK,
+                OpResponse {
+                    status: OpStatus::Updated,
+                    release: Some(manifest),
+                    rolled_back: false,
+                    error: None,
+                    probes: vec![forward],
+                    stderr: None,
+                    timings: Some(timings),
+                },
+            ));
+        }
+
+        // Unhealthy: stop it, put the last good release back.
+        let why = forward.error.clone().unwrap_or_else(|| "unhealthy".into());
+        if let Some(s) = &spawned {
+            tracing::info!(
+                "{}",
+                self.supervisor
+                    .stop_pid(s.pid, crate::agent::proc_start_time(s.pid))
+                    .await
+            );
+        }
+        let (layout, m) = (self.layout.clone(), manifest.clone());
+        let (failed_name, restored) = blocking(move || layout.revert(&m)).await?;
+        let mut probes = vec![forward];
+        let (release, error) = if restored {
+            let (back, _) = self.restart_and_probe("rollback", previous.as_ref()).await;
+            let mut error = format!(
+                "release {} failed its health probe ({why}); rolled back to {} (the failed tree is in releases/failed/{failed_name})",
+                short(&manifest.sha256),
+                previous
+                    .as_ref()
+                    .map_or("the previous release", |p| short(&p.sha256)),
+            );
+            if !back.healthy {
+                error.push_str(&format!(
+                    "; the restored release is unhealthy too: {}",
+                    back.error.as_deref().unwrap_or("unhealthy")
+                ));
+            }
+            probes.push(back);
+            (previous, error)
+        } else {
+            (
+                None,
+                format!(
+                    "first install of {} failed its health probe ({why}); there was no previous release, so nothing runs and `current` is absent; the tree is in releases/failed/{failed_name}; push a fixed tree",
+                    short(&manifest.sha256)
+                ),
+            )
+        };
+        timings.total_ms = ms(t0);
+        tracing::warn!("{error}");
+        Ok((
+            StatusCode::CONFLICT,
+            OpResponse {
+                status: OpStatus::RolledBack,
+                release,
+                rolled_back: restored,
+                error: Some(error),
+                probes,
+                stderr: None,
+                timings: Some(timings),
+            },
+        ))
+    }
+
+    /// Receive into staging, write the manifest, check `swarm.toml`, run
+    /// the install hook. Nothing outside staging is touched.
+    async fn prepare(
+        &self,
+        form: Multipart,
+        staging: &Path,
+        pushed_by: String,
+        timings: &mut Timings,
+    ) -> Result<Manifest> {
+        let t = Instant::now();
+        let received = upload::receive(form, staging, &self.config.caps).await?;
+        let manifest = received.manifest(pushed_by);
+        timings.receive_ms = ms(t);
+        tracing::info!(
+            sha256 = %manifest.sha256,
+            bytes = manifest.size_bytes,
+            files = manifest.files,
+            "release received"
+        );
+        let (dir, m) = (staging.to_owned(), manifest.clone());
+        blocking(move || write_manifest(&dir, &m)).await?;
+        let toml = SwarmToml::load(staging)?;
+        // Fail now, not after the flip, on an agent command that cannot expand.
+        self.launch_for(staging, None)?;
+        let t = Instant::now();
+        if let Some(cmd) = &toml.install.command {
+            let timeout = toml
+                .install
+                .timeout_secs
+                .map_or(self.config.install_timeout, Duration::from_secs);
+            let env = self.env_for(staging)?;
+            run_install(cmd, staging, &env, timeout).await?;
+        }
+        timings.install_ms = ms(t);
+        Ok(manifest)
+    }
+
+    /// `POST /rollback`, with the worker already taken.
+    pub async fn rollback(self: Arc<Self>) -> OpResult {
+        if !self.layout.prev().is_dir() || !self.layout.active().is_dir() {
+            return Err(UpdaterError::NoPrevious);
+        }
+        let running = read_manifest(&self.layout.active());
+        let target = read_manifest(&self.layout.prev());
+        let layout = self.layout.clone();
+        blocking(move || layout.swap_prev()).await?;
+        let (p, _) = self.restart_and_probe("rollback", target.as_ref()).await;
+        if p.healthy {
+            tracing::info!("rolled back to {:?}", target.as_ref().map(|m| &m.sha256));
+            return Ok((
+                StatusCode::OK,
+                OpResponse {
+                    status: OpStatus::RolledBack,
+                    release: target,
+                    rolled_back: true,
+                    error: None,
+                    probes: vec![p],
+                    stderr: None,
+                    timings: None,
+                },
+            ));
+        }
+        let layout = self.layout.clone();
+        blocking(move || layout.swap_prev()).await?;
+        let (back, _) = self
+            .restart_and_probe("rollback-check", running.as_ref())
+            .await;
+        let mut error = format!(
+            "the previous release {} failed its health probe ({}); went back to {}",
+            target
+                .as_ref()
+                .map_or("(no manifest)", |m| short(&m.sha256)),
+            p.error.as_deref().unwrap_or("unhealthy"),
+            running
+                .as_ref()
+                .map_or("(no manifest)", |m| short(&m.sha256)),
+        );
+        if !back.healthy {
+            error.push_str(&format!(
+                ", which is unhealthy too: {}",
+                back.error.as_deref().unwrap_or("unhealthy")
+            ));
+        }
+        tracing::warn!("{error}");
+        Ok((
+            StatusCode::CONFLICT,
+            OpResponse {
+                status: OpStatus::Error,
+                release: running,
+                rolled_back: false,
+                error: Some(error),
+                probes: vec![p, back],
+                stderr: None,
+                timings: None,
+            },
+        ))
+    }
+
+    /// After start-up repair: restart and probe the agent when a crash left
+    /// an unconfirmed release live (reverting to `prev` if it is unhealthy),
+    /// or start one when none of ours runs and `--start-agent` is on.
+    pub async fn reconcile(self: Arc<Self>, unconfirmed: bool) {
+        if self.layout.resolved_current().is_none() {
+            return;
+        }
+        let needed =
+            unconfirmed || (self.config.start_agent && !self.supervisor.running(&self.matcher()));
+        if !needed {
+            return;
+        }
+        let Ok(_guard) = self.try_begin("start-up") else {
+            return;
+        };
+        let active = read_manifest(&self.layout.active());
+        let (p, _) = self.restart_and_probe("forward", active.as_ref()).await;
+        if p.healthy {
+            tracing::info!("start-up: agent healthy");
+            return;
+        }
+        tracing::warn!("start-up: agent unhealthy: {:?}", p.error);
+        if !unconfirmed || !self.layout.prev().is_dir() {
+            return;
+        }
+        let layout = self.layout.clone();
+        let reverted = blocking(move || {
+            layout.swap_prev()?;
+            layout.fail_prev()
+        })
+        .await;
+        match reverted {
+            Ok(name) => {
+                tracing::warn!(
+                    "start-up: the unconfirmed release went to failed/{name}; restarting the previous one"
+                );
+                let prev = read_manifest(&self.layout.active());
+                let (p, _) = self.restart_and_probe("rollback", prev.as_ref()).await;
+                tracing::info!(healthy = p.healthy, "start-up: previous release restarted");
+            }
+            Err(e) => tracing::error!("start-up: reverting the unconfirmed release: {e}"),
+        }
+    }
+}
+
+/// Run blocking filesystem work off the async runtime.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| UpdaterError::Internal(format!("blocking task: {e}")))?
+}
+
+/// Run the install hook in `dir` with a timeout; on failure, the tail of its stderr.
+async fn run_install(cmd: &[String], dir: &Path, env: &AgentEnv, timeout: Duration) -> Result<()> {
+    let argv = cmd
+        .iter()
+        .map(|a| env.expand(a))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| UpdaterError::ReleaseConfig(format!("[install] command: {e}")))?;
+    let Some((program, args)) = argv.split_first() else {
+        return Err(UpdaterError::ReleaseConfig(
+            "[install] command is empty".into(),
+        ));
+    };
+    let program = resolve_program(program, dir);
+    tracing::info!(?argv, "running the install hook");
+    let mut child = tokio::process::Command::new(&program)
+        .args(args)
+        .current_dir(dir)
+        .envs(env.added.iter())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| UpdaterError::Install {
+            message: format!("cannot run the install hook {}: {e}", program.display()),
+            stderr: String::new(),
+        })?;
+    let pid = child.id().and_then(|p| i32::try_from(p).ok());
+    let mut stderr = child.stderr.take();
+    let reader = tokio::spawn(async move {
+        let mut tail: Vec<u8> = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        if let Some(s) = stderr.as_mut() {
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > STDERR_TAIL {
+                    tail.drain(..tail.len() - STDERR_TAIL);
+                }
+            }
+        }
+        String::from_utf8_lossy(&tail).into_owned()
+    });
+    let outcome = tokio::time::timeout(timeout, child.wait()).await;
+    if outcome.is_err()
+        && let Some(pid) = pid
+    {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = child.wait().await;
+    }
+    // A grandchild may hold the pipe open; do not wait for it forever.
+    let stderr = tokio::time::timeout(Duration::from_secs(2), reader)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default();
+    match outcome {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(UpdaterError::Install {
+            message: format!("install hook {argv:?} failed ({status}); nothing was rotated"),
+            stderr,
+        }),
+        Ok(Err(e)) => Err(UpdaterError::Install {
+            message: format!("waiting for the install hook: {e}"),
+            stderr,
+        }),
+        Err(_) => Err(UpdaterError::Install {
+            message: format!(
+                "install hook {argv:?} timed out after {timeout:?}; nothing was rotated"
+            ),
+            stderr,
+        }),
+    }
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}
+
+fn ms(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
+}

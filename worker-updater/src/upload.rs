@@ -1,0 +1,203 @@
+//! Receiving `POST /update`: the multipart body is read field by field; the
+//! `tarball` field's chunks are hashed (SHA-256) and counted on the async
+//! side and handed through a bounded channel to a blocking task that
+//! decompresses and extracts them. The upload is never held whole in memory
+//! nor written as a temporary tarball. The digest is checked at the end,
+//! whichever order the fields came in.
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use axum::extract::Multipart;
+use axum::extract::multipart::Field;
+use bytes::Bytes;
+use pki::wire::Manifest;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::error::{Result, UpdaterError};
+use crate::extract::{Caps, Extracted, extract};
+
+/// Chunks in flight between the network and the extractor.
+const CHANNEL_DEPTH: usize = 16;
+/// Largest accepted text field.
+const MAX_TEXT_FIELD: usize = 4096;
+
+/// A received, verified upload (the tree is in staging).
+#[derive(Debug)]
+pub struct Received {
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub extracted: Extracted,
+    pub git_commit: Option<String>,
+}
+
+impl Received {
+    /// The manifest for this release.
+    pub fn manifest(&self, pushed_by: String) -> Manifest {
+        Manifest {
+            sha256: self.sha256.clone(),
+            size_bytes: self.size_bytes,
+            files: self.extracted.files,
+            git_commit: self.git_commit.clone(),
+            pushed_at: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            pushed_by,
+        }
+    }
+}
+
+/// Read the whole form, extracting the tarball into `staging`.
+pub async fn receive(mut form: Multipart, staging: &Path, caps: &Caps) -> Result<Received> {
+    let mut claimed: Option<String> = None;
+    let mut git_commit: Option<String> = None;
+    let mut tarball: Option<(String, u64, Extracted)> = None;
+    while let Some(field) = form.next_field().await.map_err(multipart_error)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        match name.as_str() {
+            "sha256" => claimed = Some(text(field, &name).await?.to_ascii_lowercase()),
+            "git_commit" => git_commit = Some(text(field, &name).await?).filter(|s| !s.is_empty()),
+            "tarball" => {
+                if tarball.is_some() {
+                    return Err(UpdaterError::BadUpload(
+                        "two `tarball` fields; send one".into(),
+                    ));
+                }
+                tarball = Some(stream_tarball(field, staging.to_owned(), caps.clone()).await?);
+            }
+            // `confirm_self` and fields of newer masters: read and ignored.
+            _ => {
+                text(field, &name).await?;
+            }
+        }
+    }
+    let (actual, size_bytes, extracted) = tarball.ok_or_else(|| {
+        UpdaterError::BadUpload("missing field `tarball` (curl -F tarball=@tree.tgz)".into())
+    })?;
+    let claimed = claimed.ok_or_else(|| {
+        UpdaterError::BadUpload("missing field `sha256` (the hex SHA-256 of the tarball)".into())
+    })?;
+    if claimed != actual {
+        return Err(UpdaterError::DigestMismatch { claimed, actual });
+    }
+    Ok(Received {
+        sha256: actual,
+        size_bytes,
+        extracted,
+        git_commit,
+    })
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> UpdaterError {
+    UpdaterError::BadUpload(format!(
+        "bad multipart/form-data body: {e} (send -F sha256=… -F tarball=@tree.tgz)"
+    ))
+}
+
+async fn text(mut field: Field<'_>, name: &str) -> Result<String> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        if buf.len() + chunk.len() > MAX_TEXT_FIELD {
+            return Err(UpdaterError::BadUpload(format!(
+                "field `{name}` is longer than {MAX_TEXT_FIELD} bytes"
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    String::from_utf8(buf)
+        .map(|s| s.trim().to_owned())
+        .map_err(|_| UpdaterError::BadUpload(format!("field `{name}` is not UTF-8")))
+}
+
+/// Hash and count the field on this side; extract on a blocking thread.
+async fn stream_tarball(
+    mut field: Field<'_>,
+    staging: PathBuf,
+    caps: Caps,
+) -> Result<(String, u64, Extracted)> {
+    let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let task_caps = caps.clone();
+    let mut task =
+        tokio::task::spawn_blocking(move || extract(ChannelReader::new(rx), &staging, &task_caps));
+    let mut hasher = Sha256::new();
+    let mut size: u64 = 0;
+    let mut tx = Some(tx);
+    let mut early: Option<UpdaterError> = None;
+    let mut done: Option<Result<Extracted>> = None;
+    loop {
+        let chunk = match field.chunk().await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => {
+                early = Some(multipart_error(e));
+                break;
+            }
+        };
+        size += chunk.len() as u64;
+        if size > caps.max_compressed {
+            early = Some(UpdaterError::Cap(format!(
+                "the upload is larger than {} bytes (--max-upload-bytes)",
+                caps.max_compressed
+            )));
+            break;
+        }
+        hasher.update(&chunk);
+        if let Some(sender) = &tx
+            && sender.send(chunk).await.is_err()
+        {
+            // The extractor stopped: an error to report now, or a finished
+            // archive whose trailing bytes we still hash.
+            tx = None;
+            if task.is_finished() {
+                let r = (&mut task)
+                    .await
+                    .map_err(|e| UpdaterError::Internal(format!("extraction task: {e}")))?;
+                done = Some(Ok(r?));
+            }
+        }
+    }
+    drop(tx);
+    let result = match done {
+        Some(r) => Ok(r),
+        None => task
+            .await
+            .map_err(|e| UpdaterError::Internal(format!("extraction task: {e}"))),
+    };
+    if let Some(e) = early {
+        return Err(e);
+    }
+    let extracted = result??;
+    Ok((hex::encode(hasher.finalize()), size, extracted))
+}
+
+/// A blocking `Read` over the chunks the async side sends; EOF when the
+/// sender is dropped.
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    buf: Bytes,
+}
+
+impl ChannelReader {
+    fn new(rx: mpsc::Receiver<Bytes>) -> Self {
+        ChannelReader {
+            rx,
+            buf: Bytes::new(),
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.buf.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.buf = b,
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len());
+        out[..n].copy_from_slice(&self.buf[..n]);
+        let _ = self.buf.split_to(n);
+        Ok(n)
+    }
+}
