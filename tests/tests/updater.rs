@@ -30,7 +30,10 @@ async fn push_good(w: &Worker, client: &reqwest::Client, tag: &str) -> String {
     assert_eq!(code, 200, "{body:?}\n{}", w.log());
     assert_eq!(body.status, OpStatus::Updated);
     let sha = sha256_hex(&tgz);
-    assert_eq!(body.release.as_ref().map(|m| m.sha256.as_str()), Some(sha.as_str()));
+    assert_eq!(
+        body.release.as_ref().map(|m| m.sha256.as_str()),
+        Some(sha.as_str())
+    );
     sha
 }
 
@@ -89,9 +92,18 @@ async fn broken_releases_roll_back_to_the_last_good() {
     w.wait_agent_release(&b).await;
     let port = w.agent_port;
     let broken = [
-        ("exits at once", ReleaseTree::new().agent_command(&["sh".into(), "-c".into(), "exit 3".into()], port)),
-        ("answers 503", ReleaseTree::new().reference_agent(port, &["--health-cmd", "false"])),
-        ("never listens", ReleaseTree::new().agent_command(&["sleep".into(), "60".into()], port)),
+        (
+            "exits at once",
+            ReleaseTree::new().agent_command(&["sh".into(), "-c".into(), "exit 3".into()], port),
+        ),
+        (
+            "answers 503",
+            ReleaseTree::new().reference_agent(port, &["--health-cmd", "false"]),
+        ),
+        (
+            "never listens",
+            ReleaseTree::new().agent_command(&["sleep".into(), "60".into()], port),
+        ),
     ];
     for (i, (what, tree)) in broken.into_iter().enumerate() {
         let tgz = tree.file("what", what.as_bytes()).tarball();
@@ -99,14 +111,27 @@ async fn broken_releases_roll_back_to_the_last_good() {
         assert_eq!(code, 409, "{what}: {body:?}");
         assert_eq!(body.status, OpStatus::RolledBack, "{what}");
         assert!(body.rolled_back, "{what}");
-        assert_eq!(body.probes.len(), 2, "{what}: forward and rollback transcripts");
+        assert_eq!(
+            body.probes.len(),
+            2,
+            "{what}: forward and rollback transcripts"
+        );
         assert!(!body.probes[0].healthy, "{what}");
         assert!(body.probes[1].healthy, "{what}: {:?}", body.probes[1]);
-        assert!(body.error.as_deref().is_some_and(|e| e.contains("failed its health probe")), "{what}");
+        assert!(
+            body.error
+                .as_deref()
+                .is_some_and(|e| e.contains("failed its health probe")),
+            "{what}"
+        );
         // The old agent serves again, the layout is back, the failed tree kept.
         w.wait_agent_release(&b).await;
         assert_eq!(w.slot_sha("active").as_deref(), Some(b.as_str()), "{what}");
-        assert_eq!(w.slot_sha("prev").as_deref(), Some(a.as_str()), "{what}: prev still the last good");
+        assert_eq!(
+            w.slot_sha("prev").as_deref(),
+            Some(a.as_str()),
+            "{what}: prev still the last good"
+        );
         assert_eq!(failed_count(&w), i + 1, "{what}");
         assert_at_rest(&w);
     }
@@ -129,7 +154,12 @@ async fn first_install_that_fails_leaves_a_clean_layout() {
     let (code, body) = w.push(&client, &tgz).await;
     assert_eq!(code, 409, "{body:?}");
     assert!(!body.rolled_back);
-    assert!(body.error.as_deref().is_some_and(|e| e.contains("first install")), "{body:?}");
+    assert!(
+        body.error
+            .as_deref()
+            .is_some_and(|e| e.contains("first install")),
+        "{body:?}"
+    );
     assert!(w.current_target().is_none(), "no current without a release");
     assert!(!w.install_dir.join("releases/active").exists());
     assert_eq!(failed_count(&w), 1);
@@ -150,12 +180,20 @@ async fn failing_install_hook_is_500_with_stderr_and_changes_nothing() {
             "swarm.toml",
             b"[install]\ncommand = [\"sh\", \"install.sh\"]\ntimeout_secs = 20\n",
         )
-        .file("install.sh", b"echo preparing\necho 'boom: missing libfoo' >&2\nexit 7\n")
+        .file(
+            "install.sh",
+            b"echo preparing\necho 'boom: missing libfoo' >&2\nexit 7\n",
+        )
         .tarball();
     let (code, body) = w.push(&client, &tgz).await;
     assert_eq!(code, 500, "{body:?}");
     assert_eq!(body.status, OpStatus::Error);
-    assert!(body.stderr.as_deref().is_some_and(|s| s.contains("boom: missing libfoo")), "{body:?}");
+    assert!(
+        body.stderr
+            .as_deref()
+            .is_some_and(|s| s.contains("boom: missing libfoo")),
+        "{body:?}"
+    );
     assert_eq!(w.slot_sha("active").as_deref(), Some(a.as_str()));
     assert!(w.slot_sha("prev").is_none());
     assert_at_rest(&w);
@@ -194,7 +232,9 @@ async fn rollback_to_an_unhealthy_prev_goes_back() {
     let gate = w.tmp.path().join("gate");
     std::fs::write(&gate, "").unwrap();
     let test_cmd = format!("test -e {}", gate.display());
-    let tgz = ReleaseTree::new().reference_agent(w.agent_port, &["--health-cmd", &test_cmd]).tarball();
+    let tgz = ReleaseTree::new()
+        .reference_agent(w.agent_port, &["--health-cmd", &test_cmd])
+        .tarball();
     let (code, body) = w.push(&client, &tgz).await;
     assert_eq!(code, 200, "{body:?}");
     let b = push_good(&w, &client, "b").await;
@@ -203,7 +243,11 @@ async fn rollback_to_an_unhealthy_prev_goes_back() {
     assert_eq!(code, 409, "{body:?}");
     assert_eq!(body.release.map(|m| m.sha256).as_deref(), Some(b.as_str()));
     assert_eq!(body.probes.len(), 2);
-    assert!(!body.probes[0].healthy && body.probes[1].healthy, "{:?}", body.probes);
+    assert!(
+        !body.probes[0].healthy && body.probes[1].healthy,
+        "{:?}",
+        body.probes
+    );
     w.wait_agent_release(&b).await;
     assert_eq!(w.slot_sha("active").as_deref(), Some(b.as_str()));
 }
@@ -219,7 +263,9 @@ async fn one_operation_at_a_time_and_health_answers_meanwhile() {
         "[install]\ncommand = [\"sh\", \"-c\", \"while [ ! -e '{}' ]; do sleep 0.02; done\"]\n",
         gate.display()
     );
-    let slow = ReleaseTree::new().file("swarm.toml", hook.as_bytes()).tarball();
+    let slow = ReleaseTree::new()
+        .file("swarm.toml", hook.as_bytes())
+        .tarball();
     let first = w.push(&client, &slow);
     let meanwhile = async {
         eventually_async(Duration::from_secs(15), "update in progress", || async {
@@ -298,25 +344,45 @@ async fn agent_started_by_hand_is_replaced_and_a_stranger_is_spared() {
             .arg(&w.bundles.agent_dir)
             .stdout(std::process::Stdio::null()),
     );
-    eventually_async(Duration::from_secs(10), "hand-started agent", || w.agent_health()).await;
+    eventually_async(Duration::from_secs(10), "hand-started agent", || {
+        w.agent_health()
+    })
+    .await;
     // A stale pidfile naming an unrelated process.
     let mut stranger = ChildGuard::spawn(Command::new("sleep").arg("120"));
-    std::fs::write(w.install_dir.join("agent.pid"), format!("{}\n", stranger.pid())).unwrap();
+    std::fs::write(
+        w.install_dir.join("agent.pid"),
+        format!("{}\n", stranger.pid()),
+    )
+    .unwrap();
     let a = push_good(&w, &client, "a").await;
     w.wait_agent_release(&a).await;
     let status = by_hand.0.try_wait().expect("try_wait");
     assert!(status.is_some(), "the hand-started agent was stopped");
-    assert!(stranger.0.try_wait().expect("try_wait").is_none(), "the stranger lives");
+    assert!(
+        stranger.0.try_wait().expect("try_wait").is_none(),
+        "the stranger lives"
+    );
     assert!(alive(stranger.pid() as i32));
 }
 
 /// Push `tgz` and assert a 400 that names `path`, with nothing changed.
-async fn assert_rejected(w: &Worker, client: &reqwest::Client, what: &str, tgz: &[u8], path: &str, live: &str) {
+async fn assert_rejected(
+    w: &Worker,
+    client: &reqwest::Client,
+    what: &str,
+    tgz: &[u8],
+    path: &str,
+    live: &str,
+) {
     let (code, body) = w.push(client, tgz).await;
     assert_eq!(code, 400, "{what}: {body:?}");
     assert_eq!(body.status, OpStatus::Error);
     let error = body.error.unwrap_or_default();
-    assert!(error.contains(path), "{what}: error {error:?} should name {path:?}");
+    assert!(
+        error.contains(path),
+        "{what}: error {error:?} should name {path:?}"
+    );
     assert_eq!(w.slot_sha("active").as_deref(), Some(live), "{what}");
     assert_at_rest(w);
 }
@@ -346,12 +412,22 @@ async fn unsafe_tarballs_are_rejected_and_touch_nothing() {
     sparse[148..156].copy_from_slice(b"        ");
     let sum: u32 = sparse.iter().map(|b| u32::from(*b)).sum();
     sparse[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    let many: Vec<Vec<u8>> = (0..60).map(|i| raw::file(format!("f{i}").as_bytes(), b"x")).collect();
+    let many: Vec<Vec<u8>> = (0..60)
+        .map(|i| raw::file(format!("f{i}").as_bytes(), b"x"))
+        .collect();
     let cases: Vec<(&str, Vec<Vec<u8>>, &str)> = vec![
         ("dot-dot", vec![raw::file(up.as_bytes(), b"pwned")], up),
         ("absolute", vec![raw::file(abs.as_bytes(), b"pwned")], &abs),
-        ("escaping symlink", vec![raw::entry(b"esc", b'2', b"", 0o777, up.as_bytes())], "esc"),
-        ("absolute symlink", vec![raw::entry(b"abs", b'2', b"", 0o777, abs.as_bytes())], "abs"),
+        (
+            "escaping symlink",
+            vec![raw::entry(b"esc", b'2', b"", 0o777, up.as_bytes())],
+            "esc",
+        ),
+        (
+            "absolute symlink",
+            vec![raw::entry(b"abs", b'2', b"", 0o777, abs.as_bytes())],
+            "abs",
+        ),
         (
             "write through a symlink",
             vec![
@@ -361,30 +437,72 @@ async fn unsafe_tarballs_are_rejected_and_touch_nothing() {
             ],
             "l/x",
         ),
-        ("hardlink", vec![raw::entry(b"hard", b'1', b"", 0o644, abs.as_bytes())], "hard"),
-        ("char device", vec![raw::entry(b"null", b'3', b"", 0o666, b"")], "null"),
-        ("block device", vec![raw::entry(b"sda", b'4', b"", 0o666, b"")], "sda"),
-        ("fifo", vec![raw::entry(b"pipe", b'6', b"", 0o644, b"")], "pipe"),
-        ("duplicate", vec![raw::file(b"twice", b"1"), raw::file(b"twice", b"2")], "twice"),
+        (
+            "hardlink",
+            vec![raw::entry(b"hard", b'1', b"", 0o644, abs.as_bytes())],
+            "hard",
+        ),
+        (
+            "char device",
+            vec![raw::entry(b"null", b'3', b"", 0o666, b"")],
+            "null",
+        ),
+        (
+            "block device",
+            vec![raw::entry(b"sda", b'4', b"", 0o666, b"")],
+            "sda",
+        ),
+        (
+            "fifo",
+            vec![raw::entry(b"pipe", b'6', b"", 0o644, b"")],
+            "pipe",
+        ),
+        (
+            "duplicate",
+            vec![raw::file(b"twice", b"1"), raw::file(b"twice", b"2")],
+            "twice",
+        ),
         ("gnu sparse", vec![sparse.to_vec()], "sparse"),
         ("too many entries", many, "--max-entries"),
-        ("manifest forged", vec![raw::file(b".swarm-release.json", b"{}")], ".swarm-release.json"),
+        (
+            "manifest forged",
+            vec![raw::file(b".swarm-release.json", b"{}")],
+            ".swarm-release.json",
+        ),
     ];
     for (what, entries, path) in cases {
         assert_rejected(&w, &client, what, &raw::tgz(&entries), path, &a).await;
-        assert_eq!(std::fs::read_to_string(&sentinel).unwrap(), "keep", "{what}");
-        assert_eq!(std::fs::read_dir(w.tmp.path()).unwrap().count(), 3, "{what}: nothing new next to install/");
+        assert_eq!(
+            std::fs::read_to_string(&sentinel).unwrap(),
+            "keep",
+            "{what}"
+        );
+        assert_eq!(
+            std::fs::read_dir(w.tmp.path()).unwrap().count(),
+            3,
+            "{what}: nothing new next to install/"
+        );
     }
     // Digest mismatch and junk.
     let tgz = good("x");
-    let (code, body) = w.push_with_digest(&client, &tgz, &sha256_hex(b"other")).await;
+    let (code, body) = w
+        .push_with_digest(&client, &tgz, &sha256_hex(b"other"))
+        .await;
     assert_eq!(code, 400, "{body:?}");
-    assert!(body.error.as_deref().is_some_and(|e| e.contains("sha256 mismatch")));
+    assert!(
+        body.error
+            .as_deref()
+            .is_some_and(|e| e.contains("sha256 mismatch"))
+    );
     assert_at_rest(&w);
     let (code, _) = w.push(&client, b"not a tarball at all").await;
     assert_eq!(code, 400);
     assert_at_rest(&w);
-    assert_eq!(w.agent_health().await.map(|h| h.pid), Some(agent), "agent untouched");
+    assert_eq!(
+        w.agent_health().await.map(|h| h.pid),
+        Some(agent),
+        "agent untouched"
+    );
 }
 
 #[tokio::test]
@@ -397,7 +515,9 @@ async fn sigkill_right_after_the_flip_is_repaired_at_start_up() {
     // B's agent stays unhealthy, so the updater sits in its probe after the flip.
     let gate = w.tmp.path().join("never");
     let test_cmd = format!("test -e {}", gate.display());
-    let tgz = ReleaseTree::new().reference_agent(w.agent_port, &["--health-cmd", &test_cmd]).tarball();
+    let tgz = ReleaseTree::new()
+        .reference_agent(w.agent_port, &["--health-cmd", &test_cmd])
+        .tarball();
     let b = sha256_hex(&tgz);
     let push = w.push(&client, &tgz);
     let kill = async {
@@ -420,10 +540,25 @@ async fn sigkill_right_after_the_flip_is_repaired_at_start_up() {
         (w.health(&client).await.busy.is_none()).then_some(())
     })
     .await;
+    let log = w.log();
+    assert!(
+        log.contains("an update crashed after its flip"),
+        "repair ran:\n{log}"
+    );
+    assert!(
+        log.contains("unconfirmed release went to failed"),
+        "B reverted:\n{log}"
+    );
+    assert_eq!(failed_count(&w), 1);
     let live = std::fs::read_to_string(w.install_dir.join("current/.swarm-release.json"));
     assert!(live.is_ok(), "current resolves to a whole release");
     assert_at_rest(&w);
-    assert_eq!(w.slot_sha("active").as_deref(), Some(a.as_str()), "{}", w.log());
+    assert_eq!(
+        w.slot_sha("active").as_deref(),
+        Some(a.as_str()),
+        "{}",
+        w.log()
+    );
     w.wait_agent_release(&a).await;
     let c = push_good(&w, &client, "c").await;
     w.wait_agent_release(&c).await;
@@ -444,7 +579,9 @@ async fn env_local_and_swarm_toml_expansion() {
         "[agent]\ncommand = [\"{}\", \"--listen\", \"127.0.0.1:${{AGENT_PORT}}\"]\nhealth_url = \"https://127.0.0.1:${{AGENT_PORT}}/health\"\n",
         bin("worker-agent").display()
     );
-    let tgz = ReleaseTree::new().file("swarm.toml", toml.as_bytes()).tarball();
+    let tgz = ReleaseTree::new()
+        .file("swarm.toml", toml.as_bytes())
+        .tarball();
     let (code, body) = w.push(&client, &tgz).await;
     assert_eq!(code, 200, "{body:?}");
     let status: pki::wire::AgentStatus = w
@@ -457,10 +594,16 @@ async fn env_local_and_swarm_toml_expansion() {
         .await
         .unwrap();
     let release_dir = status.release_dir.expect("SWARM_RELEASE_DIR given");
-    assert!(Path::new(&release_dir).ends_with("releases/active"), "{release_dir}");
+    assert!(
+        Path::new(&release_dir).ends_with("releases/active"),
+        "{release_dir}"
+    );
     // An unknown variable is the client's mistake: 400 before any rotation.
     let bad = ReleaseTree::new()
-        .file("swarm.toml", b"[agent]\ncommand = [\"x\", \"${NOT_SET_ANYWHERE_42}\"]\n")
+        .file(
+            "swarm.toml",
+            b"[agent]\ncommand = [\"x\", \"${NOT_SET_ANYWHERE_42}\"]\n",
+        )
         .tarball();
     let (code, body) = w.push(&client, &bad).await;
     assert_eq!(code, 400, "{body:?}");
@@ -492,10 +635,17 @@ async fn master_only_routes_refuse_other_identities() {
             let body: serde_json::Value = resp.json().await.unwrap();
             assert!(body["error"].is_string(), "{who} {path}: {body}");
         }
-        assert_eq!(client.get(w.url("/health")).send().await.unwrap().status(), 200, "{who} /health");
+        assert_eq!(
+            client.get(w.url("/health")).send().await.unwrap().status(),
+            200,
+            "{who} /health"
+        );
     }
     for path in ["/update", "/rollback", "/releases", "/health"] {
-        assert!(as_foreign.post(w.url(path)).send().await.is_err(), "foreign CA refused on {path}");
+        assert!(
+            as_foreign.post(w.url(path)).send().await.is_err(),
+            "foreign CA refused on {path}"
+        );
     }
     assert_at_rest(&w);
     assert!(w.current_target().is_none());
