@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use pki::wire::{AgentHealth, Manifest, OpResponse, OpStatus, Probe, Releases, UpdaterHealth};
+use pki::wire::{
+    AgentHealth, Manifest, OpResponse, OpStatus, Probe, Releases, Timings, UpdaterHealth,
+};
 use pki::{Bundle, HostName, ServerExpectation};
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -117,6 +119,9 @@ pub(crate) struct HostResult {
     pub(crate) release: Option<Manifest>,
     pub(crate) probes: Vec<Probe>,
     pub(crate) elapsed_ms: u64,
+    /// The updater's own per-phase timings, when it sent them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) timings: Option<Timings>,
 }
 
 impl HostResult {
@@ -131,6 +136,7 @@ impl HostResult {
             release: None,
             probes: Vec::new(),
             elapsed_ms: elapsed_ms(started),
+            timings: None,
         }
     }
 
@@ -159,6 +165,9 @@ pub(crate) struct FleetReport {
     pub(crate) operation: Op,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) release: Option<ReleaseInfo>,
+    /// How long packing and compressing the release took (update only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) pack_ms: Option<u64>,
     pub(crate) ok: bool,
     pub(crate) hosts: Vec<HostResult>,
 }
@@ -409,6 +418,7 @@ fn interpret(
         release: resp.release,
         probes: resp.probes,
         elapsed_ms: elapsed_ms(started),
+        timings: resp.timings,
     }
 }
 
@@ -588,15 +598,17 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
     }
     let inv = home.inventory()?;
     let hosts = resolve_required(&inv, &args.targets)?;
+    let packing = Instant::now();
     let release = pack::pack(&PackOptions {
         root: args.root.clone(),
         excludes: args.exclude.clone(),
     })?;
+    let pack_ms = elapsed_ms(packing);
     if args.dry_run {
         return dry_run(&release, &hosts, args.json);
     }
     let master = Arc::new(home.master_bundle()?);
-    let report = push(
+    let mut report = push(
         &inv,
         master,
         hosts,
@@ -604,6 +616,7 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
         usize::from(args.parallel),
         args.json,
     )?;
+    report.pack_ms = Some(pack_ms);
     if !args.json {
         print_release(&release.info);
     }
@@ -667,6 +680,7 @@ pub(crate) fn push(
     Ok(FleetReport {
         operation: Op::Update,
         release: Some(release.info.clone()),
+        pack_ms: None,
         ok,
         hosts: results,
     })
@@ -749,6 +763,7 @@ pub(crate) fn rollback_hosts(
     Ok(FleetReport {
         operation: Op::Rollback,
         release: None,
+        pack_ms: None,
         ok,
         hosts: results,
     })
@@ -762,11 +777,24 @@ pub(crate) struct ReleaseBrief {
     git_commit: Option<String>,
 }
 
+/// An RFC 3339 time to whole seconds (as the tables show it).
+fn to_seconds(t: &str) -> String {
+    use time::format_description::well_known::Rfc3339;
+    match time::OffsetDateTime::parse(t, &Rfc3339) {
+        Ok(t) => inventory::rfc3339(
+            t.to_offset(time::UtcOffset::UTC)
+                .replace_nanosecond(0)
+                .unwrap_or(t),
+        ),
+        Err(_) => t.to_owned(),
+    }
+}
+
 impl From<&Manifest> for ReleaseBrief {
     fn from(m: &Manifest) -> Self {
         ReleaseBrief {
             sha256: m.sha256.clone(),
-            pushed_at: m.pushed_at.clone(),
+            pushed_at: to_seconds(&m.pushed_at),
             git_commit: m.git_commit.clone(),
         }
     }
