@@ -39,6 +39,9 @@ pub use config::{Args, Config};
 use error::{AppError, UpdaterError};
 use ops::{App, blocking};
 
+/// How long shutdown waits for an operation in flight.
+const OP_DRAIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Log to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -79,7 +82,19 @@ pub async fn run(
         tracing::warn!("start-up repair: {action}");
     }
     tokio::spawn(app.clone().reconcile(repair.unconfirmed));
-    pki::serve(listener, tls, router(app), shutdown).await?;
+    pki::serve(listener, tls, router(app.clone()), shutdown).await?;
+    // An operation in flight runs in its own task: give it a bounded time
+    // to finish so a restart does not leave work for the start-up repair.
+    let deadline = tokio::time::Instant::now() + OP_DRAIN;
+    while let Some(op) = app.busy() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "stopping with {op} still running after {OP_DRAIN:?}; the next start repairs the layout"
+            );
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
