@@ -650,3 +650,30 @@ async fn master_only_routes_refuse_other_identities() {
     assert_at_rest(&w);
     assert!(w.current_target().is_none());
 }
+
+#[tokio::test]
+async fn updater_starts_the_agent_at_start_up_when_none_runs() {
+    let pki = TestPki::new();
+    let mut w = start(&pki);
+    let client = w.master_client(&pki);
+    let a = push_good(&w, &client, "a").await;
+    w.wait_agent_release(&a).await;
+    // As after a reboot: the agent is gone, the updater comes back.
+    w.kill_updater();
+    let pid = w.agent_pid().expect("pidfile");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_dead(pid, "the old agent");
+    w.restart();
+    let health = w.wait_agent_release(&a).await;
+    assert_ne!(health.pid as i32, pid, "a new agent");
+    assert_eq!(w.agent_pid(), Some(health.pid as i32));
+    assert!(
+        !w.log().contains("start-up repair"),
+        "nothing to repair: {}",
+        w.log()
+    );
+}
