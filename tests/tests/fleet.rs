@@ -1,0 +1,576 @@
+//! `swarm update`, `rollback`, `status`, `history` and `demo` end to end:
+//! the real `swarm` binary against real `worker-updater`s on loopback,
+//! holding bundles issued by `swarm enroll` itself.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use pki::{Bundle, Ca, HostName, IssuedLeaf};
+use serde_json::Value;
+use tempfile::TempDir;
+use tests::worker::{Worker, WorkerOptions, toml_array};
+use tests::{TestPki, WorkerBundles, bin, free_port};
+
+/// A fresh master home with a CA, and a scratch dir for bundles and trees.
+struct Swarm {
+    home: TempDir,
+    scratch: TempDir,
+}
+
+impl Swarm {
+    fn new() -> Swarm {
+        let s = Swarm {
+            home: tempfile::tempdir().expect("tempdir"),
+            scratch: tempfile::tempdir().expect("tempdir"),
+        };
+        s.ok(&["ca", "init"]);
+        s
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(bin("swarm"))
+            .args(args)
+            .env("SWARM_HOME", self.home.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run swarm")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "swarm {args:?}: {}", show(&out));
+        stdout(&out)
+    }
+
+    /// Run, expecting exit `code`; returns stdout.
+    fn code(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "swarm {args:?}: {}",
+            show(&out)
+        );
+        stdout(&out)
+    }
+
+    fn json(&self, args: &[&str], code: i32) -> Value {
+        let text = self.code(args, code);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {text}"))
+    }
+
+    /// `swarm enroll` a loopback host; returns its bundles, updater address
+    /// and agent port.
+    fn enroll(&self, host: &str) -> (WorkerBundles, SocketAddr, u16) {
+        let port = free_port();
+        let agent_port = free_port();
+        let out_dir = self.scratch.path().join(host);
+        self.ok(&[
+            "enroll",
+            "--host",
+            host,
+            "--address",
+            "127.0.0.1",
+            "--updater-port",
+            &port.to_string(),
+            "--agent-port",
+            &agent_port.to_string(),
+            "--updater",
+            "--out-dir",
+            out_dir.to_str().expect("utf-8 path"),
+        ]);
+        let updater_dir = self.scratch.path().join(format!("{host}-updater"));
+        let bundles = WorkerBundles {
+            host: HostName::new(host).expect("host"),
+            agent: leaf(&out_dir, "worker"),
+            updater: leaf(&updater_dir, "updater"),
+            agent_dir: out_dir,
+            updater_dir,
+        };
+        (
+            bundles,
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            agent_port,
+        )
+    }
+
+    /// Enroll `host` and start its updater with the enrolled bundles.
+    fn worker(&self, host: &str) -> Worker {
+        let (bundles, listen, agent_port) = self.enroll(host);
+        let options = WorkerOptions {
+            agent_port: Some(agent_port),
+            ..WorkerOptions::default()
+        };
+        let w = Worker::start_with(bundles, listen, options);
+        // Per-host settings the release trees below expand.
+        std::fs::write(
+            w.install_dir.join(".env.local"),
+            format!("AGENT_PORT={}\n", w.agent_port),
+        )
+        .expect("write .env.local");
+        w
+    }
+
+    fn fleet(&self, hosts: &[&str]) -> Vec<Worker> {
+        hosts.iter().map(|h| self.worker(h)).collect()
+    }
+
+    /// A directory for a release tree.
+    fn tree(&self, name: &str) -> PathBuf {
+        let dir = self.scratch.path().join("trees").join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir tree");
+        dir
+    }
+}
+
+fn leaf(dir: &Path, stem: &str) -> IssuedLeaf {
+    let bundle = Bundle::load(dir).expect("bundle");
+    let info = bundle.info().expect("cert info");
+    IssuedLeaf {
+        cert_pem: std::fs::read_to_string(dir.join(format!("{stem}.crt"))).expect("crt"),
+        key_pem: std::fs::read_to_string(dir.join(format!("{stem}.key"))).expect("key"),
+        fingerprint: bundle.fingerprint(),
+        not_after: info.not_after,
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        stdout(out),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    std::fs::write(p, text).expect("write");
+}
+
+/// A release whose agent is the reference agent on each worker's own port
+/// (from its `.env.local`), with extra agent arguments.
+fn agent_toml(extra: &[&str]) -> String {
+    let mut cmd = vec![
+        bin("worker-agent").display().to_string(),
+        "--listen".to_owned(),
+        "127.0.0.1:${AGENT_PORT}".to_owned(),
+    ];
+    cmd.extend(extra.iter().map(|s| (*s).to_owned()));
+    format!(
+        "[agent]\ncommand = {}\nhealth_url = \"https://127.0.0.1:${{AGENT_PORT}}/health\"\n",
+        toml_array(&cmd)
+    )
+}
+
+/// A good release tree with `version` in it.
+fn good_tree(dir: &Path, version: &str) {
+    write(dir, "VERSION", version);
+    write(dir, "swarm.toml", &agent_toml(&[]));
+}
+
+/// Table rows: the whitespace-separated cells of every line after the header.
+fn rows(table: &str, header: &str) -> Vec<Vec<String>> {
+    let mut lines = table.lines().skip_while(|l| !l.starts_with(header));
+    assert!(
+        lines.next().is_some(),
+        "no table with {header:?} in:\n{table}"
+    );
+    lines
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+fn update_rows(out: &str) -> Vec<Vec<String>> {
+    rows(out, "HOST ")
+}
+
+#[test]
+fn update_all_updates_every_worker_and_ships_only_the_tree() {
+    let s = Swarm::new();
+    let workers = s.fleet(&["w1", "w2", "w3"]);
+    let tree = s.tree("app");
+    good_tree(&tree, "1");
+    write(&tree, "src/main.txt", "hello");
+    write(&tree, ".gitignore", "target/\n");
+    write(&tree, "target/debug/big.bin", "build output");
+    write(&tree, ".git/HEAD", "ref: refs/heads/main\n");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    write(&tree, ".git/refs/heads/main", &format!("{commit}\n"));
+    write(&tree, ".env.local", "SECRET=local");
+    write(&tree, ".env", "SECRET=dotenv");
+    write(&tree, ".swarmignore", "*.log\n");
+    write(&tree, "debug.log", "noise");
+
+    let out = s.ok(&["update", "--all", "--root", tree.to_str().unwrap()]);
+    let table = update_rows(&out);
+    assert_eq!(table.len(), 3, "{out}");
+    let sha_prefix = table[0][4].clone();
+    for (row, w) in table.iter().zip(&workers) {
+        assert_eq!(row[0], w.bundles.host.as_str());
+        assert_eq!(row[1], format!("127.0.0.1:{}", w.addr.port()));
+        assert_eq!(row[2], "updated", "{out}");
+        assert_eq!(row[3], "skipped");
+        assert_eq!(row[4], sha_prefix);
+        let active = w.slot_sha("active").expect("active release");
+        assert!(active.starts_with(&sha_prefix), "{active} vs {sha_prefix}");
+        w.wait_agent_release_blocking(&active);
+
+        let current = w.install_dir.join("current");
+        assert_eq!(
+            std::fs::read_to_string(current.join("VERSION")).unwrap(),
+            "1"
+        );
+        assert!(current.join("src/main.txt").is_file());
+        assert!(current.join(".gitignore").is_file());
+        for gone in [".git", "target", ".env", "debug.log"] {
+            assert!(!current.join(gone).exists(), "{gone} was shipped");
+        }
+        // The worker's own .env.local is untouched, the master's never shipped.
+        let env = std::fs::read_to_string(w.install_dir.join(".env.local")).unwrap();
+        assert!(env.starts_with("AGENT_PORT="), "{env}");
+        assert!(!current.join(".env.local").exists());
+        let manifest: Value = serde_json::from_str(
+            &std::fs::read_to_string(current.join(pki::wire::MANIFEST_FILE)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(manifest["git_commit"], commit);
+        assert_eq!(manifest["pushed_by"], "master");
+    }
+
+    // The same tree again, as JSON: it parses and says what the table said.
+    let doc = s.json(
+        &[
+            "update",
+            "--all",
+            "--root",
+            tree.to_str().unwrap(),
+            "--json",
+        ],
+        0,
+    );
+    assert_eq!(doc["ok"], true);
+    assert_eq!(doc["operation"], "update");
+    let sha = doc["release"]["sha256"].as_str().expect("sha256");
+    assert!(sha.starts_with(&sha_prefix));
+    assert_eq!(doc["release"]["git_commit"], commit);
+    let hosts = doc["hosts"].as_array().expect("hosts");
+    assert_eq!(hosts.len(), table.len());
+    for (h, row) in hosts.iter().zip(&table) {
+        assert_eq!(h["host"], row[0].as_str());
+        assert_eq!(h["address"], row[1].as_str());
+        assert_eq!(h["agent"], row[2].as_str());
+        assert_eq!(h["self"], row[3].as_str());
+        assert_eq!(h["detail"], row[4].as_str());
+        assert_eq!(h["release"]["sha256"], sha);
+    }
+
+    // Every push is in the audit trail.
+    let history = s.json(&["history", "--json"], 0);
+    let entries = history["history"].as_array().expect("history");
+    assert_eq!(entries.len(), 6);
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["outcome"] == "updated" && e["release_sha256"] == sha)
+    );
+    let w1 = s.json(&["history", "--host", "w1", "--json"], 0);
+    assert_eq!(w1["history"].as_array().unwrap().len(), 2);
+
+    let status = s.json(&["status", "--json"], 0);
+    for h in status["hosts"].as_array().expect("hosts") {
+        assert_eq!(h["updater_reachable"], true, "{h}");
+        assert_eq!(h["agent_healthy"], true, "{h}");
+        assert_eq!(h["active"]["sha256"], sha);
+        assert_eq!(h["failed"], 0);
+        assert!(h["cert_days_left"].as_i64().unwrap() > 800);
+    }
+}
+
+#[test]
+fn a_down_worker_costs_an_error_row_not_the_fleet() {
+    let s = Swarm::new();
+    let mut workers = s.fleet(&["w1", "w2", "w3"]);
+    workers[1].kill_updater();
+    let tree = s.tree("app");
+    good_tree(&tree, "1");
+    let out = s.code(&["update", "--all", "--root", tree.to_str().unwrap()], 1);
+    let table = update_rows(&out);
+    assert_eq!(table.len(), 3);
+    assert_eq!(table[0][2], "updated", "{out}");
+    assert_eq!(table[1][2], "error", "{out}");
+    assert!(table[1][4..].join(" ").contains("cannot connect"), "{out}");
+    assert_eq!(table[2][2], "updated", "{out}");
+    assert!(workers[0].slot_sha("active").is_some());
+    assert!(workers[1].slot_sha("active").is_none());
+    assert!(workers[2].slot_sha("active").is_some());
+
+    let history = s.json(&["history", "--host", "w2", "--json"], 0);
+    assert_eq!(history["history"][0]["outcome"], "error");
+    let status = s.json(&["status", "--json"], 1);
+    assert_eq!(status["ok"], false);
+    assert_eq!(status["hosts"][1]["updater_reachable"], false);
+}
+
+#[test]
+fn a_broken_release_is_rolled_back_and_rollback_swaps_releases() {
+    let s = Swarm::new();
+    let workers = s.fleet(&["w1", "w2", "w3"]);
+    let v1 = s.tree("v1");
+    good_tree(&v1, "1");
+    s.ok(&["update", "--all", "--root", v1.to_str().unwrap()]);
+    let sha1: Vec<String> = workers
+        .iter()
+        .map(|w| w.slot_sha("active").unwrap())
+        .collect();
+
+    // Nothing to roll back to yet: 404 is an error row.
+    let out = s.code(&["rollback", "--all"], 1);
+    for row in update_rows(&out) {
+        assert_eq!(row[2], "error", "{out}");
+        assert!(row[4..].join(" ").contains("no previous release"), "{out}");
+    }
+
+    let broken = s.tree("broken");
+    write(&broken, "VERSION", "2-broken");
+    write(
+        &broken,
+        "swarm.toml",
+        &agent_toml(&["--health-cmd", "false"]),
+    );
+    let out = s.code(&["update", "--all", "--root", broken.to_str().unwrap()], 1);
+    let table = update_rows(&out);
+    assert_eq!(table.len(), 3);
+    for (row, (w, sha)) in table.iter().zip(workers.iter().zip(&sha1)) {
+        assert_eq!(row[2], "rolled-back", "{out}");
+        // Still serving the old release.
+        assert_eq!(w.slot_sha("active").as_ref(), Some(sha));
+        w.wait_agent_release_blocking(sha);
+        let current = w.install_dir.join("current");
+        assert_eq!(
+            std::fs::read_to_string(current.join("VERSION")).unwrap(),
+            "1"
+        );
+    }
+
+    let v2 = s.tree("v2");
+    good_tree(&v2, "2");
+    s.ok(&["update", "--all", "--root", v2.to_str().unwrap()]);
+    let doc = s.json(&["rollback", "--all", "--json"], 0);
+    assert_eq!(doc["operation"], "rollback");
+    for (h, (w, sha)) in doc["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(workers.iter().zip(&sha1))
+    {
+        assert_eq!(h["agent"], "rolled-back", "{h}");
+        assert_eq!(h["release"]["sha256"], sha.as_str());
+        assert_eq!(w.slot_sha("active").as_ref(), Some(sha));
+    }
+
+    let status = s.json(&["status", "--json"], 0);
+    for (h, sha) in status["hosts"].as_array().unwrap().iter().zip(&sha1) {
+        assert_eq!(h["active"]["sha256"], sha.as_str());
+        assert!(h["prev"]["sha256"].is_string());
+        assert_eq!(h["failed"], 1);
+    }
+    let history = s.json(&["history", "--host", "w1", "--json"], 0);
+    let outcomes: Vec<(String, String)> = history["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["operation"].as_str().unwrap().to_owned(),
+                e["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("update", "updated"),
+        ("rollback", "error"),
+        ("update", "rolled-back"),
+        ("update", "updated"),
+        ("rollback", "rolled-back"),
+    ];
+    assert_eq!(
+        outcomes,
+        expected.map(|(a, b)| (a.to_owned(), b.to_owned())).to_vec()
+    );
+}
+
+#[test]
+fn decommissioned_hosts_are_skipped_by_all() {
+    let s = Swarm::new();
+    let workers = s.fleet(&["w1", "w2"]);
+    s.ok(&["decommission", "--host", "w2"]);
+    let tree = s.tree("app");
+    good_tree(&tree, "1");
+    let out = s.ok(&["update", "--all", "--root", tree.to_str().unwrap()]);
+    let table = update_rows(&out);
+    assert_eq!(table.len(), 1, "{out}");
+    assert_eq!(table[0][0], "w1");
+    assert!(workers[0].slot_sha("active").is_some());
+    assert!(workers[1].slot_sha("active").is_none());
+    let status = s.json(&["status", "--json"], 0);
+    assert_eq!(status["hosts"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn dry_run_opens_no_connection() {
+    let s = Swarm::new();
+    // A listener stands where the updater would be; nobody may knock.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().unwrap().port();
+    let out_dir = s.scratch.path().join("w1");
+    s.ok(&[
+        "enroll",
+        "--host",
+        "w1",
+        "--address",
+        "127.0.0.1",
+        "--updater-port",
+        &port.to_string(),
+        "--updater",
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    let tree = s.tree("app");
+    good_tree(&tree, "1");
+    write(&tree, "a/b.txt", "x");
+    write(&tree, "keys/server.key", "secret");
+    let out = s.ok(&[
+        "update",
+        "--all",
+        "--dry-run",
+        "--root",
+        tree.to_str().unwrap(),
+    ]);
+    assert!(out.contains("dry run"), "{out}");
+    assert!(out.contains("files    3"), "{out}");
+    assert!(out.contains("keys/server.key"), "{out}");
+    assert!(out.contains(&format!("w1  127.0.0.1:{port}")), "{out}");
+    let doc = s.json(
+        &[
+            "update",
+            "--host",
+            "w1",
+            "--dry-run",
+            "--json",
+            "--root",
+            tree.to_str().unwrap(),
+        ],
+        0,
+    );
+    assert_eq!(doc["dry_run"], true);
+    assert_eq!(doc["release"]["files"], 3);
+    assert_eq!(doc["release"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(doc["targets"][0]["host"], "w1");
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("--dry-run connected to the updater: {other:?}"),
+    }
+    assert!(s.ok(&["history"]).contains("no pushes recorded yet"));
+}
+
+#[test]
+fn an_updater_with_another_certificate_is_refused() {
+    let s = Swarm::new();
+    let (enrolled, listen, _) = s.enroll("w1");
+    // Same CA, same CN, but not the certificate the inventory recorded.
+    let ca = Ca::load(&s.home.path().join("ca")).expect("load CA");
+    let impostor = TestPki {
+        dir: tempfile::tempdir().expect("tempdir"),
+        ca,
+    };
+    let bundles = impostor.worker("w1");
+    assert_ne!(bundles.updater.fingerprint, enrolled.updater.fingerprint);
+    let w = Worker::start_with(bundles, listen, WorkerOptions::default());
+    let tree = s.tree("app");
+    good_tree(&tree, "1");
+    let out = s.code(
+        &["update", "--host", "w1", "--root", tree.to_str().unwrap()],
+        1,
+    );
+    let table = update_rows(&out);
+    assert_eq!(table[0][2], "error", "{out}");
+    let detail = table[0][4..].join(" ");
+    assert!(detail.contains("fingerprint"), "{out}");
+    assert!(
+        detail.contains(&enrolled.updater.fingerprint.to_string()),
+        "{out}"
+    );
+    assert!(
+        w.slot_sha("active").is_none(),
+        "the impostor got the release"
+    );
+}
+
+#[test]
+fn demo_runs_to_completion_and_cleans_up() {
+    let out = Command::new(bin("swarm"))
+        .arg("demo")
+        .env("NO_COLOR", "1")
+        .env_remove("SWARM_HOME")
+        .output()
+        .expect("run swarm demo");
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(text.contains("demo complete"), "{text}");
+    assert!(text.matches(" rolled-back ").count() >= 6, "{text}");
+    let dir = text
+        .lines()
+        .find_map(|l| l.split("everything under ").nth(1))
+        .expect("demo dir in output")
+        .trim()
+        .to_owned();
+    assert!(!Path::new(&dir).exists(), "{dir} left behind");
+    // No process of the demo survives it.
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            assert!(
+                !cmdline.contains(&dir) || is_zombie(&entry.path()),
+                "left running: {cmdline}"
+            );
+        }
+    }
+}
+
+fn is_zombie(proc_dir: &Path) -> bool {
+    std::fs::read_to_string(proc_dir.join("stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next())
+        })
+        .is_some_and(|c| c == 'Z' || c == 'X')
+}
+
+/// Blocking flavour of the fixture's async wait.
+trait WaitBlocking {
+    fn wait_agent_release_blocking(&self, sha256: &str);
+}
+
+impl WaitBlocking for Worker {
+    fn wait_agent_release_blocking(&self, sha256: &str) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), self.wait_agent_release(sha256)).await
+        })
+        .expect("agent reports the release");
+    }
+}
