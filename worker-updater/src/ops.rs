@@ -233,7 +233,18 @@ impl App {
 
         let t = Instant::now();
         let (layout, m) = (self.layout.clone(), manifest.clone());
-        blocking(move || layout.flip_in(&m)).await?;
+        if let Err(e) = blocking(move || layout.flip_in(&m)).await {
+            // Put the layout back to rest exactly as a restart would.
+            let layout = self.layout.clone();
+            match blocking(move || layout.repair()).await {
+                Ok(r) if r.unconfirmed => {
+                    tokio::spawn(self.clone().reconcile_after_failed_flip());
+                }
+                Ok(_) => {}
+                Err(re) => tracing::error!("repair after a failed flip: {re}"),
+            }
+            return Err(e);
+        }
         timings.sync_flip_ms = ms(t);
         tracing::info!(sha256 = %manifest.sha256, "flipped current to the new release");
 
@@ -411,6 +422,15 @@ impl App {
                 timings: None,
             },
         ))
+    }
+
+    /// A flip that failed half-way left the new release live but unprobed:
+    /// once the current operation is over, probe it like a start-up would.
+    async fn reconcile_after_failed_flip(self: Arc<Self>) {
+        while self.busy().is_some() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.reconcile(true).await;
     }
 
     /// After start-up repair: restart and probe the agent when a crash left
