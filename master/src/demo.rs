@@ -304,6 +304,24 @@ fn start_updater(updater_bin: &Path, root: &Path, host: &str, updater_port: u16)
     }
 }
 
+/// A script that stops a `--keep` fleet: the updaters by pid, the agents
+/// by their current pidfiles (they change with every push), then the dir.
+fn stop_script(dir: &Path, procs: &[(String, u32, Option<i32>)]) -> String {
+    let updaters: Vec<String> = procs.iter().map(|(_, pid, _)| pid.to_string()).collect();
+    let dir = dir.display();
+    format!(
+        "#!/bin/sh\n\
+         # Stops the fleet `swarm demo --keep` left running, then removes it.\n\
+         kill {} 2>/dev/null\n\
+         for f in {dir}/workers/*/install/agent.pid; do\n\
+         \x20 pid=$(sed -n 's/.*\"pid\" *: *\\([0-9][0-9]*\\).*/\\1/p' \"$f\" 2>/dev/null)\n\
+         \x20 [ -n \"$pid\" ] && kill \"$pid\" 2>/dev/null\n\
+         done\n\
+         rm -rf {dir}\n",
+        updaters.join(" ")
+    )
+}
+
 fn say(cmd: &str) {
     println!("\n$ {cmd}");
 }
@@ -382,14 +400,10 @@ pub(crate) fn run(args: &DemoArgs) -> Result<u8> {
             );
             println!("  {exe} rollback --host worker-01");
             println!("  {exe} history");
-            let pids: Vec<String> = procs
-                .iter()
-                .flat_map(|(_, u, a)| {
-                    std::iter::once(u.to_string()).chain(a.map(|a| a.to_string()))
-                })
-                .collect();
-            println!("stop it with:");
-            println!("  kill {}; rm -rf {}", pids.join(" "), kept.display());
+            let stop = kept.join("stop.sh");
+            fs::write(&stop, stop_script(&kept, &procs)).map_err(|e| Error::io(&stop, e))?;
+            println!("stop it (updaters, their current agents, and this directory) with:");
+            println!("  sh {}", stop.display());
         }
         _ => {
             println!("\nstopping the demo fleet");
