@@ -52,6 +52,8 @@ struct DemoWorker {
 struct Fleet {
     workers: Vec<DemoWorker>,
     stopped: bool,
+    /// Set by the signal handler: the demo ends with 130 whatever else failed.
+    interrupted: bool,
 }
 
 /// Whether `pid` runs `worker-agent` (so we never signal a stranger).
@@ -97,19 +99,19 @@ impl Fleet {
             return;
         }
         self.stopped = true;
-        let mut agents = Vec::new();
-        for w in &mut self.workers {
-            if let Some(pid) = agent_pid(&w.install_dir).filter(|p| is_agent(*p)) {
-                agents.push(pid);
-            }
+        // Agents seen now, and again once the updaters are gone: an updater
+        // draining an update on SIGTERM may still start a new one.
+        let mut agents: Vec<i32> = self
+            .workers
+            .iter()
+            .filter_map(|w| agent_pid(&w.install_dir))
+            .collect();
+        for w in &self.workers {
             if let Some(child) = &w.updater
                 && let Ok(pid) = i32::try_from(child.id())
             {
                 signal(pid, nix::sys::signal::Signal::SIGTERM);
             }
-        }
-        for pid in &agents {
-            signal(*pid, nix::sys::signal::Signal::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(3);
         for w in &mut self.workers {
@@ -127,6 +129,18 @@ impl Fleet {
                 }
             }
         }
+        agents.extend(
+            self.workers
+                .iter()
+                .filter_map(|w| agent_pid(&w.install_dir)),
+        );
+        agents.sort_unstable();
+        agents.dedup();
+        agents.retain(|pid| is_agent(*pid));
+        for pid in &agents {
+            signal(*pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
         for pid in agents {
             while alive(pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -333,33 +347,30 @@ fn expect(step: &str, got: u8, want: u8, failures: &mut Vec<String>) {
     }
 }
 
-/// Stop the fleet on SIGINT/SIGTERM, then exit 130.
-fn install_signal_handler(fleet: Arc<Mutex<Fleet>>, dir: PathBuf) {
+/// Stop the fleet on SIGINT/SIGTERM, then exit 130. The signals are
+/// blocked in this thread (and so in every thread started later, tokio's
+/// included) and taken by a dedicated thread with `sigwait`, so no runtime
+/// can swallow them. Children get an empty mask from `std::process`.
+fn install_signal_handler(fleet: Arc<Mutex<Fleet>>, dir: PathBuf) -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()
+        .map_err(|e| Error::Other(format!("cannot block signals: {e}")))?;
     std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
+        if set.wait().is_err() {
             return;
-        };
-        rt.block_on(async {
-            let Ok(mut term) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        });
+        }
         eprintln!("\ninterrupted: stopping the demo fleet");
         if let Ok(mut f) = fleet.lock() {
+            f.interrupted = true;
             f.stop();
         }
         let _ = fs::remove_dir_all(&dir);
         std::process::exit(130);
     });
+    Ok(())
 }
 
 /// `swarm demo [--keep]`.
@@ -376,13 +387,17 @@ pub(crate) fn run(args: &DemoArgs) -> Result<u8> {
         root.display()
     );
     let fleet = Arc::new(Mutex::new(Fleet::default()));
-    install_signal_handler(fleet.clone(), root.clone());
+    install_signal_handler(fleet.clone(), root.clone())?;
 
     let started = Instant::now();
     let result = drive(&home, &root, &agent_bin, &updater_bin, &fleet);
     let mut guard = fleet
         .lock()
         .map_err(|_| Error::Other("demo fleet lock poisoned".into()))?;
+    if guard.interrupted {
+        guard.stop();
+        return Ok(130);
+    }
     match (&result, args.keep) {
         (Ok(_), true) => {
             let procs = guard.detach();
