@@ -208,24 +208,16 @@ fn workers_in_their_own_namespaces() {
     let tree = root.join("tree");
     std::fs::create_dir_all(tree.join("etc")).expect("mkdir");
     std::fs::write(tree.join("etc/app.conf"), "colour = blue\n").expect("write");
+    let update_all = |code: i32| {
+        let tree = tree.to_str().expect("utf-8");
+        let out = swarm(&home, &["update", "--all", "--root", tree, "--json"]);
+        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(code), "{shown}");
+        out
+    };
 
     // Both hosts, across their links, on the same ports.
-    let out = swarm(
-        &home,
-        &[
-            "update",
-            "--all",
-            "--root",
-            tree.to_str().expect("utf-8"),
-            "--json",
-        ],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out = update_all(0);
     assert_eq!(
         rows(&out),
         [
@@ -274,22 +266,7 @@ fn workers_in_their_own_namespaces() {
     // Host b's link goes down: an error row for it, host a still updates.
     sh(&["ip", "link", "set", &hosts[1].veth, "down"]);
     std::fs::write(tree.join("etc/app.conf"), "colour = green\n").expect("write");
-    let out = swarm(
-        &home,
-        &[
-            "update",
-            "--all",
-            "--root",
-            tree.to_str().expect("utf-8"),
-            "--json",
-        ],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out = update_all(1);
     let r = rows(&out);
     assert_eq!(r[0].2, "updated");
     assert_eq!(r[1].2, "error");
