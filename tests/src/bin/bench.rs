@@ -36,6 +36,8 @@ use crate::tree::{AgentKind, AgentLaunch, Shape, Tree};
 /// command that should have put it there returned.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 const MIB: u64 = 1024 * 1024;
+/// `swarm update --parallel` when not given.
+const DEFAULT_PARALLEL: usize = 8;
 
 /// The sections of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -59,11 +61,11 @@ enum Section {
 #[derive(Debug, Parser)]
 #[command(name = "bench", max_term_width = 100)]
 struct Args {
-    /// Repetitions of each timed figure.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
-    reps: u32,
-    /// A fast smoke run: 2 reps, a 20 MB "large" tree, a 2 MB fan-out tree,
-    /// 64 and 128 MiB memory uploads.
+    /// Repetitions of each timed figure [default: 5, or 2 with --quick].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    reps: Option<u32>,
+    /// A fast smoke run: 2 reps (unless --reps), a 20 MB "large" tree, a 2 MB fan-out tree,
+    /// 64 and 128 MB memory uploads.
     #[arg(long)]
     quick: bool,
     /// Run only these sections (comma separated).
@@ -72,8 +74,12 @@ struct Args {
     /// Fan-out fleet sizes.
     #[arg(long, value_delimiter = ',', value_name = "N,…")]
     fanout: Vec<usize>,
-    /// Upload sizes for the memory figure, MiB.
-    #[arg(long, value_delimiter = ',', value_name = "MIB,…")]
+    /// `swarm update --parallel` for the fan-out (default: the CLI's own).
+    #[arg(long, value_name = "N")]
+    fanout_parallel: Option<u16>,
+    /// Upload sizes for the memory figure, MB (10^6 bytes; the updater's
+    /// default upload cap is 1 GiB, so 1000 is the largest that fits).
+    #[arg(long, value_delimiter = ',', value_name = "MB,…")]
     mem_sizes: Vec<u64>,
     /// Seed for the generated trees.
     #[arg(long, default_value_t = 1)]
@@ -99,6 +105,10 @@ struct Args {
     /// to every tree.
     #[arg(long)]
     agent_in_tree: bool,
+    /// An extra argument for every worker-updater (repeatable), for tuning
+    /// experiments, e.g. `--updater-arg=--probe-max-backoff-ms=250`.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    updater_arg: Vec<String>,
     /// Also write the report to this file.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -112,15 +122,18 @@ struct Plan {
     large: Shape,
     fan: Shape,
     fanout: Vec<usize>,
-    mem_sizes_mib: Vec<u64>,
+    fanout_parallel: Option<u16>,
+    mem_sizes_mb: Vec<u64>,
     mem_reps: u32,
     sections: Vec<Section>,
+    /// Keep fleets' install dirs and logs (`--keep`).
+    keep: bool,
 }
 
 impl Plan {
     fn from_args(args: &Args) -> Plan {
         let quick = args.quick;
-        let reps = if quick { 2 } else { args.reps };
+        let reps = args.reps.unwrap_or(if quick { 2 } else { 5 });
         let mb = |n: u64| n * 1_000_000;
         Plan {
             reps,
@@ -147,14 +160,16 @@ impl Plan {
             } else {
                 vec![1, 5, 20]
             },
-            mem_sizes_mib: if !args.mem_sizes.is_empty() {
+            fanout_parallel: args.fanout_parallel,
+            mem_sizes_mb: if !args.mem_sizes.is_empty() {
                 args.mem_sizes.clone()
             } else if quick {
                 vec![64, 128]
             } else {
-                vec![256, 512, 1024]
+                vec![250, 500, 1000]
             },
             mem_reps: reps.min(3),
+            keep: args.keep,
             sections: if args.only.is_empty() {
                 vec![
                     Section::Push,
@@ -270,6 +285,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         swarm: target_dir.join("swarm"),
         updater: target_dir.join("worker-updater"),
         agent: target_dir.join("worker-agent"),
+        updater_args: args.updater_arg.clone(),
     };
     let needed: &[&PathBuf] = if only_baselines {
         &[&bins.agent]
@@ -438,6 +454,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ""
         }
     ));
+    if !args.updater_arg.is_empty() {
+        report.notes.push(format!(
+            "worker-updater run with extra arguments: {}",
+            args.updater_arg.join(" ")
+        ));
+    }
     report
         .notes
         .push(format!("machine: {}", machine.replace('\n', "; ")));
@@ -507,8 +529,9 @@ async fn push_healthy(
     revs: &mut Revisions,
 ) -> anyhow::Result<Pushed> {
     tree.set_revision(&revs.next(tree.shape.name))?;
+    procs::settle().await;
     let start = Instant::now();
-    let outcome = fleet.update(Some(&[host]), &tree.root).await?;
+    let outcome = fleet.update(Some(&[host]), &tree.root, None).await?;
     let h = outcome.host(host)?;
     ensure!(
         h.status == "updated",
@@ -539,6 +562,14 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The part of the updater's total that no phase accounts for: staging
+/// set-up before the upload, and confirming the release (rotating `prev`,
+/// deleting the one it replaces, fsyncing) before it answers.
+fn unattributed(t: &pki::wire::Timings) -> f64 {
+    let phases = t.receive_ms + t.install_ms + t.sync_flip_ms + t.restart_ms + t.probe_ms;
+    t.total_ms.saturating_sub(phases) as f64
+}
+
 /// Record the phases of one swarm push under `label`.
 fn record_push_phases(report: &mut Report, label: &str, host: &str, p: &Pushed) {
     let phases = report.phases(label);
@@ -556,6 +587,7 @@ fn record_push_phases(report: &mut Report, label: &str, host: &str, p: &Pushed) 
         phases.push("sync+flip", t.sync_flip_ms as f64);
         phases.push("agent restart", t.restart_ms as f64);
         phases.push("probe", t.probe_ms as f64);
+        phases.push("updater other (confirm, cleanup)", unattributed(t));
         phases.push("updater total", t.total_ms as f64);
         accounted += t.total_ms as f64;
     }
@@ -595,6 +627,7 @@ async fn push_section(
             // Interleaved, so that drift in the machine's load hits every
             // method alike.
             let floor_dest = scratch.join(format!("floor-{name}-{rep}"));
+            procs::settle().await;
             let floor = baseline::tar_floor(&tree.root, &floor_dest).await?;
             let _ = std::fs::remove_dir_all(&floor_dest);
             report
@@ -607,6 +640,7 @@ async fn push_section(
                 .push(secs(floor));
 
             let dest = scratch.join(format!("rsync-{name}-{rep}"));
+            procs::settle().await;
             let r = baseline::rsync_and_restart(sshd, agent, tree, &dest).await?;
             {
                 let ph = report.phases(&format!("{name}: rsync first sync + restart"));
@@ -623,6 +657,7 @@ async fn push_section(
             row.baselines = vec![format!("floor-{name}")];
 
             tree.set_revision(&revs.next("rsync"))?;
+            procs::settle().await;
             let r = baseline::rsync_and_restart(sshd, agent, tree, &incr_dest).await?;
             let row = report.row(
                 &format!("rsync-incr-{name}"),
@@ -637,6 +672,7 @@ async fn push_section(
 
             if name == "small" {
                 agent.stop();
+                procs::settle().await;
                 let start = agent.restart(&incr_dest).await?;
                 report
                     .row(
@@ -649,6 +685,7 @@ async fn push_section(
             }
             let Some(fleet) = fleet else { continue };
             let host = fleet.workers[0].host.clone();
+            procs::settle().await;
             let pack = fleet.pack_only(&tree.root).await?;
             report
                 .row(
@@ -711,8 +748,11 @@ async fn broken_section(
         for rep in 0..plan.reps {
             step!("{key}: rep {}/{}", rep + 1, plan.reps);
             tree.set_revision(&revs.next(key))?;
+            procs::settle().await;
             let start = Instant::now();
-            let out = fleet.update(Some(&[host.as_str()]), &tree.root).await?;
+            let out = fleet
+                .update(Some(&[host.as_str()]), &tree.root, None)
+                .await?;
             let h = out.host(&host)?;
             ensure!(
                 h.status == "rolled-back",
@@ -751,6 +791,7 @@ async fn rollback_section(
     let mut active = push_healthy(fleet, &host, tree, revs).await?.sha256;
     for rep in 0..plan.reps {
         step!("rollback: rep {}/{}", rep + 1, plan.reps);
+        procs::settle().await;
         let start = Instant::now();
         let out = fleet.rollback(&host).await?;
         let h = out.host(&host)?;
@@ -776,11 +817,12 @@ async fn rollback_section(
         row.samples.push(secs(at - start));
         row.baselines = vec!["rsync-incr-small".into()];
         let ph = report.phases("rollback");
-        if let Some(t) = &h.timings {
-            ph.push("sync+flip", t.sync_flip_ms as f64);
-            ph.push("agent restart", t.restart_ms as f64);
-            ph.push("probe", t.probe_ms as f64);
-            ph.push("updater total", t.total_ms as f64);
+        for p in &h.probes {
+            ph.push(&format!("{} probe", p.phase), p.elapsed_ms as f64);
+            ph.push(&format!("{} attempts", p.phase), f64::from(p.attempts));
+        }
+        if let Some(e) = h.elapsed_ms {
+            ph.push("updater round trip (CLI)", e);
         }
         ph.push("wall", ms(at - start));
         std::mem::swap(&mut prev, &mut active);
@@ -797,76 +839,100 @@ async fn fanout_section(
     revs: &mut Revisions,
 ) -> anyhow::Result<()> {
     let first = plan.fanout.first().copied().unwrap_or(1);
+    let biggest = plan.fanout.iter().copied().max().unwrap_or(1);
     for &n in &plan.fanout {
         step!("fan-out: starting {n} worker(s)");
         let dir = root.join(format!("fanout-{n}"));
         let fleet = Fleet::start(&dir, bins, "fan", n).await?;
         // First install everywhere, not measured.
         tree.set_revision(&revs.next("fan-warm"))?;
-        let warm = fleet.update(None, &tree.root).await?;
+        let warm = fleet.update(None, &tree.root, plan.fanout_parallel).await?;
         ensure!(
             warm.hosts.iter().all(|h| h.status == "updated"),
             "warm-up fan-out push failed: {}",
             warm.raw
         );
-        for rep in 0..plan.reps {
-            step!("fan-out {n}: rep {}/{}", rep + 1, plan.reps);
-            tree.set_revision(&revs.next("fan"))?;
-            let start = Instant::now();
-            let out = fleet.update(None, &tree.root).await?;
-            ensure!(
-                out.hosts.len() == n && out.hosts.iter().all(|h| h.status == "updated"),
-                "fan-out push to {n} did not update every host: {}",
-                out.raw
-            );
-            let sha = out.hosts[0]
-                .sha256
-                .clone()
-                .ok_or_else(|| anyhow!("no release sha256 in {}", out.raw))?;
-            let mut last = Instant::now();
-            for w in &fleet.workers {
-                last = last.max(w.wait_release(&sha, SETTLE_TIMEOUT).await?);
-            }
-            let row = report.row(
-                &format!("fanout-{n}"),
-                &format!("fan-out: swarm update --all to {n} worker(s), total"),
-                Unit::Seconds,
-            );
-            row.samples.push(secs(last - start));
-            if n != first {
-                row.baselines = vec![format!("fanout-{first}")];
-            }
-            let per_host: Vec<f64> = out
-                .hosts
-                .iter()
-                .filter_map(|h| {
-                    h.elapsed_ms
-                        .or_else(|| h.timings.as_ref().map(|t| t.total_ms as f64))
-                })
-                .collect();
-            let summary = stats::Summary::of(&per_host);
-            if let Some(s) = summary {
+        // The CLI's default concurrency (8) first; for the biggest fleet
+        // also every host at once, to show what the default costs.
+        let mut variants = vec![(format!("fanout-{n}"), plan.fanout_parallel)];
+        if n == biggest && n > DEFAULT_PARALLEL && plan.fanout_parallel.is_none() {
+            variants.push((
+                format!("fanout-{n}-p{n}"),
+                Some(u16::try_from(n).unwrap_or(u16::MAX)),
+            ));
+        }
+        for (key, parallel) in variants {
+            let how = match parallel {
+                Some(p) => format!("--parallel {p}"),
+                None => format!("default --parallel {DEFAULT_PARALLEL}"),
+            };
+            for rep in 0..plan.reps {
+                step!("{key}: rep {}/{}", rep + 1, plan.reps);
+                tree.set_revision(&revs.next("fan"))?;
+                procs::settle().await;
+                let start = Instant::now();
+                let out = fleet.update(None, &tree.root, parallel).await?;
+                ensure!(
+                    out.hosts.len() == n && out.hosts.iter().all(|h| h.status == "updated"),
+                    "fan-out push to {n} did not update every host: {}",
+                    out.raw
+                );
+                let sha = out.hosts[0]
+                    .sha256
+                    .clone()
+                    .ok_or_else(|| anyhow!("no release sha256 in {}", out.raw))?;
+                let mut last = Instant::now();
+                for w in &fleet.workers {
+                    last = last.max(w.wait_release(&sha, SETTLE_TIMEOUT).await?);
+                }
                 let row = report.row(
-                    &format!("fanout-{n}-host"),
-                    &format!("fan-out to {n}: per-host time (median over hosts)"),
+                    &key,
+                    &format!("fan-out: swarm update --all to {n} worker(s) ({how}), total"),
                     Unit::Seconds,
                 );
-                row.samples.push(s.median / 1000.0);
+                row.samples.push(secs(last - start));
+                if key != format!("fanout-{first}") {
+                    row.baselines = vec![format!("fanout-{first}")];
+                }
+                let per_host: Vec<f64> = out.hosts.iter().filter_map(|h| h.elapsed_ms).collect();
+                let summary = stats::Summary::of(&per_host);
+                if let Some(s) = summary {
+                    let row = report.row(
+                        &format!("{key}-host"),
+                        &format!("  per-host time, median over the {n} host(s)"),
+                        Unit::Seconds,
+                    );
+                    row.samples.push(s.median / 1000.0);
+                }
+                let ph = report.phases(&format!(
+                    "{key} (per host: median over hosts and reps; total: over reps)"
+                ));
+                if let Some(pack) = out.pack_ms {
+                    ph.push("pack+compress", pack);
+                }
+                for h in &out.hosts {
+                    if let Some(t) = &h.timings {
+                        ph.push("transfer+extract", t.receive_ms as f64);
+                        ph.push("sync+flip", t.sync_flip_ms as f64);
+                        ph.push("agent restart", t.restart_ms as f64);
+                        ph.push("probe", t.probe_ms as f64);
+                        ph.push("updater other", unattributed(t));
+                        ph.push("updater total", t.total_ms as f64);
+                    }
+                    if let Some(e) = h.elapsed_ms {
+                        ph.push("per-host (CLI)", e);
+                    }
+                }
+                if let Some(s) = summary {
+                    ph.push("slowest host", s.max);
+                }
+                ph.push("total", ms(last - start));
             }
-            let ph = report.phases(&format!("fan-out to {n}"));
-            if let Some(s) = summary {
-                ph.push("per-host median", s.median);
-                ph.push("per-host min", s.min);
-                ph.push("per-host max", s.max);
-            }
-            if let Some(pack) = out.pack_ms {
-                ph.push("pack+compress", pack);
-            }
-            ph.push("total", ms(last - start));
         }
         drop(fleet);
-        procs::sweep(&dir);
-        let _ = std::fs::remove_dir_all(&dir);
+        if !plan.keep {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
     Ok(())
 }
@@ -879,17 +945,17 @@ async fn memory_section(
     report: &mut Report,
     revs: &mut Revisions,
 ) -> anyhow::Result<()> {
-    let first = plan.mem_sizes_mib.first().copied().unwrap_or(0);
-    for &mib in &plan.mem_sizes_mib {
-        let name = format!("mem{mib}");
+    let first = plan.mem_sizes_mb.first().copied().unwrap_or(0);
+    for &mb in &plan.mem_sizes_mb {
+        let name = format!("mem{mb}");
         let shape = Shape {
             name: "mem",
-            bytes: mib * MIB,
-            files: u32::try_from((mib / 8).max(1)).unwrap_or(u32::MAX),
+            bytes: mb * 1_000_000,
+            files: u32::try_from((mb / 8).max(1)).unwrap_or(u32::MAX),
             noise_only: true,
         };
         let tree = gen_tree(shape, AgentKind::Healthy, &name)?;
-        let dir = root.join(format!("mem-{mib}"));
+        let dir = root.join(format!("mem-{mb}"));
         let fleet = Fleet::start(&dir, bins, "mem", 1).await?;
         let w = &fleet.workers[0];
         let pid = w.updater_pid()?;
@@ -903,24 +969,24 @@ async fn memory_section(
             .samples
             .push(idle as f64);
         for rep in 0..plan.mem_reps {
-            step!("memory {mib} MiB: rep {}/{}", rep + 1, plan.mem_reps);
+            step!("memory {mb} MB: rep {}/{}", rep + 1, plan.mem_reps);
             // Reset the peak (VmHWM) so each rep reads its own.
             std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
                 .context("resetting VmHWM via /proc/<pid>/clear_refs")?;
             let p = push_healthy(&fleet, &w.host.clone(), &tree, revs).await?;
             let hwm = procs::proc_status_kb(pid, "VmHWM")?;
             let row = report.row(
-                &format!("mem-{mib}"),
-                &format!("updater peak RSS (VmHWM), {mib} MiB upload"),
+                &format!("mem-{mb}"),
+                &format!("updater peak RSS (VmHWM), {mb} MB upload"),
                 Unit::Bytes,
             );
             row.samples.push(hwm as f64);
-            if mib != first {
+            if mb != first {
                 row.baselines = vec![format!("mem-{first}")];
             }
             if rep == 0 {
                 report.notes.push(format!(
-                    "memory {mib} MiB: upload {:.0} MB, pushed in {:.1} s",
+                    "memory {mb} MB: upload {:.0} MB, pushed in {:.1} s",
                     p.outcome.size_bytes.unwrap_or(0) as f64 / 1e6,
                     secs(p.wall)
                 ));
@@ -1039,6 +1105,11 @@ async fn machine_info(work: &Path) -> String {
             _ => "",
         })
         .unwrap_or("");
+    let dirty_kb: u64 = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("Dirty:"))
+        .and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
     let load = read("/proc/loadavg");
     let load: Vec<&str> = load.split_whitespace().take(3).collect();
     let mut tools = Vec::new();
@@ -1056,9 +1127,10 @@ async fn machine_info(work: &Path) -> String {
     }
     format!(
         "{cpu}, {cores} cores, {:.1} GiB RAM\n{os}, kernel {kernel}\ndisk: {disk}{rotational}\n\
-         load average at start: {}\ntools: {}",
+         load average at start: {}, dirty page cache {:.0} MiB\ntools: {}",
         mem_kb as f64 / (1024.0 * 1024.0),
         load.join(" "),
+        dirty_kb as f64 / 1024.0,
         tools.join("; ")
     )
 }

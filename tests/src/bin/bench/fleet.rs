@@ -23,6 +23,8 @@ pub(crate) struct Bins {
     pub(crate) swarm: PathBuf,
     pub(crate) updater: PathBuf,
     pub(crate) agent: PathBuf,
+    /// Extra arguments for every updater (tuning experiments).
+    pub(crate) updater_args: Vec<String>,
 }
 
 /// One worker: its bundles, install dir, ports and running updater.
@@ -159,7 +161,9 @@ impl Fleet {
                 ))
                 .arg("--agent-url")
                 .arg(format!("https://127.0.0.1:{agent_port}/health"))
-                .env("RUST_LOG", "info");
+                .args(&bins.updater_args)
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1");
             let (updater, _addr) = Daemon::spawn_listening(
                 &format!("worker-updater of {host}"),
                 &mut cmd,
@@ -188,9 +192,13 @@ impl Fleet {
         &self,
         hosts: Option<&[&str]>,
         root: &Path,
+        parallel: Option<u16>,
     ) -> anyhow::Result<Outcome> {
         let mut cmd = self.swarm();
         cmd.arg("update");
+        if let Some(n) = parallel {
+            cmd.arg("--parallel").arg(n.to_string());
+        }
         match hosts {
             Some(h) => cmd.arg("--host").arg(h.join(",")),
             None => cmd.arg("--all"),

@@ -222,6 +222,12 @@ pub(crate) fn sweep(root: &Path) -> usize {
     killed
 }
 
+/// Flush every dirty page to disk (untimed), so that the next timed
+/// operation does not pay for the writes of the one before it.
+pub(crate) async fn settle() {
+    let _ = tokio::task::spawn_blocking(nix::unistd::sync).await;
+}
+
 /// The outcome of a timed command.
 #[derive(Debug)]
 pub(crate) struct Timed {
