@@ -255,6 +255,12 @@ impl Supervisor {
         loop {
             let gone = !alive(pid) || (start_time.is_some() && proc_start_time(pid) != start_time);
             if gone {
+                // An agent spawned before a self-update's exec is still our
+                // child without a reaper task: reap it (ECHILD otherwise).
+                let _ = nix::sys::wait::waitpid(
+                    Pid::from_raw(pid),
+                    Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                );
                 return true;
             }
             if Instant::now() >= deadline {

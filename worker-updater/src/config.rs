@@ -95,6 +95,32 @@ pub struct Args {
     /// At start-up, start the agent from `current` if none of ours is running.
     #[arg(long, env = "SWARM_UPDATER_START_AGENT", default_value_t = true, action = clap::ArgAction::Set)]
     pub start_agent: bool,
+    /// Time a new updater binary gets to pass `--check` during
+    /// `/update-self`, in seconds.
+    #[arg(
+        long,
+        env = "SWARM_UPDATER_SELF_CHECK_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub self_check_timeout_secs: u64,
+    /// Time a self-updated updater gets to answer `/health` with its new
+    /// release before the watchdog puts the previous one back, in seconds.
+    #[arg(long, env = "SWARM_UPDATER_SELF_TRIAL_SECS", default_value_t = 20)]
+    pub self_trial_secs: u64,
+    /// The updater binary to run when `updater/` holds no release (after a
+    /// first self-update is reverted). Default: this executable, recorded at
+    /// the first start and carried across self-updates.
+    #[arg(long, env = "SWARM_UPDATER_BASE_EXE")]
+    pub base_exe: Option<PathBuf>,
+    /// Validate the configuration (flags, bundle, TLS key, install dir) and
+    /// exit 0 without binding. `/update-self` runs a new updater binary this
+    /// way, with the argv it will get, before switching to it.
+    #[arg(long, conflicts_with = "watchdog")]
+    pub check: bool,
+    /// Internal: guard a self-update trial (started by the updater itself,
+    /// from the previous binary; see wiki/operations.md "Self-update").
+    #[arg(long, hide = true)]
+    pub watchdog: bool,
 }
 
 /// Validated configuration: bundle loaded, paths absolute, numbers sane.
@@ -113,6 +139,13 @@ pub struct Config {
     pub install_timeout: Duration,
     pub failed_keep: usize,
     pub start_agent: bool,
+    pub self_check_timeout: Duration,
+    pub self_trial: Duration,
+    /// What to run when `updater/` holds no release.
+    pub base_exe: PathBuf,
+    /// Every effective setting as `SWARM_UPDATER_*` variables: what a
+    /// re-exec rebuilds its argv from.
+    pub stash: Stash,
 }
 
 impl Config {
@@ -123,11 +156,11 @@ impl Config {
                 .map(PathBuf::from)
                 .context("HOME is not set; give the directory explicitly")
         };
-        let updater_dir = match args.updater_dir {
+        let updater_dir = match &args.updater_dir {
             Some(d) => cwd.join(d),
             None => home()?.join(".swarm/updater"),
         };
-        let agent_dir = match args.agent_dir {
+        let agent_dir = match &args.agent_dir {
             Some(d) => cwd.join(d),
             None => home()?.join(".swarm/agent"),
         };
@@ -155,6 +188,13 @@ impl Config {
         if args.probe_attempts == 0 {
             bail!("--probe-attempts must be at least 1");
         }
+        let base_exe = match &args.base_exe {
+            Some(p) => cwd.join(p),
+            None => std::env::current_exe().context("cannot find this executable's path")?,
+        };
+        if args.self_trial_secs == 0 || args.self_check_timeout_secs == 0 {
+            bail!("--self-trial-secs and --self-check-timeout-secs must be positive");
+        }
         for (flag, v) in [
             ("--max-upload-bytes", args.max_upload_bytes),
             ("--max-unpacked-bytes", args.max_unpacked_bytes),
@@ -167,6 +207,7 @@ impl Config {
                 bail!("{flag} must be positive");
             }
         }
+        let stash = Stash::capture(&args, &updater_dir, &agent_dir, &install_dir, &base_exe);
         Ok(Config {
             listen: args.listen,
             bundle,
@@ -194,7 +235,127 @@ impl Config {
             install_timeout: Duration::from_secs(args.install_timeout_secs),
             failed_keep: args.failed_keep,
             start_agent: args.start_agent,
+            self_check_timeout: Duration::from_secs(args.self_check_timeout_secs),
+            self_trial: Duration::from_secs(args.self_trial_secs),
+            base_exe,
+            stash,
         })
+    }
+}
+
+/// The effective settings of this updater as `SWARM_UPDATER_*` variables
+/// (paths resolved, the listen address as actually bound). A re-exec sets
+/// them in the new process's environment and rebuilds its argv from them
+/// alone, never from our own argv, so flags given at the first start
+/// survive any number of self-updates.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stash {
+    vars: std::collections::BTreeMap<String, String>,
+}
+
+impl Stash {
+    fn capture(
+        args: &Args,
+        updater_dir: &Path,
+        agent_dir: &Path,
+        install_dir: &Path,
+        base_exe: &Path,
+    ) -> Stash {
+        let path = |p: &Path| p.display().to_string();
+        let vars = [
+            ("SWARM_UPDATER_LISTEN", args.listen.to_string()),
+            ("SWARM_UPDATER_BUNDLE_DIR", path(updater_dir)),
+            ("SWARM_UPDATER_INSTALL_DIR", path(install_dir)),
+            ("SWARM_UPDATER_AGENT_DIR", path(agent_dir)),
+            ("SWARM_UPDATER_AGENT_CMD", args.agent_cmd.clone()),
+            ("SWARM_UPDATER_AGENT_URL", args.agent_url.clone()),
+            (
+                "SWARM_UPDATER_PROBE_ATTEMPTS",
+                args.probe_attempts.to_string(),
+            ),
+            (
+                "SWARM_UPDATER_PROBE_BACKOFF_MS",
+                args.probe_backoff_ms.to_string(),
+            ),
+            (
+                "SWARM_UPDATER_PROBE_MAX_BACKOFF_MS",
+                args.probe_max_backoff_ms.to_string(),
+            ),
+            (
+                "SWARM_UPDATER_PROBE_TIMEOUT_MS",
+                args.probe_timeout_ms.to_string(),
+            ),
+            (
+                "SWARM_UPDATER_MAX_UPLOAD_BYTES",
+                args.max_upload_bytes.to_string(),
+            ),
+            (
+                "SWARM_UPDATER_MAX_UNPACKED_BYTES",
+                args.max_unpacked_bytes.to_string(),
+            ),
+            ("SWARM_UPDATER_MAX_ENTRIES", args.max_entries.to_string()),
+            (
+                "SWARM_UPDATER_MAX_PATH_BYTES",
+                args.max_path_bytes.to_string(),
+            ),
+            (
+                "SWARM_UPDATER_MAX_PATH_DEPTH",
+                args.max_path_depth.to_string(),
+            ),
+            (
+                "SWARM_UPDATER_STOP_GRACE_MS",
+                args.stop_grace_ms.to_string(),
+            ),
+            (
+                "SWARM_UPDATER_INSTALL_TIMEOUT_SECS",
+                args.install_timeout_secs.to_string(),
+            ),
+            ("SWARM_UPDATER_FAILED_KEEP", args.failed_keep.to_string()),
+            ("SWARM_UPDATER_START_AGENT", args.start_agent.to_string()),
+            (
+                "SWARM_UPDATER_SELF_CHECK_TIMEOUT_SECS",
+                args.self_check_timeout_secs.to_string(),
+            ),
+            (
+                "SWARM_UPDATER_SELF_TRIAL_SECS",
+                args.self_trial_secs.to_string(),
+            ),
+            ("SWARM_UPDATER_BASE_EXE", path(base_exe)),
+        ];
+        Stash {
+            vars: vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        }
+    }
+
+    /// Record the address actually bound (port 0 becomes the real port, so
+    /// the next process binds the same one).
+    pub fn set_listen(&mut self, addr: SocketAddr) {
+        self.vars
+            .insert("SWARM_UPDATER_LISTEN".into(), addr.to_string());
+    }
+
+    /// The stashed variables, for a child's environment.
+    pub fn vars(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The listen address as stashed.
+    pub fn listen(&self) -> Option<SocketAddr> {
+        self.vars.get("SWARM_UPDATER_LISTEN")?.parse().ok()
+    }
+
+    /// The argv (without the program) rebuilt from the variables alone:
+    /// `--<flag>=<value>` for every flag whose variable is stashed.
+    pub fn argv(&self) -> Vec<String> {
+        use clap::CommandFactory;
+        Args::command()
+            .get_arguments()
+            .filter_map(|a| {
+                let env = a.get_env()?.to_str()?;
+                let value = self.vars.get(env)?;
+                Some(format!("--{}={value}", a.get_long()?))
+            })
+            .collect()
     }
 }
 
@@ -203,4 +364,63 @@ fn clean(p: &Path) -> PathBuf {
     p.components()
         .filter(|c| !matches!(c, std::path::Component::CurDir))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn stash_covers_every_setting_and_round_trips() {
+        let args = Args::try_parse_from([
+            "worker-updater",
+            "--listen=127.0.0.1:9999",
+            "--updater-dir=/u",
+            "--agent-dir=/a",
+            "--install-dir=/i",
+            "--agent-cmd=bin/a --x 'y z'",
+            "--probe-attempts=3",
+            "--start-agent=false",
+            "--self-trial-secs=4",
+        ])
+        .unwrap();
+        let stash = Stash::capture(
+            &args,
+            Path::new("/u"),
+            Path::new("/a"),
+            Path::new("/i"),
+            Path::new("/bin/wu"),
+        );
+        // Every flag with a variable is stashed, and nothing else.
+        let envs: Vec<String> = Args::command()
+            .get_arguments()
+            .filter_map(|a| Some(a.get_env()?.to_str()?.to_owned()))
+            .collect();
+        let stashed: Vec<String> = stash.vars().map(|(k, _)| k.to_owned()).collect();
+        let mut sorted = envs.clone();
+        sorted.sort();
+        assert_eq!(sorted, stashed);
+        // The rebuilt argv parses back to the same settings.
+        let argv = stash.argv();
+        assert_eq!(argv.len(), envs.len());
+        let again =
+            Args::try_parse_from(std::iter::once("worker-updater".to_owned()).chain(argv)).unwrap();
+        let stash2 = Stash::capture(
+            &again,
+            Path::new("/u"),
+            Path::new("/a"),
+            Path::new("/i"),
+            Path::new("/bin/wu"),
+        );
+        assert_eq!(stash, stash2);
+        assert_eq!(again.agent_cmd, "bin/a --x 'y z'");
+        assert!(!again.start_agent);
+        assert_eq!(again.self_trial_secs, 4);
+        assert_eq!(
+            again.updater_dir.as_deref(),
+            Some(Path::new("/u")),
+            "resolved dirs are passed explicitly"
+        );
+    }
 }

@@ -30,6 +30,10 @@ pub enum UpdaterError {
     /// The install hook failed or timed out.
     #[error("{message}")]
     Install { message: String, stderr: String },
+    /// A new updater binary failed its `--check` run (or could not be
+    /// switched to); the updater's slots were put back.
+    #[error("{message}")]
+    SelfCheck { message: String, stderr: String },
     /// The disk (or quota) is full.
     #[error("no space left on the install filesystem ({path}): {source}")]
     NoSpace {
@@ -90,6 +94,7 @@ impl UpdaterError {
             UpdaterError::Busy(_) => StatusCode::CONFLICT,
             UpdaterError::NoSpace { .. } => StatusCode::INSUFFICIENT_STORAGE,
             UpdaterError::Install { .. }
+            | UpdaterError::SelfCheck { .. }
             | UpdaterError::Io { .. }
             | UpdaterError::Agent(_)
             | UpdaterError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -120,7 +125,9 @@ impl IntoResponse for AppError {
             _ => OpStatus::Error,
         };
         let stderr = match &self.0 {
-            UpdaterError::Install { stderr, .. } => Some(stderr.clone()),
+            UpdaterError::Install { stderr, .. } | UpdaterError::SelfCheck { stderr, .. } => {
+                Some(stderr.clone())
+            }
             _ => None,
         };
         let body = OpResponse {

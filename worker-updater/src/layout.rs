@@ -30,10 +30,15 @@ use pki::wire::{FailedRelease, Manifest, Releases};
 use crate::error::{Result, UpdaterError};
 use crate::release::read_manifest;
 
-/// Paths of one install directory.
+/// Paths of one set of release slots: the agent's (`<install>/current`,
+/// `<install>/releases/`) or the updater's own (`<install>/updater/current`,
+/// `<install>/updater/releases/`). Every operation below works the same on
+/// both; only [`Layout::root`] differs.
 #[derive(Clone, Debug)]
 pub struct Layout {
     pub install: PathBuf,
+    /// The directory holding `current` and `releases/`.
+    pub root: PathBuf,
     pub releases: PathBuf,
     /// How many failed releases to keep.
     pub failed_keep: usize,
@@ -49,15 +54,25 @@ pub struct Repair {
 }
 
 impl Layout {
+    /// The agent's slots: `<install>/current`, `<install>/releases/`.
     pub fn new(install: &Path, failed_keep: usize) -> Layout {
+        Layout::rooted(install, install, failed_keep)
+    }
+    /// The updater's own slots: `<install>/updater/current`,
+    /// `<install>/updater/releases/` (self-update only).
+    pub fn updater(install: &Path, failed_keep: usize) -> Layout {
+        Layout::rooted(install, &install.join("updater"), failed_keep)
+    }
+    fn rooted(install: &Path, root: &Path, failed_keep: usize) -> Layout {
         Layout {
             install: install.to_owned(),
-            releases: install.join("releases"),
+            root: root.to_owned(),
+            releases: root.join("releases"),
             failed_keep,
         }
     }
     pub fn current(&self) -> PathBuf {
-        self.install.join("current")
+        self.root.join("current")
     }
     pub fn active(&self) -> PathBuf {
         self.releases.join("active")
@@ -94,7 +109,7 @@ impl Layout {
 
     /// Create the install skeleton if missing.
     pub fn ensure_dirs(&self) -> Result<()> {
-        for d in [&self.install, &self.releases, &self.failed()] {
+        for d in [&self.install, &self.root, &self.releases, &self.failed()] {
             fs::create_dir_all(d).map_err(|e| UpdaterError::io(d, e))?;
         }
         Ok(())
@@ -170,7 +185,7 @@ impl Layout {
         };
         remove_file(&self.journal())?;
         fsync_dir(&self.releases)?;
-        fsync_dir(&self.install)?;
+        fsync_dir(&self.root)?;
         self.prune_failed();
         Ok((name, restored))
     }
@@ -192,6 +207,28 @@ impl Layout {
         let name = self.failed_name(&manifest);
         rename(&self.prev(), &self.failed().join(&name))?;
         fsync_dir(&self.releases)?;
+        self.prune_failed();
+        Ok(name)
+    }
+
+    /// The confirmed release in `active` turned out bad after all (an
+    /// updater trial that failed): `prev` goes back to `active` and the bad
+    /// one to `failed/`; with no `prev`, the bad one goes to `failed/` and
+    /// `current` is removed. Returns the name under `failed/`.
+    pub fn abandon_active(&self) -> Result<String> {
+        self.ensure_dirs()?;
+        if self.prev().is_dir() {
+            self.swap_prev()?;
+            return self.fail_prev();
+        }
+        let manifest = read_manifest(&self.active()).unwrap_or_else(unknown_manifest);
+        let name = self.failed_name(&manifest);
+        if self.active().is_dir() {
+            rename(&self.active(), &self.failed().join(&name))?;
+        }
+        remove_file(&self.current())?;
+        fsync_dir(&self.releases)?;
+        fsync_dir(&self.root)?;
         self.prune_failed();
         Ok(name)
     }
@@ -237,7 +274,7 @@ impl Layout {
     pub fn repair(&self) -> Result<Repair> {
         self.ensure_dirs()?;
         let mut r = Repair::default();
-        for dir in [&self.install, &self.releases] {
+        for dir in [&self.root, &self.releases] {
             let entries = fs::read_dir(dir).map_err(|e| UpdaterError::io(dir, e))?;
             for e in entries.filter_map(|e| e.ok()) {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -294,7 +331,7 @@ impl Layout {
             self.point_current()?;
         } else if fs::symlink_metadata(self.current()).is_ok() {
             remove_file(&self.current())?;
-            fsync_dir(&self.install)?;
+            fsync_dir(&self.root)?;
             r.actions
                 .push("removed current: there is no release".into());
         }
@@ -305,13 +342,13 @@ impl Layout {
     /// renamed over it, then the install dir fsynced.
     fn point_current(&self) -> Result<()> {
         let tmp = self
-            .install
+            .root
             .join(format!(".current.tmp-{}", std::process::id()));
         let _ = fs::remove_file(&tmp);
         std::os::unix::fs::symlink("releases/active", &tmp)
             .map_err(|e| UpdaterError::io(&tmp, e))?;
         rename(&tmp, &self.current())?;
-        fsync_dir(&self.install)
+        fsync_dir(&self.root)
     }
 
     /// One sync of the install filesystem.
@@ -425,7 +462,7 @@ pub fn remove_tree(path: &Path) -> Result<()> {
     r.map_err(|e| UpdaterError::io(path, e))
 }
 
-fn fsync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|f| f.sync_all())
         .map_err(|e| UpdaterError::io(dir, e))

@@ -6,11 +6,15 @@
 //! [`extract`] (streamed, validated extraction), [`release`] (`swarm.toml`,
 //! `.env.local`, manifests), [`layout`] (slots, flip, repair), [`agent`]
 //! (pidfile, `/proc`, signals, spawn), [`probe`] (mTLS health checks),
-//! [`ops`] (the operations), [`error`] (the one error type and `AppError`).
+//! [`ops`] (the operations), [`selfupdate`] (`/update-self`, the re-exec,
+//! the trial watchdog, the start-up hand-over), [`error`] (the one error
+//! type and `AppError`).
 //!
 //! Invariants: only this crate touches release symlinks and agent
 //! processes; one operation at a time; blocking work never runs on the
-//! async runtime's threads, so `/health` answers during an update.
+//! async runtime's threads, so `/health` answers during an update; a
+//! normal `/update` never touches `updater/`, and a self-update never
+//! touches the agent's release or restarts the agent.
 
 pub mod agent;
 pub mod config;
@@ -20,6 +24,7 @@ pub mod layout;
 pub mod ops;
 pub mod probe;
 pub mod release;
+pub mod selfupdate;
 pub mod upload;
 
 use std::future::Future;
@@ -48,6 +53,7 @@ pub fn init_tracing() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -82,6 +88,7 @@ pub async fn run(
         tracing::warn!("start-up repair: {action}");
     }
     tokio::spawn(app.clone().reconcile(repair.unconfirmed));
+    selfupdate::reap_watchdog(&app.updater_layout);
     pki::serve(listener, tls, router(app.clone()), shutdown).await?;
     // An operation in flight runs in its own task: give it a bounded time
     // to finish so a restart does not leave work for the start-up repair.
@@ -106,7 +113,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/releases", get(releases))
         .route("/update", post(update).layer(DefaultBodyLimit::disable()))
         .route("/rollback", post(rollback))
-        .route("/update-self", post(update_self))
+        .route(
+            "/update-self",
+            post(update_self).layer(DefaultBodyLimit::disable()),
+        )
         .fallback(not_found)
         .with_state(app)
 }
@@ -163,11 +173,41 @@ async fn rollback(State(app): State<Arc<App>>) -> Result<Response, AppError> {
     Ok((code, Json(body)).into_response())
 }
 
-async fn update_self() -> Response {
-    ErrorBody::response(
-        StatusCode::NOT_IMPLEMENTED,
-        "self-update is not available in this version of worker-updater",
-    )
+/// `POST /update-self`: answer 200 first, then exec the new updater once the
+/// answer has left (see [`selfupdate`]).
+async fn update_self(
+    State(app): State<Arc<App>>,
+    Peer(who): Peer,
+    form: Result<Multipart, MultipartRejection>,
+) -> Result<Response, AppError> {
+    let guard = app.try_begin("update-self")?;
+    let form = form.map_err(|e| {
+        UpdaterError::BadUpload(format!(
+            "{e}: send multipart/form-data with fields sha256, tarball and confirm_self=true"
+        ))
+    })?;
+    // Detached like `/update`; the guard travels with the operation and
+    // then with the exec, so nothing else starts in between.
+    let task = tokio::spawn(async move {
+        let (body, handoff) = app.update_self(form, who.cn()).await?;
+        let (sent, on_sent) = tokio::sync::oneshot::channel();
+        handoff.exec_after(on_sent, guard);
+        Ok::<_, UpdaterError>((body, sent))
+    });
+    let (body, sent) = task
+        .await
+        .map_err(|e| UpdaterError::Internal(format!("update-self task: {e}")))??;
+    let json = serde_json::to_vec(&body)
+        .map_err(|e| UpdaterError::Internal(format!("serializing the answer: {e}")))?;
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(axum::http::header::CONTENT_TYPE, "application/json")
+        // This process is about to be replaced: no keep-alive.
+        .header(axum::http::header::CONNECTION, "close")
+        .body(axum::body::Body::from_stream(
+            selfupdate::NotifyingBody::new(json.into(), sent),
+        ))
+        .map_err(|e| AppError(UpdaterError::Internal(format!("building the answer: {e}"))))
 }
 
 async fn not_found() -> Response {

@@ -1,6 +1,8 @@
 //! `worker-updater`: parse arguments into a validated config (exit 64 when
-//! it is bad, before binding), bind, announce the address, and hand over to
-//! [`worker_updater::run`].
+//! it is bad, before binding); `--check` stops there with 0, `--watchdog`
+//! guards a self-update trial instead of serving; otherwise settle the
+//! updater's own slots (which may exec `updater/current`), bind, announce
+//! the address, and hand over to [`worker_updater::run`].
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -23,13 +25,17 @@ fn main() -> ExitCode {
         }
     };
     worker_updater::init_tracing();
-    let config = match worker_updater::Config::from_args(args) {
+    let (check, watchdog) = (args.check, args.watchdog);
+    let mut config = match worker_updater::Config::from_args(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("worker-updater: {e:#}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if watchdog {
+        return worker_updater::selfupdate::watchdog(&config);
+    }
     let tls = match pki::server_config(&config.bundle) {
         Ok(t) => t,
         Err(e) => {
@@ -37,6 +43,19 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if check {
+        if !config.install_dir.is_dir() {
+            eprintln!(
+                "worker-updater: --install-dir {} is not a directory",
+                config.install_dir.display()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        println!("configuration ok");
+        return ExitCode::SUCCESS;
+    }
+    // May exec the updater in updater/current instead of returning.
+    worker_updater::selfupdate::prestart(&config);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -49,10 +68,15 @@ fn main() -> ExitCode {
             .await
             .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen))?;
         let addr = listener.local_addr()?;
+        // A re-exec binds exactly this address again (port 0 included).
+        config.stash.set_listen(addr);
         {
+            // Best effort: whoever read the first start's stdout may be gone
+            // by the time a self-update's exec announces again.
             let mut out = std::io::stdout().lock();
-            writeln!(out, "listening on {addr}")?;
-            out.flush()?;
+            if let Err(e) = writeln!(out, "listening on {addr}").and_then(|()| out.flush()) {
+                tracing::debug!("announcing on stdout: {e}");
+            }
         }
         tracing::info!(%addr, host = %config.host, install = %config.install_dir.display(), "updater listening");
         worker_updater::run(listener, tls, config, worker_updater::shutdown_signal()).await

@@ -28,9 +28,11 @@ const STDERR_TAIL: usize = 8 * 1024;
 pub struct App {
     pub config: Config,
     pub layout: Layout,
+    /// The updater's own slots (`updater/`), touched only by `/update-self`.
+    pub updater_layout: Layout,
     pub supervisor: Supervisor,
     pub probe_client: reqwest::Client,
-    /// The updater's own release (set by self-update), read at start.
+    /// The updater's own release (the slot it runs from), read at start.
     pub own_release: Option<Manifest>,
     busy: Mutex<Option<&'static str>>,
 }
@@ -47,6 +49,15 @@ impl Drop for OpGuard {
             *b = None;
         }
     }
+}
+
+/// Which slots a pushed tree is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// `/update`: the agent's release.
+    Agent,
+    /// `/update-self`: the updater's own release.
+    Updater,
 }
 
 /// An operation's answer: status code and body.
@@ -67,10 +78,12 @@ impl App {
         )?
         .connect_timeout(config.probe.timeout)
         .build()?;
-        let own_release = read_manifest(&config.install_dir.join("updater/current"));
+        let updater_layout = Layout::updater(&config.install_dir, config.failed_keep);
+        let own_release = crate::selfupdate::own_release(&updater_layout);
         Ok(App {
             config,
             layout,
+            updater_layout,
             supervisor,
             probe_client,
             own_release,
@@ -216,7 +229,9 @@ impl App {
         let mut timings = Timings::default();
         let layout = self.layout.clone();
         let staging = blocking(move || layout.prepare_staging()).await?;
-        let prepared = self.prepare(form, &staging, pushed_by, &mut timings).await;
+        let prepared = self
+            .prepare(form, &staging, pushed_by, &mut timings, Purpose::Agent)
+            .await;
         let manifest = match prepared {
             Ok(m) => m,
             Err(e) => {
@@ -326,17 +341,26 @@ impl App {
         ))
     }
 
-    /// Receive into staging, write the manifest, check `swarm.toml`, run
-    /// the install hook. Nothing outside staging is touched.
-    async fn prepare(
+    /// Receive into staging, write the manifest, check `swarm.toml` (the
+    /// agent command for an update, `confirm_self` and the updater binary
+    /// for a self-update), run the install hook. Nothing outside staging is
+    /// touched.
+    pub async fn prepare(
         &self,
         form: Multipart,
         staging: &Path,
         pushed_by: String,
         timings: &mut Timings,
+        purpose: Purpose,
     ) -> Result<Manifest> {
         let t = Instant::now();
         let received = upload::receive(form, staging, &self.config.caps).await?;
+        if purpose == Purpose::Updater && received.confirm_self.as_deref() != Some("true") {
+            return Err(UpdaterError::BadUpload(
+                "/update-self replaces the updater itself: send the field confirm_self=true to confirm"
+                    .into(),
+            ));
+        }
         let manifest = received.manifest(pushed_by);
         timings.receive_ms = ms(t);
         tracing::info!(
@@ -348,8 +372,15 @@ impl App {
         let (dir, m) = (staging.to_owned(), manifest.clone());
         blocking(move || write_manifest(&dir, &m)).await?;
         let toml = SwarmToml::load(staging)?;
-        // Fail now, not after the flip, on an agent command that cannot expand.
-        self.launch_for(staging, None)?;
+        match purpose {
+            // Fail now, not after the flip, on an agent command that cannot expand.
+            Purpose::Agent => {
+                self.launch_for(staging, None)?;
+            }
+            Purpose::Updater => {
+                crate::selfupdate::updater_binary(staging)?;
+            }
+        }
         let t = Instant::now();
         if let Some(cmd) = &toml.install.command {
             let timeout = toml
@@ -501,20 +532,57 @@ async fn run_install(cmd: &[String], dir: &Path, env: &AgentEnv, timeout: Durati
     };
     let program = resolve_program(program, dir);
     tracing::info!(?argv, "running the install hook");
-    let mut child = tokio::process::Command::new(&program)
-        .args(args)
-        .current_dir(dir)
-        .envs(env.added.iter())
+    let mut command = tokio::process::Command::new(&program);
+    command.args(args).current_dir(dir).envs(env.added.iter());
+    let (finished, stderr) =
+        run_bounded(&mut command, timeout)
+            .await
+            .map_err(|e| UpdaterError::Install {
+                message: format!("cannot run the install hook {}: {e}", program.display()),
+                stderr: String::new(),
+            })?;
+    match finished {
+        Finished::Exited(status) if status.success() => Ok(()),
+        Finished::Exited(status) => Err(UpdaterError::Install {
+            message: format!("install hook {argv:?} failed ({status}); nothing was rotated"),
+            stderr,
+        }),
+        Finished::WaitFailed(e) => Err(UpdaterError::Install {
+            message: format!("waiting for the install hook: {e}"),
+            stderr,
+        }),
+        Finished::TimedOut => Err(UpdaterError::Install {
+            message: format!(
+                "install hook {argv:?} timed out after {timeout:?}; nothing was rotated"
+            ),
+            stderr,
+        }),
+    }
+}
+
+/// How a bounded child run ended.
+#[derive(Debug)]
+pub enum Finished {
+    Exited(std::process::ExitStatus),
+    /// Killed (its whole process group) when the timeout expired.
+    TimedOut,
+    WaitFailed(std::io::Error),
+}
+
+/// Run `cmd` in a process group of its own with stdin and stdout closed,
+/// killing the group after `timeout`; returns how it ended and the tail of
+/// its stderr. Errs only when it cannot be started.
+pub async fn run_bounded(
+    cmd: &mut tokio::process::Command,
+    timeout: Duration,
+) -> std::io::Result<(Finished, String)> {
+    let mut child = cmd
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .process_group(0)
         .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| UpdaterError::Install {
-            message: format!("cannot run the install hook {}: {e}", program.display()),
-            stderr: String::new(),
-        })?;
+        .spawn()?;
     let pid = child.id().and_then(|p| i32::try_from(p).ok());
     let mut stderr = child.stderr.take();
     let reader = tokio::spawn(async move {
@@ -549,29 +617,18 @@ async fn run_install(cmd: &[String], dir: &Path, env: &AgentEnv, timeout: Durati
         .ok()
         .and_then(|r| r.ok())
         .unwrap_or_default();
-    match outcome {
-        Ok(Ok(status)) if status.success() => Ok(()),
-        Ok(Ok(status)) => Err(UpdaterError::Install {
-            message: format!("install hook {argv:?} failed ({status}); nothing was rotated"),
-            stderr,
-        }),
-        Ok(Err(e)) => Err(UpdaterError::Install {
-            message: format!("waiting for the install hook: {e}"),
-            stderr,
-        }),
-        Err(_) => Err(UpdaterError::Install {
-            message: format!(
-                "install hook {argv:?} timed out after {timeout:?}; nothing was rotated"
-            ),
-            stderr,
-        }),
-    }
+    let finished = match outcome {
+        Ok(Ok(status)) => Finished::Exited(status),
+        Ok(Err(e)) => Finished::WaitFailed(e),
+        Err(_) => Finished::TimedOut,
+    };
+    Ok((finished, stderr))
 }
 
-fn short(sha: &str) -> &str {
+pub fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
 }
 
-fn ms(t: Instant) -> u64 {
+pub fn ms(t: Instant) -> u64 {
     u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
 }

@@ -30,6 +30,8 @@ pub struct Received {
     pub size_bytes: u64,
     pub extracted: Extracted,
     pub git_commit: Option<String>,
+    /// The `confirm_self` field, as sent (`/update-self` requires `true`).
+    pub confirm_self: Option<String>,
 }
 
 impl Received {
@@ -52,6 +54,7 @@ impl Received {
 pub async fn receive(mut form: Multipart, staging: &Path, caps: &Caps) -> Result<Received> {
     let mut claimed: Option<String> = None;
     let mut git_commit: Option<String> = None;
+    let mut confirm_self: Option<String> = None;
     let mut tarball: Option<(String, u64, Extracted)> = None;
     while let Some(field) = form.next_field().await.map_err(multipart_error)? {
         let name = field.name().unwrap_or_default().to_owned();
@@ -66,7 +69,8 @@ pub async fn receive(mut form: Multipart, staging: &Path, caps: &Caps) -> Result
                 }
                 tarball = Some(stream_tarball(field, staging.to_owned(), caps.clone()).await?);
             }
-            // `confirm_self` and fields of newer masters: read and ignored.
+            "confirm_self" => confirm_self = Some(text(field, &name).await?),
+            // Fields of newer masters: read and ignored.
             _ => {
                 text(field, &name).await?;
             }
@@ -86,6 +90,7 @@ pub async fn receive(mut form: Multipart, staging: &Path, caps: &Caps) -> Result
         size_bytes,
         extracted,
         git_commit,
+        confirm_self,
     })
 }
 
