@@ -18,12 +18,14 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// The endpoint a request addresses, or `None` for a path we do not serve.
+    /// The endpoint a request addresses, or `None` for anything we do not
+    /// serve. `HEAD` is the same endpoint as `GET` (axum routes it there).
     pub fn of(method: &Method, path: &str) -> Option<Endpoint> {
+        let read = method == Method::GET || method == Method::HEAD;
         Some(match (method, path) {
-            (&Method::GET, "/health") => Endpoint::Health,
-            (&Method::GET, "/status") => Endpoint::Status,
-            (&Method::GET, "/releases") => Endpoint::Releases,
+            (_, "/health") if read => Endpoint::Health,
+            (_, "/status") if read => Endpoint::Status,
+            (_, "/releases") if read => Endpoint::Releases,
             (&Method::POST, "/update") => Endpoint::Update,
             (&Method::POST, "/update-self") => Endpoint::UpdateSelf,
             (&Method::POST, "/rollback") => Endpoint::Rollback,
@@ -53,6 +55,22 @@ pub fn authorize(who: &Identity, endpoint: Endpoint) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::HostName;
+
+    #[test]
+    fn head_is_get_and_the_rest_is_unknown() {
+        assert_eq!(
+            Endpoint::of(&Method::HEAD, "/releases"),
+            Some(Endpoint::Releases)
+        );
+        assert_eq!(
+            Endpoint::of(&Method::HEAD, "/health"),
+            Some(Endpoint::Health)
+        );
+        assert_eq!(Endpoint::of(&Method::GET, "/update"), None);
+        assert_eq!(Endpoint::of(&Method::POST, "/releases"), None);
+        assert_eq!(Endpoint::of(&Method::GET, "/releases/"), None);
+        assert_eq!(Endpoint::of(&Method::OPTIONS, "/health"), None);
+    }
 
     #[test]
     fn matrix() {

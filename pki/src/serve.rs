@@ -45,9 +45,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
     }
 }
 
+/// Deny by default: a request reaches a handler only if it addresses an
+/// endpoint of the policy table and its peer may call it.
 async fn enforce_policy(req: Request, next: Next) -> Response {
     let Some(endpoint) = Endpoint::of(req.method(), req.uri().path()) else {
-        return next.run(req).await;
+        return ErrorBody::response(
+            StatusCode::NOT_FOUND,
+            format!("no endpoint {} {}", req.method(), req.uri().path()),
+        );
     };
     let Some(Peer(who)) = req.extensions().get::<Peer>().cloned() else {
         return ErrorBody::response(StatusCode::FORBIDDEN, "no verified peer identity");

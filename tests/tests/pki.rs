@@ -31,7 +31,8 @@ async fn server(pki: &TestPki) -> (SocketAddr, tokio::sync::oneshot::Sender<()>,
         .route(
             "/update",
             post(|Peer(who): Peer| async move { format!("updated by {who}") }),
-        );
+        )
+        .route("/releases", get(|| async { "secret releases" }));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let _ = pki::serve(listener, tls, app, async {
@@ -123,6 +124,41 @@ async fn master_allowed_everyone_else_forbidden_on_master_routes() {
             Ok(200)
         );
     }
+
+    // HEAD is GET for the policy: a master-only read stays master-only,
+    // and nothing outside the policy table reaches a handler.
+    let c = client(&agent, expect.clone());
+    let head = c
+        .head(format!("https://{addr}/releases"))
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), 403);
+    let head = c
+        .head(format!("https://{addr}/update"))
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), 404);
+    let get = c
+        .get(format!("https://{addr}/update"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(get.status(), 404);
+    let c = client(&master, expect.clone());
+    let put = c
+        .put(format!("https://{addr}/update"))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(put.status(), 404);
+    let head = c
+        .head(format!("https://{addr}/health"))
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), 200);
 
     // CN "master" without any EKU: webpki lets it through, our identity
     // mapping does not.

@@ -5,7 +5,18 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = worker_agent::Args::parse();
+    let args = match worker_agent::Args::try_parse() {
+        Ok(args) => args,
+        // --help and --version are not errors.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(64);
+        }
+    };
     worker_agent::init_tracing();
     let config = match worker_agent::Config::from_args(args) {
         Ok(c) => c,

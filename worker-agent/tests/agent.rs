@@ -169,7 +169,8 @@ async fn failing_health_cmd_answers_503() {
 async fn master_only_routes_do_not_exist_here() {
     let f = fixture();
     let agent = spawn(&f.agent_dir, None, &[]);
-    // The agent serves no /update; an agent cert is refused by policy first.
+    // The agent serves no /update: even the master, whom the policy lets
+    // through, finds nothing there.
     let resp = client(&f.master)
         .post(format!("https://{}/update", agent.addr))
         .send()
@@ -193,6 +194,22 @@ fn sigterm_stops_it_cleanly() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status}");
+}
+
+#[test]
+fn bad_flags_exit_64_and_help_exits_0() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_worker-agent"))
+            .args(args)
+            .output()
+            .expect("run")
+    };
+    let out = run(&["--listen", "not-an-address"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
+    let out = run(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--health-cmd"));
 }
 
 #[test]
