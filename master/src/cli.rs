@@ -133,9 +133,15 @@ pub struct UpdateArgs {
     /// Pack and show what would be pushed, without connecting to anyone.
     #[arg(long)]
     pub dry_run: bool,
-    /// Also update the updaters themselves (not supported yet).
+    /// Also update each host's updater, once its agent updated: the same
+    /// tree goes to /update-self and the updater switches to the binary it
+    /// ships (`[updater] binary` in swarm.toml, default bin/worker-updater).
     #[arg(long)]
     pub include_self: bool,
+    /// How long to wait for a self-updated updater to report its new
+    /// release on /health, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub self_timeout: u64,
     /// Print one JSON document instead of bars and a table.
     #[arg(long)]
     pub json: bool,

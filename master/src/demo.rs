@@ -512,6 +512,7 @@ fn drive(
                 parallel: 8,
                 dry_run: false,
                 include_self: false,
+                self_timeout: 30,
                 json: false,
             },
         )?;

@@ -88,18 +88,31 @@ impl Outcome {
     }
 }
 
-/// What happened to the updater itself. Self-update is not implemented
-/// yet, so it is always skipped; the column exists so it can be added.
+/// What happened to the updater itself (`--include-self`): `ok` once its
+/// `/health` reports the pushed release, `failed` when it refused or never
+/// did, `skipped` without `--include-self` or when the agent did not update.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum SelfOutcome {
     Skipped,
+    Ok,
+    Failed,
 }
 
 impl SelfOutcome {
     fn as_str(self) -> &'static str {
         match self {
             SelfOutcome::Skipped => "skipped",
+            SelfOutcome::Ok => "ok",
+            SelfOutcome::Failed => "failed",
+        }
+    }
+
+    fn color(self) -> Color {
+        match self {
+            SelfOutcome::Skipped => Color::Dim,
+            SelfOutcome::Ok => Color::Green,
+            SelfOutcome::Failed => Color::Red,
         }
     }
 }
@@ -114,6 +127,9 @@ pub(crate) struct HostResult {
     #[serde(rename = "self")]
     pub(crate) self_update: SelfOutcome,
     pub(crate) detail: String,
+    /// What happened to the updater, when it was updated or failed to be.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) self_detail: Option<String>,
     pub(crate) http_status: Option<u16>,
     /// The release now active on the host, when the updater said.
     pub(crate) release: Option<Manifest>,
@@ -132,6 +148,7 @@ impl HostResult {
             agent: Outcome::Error,
             self_update: SelfOutcome::Skipped,
             detail: detail.into(),
+            self_detail: None,
             http_status: None,
             release: None,
             probes: Vec::new(),
@@ -143,7 +160,7 @@ impl HostResult {
     /// Whether this row counts as success for `op`.
     pub(crate) fn ok(&self, op: Op) -> bool {
         match op {
-            Op::Update => self.agent == Outcome::Updated,
+            Op::Update => self.agent == Outcome::Updated && self.self_update != SelfOutcome::Failed,
             Op::Rollback => self.agent == Outcome::RolledBack,
         }
     }
@@ -189,8 +206,11 @@ impl FleetReport {
                 r.host.clone().into(),
                 r.address.clone().into(),
                 Cell::colored(r.agent.as_str(), color),
-                Cell::colored(r.self_update.as_str(), Color::Dim),
-                r.detail.clone().into(),
+                Cell::colored(r.self_update.as_str(), r.self_update.color()),
+                match &r.self_detail {
+                    Some(d) => format!("{}; self: {d}", r.detail).into(),
+                    None => r.detail.clone().into(),
+                },
             ]);
         }
         t
@@ -414,6 +434,7 @@ fn interpret(
         agent,
         self_update: SelfOutcome::Skipped,
         detail,
+        self_detail: None,
         http_status: Some(status.as_u16()),
         release: resp.release,
         probes: resp.probes,
@@ -422,27 +443,46 @@ fn interpret(
     }
 }
 
-/// Push the release file to one host's `/update`, streaming it.
+/// Push the release file to one host's `/update`, streaming it; then, with
+/// `self_wait` (`--include-self`) and only if the agent updated, to its
+/// `/update-self`.
 async fn push_one(
     master: Arc<Bundle>,
     rec: HostRecord,
     release: Arc<(std::path::PathBuf, ReleaseInfo)>,
     bar: ProgressBar,
+    self_wait: Option<Duration>,
 ) -> HostResult {
     let started = Instant::now();
-    let (path, info) = (&release.0, &release.1);
-    let timeout = upload_timeout(info);
+    let timeout = upload_timeout(&release.1);
     let client = match updater_client(&master, &rec, timeout) {
         Ok(c) => c,
         Err(e) => return HostResult::error(&rec, e, started),
     };
-    let file = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) => {
-            return HostResult::error(&rec, format!("{}: {e}", path.display()), started);
-        }
-    };
-    bar.set_message("uploading");
+    let mut r = push_agent(&client, &rec, &release, &bar, timeout, started).await;
+    if let Some(wait) = self_wait
+        && r.agent == Outcome::Updated
+    {
+        bar.reset();
+        let (outcome, detail) = push_self(&client, &rec, &release, &bar, timeout, wait).await;
+        r.self_update = outcome;
+        r.self_detail = Some(detail);
+        r.elapsed_ms = elapsed_ms(started);
+    }
+    r
+}
+
+/// The multipart body of a push: the digest, the commit, `extra` text
+/// fields, and the release file streamed (counted on `bar`).
+async fn release_form(
+    release: &(std::path::PathBuf, ReleaseInfo),
+    bar: &ProgressBar,
+    extra: &[(&'static str, &'static str)],
+) -> std::result::Result<reqwest::multipart::Form, String> {
+    let (path, info) = (&release.0, &release.1);
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let counter = bar.clone();
     let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024).map(move |chunk| {
         if let Ok(c) = &chunk {
@@ -454,16 +494,111 @@ async fn push_one(
         reqwest::Body::wrap_stream(stream),
         info.size_bytes,
     )
-    .file_name("release.tar.gz");
-    let part = match part.mime_str("application/gzip") {
-        Ok(p) => p,
-        Err(e) => return HostResult::error(&rec, e.to_string(), started),
-    };
+    .file_name("release.tar.gz")
+    .mime_str("application/gzip")
+    .map_err(|e| e.to_string())?;
     let mut form = reqwest::multipart::Form::new().text("sha256", info.sha256.clone());
     if let Some(commit) = &info.git_commit {
         form = form.text("git_commit", commit.clone());
     }
-    let form = form.part("tarball", part);
+    for (k, v) in extra {
+        form = form.text(*k, *v);
+    }
+    Ok(form.part("tarball", part))
+}
+
+/// `POST /update-self`, then wait for the updater's `/health` to report
+/// the pushed release. A connection that drops before the answer is
+/// expected (the updater replaces itself right after answering): it means
+/// "maybe", and `/health` decides.
+async fn push_self(
+    client: &reqwest::Client,
+    rec: &HostRecord,
+    release: &(std::path::PathBuf, ReleaseInfo),
+    bar: &ProgressBar,
+    timeout: Duration,
+    wait: Duration,
+) -> (SelfOutcome, String) {
+    let info = &release.1;
+    bar.set_message("uploading the updater");
+    let form = match release_form(release, bar, &[("confirm_self", "true")]).await {
+        Ok(f) => f,
+        Err(e) => return (SelfOutcome::Failed, e),
+    };
+    let sent = client
+        .post(rec.updater_url("/update-self"))
+        .multipart(form)
+        .send()
+        .await;
+    bar.set_message("switching the updater");
+    let answered = match sent {
+        Ok(resp) => {
+            let status = resp.status();
+            resp.bytes().await.ok().map(|b| (status, b))
+        }
+        // Nothing reached the updater: nothing happened.
+        Err(e) if e.is_connect() => return (SelfOutcome::Failed, describe(&e, timeout)),
+        Err(_) => None,
+    };
+    if let Some((status, body)) = answered
+        && !status.is_success()
+    {
+        let r = interpret(Op::Update, rec, status, &body, None, Instant::now());
+        return (SelfOutcome::Failed, r.detail);
+    }
+    let deadline = Instant::now() + wait;
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        match client
+            .get(rec.updater_url("/health"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
+            Ok(resp) if resp.status().is_success() => match resp.json::<UpdaterHealth>().await {
+                // Until it execs, the old updater answers with `busy`.
+                Ok(h) if h.busy.as_deref() == Some("update-self") => {
+                    last = "it is still switching".to_owned();
+                }
+                Ok(h) => match h.release.map(|m| m.sha256) {
+                    Some(sha) if sha == info.sha256 => {
+                        return (SelfOutcome::Ok, format!("updater {}", short(&sha)));
+                    }
+                    Some(sha) => last = format!("it reports release {}", short(&sha)),
+                    None => last = "it reports no release of its own".to_owned(),
+                },
+                Err(e) => last = format!("unreadable /health: {}", chain(&e)),
+            },
+            Ok(resp) => last = format!("/health answered HTTP {}", resp.status()),
+            Err(e) => last = describe(&e, Duration::from_secs(2)),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    (
+        SelfOutcome::Failed,
+        format!(
+            "the updater did not report release {} within {}s ({last}); it reverts to its previous binary by itself (see updater/watchdog.log on the host)",
+            short(&info.sha256),
+            wait.as_secs()
+        ),
+    )
+}
+
+/// `POST /update` with the release file.
+async fn push_agent(
+    client: &reqwest::Client,
+    rec: &HostRecord,
+    release: &(std::path::PathBuf, ReleaseInfo),
+    bar: &ProgressBar,
+    timeout: Duration,
+    started: Instant,
+) -> HostResult {
+    let info = &release.1;
+    bar.set_message("uploading");
+    let form = match release_form(release, bar, &[]).await {
+        Ok(f) => f,
+        Err(e) => return HostResult::error(rec, e, started),
+    };
     let sent = client
         .post(rec.updater_url("/update"))
         .multipart(form)
@@ -472,12 +607,12 @@ async fn push_one(
     bar.set_message("installing and probing");
     let resp = match sent {
         Ok(r) => r,
-        Err(e) => return HostResult::error(&rec, describe(&e, timeout), started),
+        Err(e) => return HostResult::error(rec, describe(&e, timeout), started),
     };
     let status = resp.status();
     match resp.bytes().await {
-        Ok(body) => interpret(Op::Update, &rec, status, &body, Some(&info.sha256), started),
-        Err(e) => HostResult::error(&rec, describe(&e, timeout), started),
+        Ok(body) => interpret(Op::Update, rec, status, &body, Some(&info.sha256), started),
+        Err(e) => HostResult::error(rec, describe(&e, timeout), started),
     }
 }
 
@@ -549,7 +684,11 @@ where
                 Op::Rollback => r.release.as_ref().and_then(|m| m.git_commit.clone()),
             },
             outcome: r.agent.as_str().to_owned(),
-            detail: r.detail.clone(),
+            // The updater's own outcome rides along in the detail.
+            detail: match &r.self_detail {
+                Some(d) => format!("{}; self: {} ({d})", r.detail, r.self_update.as_str()),
+                None => r.detail.clone(),
+            },
         };
         if let Err(e) = inv.record_push(&rec) {
             record_err.get_or_insert(e);
@@ -591,11 +730,6 @@ fn print_release(info: &ReleaseInfo) {
 
 /// `swarm update`.
 pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
-    if args.include_self {
-        return Err(Error::usage(
-            "--include-self is not supported yet: updaters cannot update themselves in this version; run without it",
-        ));
-    }
     let inv = home.inventory()?;
     let hosts = resolve_required(&inv, &args.targets)?;
     let packing = Instant::now();
@@ -604,10 +738,20 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
         excludes: args.exclude.clone(),
     })?;
     let pack_ms = elapsed_ms(packing);
+    if args.include_self && !release.info.ships_updater {
+        return Err(Error::usage(format!(
+            "--include-self: the tree at {} does not ship an executable updater at {} (set [updater] binary in swarm.toml, or put the worker-updater build there and make sure .gitignore/.swarmignore/--exclude do not leave it out); nothing was pushed",
+            release.info.root.display(),
+            release.info.updater_binary
+        )));
+    }
     if args.dry_run {
         return dry_run(&release, &hosts, args.json);
     }
     let master = Arc::new(home.master_bundle()?);
+    let self_wait = args
+        .include_self
+        .then(|| Duration::from_secs(args.self_timeout));
     let mut report = push(
         &inv,
         master,
@@ -615,6 +759,7 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
         &release,
         usize::from(args.parallel),
         args.json,
+        self_wait,
     )?;
     report.pack_ms = Some(pack_ms);
     if !args.json {
@@ -624,7 +769,8 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
     Ok(report.exit_code())
 }
 
-/// Push a packed release to `hosts` (used by `update` and the demo).
+/// Push a packed release to `hosts`; with `self_wait`, each host's updater
+/// too, after its agent updated.
 pub(crate) fn push(
     inv: &Inventory,
     master: Arc<Bundle>,
@@ -632,6 +778,7 @@ pub(crate) fn push(
     release: &Release,
     parallel: usize,
     json: bool,
+    self_wait: Option<Duration>,
 ) -> Result<FleetReport> {
     let show_bars = !json && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
     let multi = MultiProgress::with_draw_target(if show_bars {
@@ -667,7 +814,7 @@ pub(crate) fn push(
                 let master = master.clone();
                 let shared = shared.clone();
                 async move {
-                    let r = push_one(master, rec, shared, bar.clone()).await;
+                    let r = push_one(master, rec, shared, bar.clone(), self_wait).await;
                     bar.finish_and_clear();
                     r
                 }

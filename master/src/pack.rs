@@ -55,6 +55,12 @@ pub(crate) struct ReleaseInfo {
     /// `[install] timeout_secs` of the tree's `swarm.toml`, if any.
     #[serde(skip)]
     pub(crate) install_timeout_secs: Option<u64>,
+    /// Where the tree's updater binary is (`[updater] binary`, default
+    /// `bin/worker-updater`), and whether the tarball ships it executable.
+    #[serde(skip)]
+    pub(crate) updater_binary: String,
+    #[serde(skip)]
+    pub(crate) ships_updater: bool,
 }
 
 impl Release {
@@ -70,7 +76,18 @@ struct SwarmToml {
     release: ReleaseSection,
     #[serde(default)]
     install: InstallSection,
+    #[serde(default)]
+    updater: UpdaterSection,
 }
+
+#[derive(Debug, Default, Deserialize)]
+struct UpdaterSection {
+    /// What `/update-self` runs, relative to the release root.
+    binary: Option<String>,
+}
+
+/// `[updater] binary` when `swarm.toml` gives none.
+pub(crate) const DEFAULT_UPDATER_BINARY: &str = "bin/worker-updater";
 
 #[derive(Debug, Default, Deserialize)]
 struct ReleaseSection {
@@ -259,6 +276,12 @@ pub(crate) fn pack(opts: &PackOptions) -> Result<Release> {
         .filter_entry(|e| e.file_name() != ".git")
         .build();
 
+    let updater_binary = config
+        .updater
+        .binary
+        .clone()
+        .unwrap_or_else(|| DEFAULT_UPDATER_BINARY.to_owned());
+    let mut ships_updater = false;
     let mut files = 0u64;
     let mut skipped_secrets = Vec::new();
     for entry in walker {
@@ -293,6 +316,7 @@ pub(crate) fn pack(opts: &PackOptions) -> Result<Release> {
             check_link(&root, &rel, &target)?;
             let mut h = header(tar::EntryType::Symlink, 0o777, meta.mtime(), 0);
             tar.append_link(&mut h, rel_str, &target).map_err(io_err)?;
+            ships_updater |= rel_str == updater_binary;
         } else if ft.is_file() {
             let secret = name == NEVER_SHIPPED
                 || (is_secret(path, &name) && !include.matched(path, false).is_whitelist());
@@ -314,6 +338,7 @@ pub(crate) fn pack(opts: &PackOptions) -> Result<Release> {
             };
             tar.append_data(&mut h, rel_str, reader).map_err(io_err)?;
             files += 1;
+            ships_updater |= rel_str == updater_binary && mode == 0o755;
         }
         // Sockets, FIFOs and devices are not part of a release.
     }
@@ -331,6 +356,8 @@ pub(crate) fn pack(opts: &PackOptions) -> Result<Release> {
             files,
             skipped_secrets,
             install_timeout_secs: config.install.timeout_secs,
+            updater_binary,
+            ships_updater,
         },
     })
 }

@@ -569,6 +569,25 @@ pub mod raw {
     }
 }
 
+/// The built `worker-updater`, debug info stripped when `strip` is there
+/// (a debug build is ~150 MB, too slow to ship in every self-update test),
+/// for release trees that ship an updater.
+pub fn shippable_updater() -> &'static [u8] {
+    static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BYTES.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = dir.path().join("worker-updater");
+        std::fs::copy(bin("worker-updater"), &copy).expect("copy worker-updater");
+        let _ = Command::new("strip")
+            .arg("--strip-debug")
+            .arg(&copy)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        std::fs::read(&copy).expect("read the updater copy")
+    })
+}
+
 /// Wait until `pid` is gone (or a zombie).
 pub fn wait_dead(pid: i32, what: &str) {
     eventually(Duration::from_secs(15), what, || {

@@ -555,9 +555,9 @@ fn usage_errors_exit_2() {
         "--address",
     );
     s.fails(
-        &["update", "--all", "--include-self"],
+        &["update", "--all", "--include-self", "--self-timeout", "0"],
         2,
-        "--include-self is not supported yet",
+        "--self-timeout",
     );
 }
 

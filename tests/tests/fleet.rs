@@ -574,3 +574,111 @@ impl WaitBlocking for Worker {
         .expect("agent reports the release");
     }
 }
+
+#[test]
+fn update_include_self_updates_the_updater_after_its_agent() {
+    let s = Swarm::new();
+    let workers = s.fleet(&["w1", "w2"]);
+    // w2's agent is probed on a port nobody listens on: its agent update
+    // rolls back, so its updater must be left alone.
+    for (w, health_port) in workers.iter().zip([workers[0].agent_port, free_port()]) {
+        std::fs::write(
+            w.install_dir.join(".env.local"),
+            format!("AGENT_PORT={}\nHEALTH_PORT={health_port}\n", w.agent_port),
+        )
+        .expect("write .env.local");
+    }
+    let pids: Vec<u32> = workers.iter().map(Worker::updater_pid).collect();
+    let tree = s.tree("with-updater");
+    write(&tree, "VERSION", "1");
+    write(
+        &tree,
+        "swarm.toml",
+        &agent_toml(&[]).replace(":${AGENT_PORT}/health", ":${HEALTH_PORT}/health"),
+    );
+    let root = tree.to_str().unwrap();
+
+    // Without the updater binary in the tree: a usage error before any push.
+    let out = s.run(&["update", "--all", "--root", root, "--include-self"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bin/worker-updater"),
+        "{}",
+        show(&out)
+    );
+    assert!(workers.iter().all(|w| w.slot_sha("active").is_none()));
+
+    let bin_path = tree.join("bin/worker-updater");
+    std::fs::create_dir_all(bin_path.parent().unwrap()).unwrap();
+    std::fs::write(&bin_path, tests::worker::shippable_updater()).unwrap();
+    std::fs::set_permissions(
+        &bin_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+
+    let doc = s.json(
+        &[
+            "update",
+            "--all",
+            "--root",
+            root,
+            "--include-self",
+            "--json",
+        ],
+        1,
+    );
+    let sha = doc["release"]["sha256"]
+        .as_str()
+        .expect("sha256")
+        .to_owned();
+    let hosts = doc["hosts"].as_array().expect("hosts");
+    assert_eq!(hosts[0]["agent"], "updated", "{doc}");
+    assert_eq!(hosts[0]["self"], "ok", "{doc}");
+    assert_eq!(hosts[1]["agent"], "rolled-back", "{doc}");
+    assert_eq!(hosts[1]["self"], "skipped", "{doc}");
+
+    // w1 now runs the shipped updater, re-exec'd in place with its flags.
+    let w1 = &workers[0];
+    let h = updater_health(&s, w1);
+    assert_eq!(h.release.map(|m| m.sha256), Some(sha.clone()));
+    assert_eq!(h.pid, pids[0]);
+    let argv = std::fs::read(format!("/proc/{}/cmdline", pids[0])).unwrap();
+    let argv = String::from_utf8_lossy(&argv);
+    assert!(
+        argv.contains(&format!("--listen={}", w1.addr)),
+        "listen address kept: {argv}"
+    );
+    // w2's updater was never asked.
+    let h2 = updater_health(&s, &workers[1]);
+    assert!(h2.release.is_none(), "{h2:?}");
+    assert_eq!(h2.pid, pids[1]);
+    assert!(!workers[1].install_dir.join("updater").exists());
+
+    // The self-update is in the audit trail; the table says the same.
+    let history = s.json(&["history", "--host", "w1", "--json"], 0);
+    let entries = history["history"].as_array().expect("history");
+    assert!(
+        entries.iter().any(|e| e["operation"] == "update"
+            && e["outcome"] == "updated"
+            && e["detail"].as_str().is_some_and(|d| d.contains("self: ok"))),
+        "{history}"
+    );
+    let out = s.code(
+        &["update", "--host", "w1", "--root", root, "--include-self"],
+        0,
+    );
+    let table = update_rows(&out);
+    assert_eq!(table[0][2..4], ["updated", "ok"], "{out}");
+}
+
+/// The updater's `/health`, asked with the master identity of `s`.
+fn updater_health(s: &Swarm, w: &Worker) -> pki::wire::UpdaterHealth {
+    let master = Bundle::load(&s.home.path().join("master")).expect("master bundle");
+    let client = tests::worker::client_for(&master, &w.bundles.host.updater_cn());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(w.health(&client))
+}

@@ -6,33 +6,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use pki::wire::{OpResponse, OpStatus, UpdaterHealth};
-use tests::worker::{ReleaseTree, Worker, WorkerOptions, alive, sha256_hex};
-use tests::{TestPki, bin, eventually_async, free_port};
+use tests::worker::{ReleaseTree, Worker, WorkerOptions, alive, sha256_hex, shippable_updater};
+use tests::{TestPki, eventually_async, free_port};
 
 /// How long a switch (or a revert) may take to show on `/health`.
 const SWITCH: Duration = Duration::from_secs(40);
-
-/// The built updater with its debug info stripped when `strip` is there
-/// (a debug build is ~150 MB; shipping it as is makes every push slow).
-fn shippable_updater() -> &'static [u8] {
-    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
-    BYTES.get_or_init(|| {
-        let src = bin("worker-updater");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let copy = dir.path().join("worker-updater");
-        std::fs::copy(&src, &copy).expect("copy worker-updater");
-        let _ = Command::new("strip")
-            .arg("--strip-debug")
-            .arg(&copy)
-            .status();
-        std::fs::read(&copy).expect("read the updater copy")
-    })
-}
 
 /// A tree whose updater is the real binary; `tag` makes its digest unique.
 fn real_updater_tree(tag: &str) -> Vec<u8> {

@@ -761,7 +761,10 @@ async fn watch(config: &Config, trial: &Trial) -> std::result::Result<(), String
             Ok(resp) if resp.status().is_success() => match resp.json::<UpdaterHealth>().await {
                 Ok(h) => {
                     let got = h.release.map(|m| m.sha256);
-                    if got.as_deref() == Some(trial.release_sha256.as_str()) {
+                    // The process before the exec still holds `update-self`;
+                    // only the one after it counts (even for the same tree).
+                    let after_exec = h.busy.as_deref() != Some("update-self");
+                    if after_exec && got.as_deref() == Some(trial.release_sha256.as_str()) {
                         return Ok(());
                     }
                     last = format!(
