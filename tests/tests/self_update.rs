@@ -396,3 +396,91 @@ async fn broken_updaters_are_refused_or_reverted_and_the_agent_keeps_running() {
         "the watchdog says what it did:\n{log}"
     );
 }
+
+#[tokio::test]
+async fn a_trial_whose_watchdog_died_is_reverted_at_the_next_start() {
+    let pki = TestPki::new();
+    let mut w = start(&pki, "self-stale", &["--self-trial-secs", "600"]);
+    let _sweep = Sweep(w.install_dir.clone());
+    let client = w.master_client(&pki);
+    let agent = agent_running(&w, &client).await;
+    let hang = "#!/bin/sh\ncase \" $* \" in *\" --check \"*) exit 0;; esac\nexec sleep 600\n";
+    let tgz = script_updater_tree("hangs", hang);
+    let _ = push_self(&w, &client, &tgz, Some("true")).await;
+    // The watchdog and the hung updater die together (a reboot, say).
+    let marker: serde_json::Value = tests::eventually(SWITCH, "trial marker", || {
+        std::fs::read(trial_marker(&w))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    });
+    let watchdog = marker["watchdog_pid"].as_i64().expect("watchdog pid") as i32;
+    assert!(alive(watchdog));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(watchdog),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    tests::worker::wait_dead(watchdog, "watchdog gone");
+    w.restart();
+    let h = health(&w, &client)
+        .await
+        .expect("the restarted updater answers");
+    assert!(
+        h.release.is_none(),
+        "the unconfirmed release did not survive: {h:?}"
+    );
+    assert!(!trial_marker(&w).exists());
+    assert!(!w.install_dir.join("updater/current").exists());
+    assert_eq!(updater_failed_count(&w), 1);
+    assert!(
+        w.log().contains("lost its watchdog"),
+        "the start-up says what it did:\n{}",
+        w.log()
+    );
+    assert_eq!(w.agent_pid(), Some(agent), "agent restarted");
+}
+
+#[tokio::test]
+async fn under_a_service_manager_a_restart_waits_for_the_trial_verdict() {
+    let pki = TestPki::new();
+    let mut w = start(
+        &pki,
+        "self-supervised",
+        &["--self-trial-secs", "600", "--supervised", "true"],
+    );
+    let _sweep = Sweep(w.install_dir.clone());
+    let client = w.master_client(&pki);
+    let agent = agent_running(&w, &client).await;
+    let hang = "#!/bin/sh\ncase \" $* \" in *\" --check \"*) exit 0;; esac\nexec sleep 600\n";
+    let tgz = script_updater_tree("hangs", hang);
+    let (code, body) = push_self(&w, &client, &tgz, Some("true"))
+        .await
+        .expect("the 200 is sent before the switch");
+    assert_eq!(code, 200, "{body:?}");
+    assert!(trial_marker(&w).exists());
+    // What the service manager does when the updater dies: start the
+    // unit's binary again. It waits for the watchdog, which sees the new
+    // updater gone, puts the previous one back and leaves the start to us.
+    w.restart();
+    let h = health(&w, &client)
+        .await
+        .expect("the restarted updater answers");
+    assert!(h.release.is_none(), "{h:?}");
+    assert_eq!(h.pid, w.updater_pid());
+    assert!(!trial_marker(&w).exists());
+    assert!(!w.install_dir.join("updater/current").exists());
+    assert_eq!(updater_failed_count(&w), 1);
+    // Whether the start had to wait depends on timing; it never treated
+    // the trial as abandoned, the watchdog decided.
+    assert!(!w.log().contains("lost its watchdog"), "{}", w.log());
+    let wlog =
+        std::fs::read_to_string(w.install_dir.join("updater/watchdog.log")).unwrap_or_default();
+    assert!(
+        wlog.contains("leaving the restart to the service manager"),
+        "{wlog}"
+    );
+    assert!(
+        !w.install_dir.join("updater/updater.log").exists(),
+        "the watchdog started nothing itself"
+    );
+    assert_eq!(w.agent_pid(), Some(agent), "agent restarted");
+}

@@ -107,6 +107,11 @@ pub struct Args {
     /// release before the watchdog puts the previous one back, in seconds.
     #[arg(long, env = "SWARM_UPDATER_SELF_TRIAL_SECS", default_value_t = 20)]
     pub self_trial_secs: u64,
+    /// A service manager restarts the updater whenever it exits (systemd
+    /// `Restart=always`): a failed self-update trial then leaves the restart
+    /// to it instead of starting the previous updater itself.
+    #[arg(long, env = "SWARM_UPDATER_SUPERVISED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub supervised: bool,
     /// The updater binary to run when `updater/` holds no release (after a
     /// first self-update is reverted). Default: this executable, recorded at
     /// the first start and carried across self-updates.
@@ -141,6 +146,7 @@ pub struct Config {
     pub start_agent: bool,
     pub self_check_timeout: Duration,
     pub self_trial: Duration,
+    pub supervised: bool,
     /// What to run when `updater/` holds no release.
     pub base_exe: PathBuf,
     /// Every effective setting as `SWARM_UPDATER_*` variables: what a
@@ -237,6 +243,7 @@ impl Config {
             start_agent: args.start_agent,
             self_check_timeout: Duration::from_secs(args.self_check_timeout_secs),
             self_trial: Duration::from_secs(args.self_trial_secs),
+            supervised: args.supervised,
             base_exe,
             stash,
         })
@@ -320,6 +327,7 @@ impl Stash {
                 "SWARM_UPDATER_SELF_TRIAL_SECS",
                 args.self_trial_secs.to_string(),
             ),
+            ("SWARM_UPDATER_SUPERVISED", args.supervised.to_string()),
             ("SWARM_UPDATER_BASE_EXE", path(base_exe)),
         ];
         Stash {

@@ -57,6 +57,9 @@ const EXEC_GRACE: Duration = Duration::from_millis(200);
 const SEND_WAIT: Duration = Duration::from_secs(3);
 /// SIGTERM → SIGKILL grace for a new updater that failed its trial.
 const KILL_GRACE: Duration = Duration::from_secs(3);
+/// How long past a trial's deadline a start waits for its verdict (the
+/// watchdog's kill grace and revert fit well within it).
+const VERDICT_SLACK_MS: u64 = 30_000;
 /// How often the watchdog asks `/health`.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -580,25 +583,54 @@ pub fn prestart(config: &Config) {
         }
         Err(e) => tracing::error!("start-up repair of updater/: {e}"),
     }
-    match Trial::read(&layout) {
-        Marker::None => {}
-        Marker::Trial(t) if t.watchdog_alive() => tracing::info!(
-            release = %short(&t.release_sha256),
-            watchdog = ?t.watchdog_pid,
-            "self-update trial in progress; its watchdog decides"
-        ),
-        Marker::Trial(t) => {
-            // The watchdog is gone (killed, or the machine restarted): nobody
-            // saw this release healthy, so it does not survive a restart.
-            match revert_trial(&layout, &t) {
-                Ok(done) => tracing::warn!("an unconfirmed self-update lost its watchdog: {done}"),
-                Err(e) => tracing::error!("settling an abandoned self-update trial: {e}"),
+    let me = i32::try_from(std::process::id()).unwrap_or_default();
+    let mut waiting = false;
+    loop {
+        match Trial::read(&layout) {
+            Marker::None => {}
+            Marker::Trial(t) if t.watchdog_alive() && t.updater_pid == me => tracing::info!(
+                release = %short(&t.release_sha256),
+                watchdog = ?t.watchdog_pid,
+                "self-update trial in progress; its watchdog decides"
+            ),
+            // Started during someone else's trial (a service manager
+            // restarting a crashed updater, say): wait for the verdict, so
+            // the hand-over below goes to the release that won.
+            Marker::Trial(t)
+                if t.watchdog_alive()
+                    && now_unix_ms() < t.deadline_unix_ms.saturating_add(VERDICT_SLACK_MS) =>
+            {
+                if !waiting {
+                    tracing::info!(
+                        release = %short(&t.release_sha256),
+                        watchdog = ?t.watchdog_pid,
+                        "a self-update trial is in progress; waiting for its watchdog's verdict"
+                    );
+                    waiting = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            Marker::Trial(t) if t.watchdog_alive() => tracing::error!(
+                watchdog = ?t.watchdog_pid,
+                "the self-update watchdog is past its deadline and still running; starting anyway"
+            ),
+            Marker::Trial(t) => {
+                // The watchdog is gone (killed, or the machine restarted): nobody
+                // saw this release healthy, so it does not survive a restart.
+                match revert_trial(&layout, &t) {
+                    Ok(done) => {
+                        tracing::warn!("an unconfirmed self-update lost its watchdog: {done}")
+                    }
+                    Err(e) => tracing::error!("settling an abandoned self-update trial: {e}"),
+                }
+            }
+            Marker::Corrupt(why) => {
+                tracing::error!("unreadable trial marker ({why}); removing it");
+                let _ = Trial::remove(&layout);
             }
         }
-        Marker::Corrupt(why) => {
-            tracing::error!("unreadable trial marker ({why}); removing it");
-            let _ = Trial::remove(&layout);
-        }
+        break;
     }
     if std::env::var_os(HANDOFF_VAR).is_some() {
         return;
@@ -702,6 +734,12 @@ pub fn watchdog(config: &Config) -> std::process::ExitCode {
             match revert_trial(&layout, &trial) {
                 Ok(done) => tracing::warn!("watchdog: {done}"),
                 Err(e) => tracing::error!("watchdog: reverting the updater slots: {e}"),
+            }
+            if config.supervised {
+                tracing::warn!(
+                    "watchdog: leaving the restart to the service manager (--supervised)"
+                );
+                return std::process::ExitCode::SUCCESS;
             }
             let (exe, release_dir) = desired(&layout, &config.base_exe);
             let log_path = layout.root.join(RESTORED_LOG);
