@@ -638,8 +638,11 @@ fn update_include_self_updates_the_updater_after_its_agent() {
     assert_eq!(hosts[1]["agent"], "rolled-back", "{doc}");
     assert_eq!(hosts[1]["self"], "skipped", "{doc}");
 
-    // w1 now runs the shipped updater, re-exec'd in place with its flags.
+    // w1 now runs the shipped updater, re-exec'd in place with its flags,
+    // and its watchdog confirmed it (waited for, so that stopping the
+    // worker at the end is not mistaken for a failed trial).
     let w1 = &workers[0];
+    trial_confirmed(w1);
     let h = updater_health(&s, w1);
     assert_eq!(h.release.map(|m| m.sha256), Some(sha.clone()));
     assert_eq!(h.pid, pids[0]);
@@ -670,6 +673,15 @@ fn update_include_self_updates_the_updater_after_its_agent() {
     );
     let table = update_rows(&out);
     assert_eq!(table[0][2..4], ["updated", "ok"], "{out}");
+    trial_confirmed(w1);
+}
+
+/// Wait until the self-update watchdog of `w` has removed its trial marker.
+fn trial_confirmed(w: &Worker) {
+    let marker = w.install_dir.join("updater/trial.json");
+    tests::eventually(Duration::from_secs(30), "trial confirmed", || {
+        (!marker.exists()).then_some(())
+    });
 }
 
 /// The updater's `/health`, asked with the master identity of `s`.
