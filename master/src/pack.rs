@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use pki::wire::MANIFEST_FILE;
 
 /// The file that never ships, whatever `swarm.toml` says.
 const NEVER_SHIPPED: &str = ".env.local";
@@ -175,47 +176,95 @@ fn globs(root: &Path, globs: &[String], negate: bool, what: &str) -> Result<Over
         .map_err(|e| pack_err(root, format!("{what} globs: {e}")))
 }
 
-/// Whether a file is a secret by name (or, for `*.pem`, by content).
-fn is_secret(path: &Path, name: &str) -> bool {
-    if name.starts_with(".env") || name.ends_with(".key") {
-        return true;
-    }
+/// How much of each file is read to look for a private key.
+const SECRET_SNIFF_BYTES: usize = 8 * 1024;
+
+/// File names that are private keys whatever they hold.
+const KEY_FILE_NAMES: &[&str] = &[
+    "id_rsa",
+    "id_dsa",
+    "id_ecdsa",
+    "id_ed25519",
+    "id_ecdsa_sk",
+    "id_ed25519_sk",
+];
+
+/// Whether a file is a secret by its name: `.env*`, `*.key`, key stores,
+/// and SSH private keys.
+fn is_secret_name(name: &str) -> bool {
+    name.starts_with(".env")
+        || [".key", ".p12", ".pfx", ".jks", ".keystore"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
+        || KEY_FILE_NAMES.contains(&name)
+}
+
+/// Whether the head of a file holds a PEM private key. In a `*.pem` file
+/// any `PRIVATE KEY` marker counts; elsewhere only a real PEM block does
+/// (a `-----BEGIN … PRIVATE KEY-----` line at the start of a line, then a
+/// base64 or header line), so source code that merely quotes the marker
+/// still ships.
+fn holds_private_key(name: &str, head: &[u8]) -> bool {
     if name.ends_with(".pem") {
-        let mut head = Vec::new();
-        if let Ok(f) = File::open(path) {
-            let _ = f.take(256 * 1024).read_to_end(&mut head);
-        }
         return head.windows(11).any(|w| w == b"PRIVATE KEY");
+    }
+    let mut lines = head
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    while let Some(line) = lines.next() {
+        let is_begin = line.starts_with(b"-----BEGIN ")
+            && (line.ends_with(b"PRIVATE KEY-----") || line.ends_with(b"PRIVATE KEY BLOCK-----"));
+        if is_begin {
+            let next = lines.next().unwrap_or_default();
+            let base64 = !next.is_empty()
+                && next
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+            // Old-style encrypted keys: `Proc-Type: 4,ENCRYPTED`.
+            let header = next.contains(&b':');
+            if base64 || header {
+                return true;
+            }
+        }
     }
     false
 }
 
-/// A symlink target, checked to resolve inside the tree.
+/// A symlink target, checked by the rule every updater applies on
+/// extraction (so a tree that packs is a tree that lands): relative, every
+/// `..` before any name, and never above the release root from where the
+/// link sits.
 fn check_link(root: &Path, rel: &Path, target: &Path) -> Result<()> {
-    let escapes = || {
+    let refuse = |why: &str| {
         pack_err(
             root,
             format!(
-                "symlink {} -> {} points outside the tree; replace it with a copy or exclude it",
+                "symlink {} -> {} {why}; updaters accept only relative links like ../../dir/file \
+                 that stay inside the tree (rewrite it, replace it with a copy, or exclude it)",
                 rel.display(),
                 target.display()
             ),
         )
     };
-    if target.is_absolute() {
-        return Err(escapes());
+    if target.as_os_str().is_empty() {
+        return Err(refuse("has an empty target"));
     }
-    let mut depth: i64 = rel.components().count() as i64 - 1;
+    let mut ups: usize = 0;
+    let mut named = false;
     for c in target.components() {
         match c {
-            Component::ParentDir => depth -= 1,
-            Component::Normal(_) => depth += 1,
+            Component::ParentDir if named => return Err(refuse("has `..` after a name")),
+            Component::ParentDir => ups += 1,
+            Component::Normal(_) => named = true,
             Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return Err(escapes()),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(refuse("points to an absolute path"));
+            }
         }
-        if depth < 0 {
-            return Err(escapes());
-        }
+    }
+    let depth = rel.components().count().saturating_sub(1);
+    if ups > depth {
+        return Err(refuse("points outside the tree"));
     }
     Ok(())
 }
@@ -318,14 +367,33 @@ pub(crate) fn pack(opts: &PackOptions) -> Result<Release> {
             tar.append_link(&mut h, rel_str, &target).map_err(io_err)?;
             ships_updater |= rel_str == updater_binary;
         } else if ft.is_file() {
-            let secret = name == NEVER_SHIPPED
-                || (is_secret(path, &name) && !include.matched(path, false).is_whitelist());
-            if secret {
+            if entry.depth() == 1 && name == MANIFEST_FILE {
+                return Err(pack_err(
+                    &root,
+                    format!(
+                        "{MANIFEST_FILE} at the root is reserved: each updater writes it; \
+                         remove it (or exclude it) and push again"
+                    ),
+                ));
+            }
+            let included = || include.matched(path, false).is_whitelist();
+            if name == NEVER_SHIPPED || (is_secret_name(&name) && !included()) {
                 skipped_secrets.push(rel_str.to_owned());
                 continue;
             }
-            let f = File::open(path).map_err(io_err)?;
+            // The head is read once: sniffed for a private key, then packed.
+            let mut f = File::open(path).map_err(io_err)?;
             let len = f.metadata().map_err(io_err)?.len();
+            let mut head = Vec::with_capacity(SECRET_SNIFF_BYTES);
+            (&mut f)
+                .take(SECRET_SNIFF_BYTES as u64)
+                .read_to_end(&mut head)
+                .map_err(io_err)?;
+            if holds_private_key(&name, &head) && !included() {
+                skipped_secrets.push(rel_str.to_owned());
+                continue;
+            }
+            let f = io::Cursor::new(head).chain(f);
             let mode = if meta.permissions().mode() & 0o111 != 0 {
                 0o755
             } else {
@@ -441,6 +509,109 @@ mod tests {
         let p = root.join(rel);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(p, text).unwrap();
+    }
+
+    #[test]
+    fn private_keys_are_found_by_content_and_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let pem = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBx0p+8Yq/abc=\n-----END EC PRIVATE KEY-----\n";
+        write(root, "config/server.txt", pem);
+        write(
+            root,
+            "old.txt",
+            "-----BEGIN RSA PRIVATE KEY-----\r\nProc-Type: 4,ENCRYPTED\r\n\r\nabc\r\n",
+        );
+        write(root, "home/.ssh/id_ed25519", "anything");
+        write(root, "store.p12", "binary");
+        // Code that quotes the marker is not a key.
+        write(
+            root,
+            "src/pem.rs",
+            "const BEGIN: &str = \"-----BEGIN PRIVATE KEY-----\";\nfn f() {}\n",
+        );
+        write(
+            root,
+            "docs/key-format.md",
+            "-----BEGIN PRIVATE KEY-----\n\nprose\n",
+        );
+        write(root, "home/.ssh/id_ed25519.pub", "ssh-ed25519 AAAA");
+        // A big file whose head is clean ships whole.
+        write(root, "big.bin", &"z".repeat(100_000));
+        let release = pack(&PackOptions {
+            root: root.to_owned(),
+            excludes: vec![],
+        })
+        .unwrap();
+        let mut names = entries(&release);
+        names.retain(|n| !n.ends_with('/'));
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "big.bin",
+                "docs/key-format.md",
+                "home/.ssh/id_ed25519.pub",
+                "src/pem.rs"
+            ]
+        );
+        let mut skipped = release.info.skipped_secrets.clone();
+        skipped.sort();
+        assert_eq!(
+            skipped,
+            [
+                "config/server.txt",
+                "home/.ssh/id_ed25519",
+                "old.txt",
+                "store.p12"
+            ]
+        );
+        let f = File::open(release.path()).unwrap();
+        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            if e.path().unwrap().to_str() == Some("big.bin") {
+                let mut body = String::new();
+                e.read_to_string(&mut body).unwrap();
+                assert_eq!(body.len(), 100_000);
+            }
+        }
+    }
+
+    #[test]
+    fn links_follow_the_updaters_rule_and_the_manifest_name_is_reserved() {
+        let ok = |rel: &str, target: &str| {
+            check_link(Path::new("/r"), Path::new(rel), Path::new(target))
+        };
+        assert!(ok("a", "b").is_ok());
+        assert!(ok("d/a", "../b/c").is_ok());
+        assert!(ok("d/e/a", "../../b").is_ok());
+        assert!(ok("d/a", "./b").is_ok());
+        assert!(ok("a", "../b").is_err());
+        assert!(ok("d/a", "b/../c").is_err());
+        assert!(ok("d/a", "/etc/passwd").is_err());
+        assert!(ok("d/e/a", "../../../b").is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), MANIFEST_FILE, "{}");
+        let err = pack(&PackOptions {
+            root: dir.path().to_owned(),
+            excludes: vec![],
+        })
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("reserved"), "{err}");
+        // Deeper down it is an ordinary file.
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &format!("sub/{MANIFEST_FILE}"), "{}");
+        assert!(
+            pack(&PackOptions {
+                root: dir.path().to_owned(),
+                excludes: vec![],
+            })
+            .is_ok()
+        );
     }
 
     fn entries(release: &Release) -> Vec<String> {
