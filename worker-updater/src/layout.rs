@@ -9,7 +9,8 @@
 //! releases/active.new/          staging (mid-update only)
 //! releases/active.old/          the release that was live before the update
 //!                               in flight, kept until the new one is healthy
-//! releases/.incoming.json       journal: manifest of the update in flight
+//! releases/.incoming.json       journal: manifest of the update in flight,
+//!                               marked `reverting` once its probe failed
 //! releases/failed/<time>-<sha>/ releases that failed their probe
 //! ```
 //!
@@ -18,7 +19,9 @@
 //! instant. One `syncfs` runs before it (staging, manifest and journal reach
 //! the disk together), and the directories are fsynced after each rename.
 //! `prev` is replaced only once the new release has passed its probe, so a
-//! failed release never evicts the last good one.
+//! failed release never evicts the last good one. There is no fallback for
+//! filesystems without `RENAME_EXCHANGE`: [`check_exchange`] refuses them at
+//! start-up.
 
 use std::fs::{self, File};
 use std::io;
@@ -26,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use pki::wire::{FailedRelease, Manifest, Releases};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, UpdaterError};
 use crate::release::read_manifest;
@@ -51,6 +55,20 @@ pub struct Repair {
     pub actions: Vec<String>,
     /// An update crashed after its flip: the live release was never probed.
     pub unconfirmed: bool,
+    /// An operation was interrupted after it had changed which release is
+    /// live (a revert): the agent must be restarted on `current`.
+    pub restart: bool,
+}
+
+/// `releases/.incoming.json`: the update in flight. Older updaters wrote the
+/// bare manifest, which still reads (`reverting` false).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Journal {
+    #[serde(flatten)]
+    manifest: Manifest,
+    /// The release failed its probe and is being moved out of `active`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    reverting: bool,
 }
 
 impl Layout {
@@ -135,10 +153,13 @@ impl Layout {
     /// once, swap it into `active` atomically, keep the old one as
     /// `active.old`, and point `current` at `releases/active`.
     pub fn flip_in(&self, incoming: &Manifest) -> Result<()> {
-        let journal = self.journal();
-        let json = serde_json::to_vec(incoming)
-            .map_err(|e| UpdaterError::Internal(format!("serializing the journal: {e}")))?;
-        fs::write(&journal, json).map_err(|e| UpdaterError::io(&journal, e))?;
+        self.write_journal(
+            &Journal {
+                manifest: incoming.clone(),
+                reverting: false,
+            },
+            false,
+        )?;
         self.sync_fs()?;
         remove_tree(&self.old())?;
         if self.active().is_dir() {
@@ -170,8 +191,19 @@ impl Layout {
     /// The release in `active` failed: move it to `failed/` and put the one
     /// it replaced back. Returns the name under `failed/` and whether a
     /// release was restored (false on a first install: `current` is removed).
+    ///
+    /// The journal is marked `reverting` (durably) first, so a crash between
+    /// the exchange and the move to `failed/` is finished by [`Layout::repair`]
+    /// instead of being mistaken for a flip to roll forward.
     pub fn revert(&self, manifest: &Manifest) -> Result<(String, bool)> {
         self.ensure_dirs()?;
+        self.write_journal(
+            &Journal {
+                manifest: manifest.clone(),
+                reverting: true,
+            },
+            true,
+        )?;
         let name = self.failed_name(manifest);
         let dest = self.failed().join(&name);
         let restored = if self.old().is_dir() {
@@ -263,13 +295,23 @@ impl Layout {
     ///    when the journal's release is already in `active`, the old release
     ///    swapped out by the flip (kept as `active.old`);
     /// 3. `active.old` with no `active` (a non-atomic fallback interrupted):
-    ///    the old release goes back to `active`;
-    /// 4. `active.old` next to `active`: the flip happened, the probe never
-    ///    confirmed it. The layout rolls forward (`active.old` becomes
-    ///    `prev`) and [`Repair::unconfirmed`] asks the caller to restart and
-    ///    probe the agent, reverting to `prev` if it is unhealthy;
-    /// 5. no `active` but a `prev`: `prev` becomes `active`;
-    /// 6. `current` is re-pointed at `releases/active`, or removed if there
+    ///    the old release
+    ///    goes back to `active`;
+    /// 4. `active.old` next to `active` while the journal is `reverting`, or
+    ///    names the release in `active.old`: a revert was interrupted. It is
+    ///    finished (the exchange redone if it had not happened, the failed
+    ///    release moved to `failed/`), `prev` is untouched, and
+    ///    [`Repair::restart`] asks for the agent to be restarted;
+    /// 5. `active.old` next to `active` whose release the journal names: the
+    ///    flip happened, the probe never confirmed it. The layout rolls
+    ///    forward (`active.old` becomes `prev`) and [`Repair::unconfirmed`]
+    ///    asks the caller to restart and probe the agent, reverting to `prev`
+    ///    if it is unhealthy;
+    /// 6. `active.old` next to `active` and no journal that explains it: it
+    ///    goes to `failed/` (never into `prev`, which stays the last good
+    ///    release);
+    /// 7. no `active` but a `prev`: `prev` becomes `active`;
+    /// 8. `current` is re-pointed at `releases/active`, or removed if there
     ///    is no release at all.
     pub fn repair(&self) -> Result<Repair> {
         self.ensure_dirs()?;
@@ -278,20 +320,25 @@ impl Layout {
             let entries = fs::read_dir(dir).map_err(|e| UpdaterError::io(dir, e))?;
             for e in entries.filter_map(|e| e.ok()) {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(".current.tmp") || name.starts_with(".trash-") {
+                if name.starts_with(".current.tmp")
+                    || name.starts_with(".trash-")
+                    || name.starts_with(".incoming.json.tmp")
+                {
                     remove_tree(&e.path())?;
                     r.actions
                         .push(format!("removed leftover {}", e.path().display()));
                 }
             }
         }
-        let journal: Option<Manifest> = fs::read(self.journal())
+        let journal: Option<Journal> = fs::read(self.journal())
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
+        let reverting = journal.as_ref().is_some_and(|j| j.reverting);
+        let journal = journal.map(|j| j.manifest);
         let active = read_manifest(&self.active());
         let flipped = matches!((&journal, &active), (Some(j), Some(a)) if j == a);
         if self.staging().exists() {
-            if flipped && !self.old().exists() {
+            if flipped && !reverting && !self.old().exists() {
                 rename(&self.staging(), &self.old())?;
                 r.actions
                     .push("kept the release swapped out by the flip as active.old".into());
@@ -301,16 +348,44 @@ impl Layout {
                     .push("removed unfinished staging active.new".into());
             }
         }
+        let old = read_manifest(&self.old());
+        let old_failed = matches!((&journal, &old), (Some(j), Some(o)) if j == o) && !flipped;
         if self.old().is_dir() && !self.active().is_dir() {
             rename(&self.old(), &self.active())?;
             r.actions.push("restored active.old as active".into());
-        } else if self.old().is_dir() {
+        } else if self.old().is_dir() && (reverting || old_failed) {
+            if flipped {
+                // Marked, but the exchange had not happened yet.
+                exchange(&self.active(), &self.old())?;
+            }
+            let failed = journal.or(old).unwrap_or_else(unknown_manifest);
+            let name = self.park_failed(&self.old(), &failed)?;
+            r.restart = true;
+            r.actions.push(format!(
+                "a revert was interrupted: finished it, the failed release is in failed/{name} and prev is unchanged"
+            ));
+        } else if self.old().is_dir() && flipped {
             r.unconfirmed = true;
             self.confirm()?;
             r.actions.push(
                 "an update crashed after its flip: kept it live, the release it replaced is prev"
                     .into(),
             );
+        } else if self.old().is_dir() {
+            let name = self.park_failed(&self.old(), &old.unwrap_or_else(unknown_manifest))?;
+            r.actions.push(format!(
+                "active.old matched no update in flight; moved it to failed/{name} (prev is unchanged)"
+            ));
+        } else if reverting && flipped {
+            // A first install's revert, interrupted: nothing to restore.
+            let failed = journal.unwrap_or_else(unknown_manifest);
+            let name = self.park_failed(&self.active(), &failed)?;
+            r.actions.push(format!(
+                "a revert was interrupted: the failed first install is in failed/{name}"
+            ));
+        } else if reverting {
+            // The revert had finished; only the journal was left.
+            r.restart = true;
         } else if flipped {
             // First install flipped but never confirmed.
             r.unconfirmed = true;
@@ -336,6 +411,37 @@ impl Layout {
                 .push("removed current: there is no release".into());
         }
         Ok(r)
+    }
+
+    /// Move the release at `dir` to `failed/` under a name for `manifest`.
+    fn park_failed(&self, dir: &Path, manifest: &Manifest) -> Result<String> {
+        let name = self.failed_name(manifest);
+        rename(dir, &self.failed().join(&name))?;
+        fsync_dir(&self.releases)?;
+        self.prune_failed();
+        Ok(name)
+    }
+
+    /// Write the journal (temp file, rename); with `durable`, fsync the file
+    /// and the directory too (the flip's `syncfs` covers the first write).
+    fn write_journal(&self, journal: &Journal, durable: bool) -> Result<()> {
+        let path = self.journal();
+        let tmp = self
+            .releases
+            .join(format!(".incoming.json.tmp-{}", std::process::id()));
+        let json = serde_json::to_vec(journal)
+            .map_err(|e| UpdaterError::Internal(format!("serializing the journal: {e}")))?;
+        fs::write(&tmp, json).map_err(|e| UpdaterError::io(&tmp, e))?;
+        if durable {
+            File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| UpdaterError::io(&tmp, e))?;
+        }
+        rename(&tmp, &path)?;
+        if durable {
+            fsync_dir(&self.releases)?;
+        }
+        Ok(())
     }
 
     /// Atomically (re)point `current` at `releases/active`: a temp symlink
@@ -574,6 +680,142 @@ mod tests {
         remove_tree(&l.active()).unwrap();
         l.repair().unwrap();
         assert_eq!(live(&l).as_deref(), Some("aaaa"));
+    }
+
+    /// prev=aaaa, active=bbbb, then cccc flipped in and failed.
+    fn failed_update(l: &Layout) -> Manifest {
+        for sha in ["aaaa", "bbbb"] {
+            let m = stage(l, sha);
+            l.flip_in(&m).unwrap();
+            l.confirm().unwrap();
+        }
+        let c = stage(l, "cccc");
+        l.flip_in(&c).unwrap();
+        c
+    }
+
+    fn failed_shas(l: &Layout) -> Vec<String> {
+        l.releases()
+            .failed
+            .into_iter()
+            .filter_map(|f| f.manifest.map(|m| m.sha256))
+            .collect()
+    }
+
+    #[test]
+    fn repair_finishes_an_interrupted_revert_and_keeps_prev() {
+        // Killed between revert's exchange and its move to failed/ (the
+        // reviewer's repro: the exchange alone, journal as the flip left it).
+        let tmp = tempfile::tempdir().unwrap();
+        let l = Layout::new(tmp.path(), 5);
+        failed_update(&l);
+        exchange(&l.active(), &l.old()).unwrap();
+        let r = l.repair().unwrap();
+        assert!(!r.unconfirmed && r.restart, "{r:?}");
+        assert_eq!(live(&l).as_deref(), Some("bbbb"));
+        assert_eq!(read_manifest(&l.prev()).unwrap().sha256, "aaaa");
+        assert_eq!(failed_shas(&l), ["cccc"]);
+        assert!(!l.old().exists() && !l.journal().exists());
+
+        // Killed after revert marked the journal, before its exchange.
+        let tmp = tempfile::tempdir().unwrap();
+        let l = Layout::new(tmp.path(), 5);
+        let c = failed_update(&l);
+        l.write_journal(
+            &Journal {
+                manifest: c,
+                reverting: true,
+            },
+            true,
+        )
+        .unwrap();
+        let r = l.repair().unwrap();
+        assert!(!r.unconfirmed && r.restart, "{r:?}");
+        assert_eq!(live(&l).as_deref(), Some("bbbb"));
+        assert_eq!(read_manifest(&l.prev()).unwrap().sha256, "aaaa");
+        assert_eq!(failed_shas(&l), ["cccc"]);
+
+        // Killed after the revert moved the release out, before the journal went.
+        let tmp = tempfile::tempdir().unwrap();
+        let l = Layout::new(tmp.path(), 5);
+        let c = failed_update(&l);
+        l.write_journal(
+            &Journal {
+                manifest: c,
+                reverting: true,
+            },
+            true,
+        )
+        .unwrap();
+        exchange(&l.active(), &l.old()).unwrap();
+        rename(&l.old(), &l.failed().join("x-cccc")).unwrap();
+        let r = l.repair().unwrap();
+        assert!(!r.unconfirmed && r.restart, "{r:?}");
+        assert_eq!(live(&l).as_deref(), Some("bbbb"));
+        assert_eq!(read_manifest(&l.prev()).unwrap().sha256, "aaaa");
+
+        // A first install's revert, marked but not done: nothing stays live.
+        let tmp = tempfile::tempdir().unwrap();
+        let l = Layout::new(tmp.path(), 5);
+        let a = stage(&l, "aaaa");
+        l.flip_in(&a).unwrap();
+        l.write_journal(
+            &Journal {
+                manifest: a,
+                reverting: true,
+            },
+            true,
+        )
+        .unwrap();
+        let r = l.repair().unwrap();
+        assert!(!r.unconfirmed, "{r:?}");
+        assert!(!l.active().exists() && fs::symlink_metadata(l.current()).is_err());
+        assert_eq!(failed_shas(&l), ["aaaa"]);
+    }
+
+    #[test]
+    fn repair_after_a_crash_inside_confirm_rolls_forward() {
+        // Killed after confirm moved prev to the trash, before active.old
+        // took its place: the trash goes, the flip rolls forward.
+        let tmp = tempfile::tempdir().unwrap();
+        let l = Layout::new(tmp.path(), 5);
+        failed_update(&l);
+        rename(&l.prev(), &l.trash_name("prev")).unwrap();
+        let r = l.repair().unwrap();
+        assert!(r.unconfirmed && !r.restart, "{r:?}");
+        assert_eq!(live(&l).as_deref(), Some("cccc"));
+        assert_eq!(read_manifest(&l.prev()).unwrap().sha256, "bbbb");
+        assert!(failed_shas(&l).is_empty());
+        // Killed after active.old became prev, before the journal went.
+        let tmp = tempfile::tempdir().unwrap();
+        let l = Layout::new(tmp.path(), 5);
+        failed_update(&l);
+        remove_tree(&l.prev()).unwrap();
+        rename(&l.old(), &l.prev()).unwrap();
+        let r = l.repair().unwrap();
+        assert!(r.unconfirmed, "{r:?}");
+        assert_eq!(live(&l).as_deref(), Some("cccc"));
+        assert_eq!(read_manifest(&l.prev()).unwrap().sha256, "bbbb");
+    }
+
+    #[test]
+    fn an_unexplained_active_old_never_evicts_prev() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = Layout::new(tmp.path(), 5);
+        failed_update(&l);
+        remove_file(&l.journal()).unwrap();
+        let r = l.repair().unwrap();
+        assert!(!r.unconfirmed, "{r:?}");
+        assert_eq!(live(&l).as_deref(), Some("cccc"));
+        assert_eq!(read_manifest(&l.prev()).unwrap().sha256, "aaaa");
+        assert_eq!(failed_shas(&l), ["bbbb"]);
+    }
+
+    #[test]
+    fn old_journals_without_the_reverting_mark_still_read() {
+        let j: Journal =
+            serde_json::from_slice(&serde_json::to_vec(&manifest("aaaa")).unwrap()).unwrap();
+        assert_eq!((j.manifest.sha256.as_str(), j.reverting), ("aaaa", false));
     }
 
     #[test]
