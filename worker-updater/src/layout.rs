@@ -294,8 +294,7 @@ impl Layout {
     /// 2. `active.new` is either staging that never went live (removed) or,
     ///    when the journal's release is already in `active`, the old release
     ///    swapped out by the flip (kept as `active.old`);
-    /// 3. `active.old` with no `active` (a non-atomic fallback interrupted):
-    ///    the old release
+    /// 3. `active.old` with no `active` (a damaged layout): the old release
     ///    goes back to `active`;
     /// 4. `active.old` next to `active` while the journal is `reverting`, or
     ///    names the release in `active.old`: a revert was interrupted. It is
@@ -322,6 +321,7 @@ impl Layout {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name.starts_with(".current.tmp")
                     || name.starts_with(".trash-")
+                    || name.starts_with(".exchange-check-")
                     || name.starts_with(".incoming.json.tmp")
                 {
                     remove_tree(&e.path())?;
@@ -516,24 +516,86 @@ fn unknown_manifest() -> Manifest {
     }
 }
 
-/// Swap two directory entries atomically. Filesystems without
-/// `RENAME_EXCHANGE` get three renames (not atomic; logged).
+/// Swap two directory entries atomically with `renameat2(RENAME_EXCHANGE)`.
+/// There is deliberately no fallback: three renames leave moments with no
+/// `active` at all. [`check_exchange`] refuses filesystems without it at
+/// start-up.
 fn exchange(a: &Path, b: &Path) -> Result<()> {
-    match renameat2(AT_FDCWD, a, AT_FDCWD, b, RenameFlags::RENAME_EXCHANGE) {
-        Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {
-            tracing::warn!(
-                "this filesystem has no RENAME_EXCHANGE; swapping {} and {} with three renames",
-                a.display(),
-                b.display()
-            );
-            let tmp = a.with_extension("swap");
-            rename(a, &tmp)?;
-            rename(b, a)?;
-            rename(&tmp, b)
+    renameat2(AT_FDCWD, a, AT_FDCWD, b, RenameFlags::RENAME_EXCHANGE).map_err(|e| {
+        UpdaterError::io(
+            a,
+            io::Error::other(format!(
+                "renameat2(RENAME_EXCHANGE) with {}: {e}{}",
+                b.display(),
+                if exchange_unsupported(e) {
+                    " (this filesystem does not support RENAME_EXCHANGE, which swarm requires)"
+                } else {
+                    ""
+                }
+            )),
+        )
+    })
+}
+
+/// The errors `renameat2` gives when the filesystem (or kernel) cannot
+/// exchange.
+fn exchange_unsupported(e: nix::errno::Errno) -> bool {
+    matches!(
+        e,
+        nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS | nix::errno::Errno::EOPNOTSUPP
+    )
+}
+
+/// Check that `dir`'s filesystem can swap two directories with
+/// `renameat2(RENAME_EXCHANGE)`, by doing it on two temporary directories
+/// (removed again). The `Err` says what is missing, for the operator.
+pub fn check_exchange(dir: &Path) -> std::result::Result<(), String> {
+    let pid = std::process::id();
+    let a = dir.join(format!(".exchange-check-{pid}-a"));
+    let b = dir.join(format!(".exchange-check-{pid}-b"));
+    let cleanup = || {
+        let _ = fs::remove_dir_all(&a);
+        let _ = fs::remove_dir_all(&b);
+    };
+    cleanup();
+    let result = (|| {
+        fs::create_dir(&a).map_err(|e| format!("creating {}: {e}", a.display()))?;
+        fs::create_dir(&b).map_err(|e| format!("creating {}: {e}", b.display()))?;
+        fs::create_dir(a.join("a")).map_err(|e| format!("creating in {}: {e}", a.display()))?;
+        match renameat2(AT_FDCWD, &a, AT_FDCWD, &b, RenameFlags::RENAME_EXCHANGE) {
+            Ok(()) if b.join("a").is_dir() && !a.join("a").exists() => Ok(()),
+            Ok(()) => Err(format!(
+                "renameat2(RENAME_EXCHANGE) in {} reported success but did not swap",
+                dir.display()
+            )),
+            Err(e) if exchange_unsupported(e) => Err(format!(
+                "the filesystem of {} does not support renameat2(RENAME_EXCHANGE) ({e}); swarm swaps release slots with it so that `current` is a whole release at every instant. Put the install dir on a local filesystem that has it (ext4, xfs, btrfs, tmpfs; not NFS or FAT)",
+                dir.display()
+            )),
+            Err(e) => Err(format!(
+                "renameat2(RENAME_EXCHANGE) in {}: {e}",
+                dir.display()
+            )),
         }
-        Err(e) => Err(UpdaterError::io(a, e.into())),
+    })();
+    cleanup();
+    result
+}
+
+/// [`check_exchange`] on every directory the updater swaps releases in:
+/// `releases/` and `updater/releases/` when they exist, else the install dir.
+pub fn check_install_exchange(install: &Path) -> std::result::Result<(), String> {
+    let mut dirs: Vec<PathBuf> = [
+        Layout::new(install, 0).releases,
+        Layout::updater(install, 0).releases,
+    ]
+    .into_iter()
+    .filter(|d| d.is_dir())
+    .collect();
+    if dirs.is_empty() {
+        dirs.push(install.to_owned());
     }
+    dirs.iter().try_for_each(|d| check_exchange(d))
 }
 
 fn rename(from: &Path, to: &Path) -> Result<()> {
@@ -816,6 +878,29 @@ mod tests {
         let j: Journal =
             serde_json::from_slice(&serde_json::to_vec(&manifest("aaaa")).unwrap()).unwrap();
         assert_eq!((j.manifest.sha256.as_str(), j.reverting), ("aaaa", false));
+    }
+
+    #[test]
+    fn exchange_never_falls_back_to_renames() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = tmp.path().join("a");
+        let b = a.join("b");
+        fs::create_dir_all(&b).unwrap();
+        // RENAME_EXCHANGE refuses (EINVAL) to swap a directory with its own
+        // child; a three-rename fallback would have moved `a` away.
+        let e = exchange(&a, &b).unwrap_err();
+        assert!(e.to_string().contains("RENAME_EXCHANGE"), "{e}");
+        assert!(b.is_dir(), "a and a/b untouched");
+        assert!(!tmp.path().join("a.swap").exists());
+    }
+
+    #[test]
+    fn exchange_check_passes_here_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        check_exchange(tmp.path()).unwrap();
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
+        check_install_exchange(tmp.path()).unwrap();
+        assert!(check_exchange(&tmp.path().join("missing")).is_err());
     }
 
     #[test]

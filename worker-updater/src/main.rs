@@ -1,6 +1,7 @@
 //! `worker-updater`: parse arguments into a validated config (exit 64 when
 //! it is bad, before binding); `--check` stops there with 0, `--watchdog`
-//! guards a self-update trial instead of serving; otherwise settle the
+//! guards a self-update trial instead of serving; an install filesystem
+//! without `RENAME_EXCHANGE` exits 64 too; otherwise settle the
 //! updater's own slots (which may exec `updater/current`), bind, announce
 //! the address, and hand over to [`worker_updater::run`].
 
@@ -51,8 +52,25 @@ fn main() -> ExitCode {
             );
             return ExitCode::from(EXIT_CONFIG);
         }
+        if let Err(e) = worker_updater::layout::check_install_exchange(&config.install_dir) {
+            eprintln!("worker-updater: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
         println!("configuration ok");
         return ExitCode::SUCCESS;
+    }
+    // Every slot swap relies on RENAME_EXCHANGE; refuse to run without it.
+    if let Err(e) = std::fs::create_dir_all(&config.install_dir)
+        .map_err(|e| {
+            format!(
+                "creating --install-dir {}: {e}",
+                config.install_dir.display()
+            )
+        })
+        .and_then(|()| worker_updater::layout::check_install_exchange(&config.install_dir))
+    {
+        eprintln!("worker-updater: {e}");
+        return ExitCode::from(EXIT_CONFIG);
     }
     // May exec the updater in updater/current instead of returning.
     worker_updater::selfupdate::prestart(&config);
