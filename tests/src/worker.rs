@@ -386,8 +386,15 @@ impl Drop for Worker {
     fn drop(&mut self) {
         self.kill_updater();
         // The agent runs in its own process group and outlives the updater
-        // by design; kill it so tests leave nothing behind.
-        if let Some(pid) = self.agent_pid()
+        // by design; kill it so tests leave nothing behind. One the updater
+        // spawned (pidfile start time matches) goes with its whole group,
+        // so a wrapper script's children do too.
+        if let Some(pgid) = spawned_agent_group(&self.install_dir.join("agent.pid")) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        } else if let Some(pid) = self.agent_pid()
             && is_agent_process(pid)
         {
             let _ = nix::sys::signal::kill(
@@ -396,6 +403,21 @@ impl Drop for Worker {
             );
         }
     }
+}
+
+/// The process group of the agent the updater's JSON pidfile names, when
+/// that process is still the one it recorded (pid and start time) and leads
+/// its own group.
+fn spawned_agent_group(pidfile: &Path) -> Option<i32> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(pidfile).ok()?).ok()?;
+    let pid = i32::try_from(v.get("pid")?.as_i64()?).ok()?;
+    let recorded = v.get("start_time")?.as_u64()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let pgrp: i32 = fields.get(5 - 3)?.parse().ok()?;
+    let start: u64 = fields.get(22 - 3)?.parse().ok()?;
+    (start == recorded && pgrp == pid).then_some(pid)
 }
 
 /// Whether `pid` runs the reference agent (so cleanup never kills a stranger).

@@ -366,6 +366,49 @@ async fn agent_started_by_hand_is_replaced_and_a_stranger_is_spared() {
     assert!(alive(stranger.pid() as i32));
 }
 
+/// A release whose agent is a shebang script that runs the reference agent
+/// (under a name no `/proc` scan knows) as its child and waits for it.
+fn script_agent(w: &Worker, service: &Path, tag: &str) -> Vec<u8> {
+    let script = format!(
+        "#!/bin/sh\n{} --listen 127.0.0.1:{}\necho \"agent exited: $?\"\n",
+        service.display(),
+        w.agent_port
+    );
+    ReleaseTree::new()
+        .file("VERSION", tag.as_bytes())
+        .file_mode("bin/run.sh", script.as_bytes(), 0o755)
+        .agent_command(&["bin/run.sh".to_owned()], w.agent_port)
+        .tarball()
+}
+
+#[tokio::test]
+async fn an_agent_run_by_a_shebang_script_is_replaced_by_the_next_push() {
+    let pki = TestPki::new();
+    let w = start(&pki);
+    let client = w.master_client(&pki);
+    // The reference agent under another name, outside the install dir.
+    let service = w.tmp.path().join("my-service");
+    if std::fs::hard_link(bin("worker-agent"), &service).is_err() {
+        std::fs::copy(bin("worker-agent"), &service).unwrap();
+    }
+    let tgz = script_agent(&w, &service, "a");
+    let (code, body) = w.push(&client, &tgz).await;
+    assert_eq!(code, 200, "{body:?}\n{}", w.log());
+    let first = w.wait_agent_release(&sha256_hex(&tgz)).await;
+    let script_pid = w.agent_pid().expect("pidfile");
+    assert_ne!(
+        script_pid, first.pid as i32,
+        "the script runs the service as a child"
+    );
+    let tgz = script_agent(&w, &service, "b");
+    let (code, body) = w.push(&client, &tgz).await;
+    assert_eq!(code, 200, "{body:?}\n{}", w.log());
+    let second = w.wait_agent_release(&sha256_hex(&tgz)).await;
+    assert_ne!(second.pid, first.pid);
+    wait_dead(script_pid, "the first agent's script");
+    wait_dead(first.pid as i32, "the first agent's service");
+}
+
 /// Push `tgz` and assert a 400 that names `path`, with nothing changed.
 async fn assert_rejected(
     w: &Worker,

@@ -5,9 +5,16 @@
 //!
 //! `agent.pid` is JSON: `{"pid", "start_time", "argv", "release_dir",
 //! "sha256", "started_at"}`. `start_time` is field 22 of `/proc/<pid>/stat`
-//! (clock ticks since boot), so a recycled pid never matches. A pidfile that
-//! is a bare number (written by hand) is trusted only if that process looks
-//! like our agent (see [`Matcher`]).
+//! (clock ticks since boot), so a recycled pid never matches: our own
+//! pidfile is trusted when pid and start time match, whatever the process
+//! shows as its command line (a shebang script runs as `/bin/sh script`, a
+//! service may rewrite its argv). The agents this process spawned are known
+//! without any file. A pidfile that is a bare number (written by hand) is
+//! trusted only if that process looks like our agent (see [`Matcher`]).
+//!
+//! An agent we spawned leads its own process group; stopping it signals the
+//! whole group and waits until the group is empty, so a wrapper script's
+//! children do not outlive it (and keep its port).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -155,7 +162,14 @@ pub struct Supervisor {
     pub pidfile: PathBuf,
     pub spawn_log: PathBuf,
     pub grace: Duration,
-    children: Mutex<HashMap<i32, watch::Receiver<Option<String>>>>,
+    children: Mutex<HashMap<i32, Child>>,
+}
+
+/// An agent this process spawned.
+#[derive(Debug)]
+struct Child {
+    start_time: Option<u64>,
+    exited: watch::Receiver<Option<String>>,
 }
 
 impl Supervisor {
@@ -169,17 +183,39 @@ impl Supervisor {
         }
     }
 
-    /// The agents of this worker that are running now: the pidfile's, if it
-    /// really is ours, else whatever a `/proc` scan finds.
+    /// The agents of this worker that are running now: those this process
+    /// spawned, the pidfile's if it really is ours, else whatever a `/proc`
+    /// scan finds. Reads `/proc`: call it off the async threads.
     pub fn find(&self, matcher: &Matcher) -> Vec<(i32, Option<u64>)> {
-        if let Some(pf) = PidFile::read(&self.pidfile) {
+        let mut found: Vec<(i32, Option<u64>)> = self
+            .children
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .filter(|(pid, child)| {
+                        child.exited.borrow().is_none()
+                            && alive(**pid)
+                            && (child.start_time.is_none()
+                                || proc_start_time(**pid) == child.start_time)
+                    })
+                    .map(|(pid, child)| (*pid, child.start_time))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(pf) = PidFile::read(&self.pidfile)
+            && !found.iter().any(|(pid, _)| *pid == pf.pid)
+        {
             if self.pidfile_is_live(&pf, matcher) {
-                return vec![(pf.pid, pf.start_time)];
+                found.push((pf.pid, pf.start_time));
+            } else {
+                tracing::info!(
+                    pid = pf.pid,
+                    "agent.pid names a process that is not our agent (or is gone); ignoring it"
+                );
             }
-            tracing::info!(
-                pid = pf.pid,
-                "agent.pid names a process that is not our agent (or is gone); ignoring it"
-            );
+        }
+        if !found.is_empty() {
+            return found;
         }
         scan(matcher)
             .into_iter()
@@ -187,20 +223,15 @@ impl Supervisor {
             .collect()
     }
 
+    /// Our JSON pidfile: pid and start time must match (we wrote both; the
+    /// start time rules out a recycled pid). A bare number: the process must
+    /// look like our agent.
     fn pidfile_is_live(&self, pf: &PidFile, matcher: &Matcher) -> bool {
         if pf.pid <= 1 || pf.pid == std::process::id() as i32 || !alive(pf.pid) {
             return false;
         }
         match pf.start_time {
-            Some(st) => {
-                proc_start_time(pf.pid) == Some(st)
-                    && (pf.argv.is_empty()
-                        || proc_cmdline(pf.pid).is_some_and(|argv| {
-                            argv.iter()
-                                .map(|a| a.as_slice())
-                                .eq(pf.argv.iter().map(|a| a.as_bytes()))
-                        }))
-            }
+            Some(st) => proc_start_time(pf.pid) == Some(st),
             None => matcher.matches(pf.pid),
         }
     }
@@ -220,18 +251,20 @@ impl Supervisor {
         notes
     }
 
-    /// Stop one process we know is ours.
+    /// Stop one process we know is ours (and its process group, when it
+    /// leads one, as the agents we spawn do).
     pub async fn stop_pid(&self, pid: i32, start_time: Option<u64>) -> String {
         let t0 = Instant::now();
-        if !signal(pid, Signal::SIGTERM) {
+        let group = proc_pgrp(pid) == Some(pid);
+        if !signal(pid, group, Signal::SIGTERM) {
             return format!("agent {pid} was already gone");
         }
-        if self.wait_gone(pid, start_time, self.grace).await {
+        if self.wait_gone(pid, start_time, group, self.grace).await {
             return format!("agent {pid} stopped on SIGTERM in {:?}", t0.elapsed());
         }
         tracing::warn!(pid, grace = ?self.grace, "agent ignored SIGTERM; sending SIGKILL");
-        signal(pid, Signal::SIGKILL);
-        if self.wait_gone(pid, start_time, KILL_WAIT).await {
+        signal(pid, group, Signal::SIGKILL);
+        if self.wait_gone(pid, start_time, group, KILL_WAIT).await {
             format!("agent {pid} killed after the {:?} grace", self.grace)
         } else {
             tracing::error!(pid, "agent survived SIGKILL for {KILL_WAIT:?}");
@@ -239,8 +272,42 @@ impl Supervisor {
         }
     }
 
-    async fn wait_gone(&self, pid: i32, start_time: Option<u64>, limit: Duration) -> bool {
-        let child = self.children.lock().ok().and_then(|c| c.get(&pid).cloned());
+    /// Wait until `pid` is gone (reaped when it is our child) and, with
+    /// `group`, until no live process is left in its process group.
+    async fn wait_gone(
+        &self,
+        pid: i32,
+        start_time: Option<u64>,
+        group: bool,
+        limit: Duration,
+    ) -> bool {
+        let deadline = Instant::now() + limit;
+        if !self.wait_leader_gone(pid, start_time, limit).await {
+            return false;
+        }
+        if !group {
+            return true;
+        }
+        loop {
+            let busy = tokio::task::spawn_blocking(move || group_alive(pid))
+                .await
+                .unwrap_or(false);
+            if !busy {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_leader_gone(&self, pid: i32, start_time: Option<u64>, limit: Duration) -> bool {
+        let child = self
+            .children
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&pid).map(|c| c.exited.clone()));
         if let Some(mut rx) = child {
             let done = tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await;
             if matches!(done, Ok(Ok(_))) {
@@ -317,13 +384,20 @@ impl Supervisor {
             tracing::info!(pid, "agent exited: {status}");
             let _ = tx.send(Some(status));
         });
+        let start_time = proc_start_time(pid);
         if let Ok(mut c) = self.children.lock() {
-            c.retain(|_, rx| rx.borrow().is_none());
-            c.insert(pid, rx.clone());
+            c.retain(|_, child| child.exited.borrow().is_none());
+            c.insert(
+                pid,
+                Child {
+                    start_time,
+                    exited: rx.clone(),
+                },
+            );
         }
         let pf = PidFile {
             pid,
-            start_time: proc_start_time(pid),
+            start_time,
             argv: launch.argv.clone(),
             release_dir: Some(launch.release_dir.clone()),
             sha256: launch.sha256.clone(),
@@ -341,16 +415,28 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-/// Signal `pid`'s process group when it leads one (agents we spawned do),
-/// else the process. False when it no longer exists.
-fn signal(pid: i32, sig: Signal) -> bool {
+/// Signal `pid`'s process group (`group`: it leads one, as agents we
+/// spawned do), else the process. False when nothing was there to signal.
+fn signal(pid: i32, group: bool, sig: Signal) -> bool {
     let p = Pid::from_raw(pid);
-    let r = if proc_pgrp(pid) == Some(pid) {
-        killpg(p, sig)
-    } else {
-        kill(p, sig)
-    };
+    let r = if group { killpg(p, sig) } else { kill(p, sig) };
     !matches!(r, Err(nix::errno::Errno::ESRCH))
+}
+
+/// Whether a live (not zombie) process is left in process group `pgid`.
+fn group_alive(pgid: i32) -> bool {
+    if matches!(
+        killpg(Pid::from_raw(pgid), None),
+        Err(nix::errno::Errno::ESRCH)
+    ) {
+        return false;
+    }
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .any(|pid| proc_pgrp(pid) == Some(pgid) && alive(pid))
 }
 
 /// Every process matching `matcher`, except us.
@@ -463,6 +549,15 @@ mod tests {
             .unwrap();
         std::fs::write(&sup.pidfile, format!("{}\n", stranger.id())).unwrap();
         assert!(sup.find(&matcher).is_empty());
+        // Nor is one named in our JSON pidfile with another start time.
+        let stale = PidFile {
+            pid: stranger.id() as i32,
+            start_time: proc_start_time(stranger.id() as i32).map(|t| t + 1),
+            argv: vec!["sleep".into(), "30".into()],
+            ..PidFile::default()
+        };
+        stale.write(&sup.pidfile).unwrap();
+        assert!(sup.find(&matcher).is_empty());
         // One we spawn is found through the pidfile, stopped and reaped.
         let launch = Launch {
             argv: vec!["sleep".into(), "30".into()],
@@ -479,5 +574,71 @@ mod tests {
         assert!(alive(stranger.id() as i32));
         let _ = stranger.kill();
         let _ = stranger.wait();
+    }
+
+    #[tokio::test]
+    async fn a_shebang_script_agent_is_found_by_its_pidfile_and_stopped_with_its_children() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let script = tmp.path().join("run.sh");
+        let child_pid = tmp.path().join("child.pid");
+        // Runs its service as a child and waits (no exec): /proc shows
+        // `/bin/sh …/run.sh`, not the argv the pidfile recorded.
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nsleep 300 &\necho $! > {}\nwait\necho done\n",
+                child_pid.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let new_sup = || {
+            Supervisor::new(
+                tmp.path(),
+                tmp.path().join("agent.pid"),
+                tmp.path().join("agent.spawn.log"),
+                Duration::from_secs(2),
+            )
+        };
+        let matcher = Matcher {
+            programs: vec!["run.sh".into()],
+            install_dir: tmp.path().join("elsewhere"),
+            agent_dir: tmp.path().join("agent"),
+        };
+        let sup = new_sup();
+        let s = sup
+            .spawn(&Launch {
+                argv: vec![script.display().to_string()],
+                env: vec![],
+                release_dir: tmp.path().to_owned(),
+                sha256: None,
+            })
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let child = loop {
+            if let Some(pid) = std::fs::read_to_string(&child_pid)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            {
+                break pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the script never started its child"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let cmdline = proc_cmdline(s.pid).unwrap();
+        assert_ne!(cmdline.len(), 1, "the kernel shows the interpreter");
+        let found = vec![(s.pid, proc_start_time(s.pid))];
+        assert_eq!(sup.find(&matcher), found, "known as our child");
+        // A fresh supervisor (a restarted updater) trusts the pidfile.
+        let restarted = new_sup();
+        assert_eq!(restarted.find(&matcher), found, "known by its pidfile");
+        let notes = sup.stop(&matcher).await;
+        assert!(notes[0].contains("SIGTERM"), "{notes:?}");
+        assert!(!alive(s.pid));
+        assert!(!alive(child), "the script's child went with it");
     }
 }
