@@ -409,6 +409,63 @@ async fn an_agent_run_by_a_shebang_script_is_replaced_by_the_next_push() {
     wait_dead(first.pid as i32, "the first agent's service");
 }
 
+#[tokio::test]
+async fn a_2xx_from_another_process_while_the_new_agent_is_dead_is_not_healthy() {
+    let pki = TestPki::new();
+    let w = start(&pki);
+    let client = w.master_client(&pki);
+    let a = push_good(&w, &client, "a").await;
+    w.wait_agent_release(&a).await;
+    // Something else on the health port: the reference agent with this
+    // host's certificate, reporting no release, started where no scan finds
+    // it, and slow to answer (so the release's agent has surely exited).
+    let bundle = w.tmp.path().join("impostor-bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    for f in ["ca.crt", "worker.crt", "worker.key"] {
+        std::fs::copy(w.bundles.agent_dir.join(f), bundle.join(f)).unwrap();
+    }
+    let port = tests::free_port();
+    let _impostor = ChildGuard::spawn(
+        Command::new(bin("worker-agent"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--agent-dir")
+            .arg(&bundle)
+            .args(["--health-cmd", "sleep 0.3"])
+            .env_remove("SWARM_RELEASE_DIR")
+            .env_remove("SWARM_INSTALL_DIR")
+            .env_remove("SWARM_AGENT_DIR")
+            .stdout(std::process::Stdio::null()),
+    );
+    let impostor_url = format!("https://127.0.0.1:{port}/health");
+    let probe_client = w.agent_probe_client();
+    eventually_async(
+        Duration::from_secs(10),
+        "the impostor answering",
+        || async {
+            let r = probe_client.get(&impostor_url).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        },
+    )
+    .await;
+    // A release whose agent exits at once, probed on the impostor's port.
+    let tgz = ReleaseTree::new()
+        .file("VERSION", b"dies")
+        .agent_command(&["true".to_owned()], port)
+        .tarball();
+    let (code, body) = w.push(&client, &tgz).await;
+    assert_eq!(code, 409, "{body:?}\n{}", w.log());
+    assert_eq!(body.status, OpStatus::RolledBack);
+    assert!(body.rolled_back);
+    let why = body.probes[0].error.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("exited") || why.contains("no longer running"),
+        "{why}"
+    );
+    w.wait_agent_release(&a).await;
+    assert_eq!(w.slot_sha("active").as_deref(), Some(a.as_str()));
+}
+
 /// Push `tgz` and assert a 400 that names `path`, with nothing changed.
 async fn assert_rejected(
     w: &Worker,

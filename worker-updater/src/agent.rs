@@ -136,6 +136,17 @@ impl Matcher {
     }
 }
 
+/// How stopping one agent went.
+#[derive(Clone, Debug)]
+pub struct Stopped {
+    pub pid: i32,
+    /// Still there after SIGKILL (stuck in the kernel, or not ours to kill):
+    /// starting another agent now would race it for the port.
+    pub survived: bool,
+    /// What happened, for the log.
+    pub note: String,
+}
+
 /// A spawned agent: its pid and a receiver that turns `Some(status)` when it exits.
 #[derive(Clone, Debug)]
 pub struct Spawned {
@@ -243,7 +254,7 @@ impl Supervisor {
 
     /// Stop every agent of this worker: SIGTERM, wait up to the grace,
     /// SIGKILL, wait again. Returns what it did, for the log.
-    pub async fn stop(&self, matcher: &Matcher) -> Vec<String> {
+    pub async fn stop(&self, matcher: &Matcher) -> Vec<Stopped> {
         let mut notes = Vec::new();
         for (pid, start_time) in self.find(matcher) {
             notes.push(self.stop_pid(pid, start_time).await);
@@ -253,22 +264,37 @@ impl Supervisor {
 
     /// Stop one process we know is ours (and its process group, when it
     /// leads one, as the agents we spawn do).
-    pub async fn stop_pid(&self, pid: i32, start_time: Option<u64>) -> String {
+    pub async fn stop_pid(&self, pid: i32, start_time: Option<u64>) -> Stopped {
         let t0 = Instant::now();
         let group = proc_pgrp(pid) == Some(pid);
+        let gone = |note: String| Stopped {
+            pid,
+            survived: false,
+            note,
+        };
         if !signal(pid, group, Signal::SIGTERM) {
-            return format!("agent {pid} was already gone");
+            return gone(format!("agent {pid} was already gone"));
         }
         if self.wait_gone(pid, start_time, group, self.grace).await {
-            return format!("agent {pid} stopped on SIGTERM in {:?}", t0.elapsed());
+            return gone(format!(
+                "agent {pid} stopped on SIGTERM in {:?}",
+                t0.elapsed()
+            ));
         }
         tracing::warn!(pid, grace = ?self.grace, "agent ignored SIGTERM; sending SIGKILL");
         signal(pid, group, Signal::SIGKILL);
         if self.wait_gone(pid, start_time, group, KILL_WAIT).await {
-            format!("agent {pid} killed after the {:?} grace", self.grace)
+            gone(format!(
+                "agent {pid} killed after the {:?} grace",
+                self.grace
+            ))
         } else {
             tracing::error!(pid, "agent survived SIGKILL for {KILL_WAIT:?}");
-            format!("agent {pid} survived SIGKILL")
+            Stopped {
+                pid,
+                survived: true,
+                note: format!("agent {pid} survived SIGKILL for {KILL_WAIT:?}"),
+            }
         }
     }
 
@@ -568,7 +594,10 @@ mod tests {
         let s = sup.spawn(&launch).unwrap();
         assert_eq!(sup.find(&matcher), vec![(s.pid, proc_start_time(s.pid))]);
         let note = sup.stop(&matcher).await;
-        assert!(note[0].contains("SIGTERM"), "{note:?}");
+        assert!(
+            note[0].note.contains("SIGTERM") && !note[0].survived,
+            "{note:?}"
+        );
         assert!(s.exited.borrow().is_some());
         assert!(!alive(s.pid));
         assert!(alive(stranger.id() as i32));
@@ -637,7 +666,7 @@ mod tests {
         let restarted = new_sup();
         assert_eq!(restarted.find(&matcher), found, "known by its pidfile");
         let notes = sup.stop(&matcher).await;
-        assert!(notes[0].contains("SIGTERM"), "{notes:?}");
+        assert!(notes[0].note.contains("SIGTERM"), "{notes:?}");
         assert!(!alive(s.pid));
         assert!(!alive(child), "the script's child went with it");
     }

@@ -180,9 +180,9 @@ impl App {
         phase: &str,
         expect: Option<&Manifest>,
     ) -> (Probe, Option<Spawned>) {
-        let notes = self.supervisor.stop(&self.matcher()).await;
-        for n in notes {
-            tracing::info!("{n}");
+        let stopped = self.supervisor.stop(&self.matcher()).await;
+        for s in &stopped {
+            tracing::info!("{}", s.note);
         }
         let failed = |url: String, error: String| Probe {
             phase: phase.into(),
@@ -193,6 +193,18 @@ impl App {
             release_sha256: None,
             error: Some(error),
         };
+        if let Some(s) = stopped.iter().find(|s| s.survived) {
+            return (
+                failed(
+                    self.config.agent_url.clone(),
+                    format!(
+                        "{}; not starting another agent beside it (it may still hold the port)",
+                        s.note
+                    ),
+                ),
+                None,
+            );
+        }
         let Some(release_dir) = self.layout.resolved_current() else {
             return (
                 failed(
@@ -217,7 +229,7 @@ impl App {
             phase,
             expect.map(|m| m.sha256.as_str()),
             &self.config.probe,
-            Some(spawned.exited.clone()),
+            Some(&spawned),
         )
         .await;
         (p, Some(spawned))
@@ -294,6 +306,7 @@ impl App {
                 self.supervisor
                     .stop_pid(s.pid, crate::agent::proc_start_time(s.pid))
                     .await
+                    .note
             );
         }
         let (layout, m) = (self.layout.clone(), manifest.clone());

@@ -1,12 +1,15 @@
 //! The health probe: `GET` the agent's health URL over mTLS with the
 //! updater's identity, first try at once, then exponential backoff, until it
-//! answers 2xx (with the expected release, when it reports one), the
-//! attempts run out, or the agent process exits.
+//! answers 2xx (with the expected release, when it reports one) while the
+//! agent it was started for is still running, the attempts run out, or the
+//! agent process exits. A 2xx after the spawned agent died came from
+//! something else holding the port, and is not health.
 
 use std::time::{Duration, Instant};
 
 use pki::wire::Probe;
-use tokio::sync::watch;
+
+use crate::agent::Spawned;
 
 /// Probe knobs.
 #[derive(Clone, Debug)]
@@ -20,15 +23,17 @@ pub struct ProbeSettings {
 }
 
 /// Probe `url`. `expect_sha` is the release the agent should report;
-/// `exited` flips when the agent process dies, which ends the probe early.
+/// `agent` is the process that should be answering: its exit ends the probe
+/// early, and an answer counts only while it still runs.
 pub async fn probe(
     client: &reqwest::Client,
     url: &str,
     phase: &str,
     expect_sha: Option<&str>,
     settings: &ProbeSettings,
-    mut exited: Option<watch::Receiver<Option<String>>>,
+    agent: Option<&Spawned>,
 ) -> Probe {
+    let mut exited = agent.map(|a| a.exited.clone());
     let t0 = Instant::now();
     let mut backoff = settings.backoff;
     let mut last_error = String::from("not probed");
@@ -46,6 +51,12 @@ pub async fn probe(
                         );
                     }
                     _ => {
+                        if let Some(why) = agent_gone(agent).await {
+                            last_error = format!(
+                                "{why}, yet something answered 2xx on {url} (another process holds the port?)"
+                            );
+                            break;
+                        }
                         return Probe {
                             phase: phase.into(),
                             url: url.into(),
@@ -89,6 +100,20 @@ pub async fn probe(
         release_sha256: reported,
         error: Some(last_error),
     }
+}
+
+/// Why the spawned `agent` no longer counts as running, if it does not.
+async fn agent_gone(agent: Option<&Spawned>) -> Option<String> {
+    let agent = agent?;
+    if let Some(status) = agent.exited.borrow().clone() {
+        return Some(format!("the agent exited ({status})"));
+    }
+    // The reaper may not have seen it yet: ask /proc (a zombie is dead).
+    let pid = agent.pid;
+    let alive = tokio::task::spawn_blocking(move || crate::agent::alive(pid))
+        .await
+        .unwrap_or(true);
+    (!alive).then(|| format!("the agent (pid {pid}) is no longer running"))
 }
 
 /// One request: `Ok(reported release sha)` on 2xx.
