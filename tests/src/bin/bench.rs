@@ -993,7 +993,6 @@ async fn memory_section(
             }
         }
         drop(fleet);
-        procs::sweep(&dir);
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_dir_all(&tree.root);
     }

@@ -261,7 +261,7 @@ impl Drop for Fleet {
     /// their updater by design, and run with their cwd in the fleet dir).
     fn drop(&mut self) {
         self.workers.clear();
-        procs::sweep(&self.dir);
+        procs::sweep_agents_in(&self.dir);
     }
 }
 

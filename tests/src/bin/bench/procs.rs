@@ -189,10 +189,24 @@ impl Drop for Daemon {
     }
 }
 
-/// Kill every process whose executable or working directory lies under
-/// `root`: the agents the updaters spawned (they outlive their updater by
-/// design) and anything else the benchmark left behind.
+/// Kill every process whose executable lies under `root`: the agents the
+/// updaters spawned (they outlive their updater by design) run from the
+/// copy of `worker-agent` in the work dir, or from a release inside it.
+/// Only the executable counts, so a shell someone opened in a kept work
+/// dir is left alone.
 pub(crate) fn sweep(root: &Path) -> usize {
+    sweep_where(|exe, _cwd| exe.starts_with(root))
+}
+
+/// Kill the `worker-agent` processes working in `dir` (an updater starts
+/// its agent with the install dir as its working directory).
+pub(crate) fn sweep_agents_in(dir: &Path) -> usize {
+    sweep_where(|exe, cwd| {
+        cwd.starts_with(dir) && exe.file_name().is_some_and(|n| n == "worker-agent")
+    })
+}
+
+fn sweep_where(matches: impl Fn(&Path, &Path) -> bool) -> usize {
     let me = std::process::id();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
@@ -209,12 +223,13 @@ pub(crate) fn sweep(root: &Path) -> usize {
         if pid as u32 == me {
             continue;
         }
-        let under = |link: &str| {
-            std::fs::read_link(entry.path().join(link))
-                .map(|p| p.starts_with(root))
-                .unwrap_or(false)
+        let (Ok(exe), Ok(cwd)) = (
+            std::fs::read_link(entry.path().join("exe")),
+            std::fs::read_link(entry.path().join("cwd")),
+        ) else {
+            continue;
         };
-        if under("exe") || under("cwd") {
+        if matches(&exe, &cwd) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             killed += 1;
         }

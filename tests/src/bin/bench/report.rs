@@ -183,7 +183,11 @@ impl Report {
             if p.columns.is_empty() {
                 continue;
             }
-            let _ = writeln!(out, "\nphases of {} (median ms over the reps)", p.label);
+            if p.label.contains("median") {
+                let _ = writeln!(out, "\nphases of {}, ms", p.label);
+            } else {
+                let _ = writeln!(out, "\nphases of {} (median ms over the reps)", p.label);
+            }
             let head: Vec<&str> = p.columns.iter().map(|(c, _)| c.as_str()).collect();
             let vals: Vec<String> = p
                 .columns
