@@ -11,6 +11,8 @@
 //!                               in flight, kept until the new one is healthy
 //! releases/.incoming.json       journal: manifest of the update in flight,
 //!                               marked `reverting` once its probe failed
+//! releases/.rollback.json       journal: a rollback (or a start-up revert)
+//!                               in flight
 //! releases/failed/<time>-<sha>/ releases that failed their probe
 //! ```
 //!
@@ -109,6 +111,9 @@ impl Layout {
     }
     pub fn journal(&self) -> PathBuf {
         self.releases.join(".incoming.json")
+    }
+    pub fn rollback_journal(&self) -> PathBuf {
+        self.releases.join(".rollback.json")
     }
     pub fn pidfile(&self) -> PathBuf {
         self.install.join("agent.pid")
@@ -222,6 +227,31 @@ impl Layout {
         Ok((name, restored))
     }
 
+    /// Record (durably) that a rollback from `from` to `to` is starting: a
+    /// crash before [`Layout::end_rollback`] makes the next start-up repair
+    /// restart the agent on whatever `current` holds then.
+    pub fn begin_rollback(&self, from: Option<&Manifest>, to: Option<&Manifest>) -> Result<()> {
+        self.ensure_dirs()?;
+        let path = self.rollback_journal();
+        let tmp = self
+            .releases
+            .join(format!(".rollback.json.tmp-{}", std::process::id()));
+        let json = serde_json::to_vec(&serde_json::json!({ "from": from, "to": to }))
+            .map_err(|e| UpdaterError::Internal(format!("serializing the journal: {e}")))?;
+        fs::write(&tmp, json).map_err(|e| UpdaterError::io(&tmp, e))?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| UpdaterError::io(&tmp, e))?;
+        rename(&tmp, &path)?;
+        fsync_dir(&self.releases)
+    }
+
+    /// The rollback is over (whatever its outcome): drop its journal.
+    pub fn end_rollback(&self) -> Result<()> {
+        remove_file(&self.rollback_journal())?;
+        fsync_dir(&self.releases)
+    }
+
     /// Swap `active` and `prev` atomically (rollback, and its undo).
     pub fn swap_prev(&self) -> Result<()> {
         if !self.prev().is_dir() {
@@ -310,7 +340,10 @@ impl Layout {
     ///    goes to `failed/` (never into `prev`, which stays the last good
     ///    release);
     /// 7. no `active` but a `prev`: `prev` becomes `active`;
-    /// 8. `current` is re-pointed at `releases/active`, or removed if there
+    /// 8. a rollback journal: the rollback was interrupted before or after
+    ///    its atomic swap; the slots stay as they are and
+    ///    [`Repair::restart`] asks for the agent on `current`;
+    /// 9. `current` is re-pointed at `releases/active`, or removed if there
     ///    is no release at all.
     pub fn repair(&self) -> Result<Repair> {
         self.ensure_dirs()?;
@@ -323,6 +356,7 @@ impl Layout {
                     || name.starts_with(".trash-")
                     || name.starts_with(".exchange-check-")
                     || name.starts_with(".incoming.json.tmp")
+                    || name.starts_with(".rollback.json.tmp")
                 {
                     remove_tree(&e.path())?;
                     r.actions
@@ -396,6 +430,16 @@ impl Layout {
         }
         if self.journal().exists() {
             remove_file(&self.journal())?;
+        }
+        if self.rollback_journal().exists() {
+            // Each swap is one RENAME_EXCHANGE: the slots are whole either
+            // way; the agent may be the wrong one, or not running.
+            r.restart = true;
+            remove_file(&self.rollback_journal())?;
+            r.actions.push(
+                "a rollback was interrupted: the agent is restarted on the release current holds"
+                    .into(),
+            );
         }
         fsync_dir(&self.releases)?;
         if self.active().is_dir() {
@@ -901,6 +945,38 @@ mod tests {
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
         check_install_exchange(tmp.path()).unwrap();
         assert!(check_exchange(&tmp.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn repair_after_an_interrupted_rollback_restarts_on_a_whole_release() {
+        for swapped in [false, true] {
+            let tmp = tempfile::tempdir().unwrap();
+            let l = Layout::new(tmp.path(), 5);
+            for sha in ["aaaa", "bbbb"] {
+                let m = stage(&l, sha);
+                l.flip_in(&m).unwrap();
+                l.confirm().unwrap();
+            }
+            l.begin_rollback(Some(&manifest("bbbb")), Some(&manifest("aaaa")))
+                .unwrap();
+            if swapped {
+                l.swap_prev().unwrap();
+            }
+            let r = l.repair().unwrap();
+            assert!(r.restart && !r.unconfirmed, "{r:?}");
+            let (live_sha, prev_sha) = if swapped {
+                ("aaaa", "bbbb")
+            } else {
+                ("bbbb", "aaaa")
+            };
+            assert_eq!(live(&l).as_deref(), Some(live_sha));
+            assert_eq!(read_manifest(&l.prev()).unwrap().sha256, prev_sha);
+            assert!(!l.rollback_journal().exists());
+            assert!(l.releases().failed.is_empty());
+            // At rest: the next repair has nothing to do.
+            let again = l.repair().unwrap();
+            assert!(again.actions.is_empty() && !again.restart, "{again:?}");
+        }
     }
 
     #[test]

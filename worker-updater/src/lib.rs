@@ -87,7 +87,11 @@ pub async fn run(
     for action in &repair.actions {
         tracing::warn!("start-up repair: {action}");
     }
-    tokio::spawn(app.clone().reconcile(repair.unconfirmed));
+    // Takes the worker before the first request can: a push during the
+    // start-up restart gets 409 busy instead of racing it.
+    if let Some(reconcile) = app.start_up(&repair).await {
+        tokio::spawn(reconcile);
+    }
     selfupdate::reap_watchdog(&app.updater_layout);
     pki::serve(listener, tls, router(app.clone()), shutdown).await?;
     // An operation in flight runs in its own task: give it a bounded time
@@ -151,10 +155,7 @@ async fn update(
     })?;
     // Run detached so a client that hangs up cannot cancel the operation
     // half-way through a rotation.
-    let task = tokio::spawn(async move {
-        let _guard = guard;
-        app.update(form, who.cn()).await
-    });
+    let task = tokio::spawn(async move { app.update(form, who.cn(), guard).await });
     let (code, body) = task
         .await
         .map_err(|e| UpdaterError::Internal(format!("update task: {e}")))??;
@@ -163,10 +164,7 @@ async fn update(
 
 async fn rollback(State(app): State<Arc<App>>) -> Result<Response, AppError> {
     let guard = app.try_begin("rollback")?;
-    let task = tokio::spawn(async move {
-        let _guard = guard;
-        app.rollback().await
-    });
+    let task = tokio::spawn(async move { app.rollback(guard).await });
     let (code, body) = task
         .await
         .map_err(|e| UpdaterError::Internal(format!("rollback task: {e}")))??;

@@ -3,6 +3,7 @@
 //! if unhealthy), and the start-up reconcile. One at a time per worker:
 //! [`App::try_begin`] hands out the only [`OpGuard`].
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use tokio::io::AsyncReadExt;
 use crate::agent::{Launch, Matcher, Spawned, Supervisor};
 use crate::config::Config;
 use crate::error::{Result, UpdaterError};
-use crate::layout::Layout;
+use crate::layout::{Layout, Repair};
 use crate::probe::probe;
 use crate::release::{AgentEnv, SwarmToml, read_manifest, resolve_program, write_manifest};
 use crate::upload;
@@ -235,8 +236,15 @@ impl App {
         (p, Some(spawned))
     }
 
-    /// `POST /update`, with the worker already taken.
-    pub async fn update(self: Arc<Self>, form: Multipart, pushed_by: String) -> OpResult {
+    /// `POST /update`, holding the worker (`guard`). When the layout has to
+    /// be repaired half-way, the guard passes to the reconcile that follows,
+    /// so nothing else starts in between.
+    pub async fn update(
+        self: Arc<Self>,
+        form: Multipart,
+        pushed_by: String,
+        guard: OpGuard,
+    ) -> OpResult {
         let t0 = Instant::now();
         let mut timings = Timings::default();
         let layout = self.layout.clone();
@@ -261,15 +269,7 @@ impl App {
         let t = Instant::now();
         let (layout, m) = (self.layout.clone(), manifest.clone());
         if let Err(e) = blocking(move || layout.flip_in(&m)).await {
-            // Put the layout back to rest exactly as a restart would.
-            let layout = self.layout.clone();
-            match blocking(move || layout.repair()).await {
-                Ok(r) if r.unconfirmed => {
-                    tokio::spawn(self.clone().reconcile_after_failed_flip());
-                }
-                Ok(_) => {}
-                Err(re) => tracing::error!("repair after a failed flip: {re}"),
-            }
+            self.recover(guard, "a failed flip").await;
             return Err(e);
         }
         timings.sync_flip_ms = ms(t);
@@ -310,7 +310,13 @@ impl App {
             );
         }
         let (layout, m) = (self.layout.clone(), manifest.clone());
-        let (failed_name, restored) = blocking(move || layout.revert(&m)).await?;
+        let (failed_name, restored) = match blocking(move || layout.revert(&m)).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.recover(guard, "a failed revert").await;
+                return Err(e);
+            }
+        };
         let mut probes = vec![forward];
         let (release, error) = if restored {
             let (back, _) = self.restart_and_probe("rollback", previous.as_ref()).await;
@@ -407,17 +413,34 @@ impl App {
         Ok(manifest)
     }
 
-    /// `POST /rollback`, with the worker already taken.
-    pub async fn rollback(self: Arc<Self>) -> OpResult {
-        if !self.layout.prev().is_dir() || !self.layout.active().is_dir() {
-            return Err(UpdaterError::NoPrevious);
-        }
-        let running = read_manifest(&self.layout.active());
-        let target = read_manifest(&self.layout.prev());
+    /// `POST /rollback`, holding the worker (`guard`). The swap is journaled
+    /// until the agent on the final release has been probed, so a crash in
+    /// between is repaired at start-up.
+    pub async fn rollback(self: Arc<Self>, guard: OpGuard) -> OpResult {
         let layout = self.layout.clone();
-        blocking(move || layout.swap_prev()).await?;
+        let (running, target) = blocking(move || {
+            if !layout.prev().is_dir() || !layout.active().is_dir() {
+                return Err(UpdaterError::NoPrevious);
+            }
+            Ok((
+                read_manifest(&layout.active()),
+                read_manifest(&layout.prev()),
+            ))
+        })
+        .await?;
+        let (layout, from, to) = (self.layout.clone(), running.clone(), target.clone());
+        let swapped = blocking(move || {
+            layout.begin_rollback(from.as_ref(), to.as_ref())?;
+            layout.swap_prev()
+        })
+        .await;
+        if let Err(e) = swapped {
+            self.recover(guard, "a failed rollback swap").await;
+            return Err(e);
+        }
         let (p, _) = self.restart_and_probe("rollback", target.as_ref()).await;
         if p.healthy {
+            self.end_rollback().await;
             tracing::info!("rolled back to {:?}", target.as_ref().map(|m| &m.sha256));
             return Ok((
                 StatusCode::OK,
@@ -433,10 +456,15 @@ impl App {
             ));
         }
         let layout = self.layout.clone();
-        blocking(move || layout.swap_prev()).await?;
+        if let Err(e) = blocking(move || layout.swap_prev()).await {
+            self.recover(guard, "a failed swap back after a rollback")
+                .await;
+            return Err(e);
+        }
         let (back, _) = self
             .restart_and_probe("rollback-check", running.as_ref())
             .await;
+        self.end_rollback().await;
         let mut error = format!(
             "the previous release {} failed its health probe ({}); went back to {}",
             target
@@ -468,31 +496,72 @@ impl App {
         ))
     }
 
-    /// A flip that failed half-way left the new release live but unprobed:
-    /// once the current operation is over, probe it like a start-up would.
-    async fn reconcile_after_failed_flip(self: Arc<Self>) {
-        while self.busy().is_some() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    async fn end_rollback(&self) {
+        let layout = self.layout.clone();
+        if let Err(e) = blocking(move || layout.end_rollback()).await {
+            tracing::error!("removing the rollback journal: {e}");
         }
-        self.reconcile(true).await;
     }
 
-    /// After start-up repair: restart and probe the agent when a crash left
-    /// an unconfirmed release live (reverting to `prev` if it is unhealthy),
-    /// or start one when none of ours runs and `--start-agent` is on.
-    pub async fn reconcile(self: Arc<Self>, unconfirmed: bool) {
-        if self.layout.resolved_current().is_none() {
-            return;
+    /// An operation failed half-way through changing the slots: repair the
+    /// layout as a restart would and, when that leaves an agent to restart
+    /// or an unconfirmed release to probe, hand `guard` to the reconcile
+    /// that does it.
+    async fn recover(self: &Arc<Self>, guard: OpGuard, what: &str) {
+        let layout = self.layout.clone();
+        match blocking(move || layout.repair()).await {
+            Ok(r) => {
+                for action in &r.actions {
+                    tracing::warn!("repair after {what}: {action}");
+                }
+                if r.unconfirmed || r.restart {
+                    tokio::spawn(self.clone().reconcile(guard, r.unconfirmed));
+                }
+            }
+            Err(e) => tracing::error!(
+                "repair after {what}: {e}; the next start of the updater repairs the layout"
+            ),
         }
-        let needed =
-            unconfirmed || (self.config.start_agent && !self.supervisor.running(&self.matcher()));
+    }
+
+    /// At start-up, after the repair and before anything is served: when
+    /// the agent has to be (re)started — a crash left an unconfirmed release
+    /// live, interrupted a revert or a rollback, or no agent of ours runs
+    /// and `--start-agent` is on — take the worker now and return the
+    /// reconcile to run, holding it. Requests meanwhile get 409 busy;
+    /// `/health` answers.
+    pub async fn start_up(
+        self: &Arc<Self>,
+        repair: &Repair,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let app = self.clone();
+        let restart = repair.unconfirmed || repair.restart;
+        let needed = blocking(move || {
+            Ok(app.layout.resolved_current().is_some()
+                && (restart || (app.config.start_agent && !app.supervisor.running(&app.matcher()))))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!("start-up: {e}");
+            false
+        });
         if !needed {
-            return;
+            return None;
         }
-        let Ok(_guard) = self.try_begin("start-up") else {
-            return;
-        };
-        let active = read_manifest(&self.layout.active());
+        let guard = self.try_begin("start-up").ok()?;
+        Some(self.clone().reconcile(guard, repair.unconfirmed))
+    }
+
+    /// Holding the worker: restart the agent on `current` and probe it. An
+    /// `unconfirmed` release (never probed) that is unhealthy goes to
+    /// `failed/` and `prev` comes back, its agent restarted.
+    pub async fn reconcile(self: Arc<Self>, guard: OpGuard, unconfirmed: bool) {
+        let _guard = guard;
+        let layout = self.layout.clone();
+        let active = blocking(move || Ok(read_manifest(&layout.active())))
+            .await
+            .ok()
+            .flatten();
         let (p, _) = self.restart_and_probe("forward", active.as_ref()).await;
         if p.healthy {
             tracing::info!("start-up: agent healthy");
@@ -504,6 +573,7 @@ impl App {
         }
         let layout = self.layout.clone();
         let reverted = blocking(move || {
+            layout.begin_rollback(active.as_ref(), None)?;
             layout.swap_prev()?;
             layout.fail_prev()
         })
@@ -513,12 +583,17 @@ impl App {
                 tracing::warn!(
                     "start-up: the unconfirmed release went to failed/{name}; restarting the previous one"
                 );
-                let prev = read_manifest(&self.layout.active());
+                let layout = self.layout.clone();
+                let prev = blocking(move || Ok(read_manifest(&layout.active())))
+                    .await
+                    .ok()
+                    .flatten();
                 let (p, _) = self.restart_and_probe("rollback", prev.as_ref()).await;
                 tracing::info!(healthy = p.healthy, "start-up: previous release restarted");
             }
             Err(e) => tracing::error!("start-up: reverting the unconfirmed release: {e}"),
         }
+        self.end_rollback().await;
     }
 }
 
@@ -644,4 +719,78 @@ pub fn short(sha: &str) -> &str {
 
 pub fn ms(t: Instant) -> u64 {
     u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// An `App` on a temp install dir, with a real updater bundle; the
+    /// agent command is `sleep`, which never answers a probe.
+    fn app(tmp: &Path) -> Arc<App> {
+        let ca = pki::Ca::generate().unwrap();
+        let host = pki::HostName::new("w1").unwrap();
+        let leaf = ca
+            .issue(&pki::LeafSpec::updater(&host, "127.0.0.1", &[]).unwrap())
+            .unwrap();
+        let bundle = tmp.join("updater-bundle");
+        pki::Bundle::write(&bundle, pki::BundleKind::Updater, ca.cert_pem(), &leaf).unwrap();
+        let install = tmp.join("install");
+        let args = crate::Args::try_parse_from([
+            "worker-updater".as_ref(),
+            "--updater-dir".as_ref(),
+            bundle.as_os_str(),
+            "--agent-dir".as_ref(),
+            tmp.join("agent").as_os_str(),
+            "--install-dir".as_ref(),
+            install.as_os_str(),
+            "--agent-cmd".as_ref(),
+            "sleep 30".as_ref(),
+            "--agent-url".as_ref(),
+            "https://127.0.0.1:9/health".as_ref(),
+            "--probe-attempts".as_ref(),
+            "1".as_ref(),
+            "--stop-grace-ms".as_ref(),
+            "500".as_ref(),
+        ] as [&std::ffi::OsStr; 15])
+        .unwrap();
+        Arc::new(App::new(Config::from_args(args).unwrap()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn start_up_takes_the_worker_before_anything_is_served() {
+        let tmp = tempfile::tempdir().unwrap();
+        let app = app(tmp.path());
+        // No release: nothing to start, nothing held.
+        let repair = app.layout.repair().unwrap();
+        assert!(app.start_up(&repair).await.is_none());
+        assert!(app.try_begin("update").is_ok());
+        // A release and no agent running: the worker is held from the
+        // moment start_up returns, before its reconcile ever runs.
+        let staging = app.layout.prepare_staging().unwrap();
+        let m = Manifest {
+            sha256: "aaaa".into(),
+            size_bytes: 1,
+            files: 0,
+            git_commit: None,
+            pushed_at: String::new(),
+            pushed_by: "master".into(),
+        };
+        write_manifest(&staging, &m).unwrap();
+        app.layout.flip_in(&m).unwrap();
+        app.layout.confirm().unwrap();
+        let repair = app.layout.repair().unwrap();
+        let reconcile = app.start_up(&repair).await.expect("a start-up reconcile");
+        assert_eq!(app.busy().as_deref(), Some("start-up"));
+        assert!(matches!(
+            app.try_begin("update"),
+            Err(UpdaterError::Busy("start-up"))
+        ));
+        // It holds the worker until it is done (the agent never answers).
+        reconcile.await;
+        assert!(app.busy().is_none());
+        let stopped = app.supervisor.stop(&app.matcher()).await;
+        assert_eq!(stopped.len(), 1, "the agent it started: {stopped:?}");
+    }
 }
