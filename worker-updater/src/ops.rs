@@ -176,12 +176,24 @@ impl App {
     }
 
     /// Stop whatever agent of ours runs, start one from `current`, probe it.
+    /// The `/proc` scan, `swarm.toml`, `.env.local` and the fork run on the
+    /// blocking pool.
     pub async fn restart_and_probe(
-        &self,
+        self: &Arc<Self>,
         phase: &str,
         expect: Option<&Manifest>,
     ) -> (Probe, Option<Spawned>) {
-        let stopped = self.supervisor.stop(&self.matcher()).await;
+        let app = self.clone();
+        let found = blocking(move || Ok(app.supervisor.find(&app.matcher())))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!("looking for the running agent: {e}");
+                Vec::new()
+            });
+        let mut stopped = Vec::new();
+        for (pid, start_time) in found {
+            stopped.push(self.supervisor.stop_pid(pid, start_time).await);
+        }
         for s in &stopped {
             tracing::info!("{}", s.note);
         }
@@ -206,23 +218,27 @@ impl App {
                 None,
             );
         }
-        let Some(release_dir) = self.layout.resolved_current() else {
-            return (
-                failed(
-                    self.config.agent_url.clone(),
-                    "no current release to start".into(),
-                ),
-                None,
-            );
-        };
-        let sha = read_manifest(&release_dir).map(|m| m.sha256);
-        let (launch, url) = match self.launch_for(&release_dir, sha) {
-            Ok(l) => l,
+        let app = self.clone();
+        let launched = blocking(move || {
+            let release_dir = app
+                .layout
+                .resolved_current()
+                .ok_or_else(|| UpdaterError::Agent("no current release to start".into()))?;
+            let sha = read_manifest(&release_dir).map(|m| m.sha256);
+            let (launch, url) = app.launch_for(&release_dir, sha)?;
+            // Forks and writes the pidfile; the reaper task it spawns
+            // finds the runtime from the blocking pool.
+            let spawned = app.supervisor.spawn(&launch).map_err(|e| (url.clone(), e));
+            Ok((url, spawned))
+        })
+        .await;
+        let (url, spawned) = match launched {
+            Ok((_, Err((url, e)))) => return (failed(url, e.to_string()), None),
+            Ok((url, Ok(s))) => (url, s),
+            Err(UpdaterError::Agent(e)) => {
+                return (failed(self.config.agent_url.clone(), e), None);
+            }
             Err(e) => return (failed(self.config.agent_url.clone(), e.to_string()), None),
-        };
-        let spawned = match self.supervisor.spawn(&launch) {
-            Ok(s) => s,
-            Err(e) => return (failed(url, e.to_string()), None),
         };
         let p = probe(
             &self.probe_client,
@@ -264,7 +280,8 @@ impl App {
                 return Err(e);
             }
         };
-        let previous = read_manifest(&self.layout.active());
+        let layout = self.layout.clone();
+        let previous = blocking(move || Ok(read_manifest(&layout.active()))).await?;
 
         let t = Instant::now();
         let (layout, m) = (self.layout.clone(), manifest.clone());
@@ -365,7 +382,7 @@ impl App {
     /// for a self-update), run the install hook. Nothing outside staging is
     /// touched.
     pub async fn prepare(
-        &self,
+        self: &Arc<Self>,
         form: Multipart,
         staging: &Path,
         pushed_by: String,
@@ -388,25 +405,29 @@ impl App {
             files = manifest.files,
             "release received"
         );
-        let (dir, m) = (staging.to_owned(), manifest.clone());
-        blocking(move || write_manifest(&dir, &m)).await?;
-        let toml = SwarmToml::load(staging)?;
-        match purpose {
-            // Fail now, not after the flip, on an agent command that cannot expand.
-            Purpose::Agent => {
-                self.launch_for(staging, None)?;
+        let (app, dir, m) = (self.clone(), staging.to_owned(), manifest.clone());
+        let (toml, env) = blocking(move || {
+            write_manifest(&dir, &m)?;
+            let toml = SwarmToml::load(&dir)?;
+            match purpose {
+                // Fail now, not after the flip, on an agent command that cannot expand.
+                Purpose::Agent => {
+                    app.launch_for(&dir, None)?;
+                }
+                Purpose::Updater => {
+                    crate::selfupdate::updater_binary(&dir)?;
+                }
             }
-            Purpose::Updater => {
-                crate::selfupdate::updater_binary(staging)?;
-            }
-        }
+            let env = app.env_for(&dir)?;
+            Ok((toml, env))
+        })
+        .await?;
         let t = Instant::now();
         if let Some(cmd) = &toml.install.command {
             let timeout = toml
                 .install
                 .timeout_secs
                 .map_or(self.config.install_timeout, Duration::from_secs);
-            let env = self.env_for(staging)?;
             run_install(cmd, staging, &env, timeout).await?;
         }
         timings.install_ms = ms(t);
@@ -568,18 +589,22 @@ impl App {
             return;
         }
         tracing::warn!("start-up: agent unhealthy: {:?}", p.error);
-        if !unconfirmed || !self.layout.prev().is_dir() {
+        if !unconfirmed {
             return;
         }
         let layout = self.layout.clone();
         let reverted = blocking(move || {
+            if !layout.prev().is_dir() {
+                return Ok(None);
+            }
             layout.begin_rollback(active.as_ref(), None)?;
             layout.swap_prev()?;
-            layout.fail_prev()
+            layout.fail_prev().map(Some)
         })
         .await;
         match reverted {
-            Ok(name) => {
+            Ok(None) => return,
+            Ok(Some(name)) => {
                 tracing::warn!(
                     "start-up: the unconfirmed release went to failed/{name}; restarting the previous one"
                 );
@@ -792,5 +817,66 @@ mod tests {
         assert!(app.busy().is_none());
         let stopped = app.supervisor.stop(&app.matcher()).await;
         assert_eq!(stopped.len(), 1, "the agent it started: {stopped:?}");
+    }
+
+    fn install(app: &App, sha: &str) {
+        let staging = app.layout.prepare_staging().unwrap();
+        let m = Manifest {
+            sha256: sha.into(),
+            size_bytes: 1,
+            files: 0,
+            git_commit: None,
+            pushed_at: String::new(),
+            pushed_by: "master".into(),
+        };
+        write_manifest(&staging, &m).unwrap();
+        app.layout.flip_in(&m).unwrap();
+        app.layout.confirm().unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn restarting_the_agent_reads_its_files_off_the_async_thread() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let tmp = tempfile::tempdir().unwrap();
+        let app = app(tmp.path());
+        install(&app, "aaaa");
+        // `.env.local` as a FIFO: reading it blocks until a writer comes.
+        let fifo = app.layout.env_local();
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let progressed = Arc::new(AtomicBool::new(false));
+        let stalled = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (progressed, stalled) = (progressed.clone(), stalled.clone());
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !progressed.load(Ordering::SeqCst) {
+                    if Instant::now() > deadline {
+                        stalled.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                std::fs::write(&fifo, "X=1\n").unwrap();
+            })
+        };
+        let op = tokio::spawn({
+            let app = app.clone();
+            async move { app.restart_and_probe("forward", None).await }
+        });
+        // The operation runs first and reaches the FIFO; on the one async
+        // thread of this runtime, this task resumes only if it did not
+        // block that thread.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        progressed.store(true, Ordering::SeqCst);
+        let (_, spawned) = op.await.unwrap();
+        writer.join().unwrap();
+        assert!(
+            !stalled.load(Ordering::SeqCst),
+            "the async thread stalled on .env.local"
+        );
+        assert!(spawned.is_some());
+        app.supervisor.stop(&app.matcher()).await;
     }
 }

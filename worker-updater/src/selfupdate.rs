@@ -372,7 +372,8 @@ impl App {
                 return Err(e);
             }
         };
-        let previous = read_manifest(&layout.active());
+        let l = layout.clone();
+        let previous = blocking(move || Ok(read_manifest(&l.active()))).await?;
 
         let t = Instant::now();
         let (l, m) = (layout.clone(), manifest.clone());
@@ -467,13 +468,19 @@ impl App {
         &self,
         layout: &Layout,
     ) -> std::result::Result<(PathBuf, PathBuf), (String, String)> {
-        let release_dir = layout.resolved_current().ok_or_else(|| {
-            (
-                "updater/current does not resolve after the flip".to_owned(),
-                String::new(),
-            )
-        })?;
-        let exe = updater_binary(&layout.current()).map_err(|e| (e.to_string(), String::new()))?;
+        let l = layout.clone();
+        let (release_dir, exe) = tokio::task::spawn_blocking(move || {
+            let release_dir = l.resolved_current().ok_or_else(|| {
+                (
+                    "updater/current does not resolve after the flip".to_owned(),
+                    String::new(),
+                )
+            })?;
+            let exe = updater_binary(&l.current()).map_err(|e| (e.to_string(), String::new()))?;
+            Ok::<_, (String, String)>((release_dir, exe))
+        })
+        .await
+        .map_err(|e| (format!("blocking task: {e}"), String::new()))??;
         let mut cmd = updater_command(&exe, Some(&release_dir), &self.config.stash);
         cmd.arg("--check").current_dir(&self.config.install_dir);
         let mut cmd = tokio::process::Command::from(cmd);
