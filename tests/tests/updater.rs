@@ -466,6 +466,29 @@ async fn a_2xx_from_another_process_while_the_new_agent_is_dead_is_not_healthy()
     assert_eq!(w.slot_sha("active").as_deref(), Some(a.as_str()));
 }
 
+#[tokio::test]
+async fn a_huge_gnu_long_name_is_refused_from_its_header() {
+    let pki = TestPki::new();
+    let w = start(&pki);
+    let client = w.master_client(&pki);
+    let a = push_good(&w, &client, "a").await;
+    let tgz = raw::tgz(&[
+        raw::entry(b"././@LongLink", b'L', &vec![b'n'; 10 << 20], 0o644, b""),
+        raw::file(b"f", b"x"),
+    ]);
+    assert_rejected(
+        &w,
+        &client,
+        "10 MB GNU long name",
+        &tgz,
+        "GNU long name of 10485760 bytes; extension headers are limited to 65536 bytes",
+        &a,
+    )
+    .await;
+    // The worker is fine afterwards.
+    push_good(&w, &client, "b").await;
+}
+
 /// Push `tgz` and assert a 400 that names `path`, with nothing changed.
 async fn assert_rejected(
     w: &Worker,

@@ -16,10 +16,12 @@
 //!   files (old-style or PAX) and any other type are refused;
 //! - duplicates (the same path twice) are refused;
 //! - caps: entries, uncompressed bytes (the decoded stream, headers included);
+//!   a GNU long name/link or PAX header larger than [`MAX_EXTENSION_BYTES`]
+//!   is refused from its header block, before tar-rs would buffer it whole;
 //! - modes: files `mode & 0o755 | 0o600`, directories `mode & 0o755 | 0o700`
 //!   (no setuid/setgid/sticky, nothing writable by others, exec bits kept).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read};
@@ -34,6 +36,10 @@ use crate::error::{Result, UpdaterError};
 
 /// Longest single path component (NAME_MAX).
 const MAX_COMPONENT_BYTES: usize = 255;
+/// Largest GNU long name / long link or PAX extended header (tar-rs reads
+/// these whole into memory). Far above any path we accept.
+pub const MAX_EXTENSION_BYTES: u64 = 64 * 1024;
+const BLOCK: usize = 512;
 
 /// Limits applied to every upload.
 #[derive(Clone, Debug)]
@@ -98,6 +104,175 @@ impl<R: Read> Read for CapReader<R> {
     }
 }
 
+/// Follows the tar stream's 512-byte blocks as tar-rs reads them (headers,
+/// data, padding, PAX `size` overrides, GNU sparse extension blocks) and
+/// fails a read that completes the header of an extension entry larger than
+/// [`MAX_EXTENSION_BYTES`], before tar-rs reads that entry into memory.
+/// Past the end-of-archive block (or a header it cannot size, which tar-rs
+/// refuses itself) it only passes bytes through.
+struct HeaderGuard<R> {
+    inner: R,
+    header: [u8; BLOCK],
+    filled: usize,
+    /// Data and padding bytes before the next header.
+    remaining: u64,
+    /// The data of the PAX header being read (bounded by the limit).
+    pax: Option<Vec<u8>>,
+    /// A PAX `size` for the next entry that is not an extension header.
+    pending_size: Option<u64>,
+    /// Inside GNU sparse extension blocks; the data size that follows them.
+    sparse: Option<u64>,
+    done: bool,
+    refused: Rc<RefCell<Option<String>>>,
+}
+
+impl<R> HeaderGuard<R> {
+    fn new(inner: R, refused: Rc<RefCell<Option<String>>>) -> Self {
+        HeaderGuard {
+            inner,
+            header: [0; BLOCK],
+            filled: 0,
+            remaining: 0,
+            pax: None,
+            pending_size: None,
+            sparse: None,
+            done: false,
+            refused,
+        }
+    }
+
+    fn track(&mut self, mut bytes: &[u8]) -> Result<(), String> {
+        while !bytes.is_empty() && !self.done {
+            if self.remaining > 0 {
+                let k = usize::try_from(self.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                if let Some(pax) = &mut self.pax {
+                    let room = MAX_EXTENSION_BYTES as usize - pax.len();
+                    pax.extend_from_slice(&bytes[..k.min(room)]);
+                }
+                self.remaining -= k as u64;
+                bytes = &bytes[k..];
+                if self.remaining == 0
+                    && let Some(pax) = self.pax.take()
+                {
+                    self.pending_size = pax_size(&pax);
+                }
+                continue;
+            }
+            let k = (BLOCK - self.filled).min(bytes.len());
+            self.header[self.filled..self.filled + k].copy_from_slice(&bytes[..k]);
+            self.filled += k;
+            bytes = &bytes[k..];
+            if self.filled == BLOCK {
+                self.filled = 0;
+                self.on_header()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_header(&mut self) -> Result<(), String> {
+        let h = &self.header;
+        if let Some(size) = self.sparse {
+            // A GNU sparse extension block: byte 504 says another follows.
+            if h[504] == 0 {
+                self.sparse = None;
+                self.remaining = padded(size);
+            }
+            return Ok(());
+        }
+        if h.iter().all(|b| *b == 0) {
+            self.done = true;
+            return Ok(());
+        }
+        let Some(size) = header_size(&h[124..136]) else {
+            self.done = true;
+            return Ok(());
+        };
+        let kind = match h[156] {
+            b'L' => Some("GNU long name"),
+            b'K' => Some("GNU long link name"),
+            b'x' => Some("PAX extended header"),
+            b'g' => Some("PAX global header"),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            if size > MAX_EXTENSION_BYTES {
+                return Err(format!(
+                    "the tarball has a {kind} of {size} bytes; extension headers are limited to {MAX_EXTENSION_BYTES} bytes"
+                ));
+            }
+            if h[156] == b'x' {
+                self.pax = Some(Vec::new());
+            }
+            self.remaining = padded(size);
+            return Ok(());
+        }
+        let size = self.pending_size.take().unwrap_or(size);
+        if h[156] == b'S' && h[482] != 0 {
+            self.sparse = Some(size);
+        } else {
+            self.remaining = padded(size);
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for HeaderGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Err(why) = self.track(&buf[..n]) {
+            *self.refused.borrow_mut() = Some(why.clone());
+            return Err(io::Error::other(why));
+        }
+        Ok(n)
+    }
+}
+
+/// `size` rounded up to whole blocks.
+fn padded(size: u64) -> u64 {
+    size.div_ceil(BLOCK as u64).saturating_mul(BLOCK as u64)
+}
+
+/// A tar numeric field: octal text, or base-256 when the high bit is set.
+fn header_size(field: &[u8]) -> Option<u64> {
+    if field[0] & 0x80 != 0 {
+        if field[0] != 0x80 {
+            return None; // negative, or too large for us
+        }
+        return field[1..]
+            .iter()
+            .try_fold(0u64, |v, b| v.checked_mul(256).map(|v| v + u64::from(*b)));
+    }
+    let text = std::str::from_utf8(field).ok()?;
+    let text = text.trim_matches(|c: char| c == ' ' || c == '\0');
+    if text.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(text, 8).ok()
+}
+
+/// The `size` record of PAX extended header data (`"<len> size=<n>\n"`).
+fn pax_size(data: &[u8]) -> Option<u64> {
+    let mut rest = data;
+    let mut size = None;
+    while !rest.is_empty() {
+        let space = rest.iter().position(|b| *b == b' ')?;
+        let len: usize = std::str::from_utf8(&rest[..space]).ok()?.parse().ok()?;
+        if len <= space + 1 || len > rest.len() {
+            return size;
+        }
+        let record = &rest[space + 1..len];
+        let record = record.strip_suffix(b"\n").unwrap_or(record);
+        if let Some(v) = record.strip_prefix(b"size=") {
+            size = std::str::from_utf8(v).ok().and_then(|v| v.parse().ok());
+        }
+        rest = &rest[len..];
+    }
+    size
+}
+
 /// Extract the gzip tarball read from `reader` into `dest`, which must be an
 /// existing empty directory. On error, `dest` may hold a partial tree: the
 /// caller removes it. Nothing is ever written outside `dest`.
@@ -115,14 +290,17 @@ pub fn extract(reader: impl Read, dest: &Path, caps: &Caps) -> Result<Extracted>
             caps.max_unpacked
         ))
     };
+    let refused: Rc<RefCell<Option<String>>> = Rc::new(RefCell::new(None));
     let stream_error = |e: io::Error, what: &str| {
-        if tripped.get() {
+        if let Some(why) = refused.borrow().clone() {
+            UpdaterError::Cap(why)
+        } else if tripped.get() {
             cap_error()
         } else {
             UpdaterError::BadUpload(format!("{what}: {e} (send a gzip-compressed tar)"))
         }
     };
-    let mut archive = tar::Archive::new(decoded);
+    let mut archive = tar::Archive::new(HeaderGuard::new(decoded, refused.clone()));
     let mut x = Extractor {
         dest,
         caps,
@@ -137,7 +315,9 @@ pub fn extract(reader: impl Read, dest: &Path, caps: &Caps) -> Result<Extracted>
     for entry in entries {
         let entry = entry.map_err(|e| stream_error(e, "reading the tarball"))?;
         x.entry(entry).map_err(|e| match e {
-            UpdaterError::Io { source, .. } if tripped.get() || is_stream_error(&source) => {
+            UpdaterError::Io { source, .. }
+                if tripped.get() || refused.borrow().is_some() || is_stream_error(&source) =>
+            {
                 stream_error(source, "reading the tarball")
             }
             other => other,
@@ -150,7 +330,7 @@ pub fn extract(reader: impl Read, dest: &Path, caps: &Caps) -> Result<Extracted>
         .map_err(|e| stream_error(e, "finishing the gzip stream"))?;
     // Whatever follows the gzip member (padding) is read and ignored so the
     // sender is never blocked; its bytes were hashed on the way in.
-    let mut raw = decoded.inner.into_inner();
+    let mut raw = decoded.inner.inner.into_inner();
     io::copy(&mut raw, &mut io::sink()).map_err(|e| stream_error(e, "reading the upload"))?;
     Ok(x.out)
 }
@@ -618,6 +798,70 @@ mod tests {
         };
         let (_t, r) = run_caps(&[entry(b"a/b/c/d", b'0', b"", 0o644, b"")], &caps);
         assert!(matches!(r, Err(UpdaterError::Unsafe { .. })), "{r:?}");
+    }
+
+    fn cap_message(r: Result<Extracted>) -> String {
+        match r {
+            Err(UpdaterError::Cap(why)) => why,
+            other => panic!("expected a cap error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn oversized_extension_headers_are_refused_before_tar_rs_buffers_them() {
+        let long = vec![b'a'; 10 << 20];
+        let (_t, r) = run(&[
+            entry(b"././@LongLink", b'L', &long, 0o644, b""),
+            entry(b"f", b'0', b"x", 0o644, b""),
+        ]);
+        let why = cap_message(r);
+        assert!(why.contains("GNU long name of 10485760 bytes"), "{why}");
+        let (_t, r) = run(&[
+            entry(b"././@LongLink", b'K', &long, 0o644, b""),
+            entry(b"l", b'2', b"", 0o777, b"x"),
+        ]);
+        assert!(cap_message(r).contains("GNU long link name"));
+        let big_pax = format!("{} comment={}\n", 100_016, "c".repeat(100_000));
+        let (_t, r) = run(&[
+            entry(b"pax", b'x', big_pax.as_bytes(), 0o644, b""),
+            entry(b"f", b'0', b"x", 0o644, b""),
+        ]);
+        assert!(cap_message(r).contains("PAX extended header"));
+    }
+
+    #[test]
+    fn the_header_guard_follows_pax_sizes_and_allows_normal_extensions() {
+        // A PAX size that overrides the header's (0): the guard must skip
+        // the 5 data bytes to find the next header, an oversized long name.
+        let mut a = header(b"a", b'0', 0, 0o644, b"");
+        a.extend_from_slice(b"hello");
+        a.resize(1024, 0);
+        let (_t, r) = run(&[
+            entry(b"pax", b'x', b"10 size=5\n", 0o644, b""),
+            a.clone(),
+            entry(b"././@LongLink", b'L', &vec![b'b'; 100_000], 0o644, b""),
+            entry(b"f", b'0', b"x", 0o644, b""),
+        ]);
+        assert!(cap_message(r).contains("GNU long name of 100000"));
+        // Modest extensions pass, and the tree is what they describe.
+        let name = format!("{}/file", "d".repeat(150));
+        let mut ln = name.clone().into_bytes();
+        ln.push(0);
+        let (tmp, r) = run(&[
+            entry(b"pax", b'x', b"10 size=5\n", 0o644, b""),
+            a,
+            entry(b"././@LongLink", b'L', &ln, 0o644, b""),
+            entry(b"ignored", b'0', b"long", 0o644, b""),
+        ]);
+        assert_eq!(r.unwrap().files, 2);
+        let d = tmp.path().join("stage");
+        assert_eq!(fs::read_to_string(d.join("a")).unwrap(), "hello");
+        assert_eq!(fs::read_to_string(d.join(&name)).unwrap(), "long");
+        assert_eq!(header_size(b"00000000012\0"), Some(10));
+        let mut b256 = [0u8; 12];
+        b256[0] = 0x80;
+        b256[11] = 7;
+        assert_eq!(header_size(&b256), Some(7));
     }
 
     #[test]

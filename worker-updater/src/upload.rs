@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use axum::extract::Multipart;
 use axum::extract::multipart::Field;
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
 use pki::wire::Manifest;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -117,10 +118,20 @@ async fn text(mut field: Field<'_>, name: &str) -> Result<String> {
 
 /// Hash and count the field on this side; extract on a blocking thread.
 async fn stream_tarball(
-    mut field: Field<'_>,
+    field: Field<'_>,
     staging: PathBuf,
     caps: Caps,
 ) -> Result<(String, u64, Extracted)> {
+    pump(field.map_err(multipart_error), staging, caps).await
+}
+
+/// [`stream_tarball`] over any stream of chunks.
+async fn pump(
+    chunks: impl Stream<Item = Result<Bytes>>,
+    staging: PathBuf,
+    caps: Caps,
+) -> Result<(String, u64, Extracted)> {
+    let mut chunks = std::pin::pin!(chunks);
     let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let task_caps = caps.clone();
     let mut task =
@@ -129,13 +140,13 @@ async fn stream_tarball(
     let mut size: u64 = 0;
     let mut tx = Some(tx);
     let mut early: Option<UpdaterError> = None;
-    let mut done: Option<Result<Extracted>> = None;
+    let mut done: Option<Extracted> = None;
     loop {
-        let chunk = match field.chunk().await {
-            Ok(Some(c)) => c,
-            Ok(None) => break,
-            Err(e) => {
-                early = Some(multipart_error(e));
+        let chunk = match chunks.next().await {
+            Some(Ok(c)) => c,
+            None => break,
+            Some(Err(e)) => {
+                early = Some(e);
                 break;
             }
         };
@@ -151,20 +162,20 @@ async fn stream_tarball(
         if let Some(sender) = &tx
             && sender.send(chunk).await.is_err()
         {
-            // The extractor stopped: an error to report now, or a finished
-            // archive whose trailing bytes we still hash.
+            // The extractor stopped reading before the end of the upload
+            // (it reads to EOF when it succeeds): it failed. Wait for its
+            // error (it is returning) and answer now, without reading or
+            // hashing the rest of the body.
             tx = None;
-            if task.is_finished() {
-                let r = (&mut task)
-                    .await
-                    .map_err(|e| UpdaterError::Internal(format!("extraction task: {e}")))?;
-                done = Some(Ok(r?));
-            }
+            let extracted = (&mut task)
+                .await
+                .map_err(|e| UpdaterError::Internal(format!("extraction task: {e}")))??;
+            done = Some(extracted);
         }
     }
     drop(tx);
     let result = match done {
-        Some(r) => Ok(r),
+        Some(r) => Ok(Ok(r)),
         None => task
             .await
             .map_err(|e| UpdaterError::Internal(format!("extraction task: {e}"))),
@@ -204,5 +215,34 @@ impl Read for ChannelReader {
         out[..n].copy_from_slice(&self.buf[..n]);
         let _ = self.buf.split_to(n);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_extraction_stops_reading_the_upload() {
+        let tmp = tempfile::tempdir().unwrap();
+        let staging = tmp.path().join("stage");
+        std::fs::create_dir(&staging).unwrap();
+        // Not gzip, then an endless body: only stopping at the extractor's
+        // error ends this.
+        let body = futures_util::stream::once(async { Ok(Bytes::from_static(b"not gzip at all")) })
+            .chain(futures_util::stream::repeat_with(|| {
+                Ok(Bytes::from(vec![0u8; 64 * 1024]))
+            }));
+        let caps = Caps {
+            max_compressed: u64::MAX,
+            ..Caps::default()
+        };
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            pump(body, staging, caps),
+        )
+        .await
+        .expect("the upload was read on after the extractor failed");
+        assert!(matches!(r, Err(UpdaterError::BadUpload(_))), "{r:?}");
     }
 }
