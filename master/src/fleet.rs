@@ -280,7 +280,7 @@ fn updater_client(
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(timeout)
         .build()
-        .map_err(|e| format!("HTTP client: {}", chain(&e)))
+        .map_err(|e| format!("HTTP client: {}", pki::error_chain(&e)))
 }
 
 /// A client for `rec`'s agent, pinned to its CN and recorded fingerprint.
@@ -293,35 +293,14 @@ fn agent_client(master: &Bundle, rec: &HostRecord) -> std::result::Result<reqwes
     .connect_timeout(CONNECT_TIMEOUT)
     .timeout(STATUS_TIMEOUT)
     .build()
-    .map_err(|e| format!("HTTP client: {}", chain(&e)))
-}
-
-/// An error and its causes on one line, without repeating nested messages.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        let msg = err.to_string();
-        if !parts.iter().any(|p| p.contains(&msg)) {
-            parts.push(msg);
-        }
-        cur = err.source();
-    }
-    parts.join(": ")
+    .map_err(|e| format!("HTTP client: {}", pki::error_chain(&e)))
 }
 
 /// A reqwest failure in words an operator can act on.
 fn describe(e: &reqwest::Error, timeout: Duration) -> String {
-    let mut causes = Vec::new();
-    let mut cur = std::error::Error::source(e);
-    while let Some(err) = cur {
-        let msg = err.to_string();
-        if !causes.iter().any(|p: &String| p.contains(&msg)) {
-            causes.push(msg);
-        }
-        cur = err.source();
-    }
-    let cause = causes.join(": ");
+    let cause = std::error::Error::source(e)
+        .map(pki::error_chain)
+        .unwrap_or_default();
     if e.is_timeout() {
         if e.is_connect() {
             return format!("connect timed out after {}s", CONNECT_TIMEOUT.as_secs());
@@ -567,7 +546,7 @@ async fn push_self(
                     Some(sha) => last = format!("it reports release {}", short(&sha)),
                     None => last = "it reports no release of its own".to_owned(),
                 },
-                Err(e) => last = format!("unreadable /health: {}", chain(&e)),
+                Err(e) => last = format!("unreadable /health: {}", pki::error_chain(&e)),
             },
             Ok(resp) => last = format!("/health answered HTTP {}", resp.status()),
             Err(e) => last = describe(&e, Duration::from_secs(2)),

@@ -12,6 +12,7 @@
 
 pub mod bundle;
 pub mod ca;
+pub mod daemon;
 mod error;
 pub mod identity;
 pub mod policy;
@@ -27,7 +28,55 @@ pub use policy::Endpoint;
 pub use serve::{Peer, serve};
 pub use tls::{ServerExpectation, client_config, http_client, server_config};
 
+/// An error and its causes on one line (`a: b: c`), leaving out a cause
+/// whose message an earlier one already contains (many errors repeat their
+/// source's message in their own).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        let msg = err.to_string();
+        if !parts.iter().any(|p| p.contains(&msg)) {
+            parts.push(msg);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
 /// The one crypto provider used by every TLS config in swarm.
 pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug)]
+    struct E(&'static str, Option<Box<E>>);
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for E {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn error_chain_joins_causes_without_repeats() {
+        let e = E(
+            "request failed: connection refused",
+            Some(Box::new(E(
+                "connection refused",
+                Some(Box::new(E("os error 111", None))),
+            ))),
+        );
+        assert_eq!(
+            super::error_chain(&e),
+            "request failed: connection refused: os error 111"
+        );
+        assert_eq!(super::error_chain(&E("alone", None)), "alone");
+    }
 }

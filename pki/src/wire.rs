@@ -22,6 +22,29 @@ pub struct Manifest {
 /// The manifest file name inside a release.
 pub const MANIFEST_FILE: &str = ".swarm-release.json";
 
+impl Manifest {
+    /// The manifest of the release in `dir`: `None` when it has none, or
+    /// one that cannot be read or parsed (logged).
+    pub fn read(dir: &std::path::Path) -> Option<Manifest> {
+        let path = dir.join(MANIFEST_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!("{}: {e}", path.display());
+                return None;
+            }
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!("{}: {e}", path.display());
+                None
+            }
+        }
+    }
+}
+
 /// An error body: `{"status":"error","error":…}`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -140,4 +163,31 @@ pub struct Releases {
     pub active: Option<Manifest>,
     pub prev: Option<Manifest>,
     pub failed: Vec<FailedRelease>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(Manifest::read(tmp.path()).is_none(), "none there");
+        std::fs::write(tmp.path().join(MANIFEST_FILE), "{not json").unwrap();
+        assert!(Manifest::read(tmp.path()).is_none(), "garbage");
+        let m = Manifest {
+            sha256: "aaaa".into(),
+            size_bytes: 1,
+            files: 2,
+            git_commit: None,
+            pushed_at: "2025-01-01T00:00:00Z".into(),
+            pushed_by: "master".into(),
+        };
+        std::fs::write(
+            tmp.path().join(MANIFEST_FILE),
+            serde_json::to_vec(&m).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(Manifest::read(tmp.path()), Some(m));
+    }
 }

@@ -229,6 +229,19 @@ impl Worker {
         drop(self.updater.take());
     }
 
+    /// SIGTERM the updater and wait for it to exit; its exit status.
+    pub fn terminate_updater(&mut self) -> std::process::ExitStatus {
+        let mut guard = self.updater.take().expect("updater running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(guard.pid() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM the updater");
+        eventually(Duration::from_secs(30), "the updater to exit", || {
+            guard.0.try_wait().expect("try_wait")
+        })
+    }
+
     /// Start the updater again on the same install dir (new port).
     pub fn restart(&mut self) {
         self.kill_updater();

@@ -489,6 +489,16 @@ async fn a_huge_gnu_long_name_is_refused_from_its_header() {
     push_good(&w, &client, "b").await;
 }
 
+#[tokio::test]
+async fn sigterm_right_after_listening_is_a_graceful_stop() {
+    let pki = TestPki::new();
+    let mut w = start(&pki);
+    // At once, while it may still be setting up behind the announcement.
+    let status = w.terminate_updater();
+    assert!(status.success(), "{status:?}\n{}", w.log());
+    assert!(w.log().contains("SIGTERM: draining"), "{}", w.log());
+}
+
 /// Push `tgz` and assert a 400 that names `path`, with nothing changed.
 async fn assert_rejected(
     w: &Worker,

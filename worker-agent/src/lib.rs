@@ -91,22 +91,12 @@ fn home_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(PathBuf::from)
 }
 
-/// Log to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// Bind, announce, and serve until SIGTERM or SIGINT.
 pub async fn main(config: Config) -> anyhow::Result<()> {
     let tls = pki::server_config(&config.bundle)?;
     // Register the handlers before announcing, so a SIGTERM that follows
     // the "listening" line is always a graceful stop.
-    let shutdown = shutdown_signal().context("installing signal handlers")?;
+    let shutdown = pki::daemon::shutdown_signal().context("installing signal handlers")?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -118,19 +108,6 @@ pub async fn main(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(%addr, host = %config.host, "agent listening");
     run(listener, tls, config, shutdown).await
-}
-
-/// Registers SIGTERM and SIGINT handlers now; the future resolves on either.
-pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: draining"),
-            _ = int.recv() => tracing::info!("SIGINT: draining"),
-        }
-    })
 }
 
 struct AppState {
@@ -173,21 +150,14 @@ pub async fn run(
 
 /// The manifest of the release we start from; read once, at start.
 fn read_manifest(release_dir: &std::path::Path) -> Option<Manifest> {
-    let path = release_dir.join(MANIFEST_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!("{}: {e}; reporting no release", path.display());
-            return None;
-        }
-    };
-    match serde_json::from_str(&text) {
-        Ok(m) => Some(m),
-        Err(e) => {
-            tracing::warn!("{}: {e}; reporting no release", path.display());
-            None
-        }
+    let m = Manifest::read(release_dir);
+    if m.is_none() {
+        tracing::warn!(
+            "{}: no readable {MANIFEST_FILE}; reporting no release",
+            release_dir.display()
+        );
     }
+    m
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {

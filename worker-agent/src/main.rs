@@ -17,7 +17,7 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    worker_agent::init_tracing();
+    pki::daemon::init_tracing();
     let config = match worker_agent::Config::from_args(args) {
         Ok(c) => c,
         Err(e) => {

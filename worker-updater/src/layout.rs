@@ -34,7 +34,6 @@ use pki::wire::{FailedRelease, Manifest, Releases};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, UpdaterError};
-use crate::release::read_manifest;
 
 /// Paths of one set of release slots: the agent's (`<install>/current`,
 /// `<install>/releases/`) or the updater's own (`<install>/updater/current`,
@@ -265,7 +264,7 @@ impl Layout {
 
     /// Move the release in `prev` to `failed/` (it failed after a crash repair).
     pub fn fail_prev(&self) -> Result<String> {
-        let manifest = read_manifest(&self.prev()).unwrap_or_else(unknown_manifest);
+        let manifest = Manifest::read(&self.prev()).unwrap_or_else(unknown_manifest);
         let name = self.failed_name(&manifest);
         rename(&self.prev(), &self.failed().join(&name))?;
         fsync_dir(&self.releases)?;
@@ -283,7 +282,7 @@ impl Layout {
             self.swap_prev()?;
             return self.fail_prev();
         }
-        let manifest = read_manifest(&self.active()).unwrap_or_else(unknown_manifest);
+        let manifest = Manifest::read(&self.active()).unwrap_or_else(unknown_manifest);
         let name = self.failed_name(&manifest);
         if self.active().is_dir() {
             rename(&self.active(), &self.failed().join(&name))?;
@@ -303,15 +302,15 @@ impl Layout {
                     .filter(|e| e.path().is_dir())
                     .map(|e| FailedRelease {
                         name: e.file_name().to_string_lossy().into_owned(),
-                        manifest: read_manifest(&e.path()),
+                        manifest: Manifest::read(&e.path()),
                     })
                     .collect()
             })
             .unwrap_or_default();
         failed.sort_by(|a, b| b.name.cmp(&a.name));
         Releases {
-            active: read_manifest(&self.active()),
-            prev: read_manifest(&self.prev()),
+            active: Manifest::read(&self.active()),
+            prev: Manifest::read(&self.prev()),
             failed,
         }
     }
@@ -369,7 +368,7 @@ impl Layout {
             .and_then(|b| serde_json::from_slice(&b).ok());
         let reverting = journal.as_ref().is_some_and(|j| j.reverting);
         let journal = journal.map(|j| j.manifest);
-        let active = read_manifest(&self.active());
+        let active = Manifest::read(&self.active());
         let flipped = matches!((&journal, &active), (Some(j), Some(a)) if j == a);
         if self.staging().exists() {
             if flipped && !reverting && !self.old().exists() {
@@ -382,7 +381,7 @@ impl Layout {
                     .push("removed unfinished staging active.new".into());
             }
         }
-        let old = read_manifest(&self.old());
+        let old = Manifest::read(&self.old());
         let old_failed = matches!((&journal, &old), (Some(j), Some(o)) if j == o) && !flipped;
         if self.old().is_dir() && !self.active().is_dir() {
             rename(&self.old(), &self.active())?;
@@ -703,7 +702,7 @@ mod tests {
     }
 
     fn live(l: &Layout) -> Option<String> {
-        read_manifest(&l.current()).map(|m| m.sha256)
+        Manifest::read(&l.current()).map(|m| m.sha256)
     }
 
     #[test]
@@ -720,7 +719,7 @@ mod tests {
         assert_eq!(live(&l).as_deref(), Some("bbbb"));
         assert!(l.old().is_dir());
         l.confirm().unwrap();
-        assert_eq!(read_manifest(&l.prev()).unwrap().sha256, "aaaa");
+        assert_eq!(Manifest::read(&l.prev()).unwrap().sha256, "aaaa");
         // A failing update keeps prev.
         let c = stage(&l, "cccc");
         l.flip_in(&c).unwrap();
@@ -728,7 +727,7 @@ mod tests {
         assert!(restored);
         assert!(name.contains("cccc"));
         assert_eq!(live(&l).as_deref(), Some("bbbb"));
-        assert_eq!(read_manifest(&l.prev()).unwrap().sha256, "aaaa");
+        assert_eq!(Manifest::read(&l.prev()).unwrap().sha256, "aaaa");
         assert_eq!(l.releases().failed.len(), 1);
         l.swap_prev().unwrap();
         assert_eq!(live(&l).as_deref(), Some("aaaa"));
@@ -774,7 +773,7 @@ mod tests {
         let r = l.repair().unwrap();
         assert!(r.unconfirmed, "{r:?}");
         assert_eq!(live(&l).as_deref(), Some("bbbb"));
-        assert_eq!(read_manifest(&l.prev()).unwrap().sha256, "aaaa");
+        assert_eq!(Manifest::read(&l.prev()).unwrap().sha256, "aaaa");
         assert!(!l.journal().exists() && !l.old().exists() && !l.staging().exists());
         // current missing and a stray temp link.
         fs::remove_file(l.current()).unwrap();
@@ -819,7 +818,7 @@ mod tests {
         let r = l.repair().unwrap();
         assert!(!r.unconfirmed && r.restart, "{r:?}");
         assert_eq!(live(&l).as_deref(), Some("bbbb"));
-        assert_eq!(read_manifest(&l.prev()).unwrap().sha256, "aaaa");
+        assert_eq!(Manifest::read(&l.prev()).unwrap().sha256, "aaaa");
         assert_eq!(failed_shas(&l), ["cccc"]);
         assert!(!l.old().exists() && !l.journal().exists());
 
@@ -838,7 +837,7 @@ mod tests {
         let r = l.repair().unwrap();
         assert!(!r.unconfirmed && r.restart, "{r:?}");
         assert_eq!(live(&l).as_deref(), Some("bbbb"));
-        assert_eq!(read_manifest(&l.prev()).unwrap().sha256, "aaaa");
+        assert_eq!(Manifest::read(&l.prev()).unwrap().sha256, "aaaa");
         assert_eq!(failed_shas(&l), ["cccc"]);
 
         // Killed after the revert moved the release out, before the journal went.
@@ -858,7 +857,7 @@ mod tests {
         let r = l.repair().unwrap();
         assert!(!r.unconfirmed && r.restart, "{r:?}");
         assert_eq!(live(&l).as_deref(), Some("bbbb"));
-        assert_eq!(read_manifest(&l.prev()).unwrap().sha256, "aaaa");
+        assert_eq!(Manifest::read(&l.prev()).unwrap().sha256, "aaaa");
 
         // A first install's revert, marked but not done: nothing stays live.
         let tmp = tempfile::tempdir().unwrap();
@@ -890,7 +889,7 @@ mod tests {
         let r = l.repair().unwrap();
         assert!(r.unconfirmed && !r.restart, "{r:?}");
         assert_eq!(live(&l).as_deref(), Some("cccc"));
-        assert_eq!(read_manifest(&l.prev()).unwrap().sha256, "bbbb");
+        assert_eq!(Manifest::read(&l.prev()).unwrap().sha256, "bbbb");
         assert!(failed_shas(&l).is_empty());
         // Killed after active.old became prev, before the journal went.
         let tmp = tempfile::tempdir().unwrap();
@@ -901,7 +900,7 @@ mod tests {
         let r = l.repair().unwrap();
         assert!(r.unconfirmed, "{r:?}");
         assert_eq!(live(&l).as_deref(), Some("cccc"));
-        assert_eq!(read_manifest(&l.prev()).unwrap().sha256, "bbbb");
+        assert_eq!(Manifest::read(&l.prev()).unwrap().sha256, "bbbb");
     }
 
     #[test]
@@ -913,7 +912,7 @@ mod tests {
         let r = l.repair().unwrap();
         assert!(!r.unconfirmed, "{r:?}");
         assert_eq!(live(&l).as_deref(), Some("cccc"));
-        assert_eq!(read_manifest(&l.prev()).unwrap().sha256, "aaaa");
+        assert_eq!(Manifest::read(&l.prev()).unwrap().sha256, "aaaa");
         assert_eq!(failed_shas(&l), ["bbbb"]);
     }
 
@@ -970,7 +969,7 @@ mod tests {
                 ("bbbb", "aaaa")
             };
             assert_eq!(live(&l).as_deref(), Some(live_sha));
-            assert_eq!(read_manifest(&l.prev()).unwrap().sha256, prev_sha);
+            assert_eq!(Manifest::read(&l.prev()).unwrap().sha256, prev_sha);
             assert!(!l.rollback_journal().exists());
             assert!(l.releases().failed.is_empty());
             // At rest: the next repair has nothing to do.

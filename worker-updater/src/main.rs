@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    worker_updater::init_tracing();
+    pki::daemon::init_tracing();
     let (check, watchdog) = (args.check, args.watchdog);
     let mut config = match worker_updater::Config::from_args(args) {
         Ok(c) => c,
@@ -82,6 +82,9 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
+        // Before announcing: a SIGTERM right after `listening on` drains.
+        let shutdown = pki::daemon::shutdown_signal()
+            .map_err(|e| anyhow::anyhow!("installing signal handlers: {e}"))?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen))?;
@@ -97,7 +100,7 @@ fn main() -> ExitCode {
             }
         }
         tracing::info!(%addr, host = %config.host, install = %config.install_dir.display(), "updater listening");
-        worker_updater::run(listener, tls, config, worker_updater::shutdown_signal()).await
+        worker_updater::run(listener, tls, config, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

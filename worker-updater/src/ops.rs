@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::error::{Result, UpdaterError};
 use crate::layout::{Layout, Repair};
 use crate::probe::probe;
-use crate::release::{AgentEnv, SwarmToml, read_manifest, resolve_program, write_manifest};
+use crate::release::{AgentEnv, SwarmToml, resolve_program, write_manifest};
 use crate::upload;
 
 /// How much of the install hook's stderr is returned.
@@ -224,7 +224,7 @@ impl App {
                 .layout
                 .resolved_current()
                 .ok_or_else(|| UpdaterError::Agent("no current release to start".into()))?;
-            let sha = read_manifest(&release_dir).map(|m| m.sha256);
+            let sha = Manifest::read(&release_dir).map(|m| m.sha256);
             let (launch, url) = app.launch_for(&release_dir, sha)?;
             // Forks and writes the pidfile; the reaper task it spawns
             // finds the runtime from the blocking pool.
@@ -281,7 +281,7 @@ impl App {
             }
         };
         let layout = self.layout.clone();
-        let previous = blocking(move || Ok(read_manifest(&layout.active()))).await?;
+        let previous = blocking(move || Ok(Manifest::read(&layout.active()))).await?;
 
         let t = Instant::now();
         let (layout, m) = (self.layout.clone(), manifest.clone());
@@ -444,8 +444,8 @@ impl App {
                 return Err(UpdaterError::NoPrevious);
             }
             Ok((
-                read_manifest(&layout.active()),
-                read_manifest(&layout.prev()),
+                Manifest::read(&layout.active()),
+                Manifest::read(&layout.prev()),
             ))
         })
         .await?;
@@ -579,7 +579,7 @@ impl App {
     pub async fn reconcile(self: Arc<Self>, guard: OpGuard, unconfirmed: bool) {
         let _guard = guard;
         let layout = self.layout.clone();
-        let active = blocking(move || Ok(read_manifest(&layout.active())))
+        let active = blocking(move || Ok(Manifest::read(&layout.active())))
             .await
             .ok()
             .flatten();
@@ -609,7 +609,7 @@ impl App {
                     "start-up: the unconfirmed release went to failed/{name}; restarting the previous one"
                 );
                 let layout = self.layout.clone();
-                let prev = blocking(move || Ok(read_manifest(&layout.active())))
+                let prev = blocking(move || Ok(Manifest::read(&layout.active())))
                     .await
                     .ok()
                     .flatten();

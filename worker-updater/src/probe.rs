@@ -127,9 +127,9 @@ async fn once(
         .timeout(timeout)
         .send()
         .await
-        .map_err(|e| error_chain(&e))?;
+        .map_err(|e| pki::error_chain(&e))?;
     let status = resp.status();
-    let body = resp.bytes().await.map_err(|e| error_chain(&e))?;
+    let body = resp.bytes().await.map_err(|e| pki::error_chain(&e))?;
     if !status.is_success() {
         let text = String::from_utf8_lossy(&body);
         let text: String = text.chars().take(300).collect();
@@ -139,18 +139,6 @@ async fn once(
         .ok()
         .and_then(|v| v.get("release")?.get("sha256")?.as_str().map(str::to_owned));
     Ok(sha)
-}
-
-/// An error with its causes, for probe transcripts.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 fn ms(d: Duration) -> u64 {

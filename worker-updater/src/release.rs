@@ -242,19 +242,6 @@ pub fn resolve_program(program: &str, release_dir: &Path) -> PathBuf {
     }
 }
 
-/// Read the manifest of the release in `dir`, if it has a readable one.
-pub fn read_manifest(dir: &Path) -> Option<Manifest> {
-    let path = dir.join(MANIFEST_FILE);
-    let text = std::fs::read_to_string(&path).ok()?;
-    match serde_json::from_str(&text) {
-        Ok(m) => Some(m),
-        Err(e) => {
-            tracing::warn!("{}: {e}", path.display());
-            None
-        }
-    }
-}
-
 /// Write `manifest` into the release in `dir` (not synced: the one sync
 /// before the flip covers it).
 pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {

@@ -39,7 +39,7 @@ use crate::config::{Config, Stash};
 use crate::error::{Result, UpdaterError};
 use crate::layout::{Layout, fsync_dir};
 use crate::ops::{App, Finished, OpGuard, Purpose, blocking, ms, run_bounded, short};
-use crate::release::{SwarmToml, read_manifest};
+use crate::release::SwarmToml;
 
 /// `[updater] binary` when `swarm.toml` gives none.
 pub const DEFAULT_BINARY: &str = "bin/worker-updater";
@@ -95,12 +95,12 @@ pub fn updater_binary(release_dir: &Path) -> Result<PathBuf> {
 /// lives in, else none (a base install outside `updater/`).
 pub fn own_release(layout: &Layout) -> Option<Manifest> {
     if let Some(dir) = std::env::var_os(RELEASE_DIR_VAR) {
-        return read_manifest(Path::new(&dir));
+        return Manifest::read(Path::new(&dir));
     }
     let exe = std::env::current_exe().ok()?.canonicalize().ok()?;
     let releases = layout.releases.canonicalize().ok()?;
     let slot = exe.strip_prefix(&releases).ok()?.components().next()?;
-    read_manifest(&releases.join(slot))
+    Manifest::read(&releases.join(slot))
 }
 
 /// The updater that should be running: `updater/current`'s binary (and its
@@ -235,7 +235,7 @@ impl Trial {
 /// Put the previous updater release back if the one on trial is still
 /// live; returns what was done, for the log.
 fn revert_trial(layout: &Layout, trial: &Trial) -> Result<String> {
-    let live = read_manifest(&layout.active()).map(|m| m.sha256);
+    let live = Manifest::read(&layout.active()).map(|m| m.sha256);
     let done = if live.as_deref() == Some(trial.release_sha256.as_str()) {
         let name = layout.abandon_active()?;
         format!(
@@ -373,7 +373,7 @@ impl App {
             }
         };
         let l = layout.clone();
-        let previous = blocking(move || Ok(read_manifest(&l.active()))).await?;
+        let previous = blocking(move || Ok(Manifest::read(&l.active()))).await?;
 
         let t = Instant::now();
         let (l, m) = (layout.clone(), manifest.clone());
@@ -821,7 +821,7 @@ async fn watch(config: &Config, trial: &Trial) -> std::result::Result<(), String
                 Err(e) => last = format!("unreadable health answer: {e}"),
             },
             Ok(resp) => last = format!("HTTP {}", resp.status()),
-            Err(e) => last = chain(&e),
+            Err(e) => last = pki::error_chain(&e),
         }
         if !same_process(trial.updater_pid, trial.updater_start_time) {
             return Err(format!(
@@ -837,18 +837,6 @@ async fn watch(config: &Config, trial: &Trial) -> std::result::Result<(), String
         }
         tokio::time::sleep(POLL).await;
     }
-}
-
-/// An error with its causes.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 /// SIGTERM, grace, SIGKILL `pid` — only while it is still the process that
@@ -939,7 +927,7 @@ mod tests {
         assert_eq!(back, t);
         assert!(!back.watchdog_alive());
         revert_trial(&l, &back).unwrap();
-        assert_eq!(read_manifest(&l.current()).unwrap().sha256, "aaaa");
+        assert_eq!(Manifest::read(&l.current()).unwrap().sha256, "aaaa");
         assert!(matches!(Trial::read(&l), Marker::None));
         assert_eq!(l.releases().failed.len(), 1);
         // First self-update reverted: no release left, current removed.
