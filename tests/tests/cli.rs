@@ -115,6 +115,20 @@ fn assert_only(dir: &Path, expected: &[&str]) {
     assert_eq!(names, want, "contents of {}", dir.display());
 }
 
+/// `enroll --host HOST --address 127.0.0.1 --updater --out-dir OUT`.
+fn enroll<'a>(host: &'a str, out: &'a str) -> [&'a str; 8] {
+    [
+        "enroll",
+        "--host",
+        host,
+        "--address",
+        "127.0.0.1",
+        "--updater",
+        "--out-dir",
+        out,
+    ]
+}
+
 #[test]
 fn ca_init_creates_the_ca_and_master_identity_once() {
     let s = Swarm::new();
@@ -146,16 +160,7 @@ fn ca_init_creates_the_ca_and_master_identity_once() {
     );
 
     // --force replaces it, and hosts enrolled under the old CA are retired.
-    s.ok(&[
-        "enroll",
-        "--host",
-        "w1",
-        "--address",
-        "127.0.0.1",
-        "--updater",
-        "--out-dir",
-        s.out("w1").to_str().unwrap(),
-    ]);
+    s.ok(&enroll("w1", s.out("w1").to_str().unwrap()));
     let out = s.ok(&["ca", "init", "--force"]);
     assert!(out.contains("w1"), "{out}");
     assert_ne!(
@@ -354,16 +359,7 @@ fn bad_host_names_are_refused_before_anything_is_written() {
 #[test]
 fn duplicate_hosts_are_refused() {
     let s = Swarm::init();
-    s.ok(&[
-        "enroll",
-        "--host",
-        "w1",
-        "--address",
-        "127.0.0.1",
-        "--updater",
-        "--out-dir",
-        s.out("a").to_str().unwrap(),
-    ]);
+    s.ok(&enroll("w1", s.out("a").to_str().unwrap()));
     let err = s.fails(
         &[
             "enroll",
@@ -387,16 +383,7 @@ fn duplicate_hosts_are_refused() {
 fn a_missing_ca_is_reported_with_the_fix() {
     let s = Swarm::new();
     let err = s.fails(
-        &[
-            "enroll",
-            "--host",
-            "w1",
-            "--address",
-            "127.0.0.1",
-            "--updater",
-            "--out-dir",
-            s.out("w1").to_str().unwrap(),
-        ],
+        &enroll("w1", s.out("w1").to_str().unwrap()),
         3,
         "run `swarm ca init` first",
     );
@@ -411,16 +398,7 @@ fn an_unwritable_out_dir_leaves_no_bundle_and_no_row() {
     let file = s.out("not-a-dir");
     std::fs::write(&file, "x").unwrap();
     let err = s.fails(
-        &[
-            "enroll",
-            "--host",
-            "w1",
-            "--address",
-            "127.0.0.1",
-            "--updater",
-            "--out-dir",
-            file.join("w1").to_str().unwrap(),
-        ],
+        &enroll("w1", file.join("w1").to_str().unwrap()),
         3,
         "choose a writable --out-dir",
     );
@@ -431,16 +409,7 @@ fn an_unwritable_out_dir_leaves_no_bundle_and_no_row() {
     // An existing target (here: only the updater half) is refused up front.
     std::fs::create_dir(s.out("w1-updater")).unwrap();
     s.fails(
-        &[
-            "enroll",
-            "--host",
-            "w1",
-            "--address",
-            "127.0.0.1",
-            "--updater",
-            "--out-dir",
-            s.out("w1").to_str().unwrap(),
-        ],
+        &enroll("w1", s.out("w1").to_str().unwrap()),
         2,
         "already exists",
     );
@@ -478,16 +447,7 @@ fn an_unwritable_out_dir_leaves_no_bundle_and_no_row() {
 #[test]
 fn decommissioned_hosts_are_kept_but_never_targeted() {
     let s = Swarm::init();
-    s.ok(&[
-        "enroll",
-        "--host",
-        "w1",
-        "--address",
-        "127.0.0.1",
-        "--updater",
-        "--out-dir",
-        s.out("w1").to_str().unwrap(),
-    ]);
+    s.ok(&enroll("w1", s.out("w1").to_str().unwrap()));
     let out = s.ok(&["decommission", "--host", "w1"]);
     assert!(out.contains("decommissioned w1"), "{out}");
     let hosts = s.list();
@@ -523,16 +483,7 @@ fn decommissioned_hosts_are_kept_but_never_targeted() {
     assert_only(s.scratch.path(), &["w1", "w1-updater"]);
 
     // The name can be enrolled again; the old row stays for the record.
-    s.ok(&[
-        "enroll",
-        "--host",
-        "w1",
-        "--address",
-        "127.0.0.1",
-        "--updater",
-        "--out-dir",
-        s.out("w1b").to_str().unwrap(),
-    ]);
+    s.ok(&enroll("w1", s.out("w1b").to_str().unwrap()));
     let hosts = s.list();
     assert_eq!(hosts.len(), 2);
     assert_eq!(hosts[0]["status"], "active");
