@@ -276,13 +276,6 @@ fn start_updater(updater_bin: &Path, root: &Path, host: &str, updater_port: u16)
         .arg(wdir.join("bundle"))
         .arg("--install-dir")
         .arg(wdir.join("install"))
-        .args(["--probe-attempts", "25", "--probe-backoff-ms", "20"])
-        .args([
-            "--probe-max-backoff-ms",
-            "200",
-            "--probe-timeout-ms",
-            "2000",
-        ])
         .args(["--stop-grace-ms", "3000"])
         .stdin(Stdio::null())
         .stdout(out)

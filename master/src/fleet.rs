@@ -41,10 +41,13 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 const SHORT: usize = 12;
 
 /// The upload limit: a base for the restart and probes, the install hook's
-/// own timeout, and the upload itself at a pessimistic 256 KiB/s.
+/// own timeout, the release's own probe deadline twice (its probe, and the
+/// rollback's if it fails), and the upload itself at a pessimistic 256 KiB/s.
 fn upload_timeout(info: &ReleaseInfo) -> Duration {
     Duration::from_secs(
-        120 + info.install_timeout_secs.unwrap_or(300) + info.size_bytes / (256 * 1024),
+        120 + info.install_timeout_secs.unwrap_or(300)
+            + 2 * info.probe_deadline_secs.unwrap_or(0).min(3600)
+            + info.size_bytes / (256 * 1024),
     )
 }
 

@@ -56,6 +56,9 @@ pub(crate) struct ReleaseInfo {
     /// `[install] timeout_secs` of the tree's `swarm.toml`, if any.
     #[serde(skip)]
     pub(crate) install_timeout_secs: Option<u64>,
+    /// `[agent] probe_deadline_secs` of the tree's `swarm.toml`, if any.
+    #[serde(skip)]
+    pub(crate) probe_deadline_secs: Option<u64>,
     /// Where the tree's updater binary is (`[updater] binary`, default
     /// `bin/worker-updater`), and whether the tarball ships it executable.
     #[serde(skip)]
@@ -79,6 +82,14 @@ struct SwarmToml {
     install: InstallSection,
     #[serde(default)]
     updater: UpdaterSection,
+    #[serde(default)]
+    agent: AgentSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct AgentSection {
+    /// How long the updater may probe this release's agent.
+    probe_deadline_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -424,6 +435,7 @@ pub(crate) fn pack(opts: &PackOptions) -> Result<Release> {
             files,
             skipped_secrets,
             install_timeout_secs: config.install.timeout_secs,
+            probe_deadline_secs: config.agent.probe_deadline_secs,
             updater_binary,
             ships_updater,
         },

@@ -37,14 +37,18 @@ use crate::{ChildGuard, TestPki, WorkerBundles, bin, eventually, free_port};
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Knobs for [`Worker::start`]. The defaults keep probes short so broken
-/// releases fail fast in tests.
+/// releases fail fast in tests, with a deadline a little above the
+/// updater's default (2.5 s) so that agents starting on a host loaded by
+/// the whole suite still pass.
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
     /// Port for the agent; `None` picks a free loopback port.
     pub agent_port: Option<u16>,
     /// `--agent-cmd`; `None` means `<worker-agent> --listen 127.0.0.1:<agent_port>`.
     pub agent_cmd: Option<String>,
-    /// Probe attempts (`--probe-attempts`).
+    /// Probe deadline, ms (`--probe-deadline-ms`).
+    pub probe_deadline_ms: u64,
+    /// Most probe attempts, 0 for no limit (`--probe-attempts`).
     pub probe_attempts: u32,
     /// First backoff between probe attempts, ms (`--probe-backoff-ms`).
     pub probe_backoff_ms: u64,
@@ -65,7 +69,8 @@ impl Default for WorkerOptions {
         WorkerOptions {
             agent_port: None,
             agent_cmd: None,
-            probe_attempts: 25,
+            probe_deadline_ms: 4000,
+            probe_attempts: 0,
             probe_backoff_ms: 20,
             probe_max_backoff_ms: 200,
             probe_timeout_ms: 1000,
@@ -164,6 +169,8 @@ impl Worker {
             )
             .arg("--agent-url")
             .arg(self.agent_url())
+            .arg("--probe-deadline-ms")
+            .arg(o.probe_deadline_ms.to_string())
             .arg("--probe-attempts")
             .arg(o.probe_attempts.to_string())
             .arg("--probe-backoff-ms")

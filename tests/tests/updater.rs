@@ -223,6 +223,71 @@ async fn rollback_runs_the_previous_release_and_404s_on_fresh_install() {
     assert_eq!(w.slot_sha("prev").as_deref(), Some(b.as_str()));
 }
 
+/// A release whose agent needs longer than the updater's probe deadline:
+/// its `/health` answers 503 until it has been asked `polls` times (the
+/// count kept in `counter`), which the probe schedule cannot reach within
+/// the worker's 1 s deadline (at most 9 tries at 20, 40, … 200 ms pauses).
+fn slow_starter(w: &Worker, counter: &Path, polls: u32, deadline_secs: Option<u64>) -> Vec<u8> {
+    let c = counter.display();
+    let health = format!(
+        "n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; test $n -ge {polls}"
+    );
+    let command = [
+        bin("worker-agent").display().to_string(),
+        "--listen".to_owned(),
+        format!("127.0.0.1:{}", w.agent_port),
+        "--health-cmd".to_owned(),
+        health,
+    ];
+    let mut toml = format!(
+        "[agent]\ncommand = {}\nhealth_url = \"{}\"\n",
+        tests::worker::toml_array(&command),
+        w.agent_url()
+    );
+    if let Some(secs) = deadline_secs {
+        toml.push_str(&format!("probe_deadline_secs = {secs}\n"));
+    }
+    ReleaseTree::new()
+        .file("swarm.toml", toml.as_bytes())
+        .tarball()
+}
+
+#[tokio::test]
+async fn a_release_can_give_a_slow_agent_a_longer_probe_deadline() {
+    let pki = TestPki::new();
+    let w = Worker::start(
+        &pki,
+        "w1",
+        WorkerOptions {
+            probe_deadline_ms: 1000,
+            ..WorkerOptions::default()
+        },
+    );
+    let client = w.master_client(&pki);
+    let a = push_good(&w, &client, "a").await;
+    // Within the updater's deadline: rolled back.
+    let tgz = slow_starter(&w, &w.tmp.path().join("count-1"), 12, None);
+    let (code, body) = w.push(&client, &tgz).await;
+    assert_eq!(code, 409, "{body:?}");
+    assert!(body.rolled_back, "{body:?}");
+    let why = body.probes[0].error.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("HTTP 503") && why.contains("probe deadline 1s"),
+        "{why}"
+    );
+    w.wait_agent_release(&a).await;
+    // The same agent, with `[agent] probe_deadline_secs = 30`: it passes.
+    let tgz = slow_starter(&w, &w.tmp.path().join("count-2"), 12, Some(30));
+    let (code, body) = w.push(&client, &tgz).await;
+    assert_eq!(code, 200, "{body:?}\n{}", w.log());
+    assert!(
+        body.probes[0].healthy && body.probes[0].attempts >= 12,
+        "{body:?}"
+    );
+    w.wait_agent_release(&sha256_hex(&tgz)).await;
+    assert_eq!(w.slot_sha("prev").as_deref(), Some(a.as_str()));
+}
+
 #[tokio::test]
 async fn rollback_to_an_unhealthy_prev_goes_back() {
     let pki = TestPki::new();

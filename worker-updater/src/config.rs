@@ -48,17 +48,22 @@ pub struct Args {
         default_value = "https://127.0.0.1:8765/health"
     )]
     pub agent_url: String,
-    /// Health probe attempts before the release is declared unhealthy.
-    #[arg(long, env = "SWARM_UPDATER_PROBE_ATTEMPTS", default_value_t = 20)]
+    /// How long the health probe of a freshly started agent may last, in
+    /// ms, before the release is declared unhealthy (a release's `[agent]
+    /// probe_deadline_secs` replaces it for that release).
+    #[arg(long, env = "SWARM_UPDATER_PROBE_DEADLINE_MS", default_value_t = 2500)]
+    pub probe_deadline_ms: u64,
+    /// Most probe attempts, on top of the deadline; 0 for no limit.
+    #[arg(long, env = "SWARM_UPDATER_PROBE_ATTEMPTS", default_value_t = 0)]
     pub probe_attempts: u32,
     /// Pause after the first failed probe, in ms; it doubles up to the max.
-    #[arg(long, env = "SWARM_UPDATER_PROBE_BACKOFF_MS", default_value_t = 50)]
+    #[arg(long, env = "SWARM_UPDATER_PROBE_BACKOFF_MS", default_value_t = 10)]
     pub probe_backoff_ms: u64,
     /// Largest pause between probes, in ms.
     #[arg(
         long,
         env = "SWARM_UPDATER_PROBE_MAX_BACKOFF_MS",
-        default_value_t = 2000
+        default_value_t = 250
     )]
     pub probe_max_backoff_ms: u64,
     /// Timeout of one probe request, in ms.
@@ -191,9 +196,6 @@ impl Config {
         if url.scheme() != "https" {
             bail!("--agent-url must be https:// (the agent speaks mTLS only)");
         }
-        if args.probe_attempts == 0 {
-            bail!("--probe-attempts must be at least 1");
-        }
         let base_exe = match &args.base_exe {
             Some(p) => cwd.join(p),
             None => std::env::current_exe().context("cannot find this executable's path")?,
@@ -208,6 +210,7 @@ impl Config {
             ("--max-path-bytes", args.max_path_bytes as u64),
             ("--max-path-depth", args.max_path_depth as u64),
             ("--probe-timeout-ms", args.probe_timeout_ms),
+            ("--probe-deadline-ms", args.probe_deadline_ms),
         ] {
             if v == 0 {
                 bail!("{flag} must be positive");
@@ -223,7 +226,8 @@ impl Config {
             agent_cmd,
             agent_url: args.agent_url,
             probe: ProbeSettings {
-                attempts: args.probe_attempts,
+                deadline: Duration::from_millis(args.probe_deadline_ms),
+                attempts: (args.probe_attempts > 0).then_some(args.probe_attempts),
                 backoff: Duration::from_millis(args.probe_backoff_ms),
                 max_backoff: Duration::from_millis(
                     args.probe_max_backoff_ms.max(args.probe_backoff_ms),
@@ -276,6 +280,10 @@ impl Stash {
             ("SWARM_UPDATER_AGENT_DIR", path(agent_dir)),
             ("SWARM_UPDATER_AGENT_CMD", args.agent_cmd.clone()),
             ("SWARM_UPDATER_AGENT_URL", args.agent_url.clone()),
+            (
+                "SWARM_UPDATER_PROBE_DEADLINE_MS",
+                args.probe_deadline_ms.to_string(),
+            ),
             (
                 "SWARM_UPDATER_PROBE_ATTEMPTS",
                 args.probe_attempts.to_string(),

@@ -17,7 +17,7 @@ use crate::agent::{Launch, Matcher, Spawned, Supervisor};
 use crate::config::Config;
 use crate::error::{Result, UpdaterError};
 use crate::layout::{Layout, Repair};
-use crate::probe::probe;
+use crate::probe::{ProbeSettings, probe};
 use crate::release::{AgentEnv, SwarmToml, resolve_program, write_manifest};
 use crate::upload;
 
@@ -144,10 +144,16 @@ impl App {
         )
     }
 
-    /// The command, environment and health URL for the release in `release_dir`.
-    fn launch_for(&self, release_dir: &Path, sha256: Option<String>) -> Result<(Launch, String)> {
+    /// The command, environment, health URL and probe settings for the
+    /// release in `release_dir`.
+    fn launch_for(
+        &self,
+        release_dir: &Path,
+        sha256: Option<String>,
+    ) -> Result<(Launch, String, ProbeSettings)> {
         let toml = SwarmToml::load(release_dir)?;
         let env = self.env_for(release_dir)?;
+        let settings = self.config.probe.with_deadline(toml.probe_deadline());
         let raw = toml
             .agent
             .command
@@ -172,7 +178,7 @@ impl App {
             release_dir: release_dir.to_owned(),
             sha256,
         };
-        Ok((launch, url))
+        Ok((launch, url, settings))
     }
 
     /// Stop whatever agent of ours runs, start one from `current`, probe it.
@@ -225,16 +231,16 @@ impl App {
                 .resolved_current()
                 .ok_or_else(|| UpdaterError::Agent("no current release to start".into()))?;
             let sha = Manifest::read(&release_dir).map(|m| m.sha256);
-            let (launch, url) = app.launch_for(&release_dir, sha)?;
+            let (launch, url, settings) = app.launch_for(&release_dir, sha)?;
             // Forks and writes the pidfile; the reaper task it spawns
             // finds the runtime from the blocking pool.
             let spawned = app.supervisor.spawn(&launch).map_err(|e| (url.clone(), e));
-            Ok((url, spawned))
+            Ok((url, settings, spawned))
         })
         .await;
-        let (url, spawned) = match launched {
-            Ok((_, Err((url, e)))) => return (failed(url, e.to_string()), None),
-            Ok((url, Ok(s))) => (url, s),
+        let (url, settings, spawned) = match launched {
+            Ok((_, _, Err((url, e)))) => return (failed(url, e.to_string()), None),
+            Ok((url, settings, Ok(s))) => (url, settings, s),
             Err(UpdaterError::Agent(e)) => {
                 return (failed(self.config.agent_url.clone(), e), None);
             }
@@ -245,7 +251,7 @@ impl App {
             &url,
             phase,
             expect.map(|m| m.sha256.as_str()),
-            &self.config.probe,
+            &settings,
             Some(&spawned),
         )
         .await;

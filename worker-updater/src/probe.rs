@@ -1,9 +1,10 @@
 //! The health probe: `GET` the agent's health URL over mTLS with the
 //! updater's identity, first try at once, then exponential backoff, until it
 //! answers 2xx (with the expected release, when it reports one) while the
-//! agent it was started for is still running, the attempts run out, or the
-//! agent process exits. A 2xx after the spawned agent died came from
-//! something else holding the port, and is not health.
+//! agent it was started for is still running, the deadline passes (or the
+//! optional attempt limit is reached), or the agent process exits. A 2xx
+//! after the spawned agent died came from something else holding the port,
+//! and is not health.
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,12 @@ use crate::agent::Spawned;
 /// Probe knobs.
 #[derive(Clone, Debug)]
 pub struct ProbeSettings {
-    pub attempts: u32,
+    /// How long the probe may last: no try starts after it, and each
+    /// request is cut at it (a release's `[agent] probe_deadline_secs`
+    /// replaces it, see [`ProbeSettings::with_deadline`]).
+    pub deadline: Duration,
+    /// Most tries, on top of the deadline; `None` for no limit.
+    pub attempts: Option<u32>,
     /// Pause after the first failed attempt; doubles each time.
     pub backoff: Duration,
     pub max_backoff: Duration,
@@ -22,9 +28,29 @@ pub struct ProbeSettings {
     pub timeout: Duration,
 }
 
+/// The least time the last try, made at the deadline, gets for its request
+/// (a TLS handshake on a busy host), so that a try is never started only to
+/// be cut at once.
+const LAST_TRY: Duration = Duration::from_millis(250);
+
+impl ProbeSettings {
+    /// These settings with another deadline (a release's own).
+    pub fn with_deadline(&self, deadline: Option<Duration>) -> ProbeSettings {
+        ProbeSettings {
+            deadline: deadline.unwrap_or(self.deadline),
+            ..self.clone()
+        }
+    }
+}
+
 /// Probe `url`. `expect_sha` is the release the agent should report;
 /// `agent` is the process that should be answering: its exit ends the probe
 /// early, and an answer counts only while it still runs.
+///
+/// Tries start at once, then after pauses of `backoff`, doubling up to
+/// `max_backoff`, the last pause shortened so that a try lands on the
+/// deadline itself; each request is cut at the deadline (but gets at least
+/// [`LAST_TRY`]), so the probe lasts at most the deadline plus that.
 pub async fn probe(
     client: &reqwest::Client,
     url: &str,
@@ -35,13 +61,17 @@ pub async fn probe(
 ) -> Probe {
     let mut exited = agent.map(|a| a.exited.clone());
     let t0 = Instant::now();
+    let deadline = t0 + settings.deadline;
     let mut backoff = settings.backoff;
-    let mut last_error = String::from("not probed");
+    let mut last_error;
     let mut attempts = 0;
     let mut reported = None;
-    while attempts < settings.attempts {
+    let mut gave_up = false;
+    loop {
         attempts += 1;
-        match once(client, url, settings.timeout).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let timeout = settings.timeout.min(left.max(LAST_TRY));
+        match once(client, url, timeout).await {
             Ok(sha) => {
                 reported = sha.clone();
                 match (expect_sha, sha.as_deref()) {
@@ -75,10 +105,12 @@ pub async fn probe(
             last_error = format!("the agent exited ({status}); last probe error: {last_error}");
             break;
         }
-        if attempts == settings.attempts {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || settings.attempts.is_some_and(|max| attempts >= max) {
+            gave_up = true;
             break;
         }
-        let sleep = tokio::time::sleep(backoff);
+        let sleep = tokio::time::sleep(backoff.min(left));
         match exited.as_mut() {
             Some(rx) => {
                 tokio::select! {
@@ -90,6 +122,13 @@ pub async fn probe(
         }
         backoff = (backoff * 2).min(settings.max_backoff);
     }
+    if gave_up {
+        last_error = format!(
+            "{last_error} (no healthy answer in {attempts} attempt(s) over {:.1}s; probe deadline {}s)",
+            t0.elapsed().as_secs_f64(),
+            secs(settings.deadline)
+        );
+    }
     tracing::warn!(phase, url, attempts, "probe failed: {last_error}");
     Probe {
         phase: phase.into(),
@@ -100,6 +139,12 @@ pub async fn probe(
         release_sha256: reported,
         error: Some(last_error),
     }
+}
+
+/// A duration in seconds, without trailing zeros (`2.5`, `30`).
+fn secs(d: Duration) -> String {
+    let s = format!("{:.3}", d.as_secs_f64());
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 /// Why the spawned `agent` no longer counts as running, if it does not.
@@ -143,4 +188,73 @@ async fn once(
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(deadline_ms: u64, attempts: Option<u32>) -> ProbeSettings {
+        ProbeSettings {
+            deadline: Duration::from_millis(deadline_ms),
+            attempts,
+            backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(250),
+            timeout: Duration::from_secs(3),
+        }
+    }
+
+    /// A loopback URL nobody listens on (the port was just released).
+    fn closed_url() -> String {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        format!("https://127.0.0.1:{port}/health")
+    }
+
+    #[tokio::test]
+    async fn the_deadline_ends_the_probe_and_is_named() {
+        let client = reqwest::Client::new();
+        let p = probe(
+            &client,
+            &closed_url(),
+            "forward",
+            None,
+            &settings(300, None),
+            None,
+        )
+        .await;
+        assert!(!p.healthy);
+        assert!(p.attempts >= 2, "tried at once and again: {p:?}");
+        let e = p.error.unwrap_or_default();
+        assert!(e.contains("probe deadline 0.3s"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_attempt_limit_still_applies_within_the_deadline() {
+        let client = reqwest::Client::new();
+        let p = probe(
+            &client,
+            &closed_url(),
+            "forward",
+            None,
+            &settings(60_000, Some(3)),
+            None,
+        )
+        .await;
+        assert!(!p.healthy);
+        assert_eq!(p.attempts, 3, "{p:?}");
+    }
+
+    #[test]
+    fn a_release_deadline_replaces_the_default_only() {
+        let s = settings(2500, Some(4));
+        let r = s.with_deadline(Some(Duration::from_secs(30)));
+        assert_eq!(r.deadline, Duration::from_secs(30));
+        assert_eq!((r.attempts, r.backoff), (s.attempts, s.backoff));
+        assert_eq!(s.with_deadline(None).deadline, s.deadline);
+        assert_eq!(secs(Duration::from_millis(2500)), "2.5");
+        assert_eq!(secs(Duration::from_secs(30)), "30");
+    }
 }

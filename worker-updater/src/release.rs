@@ -28,7 +28,14 @@ pub struct SwarmToml {
 pub struct AgentSection {
     pub command: Option<Vec<String>>,
     pub health_url: Option<String>,
+    /// How long the probe of this release's agent may last, when it needs
+    /// more (or less) than the updater's `--probe-deadline-ms`.
+    pub probe_deadline_secs: Option<u64>,
 }
+
+/// The longest `[agent] probe_deadline_secs`: the worker is held (and the
+/// master waits) for the whole probe.
+pub const MAX_PROBE_DEADLINE_SECS: u64 = 3600;
 
 /// `[install]`.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -72,7 +79,21 @@ impl SwarmToml {
                 )));
             }
         }
+        if let Some(secs) = parsed.agent.probe_deadline_secs
+            && !(1..=MAX_PROBE_DEADLINE_SECS).contains(&secs)
+        {
+            return Err(UpdaterError::ReleaseConfig(format!(
+                "[agent] probe_deadline_secs = {secs}: give 1 to {MAX_PROBE_DEADLINE_SECS} seconds"
+            )));
+        }
         Ok(parsed)
+    }
+
+    /// The probe deadline this release asks for, if any.
+    pub fn probe_deadline(&self) -> Option<std::time::Duration> {
+        self.agent
+            .probe_deadline_secs
+            .map(std::time::Duration::from_secs)
     }
 }
 
@@ -311,8 +332,28 @@ mod tests {
         )
         .unwrap();
         let t = SwarmToml::load(tmp.path()).unwrap();
-        assert_eq!(t.agent.command.unwrap(), ["bin/a", "--x"]);
+        assert_eq!(
+            t.agent.command.as_deref(),
+            Some(&["bin/a".to_owned(), "--x".to_owned()][..])
+        );
         assert_eq!(t.install.timeout_secs, Some(5));
+        assert_eq!(t.probe_deadline(), None);
+        std::fs::write(
+            tmp.path().join(SWARM_TOML),
+            "[agent]\nprobe_deadline_secs = 30\n",
+        )
+        .unwrap();
+        let t = SwarmToml::load(tmp.path()).unwrap();
+        assert_eq!(t.probe_deadline(), Some(std::time::Duration::from_secs(30)));
+        for bad in ["0", "3601"] {
+            std::fs::write(
+                tmp.path().join(SWARM_TOML),
+                format!("[agent]\nprobe_deadline_secs = {bad}\n"),
+            )
+            .unwrap();
+            let e = SwarmToml::load(tmp.path()).unwrap_err().to_string();
+            assert!(e.contains("probe_deadline_secs"), "{e}");
+        }
         std::fs::write(tmp.path().join(SWARM_TOML), "[agent]\ncommand=[]\n").unwrap();
         assert!(SwarmToml::load(tmp.path()).is_err());
         std::fs::write(tmp.path().join(SWARM_TOML), "[agent]\ncomand=[\"x\"]\n").unwrap();

@@ -20,6 +20,7 @@ fn help_exits_zero() {
         "--agent-cmd",
         "--agent-url",
         "--probe-attempts",
+        "--probe-deadline-ms",
     ] {
         assert!(text.contains(flag), "{flag} missing from --help");
     }
