@@ -127,6 +127,11 @@ pub struct Timings {
     pub sync_flip_ms: u64,
     pub restart_ms: u64,
     pub probe_ms: u64,
+    /// Confirming a healthy release: `prev` rotated, the journal removed
+    /// (the release it replaces is deleted after the answer, not in here).
+    /// Absent from older updaters' answers.
+    #[serde(default)]
+    pub confirm_ms: u64,
     pub total_ms: u64,
 }
 
@@ -168,6 +173,13 @@ pub struct Releases {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timings_from_older_updaters_still_parse() {
+        let old = r#"{"receive_ms":1,"install_ms":2,"sync_flip_ms":3,"restart_ms":4,"probe_ms":5,"total_ms":20}"#;
+        let t: Timings = serde_json::from_str(old).unwrap();
+        assert_eq!((t.probe_ms, t.confirm_ms, t.total_ms), (5, 0, 20));
+    }
 
     #[test]
     fn manifest_read() {

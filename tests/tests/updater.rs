@@ -73,13 +73,30 @@ async fn good_push_flips_current_and_keeps_prev() {
     assert_eq!(w.slot_sha("active").as_deref(), Some(b.as_str()));
     assert_eq!(w.slot_sha("prev").as_deref(), Some(a.as_str()));
     let releases = w.releases(&client).await;
-    assert_eq!(releases.active.map(|m| m.sha256), Some(b));
+    assert_eq!(releases.active.map(|m| m.sha256), Some(b.clone()));
     assert_eq!(releases.prev.map(|m| m.sha256), Some(a));
     assert!(releases.failed.is_empty());
     assert_at_rest(&w);
     // The pidfile names the agent that answers.
     let pid = w.agent_pid().expect("agent.pid");
     assert!(alive(pid));
+    // A third push drops `a`: it answers first, and deletes `a` after.
+    let c = push_good(&w, &client, "c").await;
+    assert_eq!(w.slot_sha("prev").as_deref(), Some(b.as_str()));
+    let releases_dir = w.install_dir.join("releases");
+    tests::eventually(
+        Duration::from_secs(20),
+        "the dropped release deleted",
+        || {
+            let names: Vec<String> = std::fs::read_dir(&releases_dir)
+                .ok()?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            (!names.iter().any(|n| n.starts_with(".trash-"))).then_some(())
+        },
+    );
+    w.wait_agent_release(&c).await;
 }
 
 #[tokio::test]

@@ -14,6 +14,8 @@
 //! releases/.rollback.json       journal: a rollback (or a start-up revert)
 //!                               in flight
 //! releases/failed/<time>-<sha>/ releases that failed their probe
+//! releases/.trash-prev-<pid>-<n>/ a dropped `prev`, deleted in the
+//!                               background after the update answered
 //! ```
 //!
 //! The flip swaps `active.new` and `active` with one `renameat2(RENAME_EXCHANGE)`,
@@ -28,6 +30,7 @@
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use pki::wire::{FailedRelease, Manifest, Releases};
@@ -177,19 +180,33 @@ impl Layout {
     }
 
     /// The release in `active` is healthy: the one it replaced becomes
-    /// `prev` (the former `prev` is dropped), the journal goes.
+    /// `prev` (the former `prev` is dropped, deleted before returning), the
+    /// journal goes.
     pub fn confirm(&self) -> Result<()> {
+        if let Some(trash) = self.confirm_to_trash()? {
+            remove_tree(&trash)?;
+        }
+        Ok(())
+    }
+
+    /// [`Layout::confirm`], except that the dropped `prev` is only renamed
+    /// to a trash name of its own (`releases/.trash-prev-<pid>-<n>`), which
+    /// is returned for the caller to delete later ([`delete_in_background`]).
+    /// A trash dir left by a crash is removed by the start-up repair.
+    pub fn confirm_to_trash(&self) -> Result<Option<PathBuf>> {
+        let mut trash = None;
         if self.old().is_dir() {
-            let trash = self.trash_name("prev");
             if self.prev().exists() {
-                rename(&self.prev(), &trash)?;
+                let t = self.trash_name("prev");
+                rename(&self.prev(), &t)?;
+                trash = Some(t);
             }
             rename(&self.old(), &self.prev())?;
             fsync_dir(&self.releases)?;
-            remove_tree(&trash)?;
         }
         remove_file(&self.journal())?;
-        fsync_dir(&self.releases)
+        fsync_dir(&self.releases)?;
+        Ok(trash)
     }
 
     /// The release in `active` failed: move it to `failed/` and put the one
@@ -351,8 +368,13 @@ impl Layout {
             let entries = fs::read_dir(dir).map_err(|e| UpdaterError::io(dir, e))?;
             for e in entries.filter_map(|e| e.ok()) {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(".current.tmp")
-                    || name.starts_with(".trash-")
+                if name.starts_with(".trash-") {
+                    // Garbage only; a delete of it may still be running in
+                    // the background when a failed operation repairs.
+                    delete_trash(&e.path());
+                    r.actions
+                        .push(format!("removed leftover {}", e.path().display()));
+                } else if name.starts_with(".current.tmp")
                     || name.starts_with(".exchange-check-")
                     || name.starts_with(".incoming.json.tmp")
                     || name.starts_with(".rollback.json.tmp")
@@ -506,9 +528,22 @@ impl Layout {
         nix::unistd::syncfs(&f).map_err(|e| UpdaterError::io(&self.releases, e.into()))
     }
 
+    /// A trash name no other call in this process (or a previous one)
+    /// uses, so a delete still running never meets the next one's trash.
     fn trash_name(&self, what: &str) -> PathBuf {
-        self.releases
-            .join(format!(".trash-{what}-{}", std::process::id()))
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let mut path = self
+            .releases
+            .join(format!(".trash-{what}-{}-{n}", std::process::id()));
+        let mut k = 0;
+        while fs::symlink_metadata(&path).is_ok() {
+            k += 1;
+            path = self
+                .releases
+                .join(format!(".trash-{what}-{}-{n}-{k}", std::process::id()));
+        }
+        path
     }
 
     fn failed_name(&self, manifest: &Manifest) -> String {
@@ -673,6 +708,31 @@ pub fn remove_tree(path: &Path) -> Result<()> {
     r.map_err(|e| UpdaterError::io(path, e))
 }
 
+/// Delete a trash dir; failures are logged, never fatal (it is garbage,
+/// and the next start-up repair tries again). A concurrent delete of the
+/// same tree is not a failure.
+pub fn delete_trash(path: &Path) {
+    if let Err(e) = remove_tree(path)
+        && fs::symlink_metadata(path).is_ok()
+    {
+        tracing::warn!("deleting {}: {e}", path.display());
+    }
+}
+
+/// Delete a trash dir on the blocking pool, without waiting for it: the
+/// release an update replaced goes once the update has answered.
+pub fn delete_in_background(path: PathBuf) {
+    tokio::task::spawn_blocking(move || {
+        let t = std::time::Instant::now();
+        delete_trash(&path);
+        tracing::debug!(
+            "deleted {} in {} ms",
+            path.display(),
+            t.elapsed().as_millis()
+        );
+    });
+}
+
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|f| f.sync_all())
@@ -735,6 +795,38 @@ mod tests {
             fs::read_link(l.current()).unwrap(),
             PathBuf::from("releases/active")
         );
+    }
+
+    #[test]
+    fn confirm_to_trash_leaves_the_old_prev_for_later_and_repair_removes_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = Layout::new(tmp.path(), 2);
+        let mut trashes = Vec::new();
+        for sha in ["aaaa", "bbbb", "cccc", "dddd"] {
+            let m = stage(&l, sha);
+            l.flip_in(&m).unwrap();
+            trashes.extend(l.confirm_to_trash().unwrap());
+        }
+        // aaaa and bbbb were dropped, each under a name of its own, and
+        // still there: nothing waited for their delete.
+        assert_eq!(trashes.len(), 2, "{trashes:?}");
+        assert_ne!(trashes[0], trashes[1]);
+        for (t, sha) in trashes.iter().zip(["aaaa", "bbbb"]) {
+            assert_eq!(Manifest::read(t).unwrap().sha256, sha);
+        }
+        assert_eq!(live(&l).as_deref(), Some("dddd"));
+        assert_eq!(Manifest::read(&l.prev()).unwrap().sha256, "cccc");
+        assert!(!l.journal().exists() && !l.old().exists());
+        // One delete done, one left as a crash would leave it: the repair
+        // removes it and touches nothing else.
+        delete_trash(&trashes[0]);
+        delete_trash(&trashes[0]);
+        assert!(!trashes[0].exists());
+        let r = l.repair().unwrap();
+        assert!(!trashes[1].exists(), "{r:?}");
+        assert!(!r.unconfirmed && !r.restart, "{r:?}");
+        assert_eq!(live(&l).as_deref(), Some("dddd"));
+        assert_eq!(Manifest::read(&l.prev()).unwrap().sha256, "cccc");
     }
 
     #[test]

@@ -102,6 +102,9 @@ fn main() -> ExitCode {
         tracing::info!(%addr, host = %config.host, install = %config.install_dir.display(), "updater listening");
         worker_updater::run(listener, tls, config, shutdown).await
     });
+    // A background delete of a replaced release must not hold up the exit:
+    // the next start's repair removes the trash it leaves.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

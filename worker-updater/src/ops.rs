@@ -303,8 +303,15 @@ impl App {
         timings.probe_ms = forward.elapsed_ms;
         timings.restart_ms = ms(t).saturating_sub(forward.elapsed_ms);
         if forward.healthy {
+            let t = Instant::now();
             let layout = self.layout.clone();
-            blocking(move || layout.confirm()).await?;
+            let trash = blocking(move || layout.confirm_to_trash()).await?;
+            timings.confirm_ms = ms(t);
+            // The release it replaced can take seconds to delete (a big tree,
+            // a busy disk): not the pusher's wait.
+            if let Some(trash) = trash {
+                crate::layout::delete_in_background(trash);
+            }
             timings.total_ms = ms(t0);
             tracing::info!(sha256 = %manifest.sha256, "update healthy");
             return Ok((

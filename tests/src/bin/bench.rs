@@ -563,10 +563,12 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// The part of the updater's total that no phase accounts for: staging
-/// set-up before the upload, and confirming the release (rotating `prev`,
-/// deleting the one it replaces, fsyncing) before it answers.
+/// set-up before the upload, the manifest and `swarm.toml` checks. (Older
+/// updaters report no `confirm_ms`: their confirm, which also deleted the
+/// replaced release, lands here.)
 fn unattributed(t: &pki::wire::Timings) -> f64 {
-    let phases = t.receive_ms + t.install_ms + t.sync_flip_ms + t.restart_ms + t.probe_ms;
+    let phases =
+        t.receive_ms + t.install_ms + t.sync_flip_ms + t.restart_ms + t.probe_ms + t.confirm_ms;
     t.total_ms.saturating_sub(phases) as f64
 }
 
@@ -587,7 +589,8 @@ fn record_push_phases(report: &mut Report, label: &str, host: &str, p: &Pushed) 
         phases.push("sync+flip", t.sync_flip_ms as f64);
         phases.push("agent restart", t.restart_ms as f64);
         phases.push("probe", t.probe_ms as f64);
-        phases.push("updater other (confirm, cleanup)", unattributed(t));
+        phases.push("confirm", t.confirm_ms as f64);
+        phases.push("updater other", unattributed(t));
         phases.push("updater total", t.total_ms as f64);
         accounted += t.total_ms as f64;
     }
@@ -916,6 +919,7 @@ async fn fanout_section(
                         ph.push("sync+flip", t.sync_flip_ms as f64);
                         ph.push("agent restart", t.restart_ms as f64);
                         ph.push("probe", t.probe_ms as f64);
+                        ph.push("confirm", t.confirm_ms as f64);
                         ph.push("updater other", unattributed(t));
                         ph.push("updater total", t.total_ms as f64);
                     }

@@ -140,6 +140,7 @@ impl Fleet {
             let install_dir = wdir.join("install");
             std::fs::create_dir_all(&install_dir)
                 .with_context(|| format!("creating {}", install_dir.display()))?;
+            procs::watch_releases(install_dir.join("releases"));
             std::fs::write(
                 install_dir.join(".env.local"),
                 format!("AGENT_PORT={agent_port}\n"),
