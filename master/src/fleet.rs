@@ -715,10 +715,19 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
     let inv = home.inventory()?;
     let hosts = resolve_required(&inv, &args.targets)?;
     let packing = Instant::now();
-    let release = pack::pack(&PackOptions {
-        root: args.root.clone(),
-        excludes: args.exclude.clone(),
-    })?;
+    let spinner = packing_spinner(show_progress(args.json), &args.root);
+    let report = |files: u64, bytes: u64| {
+        spinner.set_message(format!("{files} files, {}", pack::human_bytes(bytes)));
+    };
+    let packed = pack::pack_reporting(
+        &PackOptions {
+            root: args.root.clone(),
+            excludes: args.exclude.clone(),
+        },
+        &pack::PackProgress::new(&report),
+    );
+    spinner.finish_and_clear();
+    let release = packed?;
     let pack_ms = elapsed_ms(packing);
     if args.include_self && !release.info.ships_updater {
         return Err(Error::usage(format!(
@@ -751,6 +760,30 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
     Ok(report.exit_code())
 }
 
+/// Whether to draw progress (the packing spinner, the per-host bars): on a
+/// terminal, and never with `--json`.
+fn show_progress(json: bool) -> bool {
+    !json && std::io::stdout().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// A spinner on stderr while the tree at `root` is packed (hidden when
+/// `show` is false): packing a big tree takes seconds before any host is
+/// contacted.
+fn packing_spinner(show: bool, root: &std::path::Path) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let spinner = ProgressBar::new_spinner()
+        .with_style(
+            ProgressStyle::with_template("{spinner} packing {prefix}: {msg} ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        )
+        .with_prefix(root.display().to_string())
+        .with_message("0 files");
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    spinner
+}
+
 /// Push a packed release to `hosts`; with `self_wait`, each host's updater
 /// too, after its agent updated.
 pub(crate) fn push(
@@ -762,7 +795,7 @@ pub(crate) fn push(
     json: bool,
     self_wait: Option<Duration>,
 ) -> Result<FleetReport> {
-    let show_bars = !json && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+    let show_bars = show_progress(json);
     let multi = MultiProgress::with_draw_target(if show_bars {
         ProgressDrawTarget::stderr()
     } else {

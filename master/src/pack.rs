@@ -9,10 +9,12 @@
 //! modes 0755/0644, so an unchanged tree packs to the same bytes; symlinks
 //! must stay inside the tree.
 
+use std::cell::Cell;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -132,14 +134,57 @@ impl<W: Write> Write for HashWriter<W> {
     }
 }
 
-/// Reads exactly `remaining` bytes or fails: a file that shrinks while it
-/// is packed must not produce a corrupt tarball.
-struct Exact<R> {
-    inner: R,
-    remaining: u64,
+/// How far packing has got, for a progress display: files and bytes of
+/// the tree packed so far, handed to `report` at most every
+/// [`PackProgress::EVERY`] (and once at the end).
+pub(crate) struct PackProgress<'a> {
+    files: Cell<u64>,
+    bytes: Cell<u64>,
+    last: Cell<Option<Instant>>,
+    report: &'a dyn Fn(u64, u64),
 }
 
-impl<R: Read> Read for Exact<R> {
+impl<'a> PackProgress<'a> {
+    const EVERY: Duration = Duration::from_millis(50);
+
+    pub(crate) fn new(report: &'a dyn Fn(u64, u64)) -> PackProgress<'a> {
+        PackProgress {
+            files: Cell::new(0),
+            bytes: Cell::new(0),
+            last: Cell::new(None),
+            report,
+        }
+    }
+
+    fn file(&self) {
+        self.files.set(self.files.get() + 1);
+        self.tick(false);
+    }
+
+    fn bytes(&self, n: u64) {
+        self.bytes.set(self.bytes.get() + n);
+        self.tick(false);
+    }
+
+    fn tick(&self, force: bool) {
+        let now = Instant::now();
+        if force || self.last.get().is_none_or(|t| now - t >= Self::EVERY) {
+            self.last.set(Some(now));
+            (self.report)(self.files.get(), self.bytes.get());
+        }
+    }
+}
+
+/// Reads exactly `remaining` bytes or fails: a file that shrinks while it
+/// is packed must not produce a corrupt tarball. Counts what it reads into
+/// `progress`.
+struct Exact<'p, 'a, R> {
+    inner: R,
+    remaining: u64,
+    progress: &'p PackProgress<'a>,
+}
+
+impl<R: Read> Read for Exact<'_, '_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.remaining == 0 {
             return Ok(0);
@@ -155,6 +200,7 @@ impl<R: Read> Read for Exact<R> {
             ));
         }
         self.remaining -= n as u64;
+        self.progress.bytes(n as u64);
         Ok(n)
     }
 }
@@ -292,7 +338,13 @@ fn header(kind: tar::EntryType, mode: u32, mtime: i64, size: u64) -> tar::Header
 }
 
 /// Pack the tree. Nothing is sent anywhere; the result is a temp file.
+#[cfg(test)]
 pub(crate) fn pack(opts: &PackOptions) -> Result<Release> {
+    pack_reporting(opts, &PackProgress::new(&|_, _| {}))
+}
+
+/// [`pack`], telling `progress` how far it got as it goes.
+pub(crate) fn pack_reporting(opts: &PackOptions, progress: &PackProgress<'_>) -> Result<Release> {
     let root = fs::canonicalize(&opts.root).map_err(|e| {
         pack_err(
             &opts.root,
@@ -414,9 +466,11 @@ pub(crate) fn pack(opts: &PackOptions) -> Result<Release> {
             let reader = Exact {
                 inner: f,
                 remaining: len,
+                progress,
             };
             tar.append_data(&mut h, rel_str, reader).map_err(io_err)?;
             files += 1;
+            progress.file();
             ships_updater |= rel_str == updater_binary && mode == 0o755;
         }
         // Sockets, FIFOs and devices are not part of a release.
@@ -425,6 +479,7 @@ pub(crate) fn pack(opts: &PackOptions) -> Result<Release> {
     let mut hw = gz.finish().map_err(|e| Error::io(&path, e))?;
     hw.flush().map_err(|e| Error::io(&path, e))?;
     let sha256 = hex::encode(hw.hasher.finalize());
+    progress.tick(true);
     Ok(Release {
         file: path,
         info: ReleaseInfo {
@@ -521,6 +576,33 @@ mod tests {
         let p = root.join(rel);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(p, text).unwrap();
+    }
+
+    #[test]
+    fn progress_ends_on_the_files_and_bytes_packed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "a.txt", "hello");
+        write(root, "sub/b.bin", &"z".repeat(300_000));
+        write(root, ".env.local", "SECRET=1");
+        let seen = std::cell::RefCell::new(Vec::new());
+        let report = |files, bytes| seen.borrow_mut().push((files, bytes));
+        let release = pack_reporting(
+            &PackOptions {
+                root: root.to_owned(),
+                excludes: vec![],
+            },
+            &PackProgress::new(&report),
+        )
+        .unwrap();
+        let seen = seen.into_inner();
+        assert_eq!(release.info.files, 2);
+        assert_eq!(seen.last(), Some(&(2, 300_005)), "{seen:?}");
+        assert!(
+            seen.windows(2)
+                .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1),
+            "never goes back: {seen:?}"
+        );
     }
 
     #[test]
