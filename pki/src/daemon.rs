@@ -15,6 +15,22 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// Unblock SIGTERM and SIGINT in the calling thread. A signal mask
+/// survives fork and exec, so a parent that blocked them (a `sigwait`
+/// loop such as `swarm demo`'s, some supervisors) would leave a daemon —
+/// and every agent it spawns — deaf to the graceful stop, costing each
+/// restart the whole SIGKILL grace. Call it first thing in `main`, before
+/// any thread exists, so every thread inherits the clean mask.
+pub fn unblock_shutdown_signals() {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    if let Err(e) = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None) {
+        eprintln!("cannot unblock SIGTERM/SIGINT: {e}");
+    }
+}
+
 /// Registers the SIGTERM and SIGINT handlers now (so call it before
 /// announcing the address: a signal that follows is always a graceful
 /// stop) and returns a future that resolves on either. Must be called

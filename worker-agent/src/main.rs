@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    pki::daemon::unblock_shutdown_signals();
     let args = match worker_agent::Args::try_parse() {
         Ok(args) => args,
         // --help and --version are not errors.

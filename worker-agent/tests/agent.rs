@@ -197,6 +197,32 @@ fn sigterm_stops_it_cleanly() {
 }
 
 #[test]
+fn sigterm_stops_it_even_when_its_parent_blocked_sigterm() {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let f = fixture();
+    // A parent that sigwait()s (like `swarm demo`) has SIGTERM blocked, and
+    // the mask survives fork and exec: spawn from such a thread.
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    let mut old = SigSet::empty();
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).expect("block");
+    let mut agent = spawn(&f.agent_dir, None, &[]);
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None).expect("restore");
+
+    let pid = nix::unistd::Pid::from_raw(agent.child.id() as i32);
+    nix::sys::signal::kill(pid, Signal::SIGTERM).expect("kill");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = agent.child.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "agent ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
+
+#[test]
 fn bad_flags_exit_64_and_help_exits_0() {
     let run = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_worker-agent"))

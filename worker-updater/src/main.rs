@@ -14,6 +14,7 @@ use clap::Parser;
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
+    pki::daemon::unblock_shutdown_signals();
     let args = match worker_updater::Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
