@@ -290,18 +290,9 @@ impl Worker {
         tgz: &[u8],
         sha256: &str,
     ) -> (u16, OpResponse) {
-        let form = reqwest::multipart::Form::new()
-            .text("sha256", sha256.to_owned())
-            .part(
-                "tarball",
-                reqwest::multipart::Part::bytes(tgz.to_vec())
-                    .file_name("tree.tgz")
-                    .mime_str("application/gzip")
-                    .expect("mime"),
-            );
         let resp = client
             .post(self.url("/update"))
-            .multipart(form)
+            .multipart(release_form(tgz, sha256, &[]))
             .send()
             .await
             .expect("POST /update");
@@ -477,6 +468,22 @@ async fn op_response(resp: reqwest::Response) -> (u16, OpResponse) {
     let body = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("HTTP {code}: body {text:?} is not an OpResponse: {e}"));
     (code, body)
+}
+
+/// The multipart body of `/update` and `/update-self`: `sha256`, the
+/// `extra` text fields, then the `tarball`, as `curl -F` would send them.
+pub fn release_form(tgz: &[u8], sha256: &str, extra: &[(&str, &str)]) -> reqwest::multipart::Form {
+    let mut form = reqwest::multipart::Form::new().text("sha256", sha256.to_owned());
+    for (k, v) in extra {
+        form = form.text(k.to_string(), v.to_string());
+    }
+    form.part(
+        "tarball",
+        reqwest::multipart::Part::bytes(tgz.to_vec())
+            .file_name("tree.tgz")
+            .mime_str("application/gzip")
+            .expect("mime"),
+    )
 }
 
 /// Hex SHA-256 of `bytes`.

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pki::wire::{OpResponse, OpStatus, UpdaterHealth};
-use tests::worker::{ReleaseTree, Worker, WorkerOptions, alive, sha256_hex, shippable_updater};
+use tests::worker::{
+    ReleaseTree, Worker, WorkerOptions, alive, release_form, sha256_hex, shippable_updater,
+};
 use tests::{TestPki, eventually_async, free_port};
 
 /// How long a switch (or a revert) may take to show on `/health`.
@@ -60,17 +62,8 @@ async fn push_self(
     tgz: &[u8],
     confirm: Option<&str>,
 ) -> Result<(u16, OpResponse), String> {
-    let mut form = reqwest::multipart::Form::new().text("sha256", sha256_hex(tgz));
-    if let Some(c) = confirm {
-        form = form.text("confirm_self", c.to_owned());
-    }
-    form = form.part(
-        "tarball",
-        reqwest::multipart::Part::bytes(tgz.to_vec())
-            .file_name("tree.tgz")
-            .mime_str("application/gzip")
-            .expect("mime"),
-    );
+    let extra: Vec<(&str, &str)> = confirm.map(|c| ("confirm_self", c)).into_iter().collect();
+    let form = release_form(tgz, &sha256_hex(tgz), &extra);
     let resp = client
         .post(w.url("/update-self"))
         .multipart(form)

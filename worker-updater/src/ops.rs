@@ -806,18 +806,7 @@ mod tests {
         assert!(app.try_begin("update").is_ok());
         // A release and no agent running: the worker is held from the
         // moment start_up returns, before its reconcile ever runs.
-        let staging = app.layout.prepare_staging().unwrap();
-        let m = Manifest {
-            sha256: "aaaa".into(),
-            size_bytes: 1,
-            files: 0,
-            git_commit: None,
-            pushed_at: String::new(),
-            pushed_by: "master".into(),
-        };
-        write_manifest(&staging, &m).unwrap();
-        app.layout.flip_in(&m).unwrap();
-        app.layout.confirm().unwrap();
+        install(&app, "aaaa");
         let repair = app.layout.repair().unwrap();
         let reconcile = app.start_up(&repair).await.expect("a start-up reconcile");
         assert_eq!(app.busy().as_deref(), Some("start-up"));
