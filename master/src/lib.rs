@@ -1,9 +1,8 @@
 //! The `swarm` master: the CA and enrollment, the inventory, packing a
 //! working tree into a release, and pushing it across the fleet.
 //!
-//! Code map (arrows only point down this list; no module imports one above
-//! it except `cli`, `error`, `clock`, `output`, which import nothing of ours
-//! but `error`):
+//! Code map, top down; a module imports only modules below it (and `cli`,
+//! the raw arguments the commands take), so there is no cycle:
 //! - [`cli`]: the command line as clap sees it (raw values).
 //! - `demo`: the local three-worker fleet, driven through the commands below.
 //! - `fleet`: update/rollback/status/history over pinned mTLS.

@@ -143,12 +143,17 @@ fn closed_port() -> u16 {
 fn a_closed_stdout_ends_every_command_quietly() {
     let s = Swarm::new();
     s.enroll("w1", closed_port(), closed_port());
-    let commands: [&[&str]; 5] = [
+    let tree = s.tree("app");
+    std::fs::write(tree.join("VERSION"), "1").expect("write");
+    let root = tree.to_str().expect("utf-8");
+    let commands: [&[&str]; 7] = [
         &["status", "--json"],
         &["status"],
         &["list", "--json"],
         &["list"],
         &["history", "--json"],
+        &["update", "--all", "--root", root, "--dry-run"],
+        &["decommission", "--host", "w1"],
     ];
     for args in commands {
         let (read, write) = nix::unistd::pipe().expect("pipe");
@@ -164,16 +169,14 @@ fn a_closed_stdout_ends_every_command_quietly() {
         assert!(stderr.trim().is_empty(), "swarm {args:?} said: {stderr}");
         assert_eq!(
             out.status.code(),
-            Some(i32::from(swarm_exit_broken_pipe())),
+            Some(EXIT_BROKEN_PIPE),
             "swarm {args:?}: {stderr}"
         );
     }
 }
 
 /// The quiet exit code of a closed stdout (the shell's for SIGPIPE).
-fn swarm_exit_broken_pipe() -> u8 {
-    141
-}
+const EXIT_BROKEN_PIPE: i32 = 141;
 
 /// A clock `offset` away from the real one, for a TLS server.
 #[derive(Debug)]
