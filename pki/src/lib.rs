@@ -17,6 +17,7 @@ mod error;
 pub mod identity;
 pub mod policy;
 pub mod serve;
+pub mod text;
 pub mod tls;
 pub mod wire;
 
