@@ -35,6 +35,20 @@ pub enum PkiError {
     Parse(String),
     #[error("HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// A response body over the reader's cap (`announced` is its
+    /// `Content-Length`, `read` what had arrived when the read stopped).
+    #[error("answer too large: over the {cap}-byte cap{}", match announced {
+        Some(n) => format!(" (announced {n} bytes)"),
+        None => format!(" ({read} bytes and more sent)"),
+    })]
+    BodyTooLarge {
+        cap: usize,
+        announced: Option<u64>,
+        read: usize,
+    },
+    /// A response body that is not the JSON expected (message sanitised).
+    #[error("answer is not the expected JSON: {0}")]
+    BadBody(String),
 }
 
 impl PkiError {

@@ -10,6 +10,7 @@
 //! - `pki` opens no connections on its own: it serves listeners handed to it
 //!   and builds clients that callers use.
 
+pub mod body;
 pub mod bundle;
 pub mod ca;
 pub mod daemon;
