@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error(
-        "invalid host name {0:?}: use 1-64 characters from [A-Za-z0-9._-], starting with a letter or digit (\"master\" is reserved)"
+        "invalid host name {0:?}: use [A-Za-z0-9._-], starting with a letter or digit, with 1-63 characters between dots and at most 253 in all (\"master\" is reserved)"
     )]
     InvalidHostName(String),
     #[error("invalid subject alternative name {0:?}")]
