@@ -198,6 +198,77 @@ fn every_pem_private_label() {
 }
 
 #[test]
+fn pem_keys_as_the_tools_write_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "ec.txt",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "pkcs8",
+            "-topk8",
+            "-in",
+            "ec.txt",
+            "-v2",
+            "aes-256-cbc",
+            "-passout",
+            "pass:x",
+            "-out",
+            "enc.txt",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "ec",
+            "-in",
+            "ec.txt",
+            "-aes256",
+            "-passout",
+            "pass:x",
+            "-out",
+            "legacy.txt",
+        ],
+    );
+    openssl(d, &["genrsa", "-traditional", "-out", "rsa.txt", "2048"]);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "t", "-f"])
+        .arg(d.join("ssh.txt"))
+        .output()
+        .expect("ssh-keygen runs (install openssh-client to run these tests)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cases = [
+        ("ec.txt", "PEM PRIVATE KEY block"),
+        ("enc.txt", "PEM ENCRYPTED PRIVATE KEY block"),
+        ("legacy.txt", "encrypted PEM EC PRIVATE KEY block"),
+        ("rsa.txt", "PEM RSA PRIVATE KEY block"),
+        ("ssh.txt", "PEM OPENSSH PRIVATE KEY block"),
+    ];
+    for (name, want) in cases {
+        let found = scan_file(&d.join(name)).unwrap();
+        let text = found.map(|f| f.to_string()).unwrap_or_default();
+        assert!(text.starts_with(want), "{name}: {text:?}");
+    }
+    // Their public halves are not keys.
+    assert_eq!(scan_file(&d.join("ssh.txt.pub")).unwrap(), None);
+}
+
+#[test]
 fn the_packers_existing_cases_keep_their_verdicts() {
     // From pack.rs `private_keys_are_found_by_content_and_name`.
     let short =
