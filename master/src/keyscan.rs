@@ -28,7 +28,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::path::Path;
 
 use memchr::memmem;
@@ -166,13 +166,21 @@ pub(crate) fn scan_file(path: &Path) -> io::Result<Option<KeyFinding>> {
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
-    let opts = ScanOptions::for_name(&name);
-    let f = File::open(path)?;
+    let mut f = File::open(path)?;
+    scan_open_file(&mut f, &name)
+}
+
+/// Scan an open file (options from `name`) and rewind it, so the packer
+/// reads one handle for both the verdict and the tarball.
+pub(crate) fn scan_open_file(f: &mut File, name: &str) -> io::Result<Option<KeyFinding>> {
+    let opts = ScanOptions::for_name(name);
     let size = f.metadata()?.len();
     if size > opts.ceiling {
         return Err(too_large(size, opts.ceiling));
     }
-    scan_reader(f, opts)
+    let found = scan_reader(&mut *f, opts)?;
+    f.rewind()?;
+    Ok(found)
 }
 
 /// Scan everything `r` yields. A caller that packs the same handle

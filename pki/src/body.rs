@@ -12,7 +12,8 @@ use serde::de::DeserializeOwned;
 use crate::PkiError;
 
 /// The body of `resp`, at most `cap` bytes; [`PkiError::BodyTooLarge`]
-/// when the peer announces or sends more.
+/// when the peer announces or sends more. Time is bounded by the client's
+/// own `timeout` (which covers the body), not here.
 pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, PkiError> {
     let announced = resp.content_length();
     if let Some(n) = announced
@@ -24,8 +25,9 @@ pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<
             read: 0,
         });
     }
-    // The announced length is at most the cap here; pre-size for it.
-    let mut body = Vec::with_capacity(announced.map_or(0, |n| n as usize));
+    // Pre-sized for the announced length (at most the cap here), but no
+    // more than 64 KiB before the bytes have arrived.
+    let mut body = Vec::with_capacity(announced.map_or(0, |n| n.min(64 * 1024) as usize));
     while let Some(chunk) = resp.chunk().await? {
         if chunk.len() > cap - body.len() {
             return Err(PkiError::BodyTooLarge {

@@ -603,3 +603,18 @@ fn files_over_the_ceiling_are_refused() {
         "{found}"
     );
 }
+
+#[test]
+fn an_open_file_is_scanned_and_rewound() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bundle.crt");
+    let text = format!("{}{}", cert_pem(), ec_key().serialize_pem());
+    std::fs::write(&path, &text).unwrap();
+    let mut f = File::open(&path).unwrap();
+    assert!(scan_open_file(&mut f, "bundle.crt").unwrap().is_some());
+    let mut again = String::new();
+    f.read_to_string(&mut again).unwrap();
+    assert_eq!(again, text, "rewound to the start");
+    assert!(scan_file(&path).unwrap().is_some());
+    assert!(scan_file(&dir.path().join("missing")).is_err());
+}
