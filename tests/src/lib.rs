@@ -6,7 +6,6 @@
 //! crate has an integration test of its own, which makes cargo build that
 //! crate's binary into `target/<profile>/` before any test runs.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -14,7 +13,10 @@ use std::time::{Duration, Instant};
 use pki::{Bundle, BundleKind, Ca, HostName, IssuedLeaf, LeafSpec};
 use tempfile::TempDir;
 
+pub mod ports;
 pub mod worker;
+
+pub use ports::{Port, free_port};
 
 /// Path of a workspace binary (`swarm`, `worker-agent`, `worker-updater`).
 pub fn bin(name: &str) -> PathBuf {
@@ -66,13 +68,6 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// A loopback port that was free a moment ago (for agents, whose port the
-/// updater must know in advance; daemons under test bind port 0 instead).
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
 }
 
 /// A child process killed (and reaped) when dropped.

@@ -31,7 +31,7 @@ use pki::wire::{AgentHealth, OpResponse, Releases, UpdaterHealth};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
-use crate::{ChildGuard, TestPki, WorkerBundles, bin, eventually, free_port};
+use crate::{ChildGuard, Port, TestPki, WorkerBundles, bin, eventually, free_port};
 
 /// How long an updater may take to print `listening on …`.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -98,6 +98,8 @@ pub struct Worker {
     /// `--listen` (port 0 unless started with [`Worker::start_with`]).
     listen: SocketAddr,
     updater: Option<ChildGuard>,
+    /// Ports reserved for this worker, held as long as it lives.
+    ports: Vec<Port>,
 }
 
 impl Worker {
@@ -120,7 +122,13 @@ impl Worker {
         let tmp = tempfile::tempdir().expect("tempdir");
         let install_dir = tmp.path().join("install");
         std::fs::create_dir_all(&install_dir).expect("mkdir install");
-        let agent_port = options.agent_port.unwrap_or_else(free_port);
+        let mut ports = Vec::new();
+        let agent_port = options.agent_port.unwrap_or_else(|| {
+            let p = free_port();
+            let n = p.get();
+            ports.push(p);
+            n
+        });
         let mut w = Worker {
             bundles,
             tmp,
@@ -130,9 +138,15 @@ impl Worker {
             options,
             listen,
             updater: None,
+            ports,
         };
         w.spawn_updater();
         w
+    }
+
+    /// Keep `port` reserved as long as this worker lives.
+    pub fn hold(&mut self, port: Port) {
+        self.ports.push(port);
     }
 
     /// The default agent command: the built reference agent on our port.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use pki::{Bundle, BundleKind, Ca, HostName, LeafSpec};
+use tests::Port;
 use tokio::process::Command;
 
 use crate::procs::{self, Daemon};
@@ -89,6 +90,8 @@ pub(crate) struct Sshd {
     pub(crate) port: u16,
     key: PathBuf,
     _daemon: Daemon,
+    /// `port`, reserved as long as sshd runs.
+    _port: Port,
 }
 
 impl Sshd {
@@ -113,7 +116,8 @@ impl Sshd {
         let authorized = dir.join("authorized_keys");
         std::fs::write(&authorized, pubkey).context("writing authorized_keys")?;
         set_mode(&authorized, 0o600)?;
-        let port = procs::free_port()?;
+        let reserved = Port::reserve()?;
+        let port = reserved.get();
         let config = dir.join("sshd_config");
         std::fs::write(
             &config,
@@ -142,6 +146,7 @@ impl Sshd {
             port,
             key,
             _daemon: daemon,
+            _port: reserved,
         };
         // Ready when a login works.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -228,7 +233,7 @@ pub(crate) async fn tar_floor(tree: &Path, dest: &Path) -> anyhow::Result<Durati
 /// directly, for the agent the rsync baseline restarts.
 pub(crate) struct BaselineAgent {
     pub(crate) agent_dir: PathBuf,
-    pub(crate) port: u16,
+    pub(crate) port: Port,
     /// The agent binary outside the trees; `None` when each tree carries
     /// its own `bin/worker-agent`.
     pub(crate) binary: Option<PathBuf>,
@@ -259,7 +264,7 @@ impl BaselineAgent {
         let client = procs::health_client(&master_dir, host)?;
         Ok(BaselineAgent {
             agent_dir,
-            port: procs::free_port()?,
+            port: Port::reserve()?,
             binary,
             log: dir.join("agent.log"),
             client,

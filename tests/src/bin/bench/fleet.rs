@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use serde_json::Value;
+use tests::Port;
 use tokio::process::Command;
 
 use crate::procs::{self, Daemon};
@@ -33,6 +34,8 @@ pub(crate) struct Worker {
     pub(crate) agent_port: u16,
     pub(crate) updater: Daemon,
     client: reqwest::Client,
+    /// Both ports, reserved as long as the worker lives.
+    _ports: [Port; 2],
 }
 
 impl Worker {
@@ -121,8 +124,8 @@ impl Fleet {
             let wdir = dir.join(&host);
             std::fs::create_dir_all(&wdir)
                 .with_context(|| format!("creating {}", wdir.display()))?;
-            let agent_port = procs::free_port()?;
-            let updater_port = procs::free_port()?;
+            let agent_port = Port::reserve()?;
+            let updater_port = Port::reserve()?;
             let agent_dir = wdir.join("agent");
             let updater_dir = wdir.join("agent-updater");
             procs::run_ok(
@@ -174,9 +177,10 @@ impl Fleet {
             let client = procs::health_client(&fleet.home.join("master"), &host)?;
             fleet.workers.push(Worker {
                 host,
-                agent_port,
+                agent_port: agent_port.get(),
                 updater,
                 client,
+                _ports: [agent_port, updater_port],
             });
         }
         Ok(fleet)

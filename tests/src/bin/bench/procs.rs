@@ -1,11 +1,9 @@
 //! Processes the benchmark starts, and how it stops them: daemons that are
 //! stopped (SIGTERM, then SIGKILL) and reaped when dropped, a last sweep of
-//! anything still running out of the work directory, timed commands, free
-//! loopback ports, `/health` polling and `/proc` memory readings.
+//! anything still running out of the work directory, timed commands, `/health` polling and `/proc` memory readings.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,23 +14,6 @@ use nix::unistd::Pid;
 
 /// How long a daemon gets to exit after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-
-/// A loopback port that was free a moment ago, and that no earlier call
-/// handed out: agents' ports are bound only when their agent starts, so
-/// the kernel could otherwise give the same one to two workers.
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    for _ in 0..100 {
-        let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-        let port = l.local_addr()?.port();
-        let mut given = GIVEN.lock().map_err(|_| anyhow!("port list poisoned"))?;
-        if !given.contains(&port) {
-            given.push(port);
-            return Ok(port);
-        }
-    }
-    bail!("no loopback port left that was not handed out already")
-}
 
 /// A long-running child process, stopped and reaped when dropped.
 #[derive(Debug)]

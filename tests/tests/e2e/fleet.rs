@@ -11,7 +11,7 @@ use pki::{Bundle, Ca, HostName, IssuedLeaf};
 use serde_json::Value;
 use tempfile::TempDir;
 use tests::worker::{Worker, WorkerOptions, toml_array};
-use tests::{TestPki, WorkerBundles, bin, free_port};
+use tests::{Port, TestPki, WorkerBundles, bin, free_port};
 
 /// A fresh master home with a CA, and a scratch dir for bundles and trees.
 struct Swarm {
@@ -61,9 +61,9 @@ impl Swarm {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {text}"))
     }
 
-    /// `swarm enroll` a loopback host; returns its bundles, updater address
-    /// and agent port.
-    fn enroll(&self, host: &str) -> (WorkerBundles, SocketAddr, u16) {
+    /// `swarm enroll` a loopback host; returns its bundles, updater address,
+    /// agent port, and the reservations of both ports.
+    fn enroll(&self, host: &str) -> (WorkerBundles, SocketAddr, u16, [Port; 2]) {
         let port = free_port();
         let agent_port = free_port();
         let out_dir = self.scratch.path().join(host);
@@ -91,19 +91,23 @@ impl Swarm {
         };
         (
             bundles,
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            agent_port,
+            SocketAddr::from(([127, 0, 0, 1], port.get())),
+            agent_port.get(),
+            [port, agent_port],
         )
     }
 
     /// Enroll `host` and start its updater with the enrolled bundles.
     fn worker(&self, host: &str) -> Worker {
-        let (bundles, listen, agent_port) = self.enroll(host);
+        let (bundles, listen, agent_port, ports) = self.enroll(host);
         let options = WorkerOptions {
             agent_port: Some(agent_port),
             ..WorkerOptions::default()
         };
-        let w = Worker::start_with(bundles, listen, options);
+        let mut w = Worker::start_with(bundles, listen, options);
+        for p in ports {
+            w.hold(p);
+        }
         // Per-host settings the release trees below expand.
         std::fs::write(
             w.install_dir.join(".env.local"),
@@ -486,7 +490,7 @@ fn dry_run_opens_no_connection() {
 #[test]
 fn an_updater_with_another_certificate_is_refused() {
     let s = Swarm::new();
-    let (enrolled, listen, _) = s.enroll("w1");
+    let (enrolled, listen, _, _ports) = s.enroll("w1");
     // Same CA, same CN, but not the certificate the inventory recorded.
     let ca = Ca::load(&s.home.path().join("ca")).expect("load CA");
     let impostor = TestPki {
@@ -581,7 +585,8 @@ fn update_include_self_updates_the_updater_after_its_agent() {
     let workers = s.fleet(&["w1", "w2"]);
     // w2's agent is probed on a port nobody listens on: its agent update
     // rolls back, so its updater must be left alone.
-    for (w, health_port) in workers.iter().zip([workers[0].agent_port, free_port()]) {
+    let unused = free_port();
+    for (w, health_port) in workers.iter().zip([workers[0].agent_port, unused.get()]) {
         std::fs::write(
             w.install_dir.join(".env.local"),
             format!("AGENT_PORT={}\nHEALTH_PORT={health_port}\n", w.agent_port),

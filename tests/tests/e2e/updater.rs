@@ -506,7 +506,8 @@ async fn a_2xx_from_another_process_while_the_new_agent_is_dead_is_not_healthy()
     for f in ["ca.crt", "worker.crt", "worker.key"] {
         std::fs::copy(w.bundles.agent_dir.join(f), bundle.join(f)).unwrap();
     }
-    let port = tests::free_port();
+    let reserved = tests::free_port();
+    let port = reserved.get();
     let _impostor = ChildGuard::spawn(
         Command::new(bin("worker-agent"))
             .arg("--listen")

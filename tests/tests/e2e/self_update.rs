@@ -41,7 +41,8 @@ fn agent_tree(tag: &str) -> Vec<u8> {
 /// A worker on a fixed loopback port with non-default settings that a
 /// self-update must carry over.
 fn start(pki: &TestPki, host: &str, extra: &[&str]) -> Worker {
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let port = free_port();
+    let listen = SocketAddr::from(([127, 0, 0, 1], port.get()));
     let mut options = WorkerOptions {
         probe_attempts: 30,
         ..WorkerOptions::default()
@@ -51,7 +52,9 @@ fn start(pki: &TestPki, host: &str, extra: &[&str]) -> Worker {
         .chain(extra)
         .map(|s| (*s).to_owned())
         .collect();
-    Worker::start_with(pki.worker(host), listen, options)
+    let mut w = Worker::start_with(pki.worker(host), listen, options);
+    w.hold(port);
+    w
 }
 
 /// `POST /update-self`; `Err` when the connection dropped before an answer
