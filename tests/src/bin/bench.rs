@@ -28,7 +28,10 @@ use anyhow::{Context, anyhow, ensure};
 use clap::Parser;
 
 use crate::baseline::{BaselineAgent, Sshd};
-use crate::fleet::{Bins, Fleet, Outcome};
+use tests::worker::short;
+use tests::{Bins, process};
+
+use crate::fleet::{Fleet, Outcome};
 use crate::report::{Report, Target, Unit};
 use crate::tree::{AgentKind, AgentLaunch, Shape, Tree};
 
@@ -251,7 +254,7 @@ impl Work {
 impl Drop for Work {
     fn drop(&mut self) {
         let Some(dir) = self.dir.take() else { return };
-        let killed = procs::sweep(dir.path());
+        let killed = process::sweep(dir.path());
         if killed > 0 {
             eprintln!("bench: killed {killed} leftover process(es)");
         }
@@ -285,7 +288,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         swarm: target_dir.join("swarm"),
         updater: target_dir.join("worker-updater"),
         agent: target_dir.join("worker-agent"),
-        updater_args: args.updater_arg.clone(),
     };
     let needed: &[&PathBuf] = if only_baselines {
         &[&bins.agent]
@@ -367,9 +369,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut single = None;
     if needs_single {
         step!("starting a one-worker fleet");
-        let fleet = Fleet::start(&root.join("fleet-1"), &bins, "solo", 1).await?;
+        let fleet =
+            Fleet::start(&root.join("fleet-1"), &bins, &args.updater_arg, "solo", 1).await?;
         // The first install (nothing to stop, no prev) is not measured.
-        let host = fleet.workers[0].host.clone();
+        let host = fleet.first_host()?;
         push_healthy(&fleet, &host, &small, &mut revs).await?;
         single = Some(fleet);
     }
@@ -427,12 +430,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     if plan.has(Section::Fanout) {
         let fan = gen_tree(plan.fan, AgentKind::Healthy, "fan")?;
-        fanout_section(&plan, &root, &bins, &fan, &mut report, &mut revs).await?;
+        fanout_section(
+            &plan,
+            &root,
+            &bins,
+            &args.updater_arg,
+            &fan,
+            &mut report,
+            &mut revs,
+        )
+        .await?;
         let _ = std::fs::remove_dir_all(&fan.root);
     }
 
     if plan.has(Section::Memory) {
-        memory_section(&plan, &root, &bins, &gen_tree, &mut report, &mut revs).await?;
+        memory_section(
+            &plan,
+            &root,
+            &bins,
+            &args.updater_arg,
+            &gen_tree,
+            &mut report,
+            &mut revs,
+        )
+        .await?;
     }
 
     set_targets(&mut report);
@@ -543,10 +564,7 @@ async fn push_healthy(
         .sha256
         .clone()
         .ok_or_else(|| anyhow!("no release sha256 in {}", outcome.raw))?;
-    let at = fleet
-        .worker(host)?
-        .wait_release(&sha256, SETTLE_TIMEOUT)
-        .await?;
+    let at = fleet::wait_release(fleet.worker(host)?, &sha256, SETTLE_TIMEOUT).await?;
     Ok(Pushed {
         wall: at - start,
         sha256,
@@ -687,7 +705,7 @@ async fn push_section(
                     .push(secs(start));
             }
             let Some(fleet) = fleet else { continue };
-            let host = fleet.workers[0].host.clone();
+            let host = fleet.first_host()?;
             procs::settle().await;
             let pack = fleet.pack_only(&tree.root).await?;
             report
@@ -732,7 +750,7 @@ async fn broken_section(
     report: &mut Report,
     revs: &mut Revisions,
 ) -> anyhow::Result<()> {
-    let host = fleet.workers[0].host.clone();
+    let host = fleet.first_host()?;
     let worker = fleet.worker(&host)?;
     // A known-good release to come back to.
     let good_sha = push_healthy(fleet, &host, good, revs).await?.sha256;
@@ -762,7 +780,7 @@ async fn broken_section(
                 "a broken push to {host} was not rolled back: {}",
                 out.raw
             );
-            let at = worker.wait_release(&good_sha, SETTLE_TIMEOUT).await?;
+            let at = fleet::wait_release(worker, &good_sha, SETTLE_TIMEOUT).await?;
             let row = report.row(key, label, Unit::Seconds);
             row.samples.push(secs(at - start));
             row.baselines = vec!["rsync-incr-small".into()];
@@ -787,7 +805,7 @@ async fn rollback_section(
     report: &mut Report,
     revs: &mut Revisions,
 ) -> anyhow::Result<()> {
-    let host = fleet.workers[0].host.clone();
+    let host = fleet.first_host()?;
     let worker = fleet.worker(&host)?;
     // Two healthy pushes: active = b, prev = a.
     let mut prev = push_healthy(fleet, &host, tree, revs).await?.sha256;
@@ -807,11 +825,11 @@ async fn rollback_section(
             ensure!(
                 *sha == prev,
                 "rollback of {host} went to {} instead of {}",
-                procs::short(sha),
-                procs::short(&prev)
+                short(sha),
+                short(&prev)
             );
         }
-        let at = worker.wait_release(&prev, SETTLE_TIMEOUT).await?;
+        let at = fleet::wait_release(worker, &prev, SETTLE_TIMEOUT).await?;
         let row = report.row(
             "rollback",
             "swarm rollback until the previous release serves",
@@ -837,6 +855,7 @@ async fn fanout_section(
     plan: &Plan,
     root: &Path,
     bins: &Bins,
+    updater_args: &[String],
     tree: &Tree,
     report: &mut Report,
     revs: &mut Revisions,
@@ -846,7 +865,7 @@ async fn fanout_section(
     for &n in &plan.fanout {
         step!("fan-out: starting {n} worker(s)");
         let dir = root.join(format!("fanout-{n}"));
-        let fleet = Fleet::start(&dir, bins, "fan", n).await?;
+        let fleet = Fleet::start(&dir, bins, updater_args, "fan", n).await?;
         // First install everywhere, not measured.
         tree.set_revision(&revs.next("fan-warm"))?;
         let warm = fleet.update(None, &tree.root, plan.fanout_parallel).await?;
@@ -886,7 +905,7 @@ async fn fanout_section(
                     .ok_or_else(|| anyhow!("no release sha256 in {}", out.raw))?;
                 let mut last = Instant::now();
                 for w in &fleet.workers {
-                    last = last.max(w.wait_release(&sha, SETTLE_TIMEOUT).await?);
+                    last = last.max(fleet::wait_release(w, &sha, SETTLE_TIMEOUT).await?);
                 }
                 let row = report.row(
                     &key,
@@ -945,6 +964,7 @@ async fn memory_section(
     plan: &Plan,
     root: &Path,
     bins: &Bins,
+    updater_args: &[String],
     gen_tree: &dyn Fn(Shape, AgentKind, &str) -> anyhow::Result<Tree>,
     report: &mut Report,
     revs: &mut Revisions,
@@ -960,10 +980,10 @@ async fn memory_section(
         };
         let tree = gen_tree(shape, AgentKind::Healthy, &name)?;
         let dir = root.join(format!("mem-{mb}"));
-        let fleet = Fleet::start(&dir, bins, "mem", 1).await?;
-        let w = &fleet.workers[0];
-        let pid = w.updater_pid()?;
-        let idle = procs::proc_status_kb(pid, "VmHWM")?;
+        let fleet = Fleet::start(&dir, bins, updater_args, "mem", 1).await?;
+        let host = fleet.first_host()?;
+        let pid = fleet.worker(&host)?.updater_pid();
+        let idle = process::status_bytes(pid, "VmHWM")?;
         report
             .row(
                 "updater-idle",
@@ -977,8 +997,8 @@ async fn memory_section(
             // Reset the peak (VmHWM) so each rep reads its own.
             std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
                 .context("resetting VmHWM via /proc/<pid>/clear_refs")?;
-            let p = push_healthy(&fleet, &w.host.clone(), &tree, revs).await?;
-            let hwm = procs::proc_status_kb(pid, "VmHWM")?;
+            let p = push_healthy(&fleet, &host, &tree, revs).await?;
+            let hwm = process::status_bytes(pid, "VmHWM")?;
             let row = report.row(
                 &format!("mem-{mb}"),
                 &format!("updater peak RSS (VmHWM), {mb} MB upload"),
