@@ -301,7 +301,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             b.display()
         );
     }
-    baseline::ensure_tools(!args.no_install).await?;
+    // Only the push baselines need sshd and rsync.
+    if plan.has(Section::Push) || plan.has(Section::Baselines) {
+        baseline::ensure_tools(!args.no_install).await?;
+    }
 
     let base = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     let work = Work {
