@@ -76,8 +76,12 @@ impl Port {
             if a.given.contains(&port) {
                 continue;
             }
-            let Ok(claim) = TcpListener::bind((CLAIM_ADDR, port)) else {
-                continue;
+            let claim = match TcpListener::bind((CLAIM_ADDR, port)) {
+                Ok(l) => l,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                    bail!("cannot hold port claims on {CLAIM_ADDR} (is 127.0.0.0/8 on lo?): {e}")
+                }
+                Err(_) => continue,
             };
             if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err() {
                 continue;

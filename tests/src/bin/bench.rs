@@ -11,10 +11,10 @@
 mod baseline;
 #[path = "bench/fleet.rs"]
 mod fleet;
-#[path = "bench/procs.rs"]
-mod procs;
 #[path = "bench/report.rs"]
 mod report;
+#[path = "bench/settle.rs"]
+mod settle;
 #[path = "bench/stats.rs"]
 mod stats;
 #[path = "bench/tree.rs"]
@@ -553,7 +553,7 @@ async fn push_healthy(
     revs: &mut Revisions,
 ) -> anyhow::Result<Pushed> {
     tree.set_revision(&revs.next(tree.shape.name))?;
-    procs::settle().await;
+    settle::settle().await;
     let start = Instant::now();
     let outcome = fleet.update(Some(&[host]), &tree.root, None).await?;
     let h = outcome.host(host)?;
@@ -651,7 +651,7 @@ async fn push_section(
             // Interleaved, so that drift in the machine's load hits every
             // method alike.
             let floor_dest = scratch.join(format!("floor-{name}-{rep}"));
-            procs::settle().await;
+            settle::settle().await;
             let floor = baseline::tar_floor(&tree.root, &floor_dest).await?;
             let _ = std::fs::remove_dir_all(&floor_dest);
             report
@@ -664,7 +664,7 @@ async fn push_section(
                 .push(secs(floor));
 
             let dest = scratch.join(format!("rsync-{name}-{rep}"));
-            procs::settle().await;
+            settle::settle().await;
             let r = baseline::rsync_and_restart(sshd, agent, tree, &dest).await?;
             {
                 let ph = report.phases(&format!("{name}: rsync first sync + restart"));
@@ -681,7 +681,7 @@ async fn push_section(
             row.baselines = vec![format!("floor-{name}")];
 
             tree.set_revision(&revs.next("rsync"))?;
-            procs::settle().await;
+            settle::settle().await;
             let r = baseline::rsync_and_restart(sshd, agent, tree, &incr_dest).await?;
             let row = report.row(
                 &format!("rsync-incr-{name}"),
@@ -696,7 +696,7 @@ async fn push_section(
 
             if name == "small" {
                 agent.stop();
-                procs::settle().await;
+                settle::settle().await;
                 let start = agent.restart(&incr_dest).await?;
                 report
                     .row(
@@ -709,7 +709,7 @@ async fn push_section(
             }
             let Some(fleet) = fleet else { continue };
             let host = fleet.first_host()?;
-            procs::settle().await;
+            settle::settle().await;
             let pack = fleet.pack_only(&tree.root).await?;
             report
                 .row(
@@ -772,7 +772,7 @@ async fn broken_section(
         for rep in 0..plan.reps {
             step!("{key}: rep {}/{}", rep + 1, plan.reps);
             tree.set_revision(&revs.next(key))?;
-            procs::settle().await;
+            settle::settle().await;
             let start = Instant::now();
             let out = fleet
                 .update(Some(&[host.as_str()]), &tree.root, None)
@@ -815,7 +815,7 @@ async fn rollback_section(
     let mut active = push_healthy(fleet, &host, tree, revs).await?.sha256;
     for rep in 0..plan.reps {
         step!("rollback: rep {}/{}", rep + 1, plan.reps);
-        procs::settle().await;
+        settle::settle().await;
         let start = Instant::now();
         let out = fleet.rollback(&host).await?;
         let h = out.host(&host)?;
@@ -894,7 +894,7 @@ async fn fanout_section(
             for rep in 0..plan.reps {
                 step!("{key}: rep {}/{}", rep + 1, plan.reps);
                 tree.set_revision(&revs.next("fan"))?;
-                procs::settle().await;
+                settle::settle().await;
                 let start = Instant::now();
                 let out = fleet.update(None, &tree.root, parallel).await?;
                 ensure!(

@@ -12,7 +12,7 @@ use tests::worker::{Worker, WorkerOptions};
 use tests::{Bins, Swarm, process};
 use tokio::process::Command;
 
-use crate::procs;
+use crate::settle;
 
 /// How long one `swarm` command may take.
 const CMD_TIMEOUT: Duration = Duration::from_secs(900);
@@ -74,7 +74,7 @@ impl Fleet {
             let mut options = WorkerOptions::as_shipped(bins.clone());
             options.extra_args = updater_args.to_vec();
             let w = swarm.try_worker(&host, options)?;
-            procs::watch_releases(w.install_dir.join("releases"));
+            settle::watch_releases(w.install_dir.join("releases"));
             workers.push(w);
         }
         Ok(Fleet { swarm, workers })
