@@ -18,6 +18,14 @@
 //!    dies, however it dies (a listener on 127.0.0.2 does not conflict with
 //!    the daemon binding `127.0.0.1:<port>`);
 //! 4. `127.0.0.1:<port>` can be bound right now (nobody else listens there).
+//!
+//! Who else is kept apart, and how: the e2e tests are threads of one
+//! process (rule 2); the bench and a second test run, in this worktree or
+//! another, use this module too (rule 3); daemons the tests bind on port 0,
+//! crate-local tests (`cargo test -p worker-updater`, …) and anything else
+//! that binds `:0` or connects out get ephemeral ports (rule 1). What it
+//! cannot keep out is a process that picks a fixed port below the
+//! ephemeral range on its own (rule 4 only sees one that already listens).
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, TcpListener};
