@@ -1,20 +1,53 @@
-//! Shared support for swarm's end-to-end tests: where the built binaries
-//! are, a fresh CA per test in a temp dir, polling with a deadline, child
-//! processes that die with the test, and free loopback ports.
+//! Shared support for swarm's end-to-end tests and its bench: where the
+//! built binaries are, polling with a deadline, and the harness modules.
+//!
+//! - [`ports`]: loopback ports no two daemons are handed.
+//! - [`process`]: child-process guards, `/proc`, clean-up, timed commands.
+//! - [`ca`]: a fresh CA per test in a temp dir, a worker's bundles.
+//! - [`release`]: release tarballs built in memory (and raw, hostile ones).
+//! - [`worker`]: one `worker-updater` with its install dir, and its agent.
+//! - [`swarm`]: a master home driven by the `swarm` CLI, and its fleet.
+//!
+//! Functions that panic on failure are for tests; their `try_`/`Result`
+//! twins serve the bench, which reports errors instead.
 //!
 //! The binaries are built by `cargo test --workspace` itself: each binary
 //! crate has an integration test of its own, which makes cargo build that
 //! crate's binary into `target/<profile>/` before any test runs.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use pki::{Bundle, BundleKind, Ca, HostName, IssuedLeaf, LeafSpec};
-use tempfile::TempDir;
-
+pub mod ca;
+pub mod ports;
+pub mod process;
+pub mod release;
+pub mod swarm;
 pub mod worker;
+
+pub use ca::{TestPki, WorkerBundles};
+pub use ports::{Port, free_port};
+pub use process::Daemon;
+pub use swarm::Swarm;
+
+/// Paths of the three binaries a worker and a master run.
+#[derive(Clone, Debug)]
+pub struct Bins {
+    pub swarm: PathBuf,
+    pub updater: PathBuf,
+    pub agent: PathBuf,
+}
+
+impl Bins {
+    /// The ones this test build sits next to (`target/<profile>/`).
+    pub fn built() -> Bins {
+        Bins {
+            swarm: bin("swarm"),
+            updater: bin("worker-updater"),
+            agent: bin("worker-agent"),
+        }
+    }
+}
 
 /// Path of a workspace binary (`swarm`, `worker-agent`, `worker-updater`).
 pub fn bin(name: &str) -> PathBuf {
@@ -68,105 +101,11 @@ where
     }
 }
 
-/// A loopback port that was free a moment ago (for agents, whose port the
-/// updater must know in advance; daemons under test bind port 0 instead).
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
-}
-
-/// A child process killed (and reaped) when dropped.
-#[derive(Debug)]
-pub struct ChildGuard(pub Child);
-
-impl ChildGuard {
-    pub fn spawn(cmd: &mut Command) -> ChildGuard {
-        ChildGuard(cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")))
-    }
-    pub fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A fresh CA in its own temp dir, issuing bundles with `pki` directly.
-pub struct TestPki {
-    pub dir: TempDir,
-    pub ca: Ca,
-}
-
-/// The bundles of one enrolled worker.
-#[derive(Clone, Debug)]
-pub struct WorkerBundles {
-    pub host: HostName,
-    pub agent_dir: PathBuf,
-    pub updater_dir: PathBuf,
-    pub agent: IssuedLeaf,
-    pub updater: IssuedLeaf,
-}
-
-impl TestPki {
-    pub fn new() -> TestPki {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = Ca::generate().expect("generate CA");
-        ca.save(&dir.path().join("ca")).expect("save CA");
-        TestPki { dir, ca }
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Issue a leaf from `spec` into `<tmp>/<name>/` as a bundle of `kind`.
-    pub fn issue(&self, name: &str, kind: BundleKind, spec: &LeafSpec) -> (PathBuf, IssuedLeaf) {
-        let dir = self.dir.path().join(name);
-        let leaf = self.ca.issue(spec).expect("issue leaf");
-        Bundle::write(&dir, kind, self.ca.cert_pem(), &leaf).expect("write bundle");
-        (dir, leaf)
-    }
-
-    /// The master bundle at `<tmp>/master/`.
-    pub fn master(&self) -> Bundle {
-        let dir = self.dir.path().join("master");
-        if !dir.exists() {
-            self.issue("master", BundleKind::Master, &LeafSpec::master());
-        }
-        Bundle::load(&dir).expect("load master bundle")
-    }
-
-    /// Enroll `host` at 127.0.0.1: agent bundle `<tmp>/<host>/agent`,
-    /// updater bundle `<tmp>/<host>/updater`.
-    pub fn worker(&self, host: &str) -> WorkerBundles {
-        let host = HostName::new(host).expect("host name");
-        std::fs::create_dir_all(self.dir.path().join(host.as_str())).expect("mkdir");
-        let (agent_dir, agent) = self.issue(
-            &format!("{host}/agent"),
-            BundleKind::Agent,
-            &LeafSpec::agent(&host, "127.0.0.1", &[]).expect("agent spec"),
-        );
-        let (updater_dir, updater) = self.issue(
-            &format!("{host}/updater"),
-            BundleKind::Updater,
-            &LeafSpec::updater(&host, "127.0.0.1", &[]).expect("updater spec"),
-        );
-        WorkerBundles {
-            host,
-            agent_dir,
-            updater_dir,
-            agent,
-            updater,
-        }
-    }
-}
-
-impl Default for TestPki {
-    fn default() -> Self {
-        TestPki::new()
-    }
+/// Run `f` to completion on a runtime of its own, from a test without one.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
 }

@@ -7,11 +7,17 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use pki::{Bundle, BundleKind, Ca, HostName, LeafSpec};
+use tests::process::{run_ok, run_timed};
+use tests::worker::{health_client, wait_health};
+use tests::{Daemon, Port, TestPki};
 use tokio::process::Command;
 
-use crate::procs::{self, Daemon};
 use crate::tree::Tree;
+
+/// How long a daemon gets to exit after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How often the agent's `/health` is polled while it starts.
+const POLL: Duration = Duration::from_millis(5);
 
 /// How long one baseline step may take before the run is abandoned.
 const STEP_TIMEOUT: Duration = Duration::from_secs(600);
@@ -56,9 +62,9 @@ pub(crate) async fn ensure_tools(may_install: bool) -> anyhow::Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive");
             c
         };
-        if procs::run_ok(&mut install(), STEP_TIMEOUT).await.is_err() {
-            procs::run_ok(Command::new("apt-get").arg("update"), STEP_TIMEOUT).await?;
-            procs::run_ok(&mut install(), STEP_TIMEOUT).await?;
+        if run_ok(&mut install(), STEP_TIMEOUT).await.is_err() {
+            run_ok(Command::new("apt-get").arg("update"), STEP_TIMEOUT).await?;
+            run_ok(&mut install(), STEP_TIMEOUT).await?;
         }
         anyhow::Ok(())
     }
@@ -89,6 +95,8 @@ pub(crate) struct Sshd {
     pub(crate) port: u16,
     key: PathBuf,
     _daemon: Daemon,
+    /// `port`, reserved as long as sshd runs.
+    _port: Port,
 }
 
 impl Sshd {
@@ -100,7 +108,7 @@ impl Sshd {
         let host_key = dir.join("host_ed25519");
         let key = dir.join("client_ed25519");
         for k in [&host_key, &key] {
-            procs::run_ok(
+            run_ok(
                 Command::new("ssh-keygen")
                     .args(["-q", "-t", "ed25519", "-N", "", "-C", "swarm-bench", "-f"])
                     .arg(k),
@@ -113,7 +121,8 @@ impl Sshd {
         let authorized = dir.join("authorized_keys");
         std::fs::write(&authorized, pubkey).context("writing authorized_keys")?;
         set_mode(&authorized, 0o600)?;
-        let port = procs::free_port()?;
+        let reserved = Port::reserve()?;
+        let port = reserved.get();
         let config = dir.join("sshd_config");
         std::fs::write(
             &config,
@@ -129,7 +138,7 @@ impl Sshd {
             ),
         )
         .context("writing sshd_config")?;
-        let daemon = Daemon::spawn(
+        let daemon = Daemon::spawn_logged(
             "sshd",
             std::process::Command::new("/usr/sbin/sshd")
                 .arg("-D")
@@ -137,16 +146,18 @@ impl Sshd {
                 .arg("-f")
                 .arg(&config),
             &dir.join("sshd.log"),
-        )?;
+        )?
+        .graceful(STOP_GRACE);
         let sshd = Sshd {
             port,
             key,
             _daemon: daemon,
+            _port: reserved,
         };
         // Ready when a login works.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let t = procs::run_timed(sshd.ssh().arg("true"), Duration::from_secs(10)).await?;
+            let t = run_timed(sshd.ssh().arg("true"), Duration::from_secs(10)).await?;
             if t.status.success() {
                 return Ok(sshd);
             }
@@ -189,7 +200,7 @@ impl Sshd {
     pub(crate) async fn rsync(&self, tree: &Path, dest: &Path) -> anyhow::Result<Duration> {
         let mut src = tree.as_os_str().to_owned();
         src.push("/");
-        let t = procs::run_ok(
+        let t = run_ok(
             Command::new("rsync")
                 .arg("-a")
                 .arg("-e")
@@ -207,7 +218,7 @@ impl Sshd {
 /// plus one `sync`, timed.
 pub(crate) async fn tar_floor(tree: &Path, dest: &Path) -> anyhow::Result<Duration> {
     std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
-    let t = procs::run_ok(
+    let t = run_ok(
         Command::new("bash")
             .args([
                 "-o",
@@ -224,46 +235,35 @@ pub(crate) async fn tar_floor(tree: &Path, dest: &Path) -> anyhow::Result<Durati
     Ok(t.elapsed)
 }
 
-/// A CA, a master identity and one agent identity made with `pki`
-/// directly, for the agent the rsync baseline restarts.
+/// A CA, a master identity and one agent identity (the harness's
+/// [`TestPki`]), for the agent the rsync baseline restarts.
 pub(crate) struct BaselineAgent {
     pub(crate) agent_dir: PathBuf,
-    pub(crate) port: u16,
+    pub(crate) port: Port,
     /// The agent binary outside the trees; `None` when each tree carries
     /// its own `bin/worker-agent`.
     pub(crate) binary: Option<PathBuf>,
     pub(crate) log: PathBuf,
     client: reqwest::Client,
     running: Option<Daemon>,
+    _pki: TestPki,
 }
 
 impl BaselineAgent {
     pub(crate) fn new(dir: &Path, binary: Option<PathBuf>) -> anyhow::Result<BaselineAgent> {
         let host = "rsync-baseline";
-        let ca = Ca::generate()?;
-        let master_dir = dir.join("master");
-        let agent_dir = dir.join("agent");
-        Bundle::write(
-            &master_dir,
-            BundleKind::Master,
-            ca.cert_pem(),
-            &ca.issue(&LeafSpec::master())?,
-        )?;
-        let spec = LeafSpec::agent(&HostName::new(host)?, "127.0.0.1", &[])?;
-        Bundle::write(
-            &agent_dir,
-            BundleKind::Agent,
-            ca.cert_pem(),
-            &ca.issue(&spec)?,
-        )?;
-        let client = procs::health_client(&master_dir, host)?;
+        let pki = TestPki::create()?;
+        let agent_dir = pki.try_worker(host)?.agent_dir;
+        let client = health_client(&pki.try_master()?, host)?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(BaselineAgent {
             agent_dir,
-            port: procs::free_port()?,
+            port: Port::reserve()?,
             binary,
             log: dir.join("agent.log"),
             client,
             running: None,
+            _pki: pki,
         })
     }
 
@@ -276,7 +276,7 @@ impl BaselineAgent {
     pub(crate) async fn restart(&mut self, release: &Path) -> anyhow::Result<Duration> {
         let start = Instant::now();
         if let Some(mut old) = self.running.take() {
-            old.stop();
+            old.stop(STOP_GRACE);
         }
         let binary = match &self.binary {
             Some(b) => b.clone(),
@@ -291,16 +291,17 @@ impl BaselineAgent {
             .arg(release)
             .current_dir(release)
             .env("RUST_LOG", "warn");
-        self.running = Some(Daemon::spawn("baseline agent", &mut cmd, &self.log)?);
+        self.running =
+            Some(Daemon::spawn_logged("baseline agent", &mut cmd, &self.log)?.graceful(STOP_GRACE));
         let url = self.url();
-        let at = procs::wait_health(&self.client, &url, None, Duration::from_secs(30)).await?;
+        let (_, at) = wait_health(&self.client, &url, None, Duration::from_secs(30), POLL).await?;
         Ok(at - start)
     }
 
     /// Stop the agent, if running.
     pub(crate) fn stop(&mut self) {
         if let Some(mut d) = self.running.take() {
-            d.stop();
+            d.stop(STOP_GRACE);
         }
     }
 }

@@ -1,68 +1,25 @@
-//! A local swarm fleet for the benchmark: a `SWARM_HOME` with its CA, N
-//! workers enrolled with `swarm enroll`, each with its own `worker-updater`
-//! (own install dir and ports) on loopback, and the `swarm` commands the
-//! benchmark times against it.
+//! A local swarm fleet for the benchmark: the harness's [`Swarm`] with its
+//! CA and N workers enrolled with `swarm enroll` (each its own
+//! `worker-updater`, install dir and reserved ports on loopback, as
+//! shipped), and the `swarm` commands the benchmark times against it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use serde_json::Value;
+use tests::worker::{Worker, WorkerOptions};
+use tests::{Bins, Swarm, process};
 use tokio::process::Command;
 
-use crate::procs::{self, Daemon};
+use crate::settle;
 
 /// How long one `swarm` command may take.
 const CMD_TIMEOUT: Duration = Duration::from_secs(900);
-/// How long an updater may take to print `listening on …`.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Paths of the built binaries.
-#[derive(Clone, Debug)]
-pub(crate) struct Bins {
-    pub(crate) swarm: PathBuf,
-    pub(crate) updater: PathBuf,
-    pub(crate) agent: PathBuf,
-    /// Extra arguments for every updater (tuning experiments).
-    pub(crate) updater_args: Vec<String>,
-}
-
-/// One worker: its bundles, install dir, ports and running updater.
-pub(crate) struct Worker {
-    pub(crate) host: String,
-    pub(crate) agent_port: u16,
-    pub(crate) updater: Daemon,
-    client: reqwest::Client,
-}
-
-impl Worker {
-    pub(crate) fn agent_url(&self) -> String {
-        format!("https://127.0.0.1:{}/health", self.agent_port)
-    }
-
-    /// Poll the agent until it answers on release `sha`; the instant it did.
-    pub(crate) async fn wait_release(
-        &self,
-        sha: &str,
-        timeout: Duration,
-    ) -> anyhow::Result<Instant> {
-        procs::wait_health(&self.client, &self.agent_url(), Some(sha), timeout)
-            .await
-            .with_context(|| format!("agent of {}", self.host))
-    }
-
-    pub(crate) fn updater_pid(&self) -> anyhow::Result<u32> {
-        self.updater
-            .pid()
-            .ok_or_else(|| anyhow!("the updater of {} is not running", self.host))
-    }
-}
 
 /// A `SWARM_HOME` and its running workers.
 pub(crate) struct Fleet {
-    dir: PathBuf,
-    pub(crate) home: PathBuf,
-    pub(crate) bins: Bins,
+    swarm: Swarm,
     pub(crate) workers: Vec<Worker>,
 }
 
@@ -100,92 +57,31 @@ impl Outcome {
 }
 
 impl Fleet {
-    /// A new home under `dir` with `n` workers named `<prefix>01…`.
+    /// A new home under `dir` with `n` workers named `<prefix>01…`, their
+    /// updaters as shipped plus `updater_args`.
     pub(crate) async fn start(
         dir: &Path,
         bins: &Bins,
+        updater_args: &[String],
         prefix: &str,
         n: usize,
     ) -> anyhow::Result<Fleet> {
-        let home = dir.join("home");
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut fleet = Fleet {
-            dir: dir.to_owned(),
-            home,
-            bins: bins.clone(),
-            workers: Vec::with_capacity(n),
-        };
-        procs::run_ok(fleet.swarm().args(["ca", "init"]), CMD_TIMEOUT).await?;
+        let swarm = Swarm::create_in(dir, bins.clone())?;
+        process::run_ok(&mut swarm_cmd(&swarm, &["ca", "init"]), CMD_TIMEOUT).await?;
+        let mut workers = Vec::with_capacity(n);
         for i in 1..=n {
             let host = format!("{prefix}{i:02}");
-            let wdir = dir.join(&host);
-            std::fs::create_dir_all(&wdir)
-                .with_context(|| format!("creating {}", wdir.display()))?;
-            let agent_port = procs::free_port()?;
-            let updater_port = procs::free_port()?;
-            let agent_dir = wdir.join("agent");
-            let updater_dir = wdir.join("agent-updater");
-            procs::run_ok(
-                fleet
-                    .swarm()
-                    .args(["enroll", "--host", &host, "--address", "127.0.0.1"])
-                    .args(["--agent-port", &agent_port.to_string()])
-                    .args(["--updater-port", &updater_port.to_string()])
-                    .arg("--updater")
-                    .arg("--out-dir")
-                    .arg(&agent_dir),
-                CMD_TIMEOUT,
-            )
-            .await?;
-            let install_dir = wdir.join("install");
-            std::fs::create_dir_all(&install_dir)
-                .with_context(|| format!("creating {}", install_dir.display()))?;
-            procs::watch_releases(install_dir.join("releases"));
-            std::fs::write(
-                install_dir.join(".env.local"),
-                format!("AGENT_PORT={agent_port}\n"),
-            )
-            .context("writing .env.local")?;
-            let mut cmd = std::process::Command::new(&bins.updater);
-            cmd.arg("--listen")
-                .arg(format!("127.0.0.1:{updater_port}"))
-                .arg("--updater-dir")
-                .arg(&updater_dir)
-                .arg("--agent-dir")
-                .arg(&agent_dir)
-                .arg("--install-dir")
-                .arg(&install_dir)
-                .arg("--agent-cmd")
-                .arg(format!(
-                    "{} --listen 127.0.0.1:{agent_port}",
-                    bins.agent.display()
-                ))
-                .arg("--agent-url")
-                .arg(format!("https://127.0.0.1:{agent_port}/health"))
-                .args(&bins.updater_args)
-                .env("RUST_LOG", "info")
-                .env("NO_COLOR", "1");
-            let (updater, _addr) = Daemon::spawn_listening(
-                &format!("worker-updater of {host}"),
-                &mut cmd,
-                &wdir.join("updater.log"),
-                START_TIMEOUT,
-            )?;
-            let client = procs::health_client(&fleet.home.join("master"), &host)?;
-            fleet.workers.push(Worker {
-                host,
-                agent_port,
-                updater,
-                client,
-            });
+            let mut options = WorkerOptions::as_shipped(bins.clone());
+            options.extra_args = updater_args.to_vec();
+            let w = swarm.try_worker(&host, options)?;
+            settle::watch_releases(w.install_dir.join("releases"));
+            workers.push(w);
         }
-        Ok(fleet)
+        Ok(Fleet { swarm, workers })
     }
 
     fn swarm(&self) -> Command {
-        let mut c = Command::new(&self.bins.swarm);
-        c.arg("--home").arg(&self.home).env("NO_COLOR", "1");
-        c
+        swarm_cmd(&self.swarm, &[])
     }
 
     /// `swarm update --host H… --root TREE --json` (or `--all`), timed.
@@ -213,7 +109,7 @@ impl Fleet {
         let mut cmd = self.swarm();
         cmd.args(["update", "--all", "--dry-run", "--json", "--root"])
             .arg(root);
-        let t = procs::run_ok(&mut cmd, CMD_TIMEOUT).await?;
+        let t = process::run_ok(&mut cmd, CMD_TIMEOUT).await?;
         Ok(t.elapsed)
     }
 
@@ -225,7 +121,7 @@ impl Fleet {
     }
 
     async fn run_json(&self, cmd: &mut Command) -> anyhow::Result<Outcome> {
-        let t = procs::run_timed(cmd, CMD_TIMEOUT).await?;
+        let t = process::run_timed(cmd, CMD_TIMEOUT).await?;
         let raw: Value = serde_json::from_str(t.stdout.trim()).with_context(|| {
             format!(
                 "{cmd:?} ({}) printed no JSON: {}{}",
@@ -252,18 +148,37 @@ impl Fleet {
     pub(crate) fn worker(&self, host: &str) -> anyhow::Result<&Worker> {
         self.workers
             .iter()
-            .find(|w| w.host == host)
+            .find(|w| w.bundles.host.as_str() == host)
             .ok_or_else(|| anyhow!("no worker {host}"))
+    }
+
+    /// The name of the first worker.
+    pub(crate) fn first_host(&self) -> anyhow::Result<String> {
+        self.workers
+            .first()
+            .map(|w| w.bundles.host.to_string())
+            .ok_or_else(|| anyhow!("a fleet without workers"))
     }
 }
 
-impl Drop for Fleet {
-    /// Stop the updaters, then the agents they spawned (which outlive
-    /// their updater by design, and run with their cwd in the fleet dir).
-    fn drop(&mut self) {
-        self.workers.clear();
-        procs::sweep_agents_in(&self.dir);
-    }
+/// `swarm ARGS` of `swarm`'s home, as a tokio command.
+fn swarm_cmd(swarm: &Swarm, args: &[&str]) -> Command {
+    let mut c = Command::from(swarm.command());
+    c.args(args);
+    c
+}
+
+/// Poll the agent of `w` every 5 ms until it answers on release `sha`;
+/// the instant it did.
+pub(crate) async fn wait_release(
+    w: &Worker,
+    sha: &str,
+    timeout: Duration,
+) -> anyhow::Result<Instant> {
+    let (_, at) = w
+        .wait_release(sha, timeout, Duration::from_millis(5))
+        .await?;
+    Ok(at)
 }
 
 /// Read per-host results out of the CLI's JSON, whatever its exact

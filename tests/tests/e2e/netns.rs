@@ -9,14 +9,12 @@
 //! The namespaces, links and every process started in them are removed
 //! when the test ends, pass or fail.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
-use tests::worker::read_pidfile;
-use tests::{ChildGuard, bin, eventually};
+use tests::{Daemon, Swarm, eventually};
 
 fn sh(args: &[&str]) -> Output {
     let out = Command::new(args[0])
@@ -38,7 +36,7 @@ struct Host {
     veth: String,
     address: String,
     install: PathBuf,
-    updater: Option<ChildGuard>,
+    updater: Option<Daemon>,
 }
 
 impl Host {
@@ -94,9 +92,9 @@ impl Host {
         cmd
     }
 
-    /// Start the updater inside the namespace on the default ports.
-    fn start_updater(&mut self, agent_dir: &Path, updater_dir: &Path) {
-        let mut cmd = self.exec(&bin("worker-updater"));
+    /// Start the updater of `s` inside the namespace on the default ports.
+    fn start_updater(&mut self, s: &Swarm, agent_dir: &Path, updater_dir: &Path) {
+        let mut cmd = self.exec(&s.bins.updater);
         cmd.args(["--listen", "0.0.0.0:8766", "--updater-dir"])
             .arg(updater_dir)
             .arg("--agent-dir")
@@ -106,18 +104,18 @@ impl Host {
             .arg("--agent-cmd")
             .arg(format!(
                 "{} --listen 127.0.0.1:8765",
-                bin("worker-agent").display()
+                s.bins.agent.display()
             ))
-            .args(["--agent-url", "https://127.0.0.1:8765/health"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut guard = ChildGuard::spawn(&mut cmd);
-        let mut line = String::new();
-        BufReader::new(guard.0.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the listening line");
-        assert!(line.starts_with("listening on "), "{line:?}");
-        self.updater = Some(guard);
+            .args(["--agent-url", "https://127.0.0.1:8765/health"]);
+        let log = self.install.with_file_name("updater.log");
+        let (daemon, _addr) = Daemon::spawn_listening(
+            &format!("worker-updater in {}", self.ns),
+            &mut cmd,
+            &log,
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        self.updater = Some(daemon);
     }
 }
 
@@ -126,27 +124,13 @@ impl Drop for Host {
         // The updater first (ip netns exec execs into it, so this is its
         // pid), then the agent it started in its own process group.
         self.updater.take();
-        if let Some(pid) = read_pidfile(&self.install.join("agent.pid")) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        tests::process::kill_worker_leftovers(&self.install);
         // Deleting the namespace destroys the veth pair with it.
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
         let _ = Command::new("ip")
             .args(["link", "del", &self.veth])
             .output();
     }
-}
-
-fn swarm(home: &Path, args: &[&str]) -> Output {
-    Command::new(bin("swarm"))
-        .args(args)
-        .env("SWARM_HOME", home)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run swarm")
 }
 
 fn rows(out: &Output) -> Vec<(String, String, String)> {
@@ -175,34 +159,31 @@ fn rows(out: &Output) -> Vec<(String, String, String)> {
 
 #[test]
 fn workers_in_their_own_namespaces() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let home = tmp.path().join("home");
-    let root = tmp.path();
+    let s = Swarm::uninitialised();
+    let scratch = s.scratch();
+    let root = scratch.as_path();
     let net = (std::process::id() % 200) as u8 + 20;
     let mut hosts = [Host::new("a", net, root), Host::new("b", net + 1, root)];
 
-    assert!(swarm(&home, &["ca", "init"]).status.success());
+    assert!(s.run(&["ca", "init"]).status.success());
     for (name, host) in ["wa", "wb"].iter().zip(hosts.iter_mut()) {
         let out_dir = root.join(format!("{name}-bundle"));
-        let out = swarm(
-            &home,
-            &[
-                "enroll",
-                "--host",
-                name,
-                "--address",
-                &host.address,
-                "--updater",
-                "--out-dir",
-                out_dir.to_str().expect("utf-8"),
-            ],
-        );
+        let out = s.run(&[
+            "enroll",
+            "--host",
+            name,
+            "--address",
+            &host.address,
+            "--updater",
+            "--out-dir",
+            out_dir.to_str().expect("utf-8"),
+        ]);
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        host.start_updater(&out_dir, &root.join(format!("{name}-bundle-updater")));
+        host.start_updater(&s, &out_dir, &root.join(format!("{name}-bundle-updater")));
     }
 
     let tree = root.join("tree");
@@ -210,7 +191,7 @@ fn workers_in_their_own_namespaces() {
     std::fs::write(tree.join("etc/app.conf"), "colour = blue\n").expect("write");
     let update_all = |code: i32| {
         let tree = tree.to_str().expect("utf-8");
-        let out = swarm(&home, &["update", "--all", "--root", tree, "--json"]);
+        let out = s.run(&["update", "--all", "--root", tree, "--json"]);
         let shown = String::from_utf8_lossy(&out.stdout).into_owned();
         assert_eq!(out.status.code(), Some(code), "{shown}");
         out

@@ -4,91 +4,13 @@
 //! code, its message, and that nothing was half-written.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use pki::identity::CertInfo;
 use pki::{Bundle, BundleKind};
 use serde_json::Value;
-use tempfile::TempDir;
-use tests::bin;
+use tests::Swarm;
 use time::{Duration, OffsetDateTime};
-
-/// A fresh master home and a scratch dir for bundles.
-struct Swarm {
-    home: TempDir,
-    scratch: TempDir,
-}
-
-impl Swarm {
-    fn new() -> Swarm {
-        Swarm {
-            home: tempfile::tempdir().expect("tempdir"),
-            scratch: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    /// A fresh home with a CA already created.
-    fn init() -> Swarm {
-        let s = Swarm::new();
-        s.ok(&["ca", "init"]);
-        s
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(bin("swarm"))
-            .args(args)
-            .env("SWARM_HOME", self.home.path())
-            .env_remove("HOME")
-            .output()
-            .expect("run swarm")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "swarm {args:?} failed: {}",
-            show(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Run, expect exit `code` and a one-line stderr containing `needle`.
-    fn fails(&self, args: &[&str], code: i32, needle: &str) -> String {
-        let out = self.run(args);
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "swarm {args:?}: {}",
-            show(&out)
-        );
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            err.contains(needle),
-            "swarm {args:?}: stderr lacks {needle:?}: {err}"
-        );
-        err
-    }
-
-    fn out(&self, name: &str) -> PathBuf {
-        self.scratch.path().join(name)
-    }
-
-    fn list(&self) -> Vec<Value> {
-        let v: Value = serde_json::from_str(&self.ok(&["list", "--json"])).expect("list --json");
-        v["hosts"].as_array().expect("hosts array").clone()
-    }
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p)
@@ -131,10 +53,10 @@ fn enroll<'a>(host: &'a str, out: &'a str) -> [&'a str; 8] {
 
 #[test]
 fn ca_init_creates_the_ca_and_master_identity_once() {
-    let s = Swarm::new();
+    let s = Swarm::uninitialised();
     let out = s.ok(&["ca", "init"]);
     assert!(out.contains("CA created"), "{out}");
-    let home = s.home.path();
+    let home = &s.home();
     assert_eq!(mode(&home.join("ca")), 0o700);
     assert_eq!(mode(&home.join("ca/ca.key")), 0o600);
     assert_eq!(mode(&home.join("master")), 0o700);
@@ -182,7 +104,7 @@ fn ca_init_creates_the_ca_and_master_identity_once() {
 
 #[test]
 fn enroll_writes_both_bundles_and_records_the_host() {
-    let s = Swarm::init();
+    let s = Swarm::new();
     let dir = s.out("worker-01");
     let out = s.ok(&[
         "enroll",
@@ -202,7 +124,7 @@ fn enroll_writes_both_bundles_and_records_the_host() {
     ]);
     assert!(out.contains("worker-01"), "{out}");
     let updater_dir = s.out("worker-01-updater");
-    assert_only(s.scratch.path(), &["worker-01", "worker-01-updater"]);
+    assert_only(&s.scratch(), &["worker-01", "worker-01-updater"]);
     assert_only(&dir, &["ca.crt", "worker.crt", "worker.key"]);
     assert_only(&updater_dir, &["ca.crt", "updater.crt", "updater.key"]);
     for d in [&dir, &updater_dir] {
@@ -212,7 +134,7 @@ fn enroll_writes_both_bundles_and_records_the_host() {
     assert_eq!(mode(&dir.join("worker.key")), 0o600);
     assert_eq!(mode(&dir.join("worker.crt")), 0o644);
     assert_eq!(mode(&updater_dir.join("updater.key")), 0o600);
-    let ca = std::fs::read(s.home.path().join("ca/ca.crt")).expect("ca.crt");
+    let ca = std::fs::read(s.home().join("ca/ca.crt")).expect("ca.crt");
     assert_eq!(std::fs::read(dir.join("ca.crt")).expect("bundle ca"), ca);
     assert_eq!(
         std::fs::read(updater_dir.join("ca.crt")).expect("bundle ca"),
@@ -284,7 +206,7 @@ fn enroll_writes_both_bundles_and_records_the_host() {
 
 #[test]
 fn enroll_updater_only_adds_the_missing_bundle() {
-    let s = Swarm::init();
+    let s = Swarm::new();
     let dir = s.out("w2");
     let d = dir.to_str().unwrap();
     s.ok(&[
@@ -296,11 +218,11 @@ fn enroll_updater_only_adds_the_missing_bundle() {
         "--out-dir",
         d,
     ]);
-    assert_only(s.scratch.path(), &["w2"]);
+    assert_only(&s.scratch(), &["w2"]);
     assert!(s.list()[0]["updater_fingerprint"].is_null());
 
     s.ok(&["enroll", "--host", "w2", "--updater-only", "--out-dir", d]);
-    assert_only(s.scratch.path(), &["w2", "w2-updater"]);
+    assert_only(&s.scratch(), &["w2", "w2-updater"]);
     let info = cert_info(&s.out("w2-updater"));
     assert_eq!(info.cn, "updater@w2");
     assert!(info.ip_sans.contains(&"10.1.2.3".parse().unwrap()));
@@ -315,7 +237,7 @@ fn enroll_updater_only_adds_the_missing_bundle() {
         2,
         "already has an updater certificate",
     );
-    assert_only(s.scratch.path(), &["w2"]);
+    assert_only(&s.scratch(), &["w2"]);
     s.fails(
         &[
             "enroll",
@@ -332,7 +254,7 @@ fn enroll_updater_only_adds_the_missing_bundle() {
 
 #[test]
 fn bad_host_names_are_refused_before_anything_is_written() {
-    let s = Swarm::init();
+    let s = Swarm::new();
     for bad in ["bad name", "-lead", "master", "a/b", &"x".repeat(65)] {
         let d = s.out("bundle");
         let host = format!("--host={bad}");
@@ -352,13 +274,13 @@ fn bad_host_names_are_refused_before_anything_is_written() {
         assert!(err.contains("[A-Za-z0-9._-]"), "{err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
-    assert_only(s.scratch.path(), &[]);
+    assert_only(&s.scratch(), &[]);
     assert!(s.list().is_empty());
 }
 
 #[test]
 fn duplicate_hosts_are_refused() {
-    let s = Swarm::init();
+    let s = Swarm::new();
     s.ok(&enroll("w1", s.out("a").to_str().unwrap()));
     let err = s.fails(
         &[
@@ -375,26 +297,26 @@ fn duplicate_hosts_are_refused() {
         "already enrolled",
     );
     assert!(err.contains("swarm decommission --host w1"), "{err}");
-    assert_only(s.scratch.path(), &["a", "a-updater"]);
+    assert_only(&s.scratch(), &["a", "a-updater"]);
     assert_eq!(s.list().len(), 1);
 }
 
 #[test]
 fn a_missing_ca_is_reported_with_the_fix() {
-    let s = Swarm::new();
+    let s = Swarm::uninitialised();
     let err = s.fails(
         &enroll("w1", s.out("w1").to_str().unwrap()),
         3,
         "run `swarm ca init` first",
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert_only(s.scratch.path(), &[]);
+    assert_only(&s.scratch(), &[]);
     s.fails(&["list"], 3, "swarm ca init");
 }
 
 #[test]
 fn an_unwritable_out_dir_leaves_no_bundle_and_no_row() {
-    let s = Swarm::init();
+    let s = Swarm::new();
     let file = s.out("not-a-dir");
     std::fs::write(&file, "x").unwrap();
     let err = s.fails(
@@ -404,7 +326,7 @@ fn an_unwritable_out_dir_leaves_no_bundle_and_no_row() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(s.list().is_empty());
-    assert_only(s.scratch.path(), &["not-a-dir"]);
+    assert_only(&s.scratch(), &["not-a-dir"]);
 
     // An existing target (here: only the updater half) is refused up front.
     std::fs::create_dir(s.out("w1-updater")).unwrap();
@@ -413,7 +335,7 @@ fn an_unwritable_out_dir_leaves_no_bundle_and_no_row() {
         2,
         "already exists",
     );
-    assert_only(s.scratch.path(), &["not-a-dir", "w1-updater"]);
+    assert_only(&s.scratch(), &["not-a-dir", "w1-updater"]);
     assert!(s.list().is_empty());
 
     // Missing parents are created, and a bad SAN is refused before that.
@@ -446,7 +368,7 @@ fn an_unwritable_out_dir_leaves_no_bundle_and_no_row() {
 
 #[test]
 fn decommissioned_hosts_are_kept_but_never_targeted() {
-    let s = Swarm::init();
+    let s = Swarm::new();
     s.ok(&enroll("w1", s.out("w1").to_str().unwrap()));
     let out = s.ok(&["decommission", "--host", "w1"]);
     assert!(out.contains("decommissioned w1"), "{out}");
@@ -480,7 +402,7 @@ fn decommissioned_hosts_are_kept_but_never_targeted() {
     s.fails(&["rollback", "--host", "w1"], 2, "decommissioned");
     s.fails(&["update", "--all", "--dry-run"], 2, "no active hosts");
     s.fails(&["update", "--host", "ghost"], 2, "unknown host ghost");
-    assert_only(s.scratch.path(), &["w1", "w1-updater"]);
+    assert_only(&s.scratch(), &["w1", "w1-updater"]);
 
     // The name can be enrolled again; the old row stays for the record.
     s.ok(&enroll("w1", s.out("w1b").to_str().unwrap()));
@@ -492,7 +414,7 @@ fn decommissioned_hosts_are_kept_but_never_targeted() {
 
 #[test]
 fn usage_errors_exit_2() {
-    let s = Swarm::init();
+    let s = Swarm::new();
     s.fails(&["update"], 2, "--host");
     s.fails(
         &["update", "--all", "--host", "w1"],
@@ -514,7 +436,7 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn history_starts_empty() {
-    let s = Swarm::init();
+    let s = Swarm::new();
     assert!(s.ok(&["history"]).contains("no pushes recorded yet"));
     let v: Value = serde_json::from_str(&s.ok(&["history", "--json"])).expect("json");
     assert_eq!(v["history"], Value::Array(vec![]));

@@ -2,152 +2,17 @@
 //! the real `swarm` binary against real `worker-updater`s on loopback,
 //! holding bundles issued by `swarm enroll` itself.
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use pki::{Bundle, Ca, HostName, IssuedLeaf};
+use pki::Ca;
 use serde_json::Value;
-use tempfile::TempDir;
-use tests::worker::{Worker, WorkerOptions, toml_array};
-use tests::{TestPki, WorkerBundles, bin, free_port};
-
-/// A fresh master home with a CA, and a scratch dir for bundles and trees.
-struct Swarm {
-    home: TempDir,
-    scratch: TempDir,
-}
-
-impl Swarm {
-    fn new() -> Swarm {
-        let s = Swarm {
-            home: tempfile::tempdir().expect("tempdir"),
-            scratch: tempfile::tempdir().expect("tempdir"),
-        };
-        s.ok(&["ca", "init"]);
-        s
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(bin("swarm"))
-            .args(args)
-            .env("SWARM_HOME", self.home.path())
-            .env("NO_COLOR", "1")
-            .output()
-            .expect("run swarm")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "swarm {args:?}: {}", show(&out));
-        stdout(&out)
-    }
-
-    /// Run, expecting exit `code`; returns stdout.
-    fn code(&self, args: &[&str], code: i32) -> String {
-        let out = self.run(args);
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "swarm {args:?}: {}",
-            show(&out)
-        );
-        stdout(&out)
-    }
-
-    fn json(&self, args: &[&str], code: i32) -> Value {
-        let text = self.code(args, code);
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {text}"))
-    }
-
-    /// `swarm enroll` a loopback host; returns its bundles, updater address
-    /// and agent port.
-    fn enroll(&self, host: &str) -> (WorkerBundles, SocketAddr, u16) {
-        let port = free_port();
-        let agent_port = free_port();
-        let out_dir = self.scratch.path().join(host);
-        self.ok(&[
-            "enroll",
-            "--host",
-            host,
-            "--address",
-            "127.0.0.1",
-            "--updater-port",
-            &port.to_string(),
-            "--agent-port",
-            &agent_port.to_string(),
-            "--updater",
-            "--out-dir",
-            out_dir.to_str().expect("utf-8 path"),
-        ]);
-        let updater_dir = self.scratch.path().join(format!("{host}-updater"));
-        let bundles = WorkerBundles {
-            host: HostName::new(host).expect("host"),
-            agent: leaf(&out_dir, "worker"),
-            updater: leaf(&updater_dir, "updater"),
-            agent_dir: out_dir,
-            updater_dir,
-        };
-        (
-            bundles,
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            agent_port,
-        )
-    }
-
-    /// Enroll `host` and start its updater with the enrolled bundles.
-    fn worker(&self, host: &str) -> Worker {
-        let (bundles, listen, agent_port) = self.enroll(host);
-        let options = WorkerOptions {
-            agent_port: Some(agent_port),
-            ..WorkerOptions::default()
-        };
-        let w = Worker::start_with(bundles, listen, options);
-        // Per-host settings the release trees below expand.
-        std::fs::write(
-            w.install_dir.join(".env.local"),
-            format!("AGENT_PORT={}\n", w.agent_port),
-        )
-        .expect("write .env.local");
-        w
-    }
-
-    fn fleet(&self, hosts: &[&str]) -> Vec<Worker> {
-        hosts.iter().map(|h| self.worker(h)).collect()
-    }
-
-    /// A directory for a release tree.
-    fn tree(&self, name: &str) -> PathBuf {
-        let dir = self.scratch.path().join("trees").join(name);
-        std::fs::create_dir_all(&dir).expect("mkdir tree");
-        dir
-    }
-}
-
-fn leaf(dir: &Path, stem: &str) -> IssuedLeaf {
-    let bundle = Bundle::load(dir).expect("bundle");
-    let info = bundle.info().expect("cert info");
-    IssuedLeaf {
-        cert_pem: std::fs::read_to_string(dir.join(format!("{stem}.crt"))).expect("crt"),
-        key_pem: std::fs::read_to_string(dir.join(format!("{stem}.key"))).expect("key"),
-        fingerprint: bundle.fingerprint(),
-        not_after: info.not_after,
-    }
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        stdout(out),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use tests::release::toml_array;
+use tests::swarm::{show, stdout};
+use tests::worker::{Worker, WorkerOptions};
+use tests::{Swarm, TestPki, bin, free_port};
 
 fn write(root: &Path, rel: &str, text: &str) {
     let p = root.join(rel);
@@ -432,7 +297,7 @@ fn dry_run_opens_no_connection() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
     let port = listener.local_addr().unwrap().port();
-    let out_dir = s.scratch.path().join("w1");
+    let out_dir = s.out("w1");
     s.ok(&[
         "enroll",
         "--host",
@@ -486,16 +351,19 @@ fn dry_run_opens_no_connection() {
 #[test]
 fn an_updater_with_another_certificate_is_refused() {
     let s = Swarm::new();
-    let (enrolled, listen, _) = s.enroll("w1");
+    let enrolled = s.enroll("w1");
     // Same CA, same CN, but not the certificate the inventory recorded.
-    let ca = Ca::load(&s.home.path().join("ca")).expect("load CA");
+    let ca = Ca::load(&s.home().join("ca")).expect("load CA");
     let impostor = TestPki {
         dir: tempfile::tempdir().expect("tempdir"),
         ca,
     };
     let bundles = impostor.worker("w1");
-    assert_ne!(bundles.updater.fingerprint, enrolled.updater.fingerprint);
-    let w = Worker::start_with(bundles, listen, WorkerOptions::default());
+    assert_ne!(
+        bundles.updater.fingerprint,
+        enrolled.bundles.updater.fingerprint
+    );
+    let w = Worker::start_with(bundles, enrolled.listen, WorkerOptions::default());
     let tree = s.tree("app");
     good_tree(&tree, "1");
     let out = s.code(
@@ -507,7 +375,7 @@ fn an_updater_with_another_certificate_is_refused() {
     let detail = table[0][4..].join(" ");
     assert!(detail.contains("fingerprint"), "{out}");
     assert!(
-        detail.contains(&enrolled.updater.fingerprint.to_string()),
+        detail.contains(&enrolled.bundles.updater.fingerprint.to_string()),
         "{out}"
     );
     assert!(
@@ -536,42 +404,15 @@ fn demo_runs_to_completion_and_cleans_up() {
         .to_owned();
     assert!(!Path::new(&dir).exists(), "{dir} left behind");
     // No process of the demo survives it.
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            assert!(
-                !cmdline.contains(&dir) || is_zombie(&entry.path()),
-                "left running: {cmdline}"
-            );
-        }
-    }
-}
-
-fn is_zombie(proc_dir: &Path) -> bool {
-    std::fs::read_to_string(proc_dir.join("stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, r)| r.trim_start().chars().next())
-        })
-        .is_some_and(|c| c == 'Z' || c == 'X')
-}
-
-/// Blocking flavour of the fixture's async wait.
-trait WaitBlocking {
-    fn wait_agent_release_blocking(&self, sha256: &str);
-}
-
-impl WaitBlocking for Worker {
-    fn wait_agent_release_blocking(&self, sha256: &str) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(20), self.wait_agent_release(sha256)).await
-        })
-        .expect("agent reports the release");
+    for pid in std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    {
+        let cmdline = tests::process::cmdline(pid).join(" ");
+        assert!(
+            !cmdline.contains(&dir) || !tests::process::alive(pid as i32),
+            "left running: {cmdline}"
+        );
     }
 }
 
@@ -581,7 +422,8 @@ fn update_include_self_updates_the_updater_after_its_agent() {
     let workers = s.fleet(&["w1", "w2"]);
     // w2's agent is probed on a port nobody listens on: its agent update
     // rolls back, so its updater must be left alone.
-    for (w, health_port) in workers.iter().zip([workers[0].agent_port, free_port()]) {
+    let unused = free_port();
+    for (w, health_port) in workers.iter().zip([workers[0].agent_port, unused.get()]) {
         std::fs::write(
             w.install_dir.join(".env.local"),
             format!("AGENT_PORT={}\nHEALTH_PORT={health_port}\n", w.agent_port),
@@ -610,7 +452,7 @@ fn update_include_self_updates_the_updater_after_its_agent() {
 
     let bin_path = tree.join("bin/worker-updater");
     std::fs::create_dir_all(bin_path.parent().unwrap()).unwrap();
-    std::fs::write(&bin_path, tests::worker::shippable_updater()).unwrap();
+    std::fs::write(&bin_path, tests::release::shippable_updater()).unwrap();
     std::fs::set_permissions(
         &bin_path,
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -686,11 +528,6 @@ fn trial_confirmed(w: &Worker) {
 
 /// The updater's `/health`, asked with the master identity of `s`.
 fn updater_health(s: &Swarm, w: &Worker) -> pki::wire::UpdaterHealth {
-    let master = Bundle::load(&s.home.path().join("master")).expect("master bundle");
-    let client = tests::worker::client_for(&master, &w.bundles.host.updater_cn());
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(w.health(&client))
+    let client = s.master_client(&w.bundles.host.updater_cn());
+    tests::block_on(w.health(&client))
 }

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pki::wire::{OpResponse, OpStatus, UpdaterHealth};
-use tests::worker::{
-    ReleaseTree, Worker, WorkerOptions, alive, release_form, sha256_hex, shippable_updater,
-};
+use tests::process::{alive, cmdline};
+use tests::release::{ReleaseTree, release_form, sha256_hex, shippable_updater};
+use tests::worker::{Worker, WorkerOptions};
 use tests::{TestPki, eventually_async, free_port};
 
 /// How long a switch (or a revert) may take to show on `/health`.
@@ -41,9 +41,10 @@ fn agent_tree(tag: &str) -> Vec<u8> {
 /// A worker on a fixed loopback port with non-default settings that a
 /// self-update must carry over.
 fn start(pki: &TestPki, host: &str, extra: &[&str]) -> Worker {
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let port = free_port();
+    let listen = SocketAddr::from(([127, 0, 0, 1], port.get()));
     let mut options = WorkerOptions {
-        probe_attempts: 30,
+        probe_attempts: Some(30),
         ..WorkerOptions::default()
     };
     options.extra_args = ["--failed-keep", "7", "--self-check-timeout-secs", "20"]
@@ -51,7 +52,9 @@ fn start(pki: &TestPki, host: &str, extra: &[&str]) -> Worker {
         .chain(extra)
         .map(|s| (*s).to_owned())
         .collect();
-    Worker::start_with(pki.worker(host), listen, options)
+    let mut w = Worker::start_with(pki.worker(host), listen, options);
+    w.hold(port);
+    w
 }
 
 /// `POST /update-self`; `Err` when the connection dropped before an answer
@@ -99,18 +102,6 @@ async fn wait_health(
     .await
 }
 
-/// The argv of `pid`.
-fn cmdline(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| {
-            raw.split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The settings given at the first start are in the argv of `pid`.
 fn assert_flags_kept(w: &Worker, pid: u32) {
     let argv = cmdline(pid);
@@ -150,31 +141,6 @@ fn trial_marker(w: &Worker) -> PathBuf {
     w.install_dir.join("updater/trial.json")
 }
 
-/// Kills, when dropped, every process started with this install dir in
-/// its argv (updaters the watchdog restored, watchdogs): they are not the
-/// fixture's children.
-struct Sweep(PathBuf);
-
-impl Drop for Sweep {
-    fn drop(&mut self) {
-        let flag = format!("--install-dir={}", self.0.display());
-        let Ok(rd) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for pid in rd
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| *pid != std::process::id())
-        {
-            if cmdline(pid).contains(&flag) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-}
-
 /// Push a good agent release; returns the agent's pid.
 async fn agent_running(w: &Worker, client: &reqwest::Client) -> i32 {
     let tgz = agent_tree("agent-1");
@@ -188,7 +154,6 @@ async fn agent_running(w: &Worker, client: &reqwest::Client) -> i32 {
 async fn self_update_switches_keeps_its_flags_and_never_restarts_the_agent() {
     let pki = TestPki::new();
     let mut w = start(&pki, "self-ok", &[]);
-    let _sweep = Sweep(w.install_dir.clone());
     let client = w.master_client(&pki);
     let agent = agent_running(&w, &client).await;
     let pid = w.updater_pid();
@@ -316,7 +281,6 @@ async fn update_self_refuses_without_confirmation_or_the_master() {
 async fn broken_updaters_are_refused_or_reverted_and_the_agent_keeps_running() {
     let pki = TestPki::new();
     let w = start(&pki, "self-broken", &["--self-trial-secs", "3"]);
-    let _sweep = Sweep(w.install_dir.clone());
     let client = w.master_client(&pki);
     let agent = agent_running(&w, &client).await;
     let pid = w.updater_pid();
@@ -394,7 +358,6 @@ async fn broken_updaters_are_refused_or_reverted_and_the_agent_keeps_running() {
 async fn a_trial_whose_watchdog_died_is_reverted_at_the_next_start() {
     let pki = TestPki::new();
     let mut w = start(&pki, "self-stale", &["--self-trial-secs", "600"]);
-    let _sweep = Sweep(w.install_dir.clone());
     let client = w.master_client(&pki);
     let agent = agent_running(&w, &client).await;
     let hang = "#!/bin/sh\ncase \" $* \" in *\" --check \"*) exit 0;; esac\nexec sleep 600\n";
@@ -412,7 +375,7 @@ async fn a_trial_whose_watchdog_died_is_reverted_at_the_next_start() {
         nix::unistd::Pid::from_raw(watchdog),
         nix::sys::signal::Signal::SIGKILL,
     );
-    tests::worker::wait_dead(watchdog, "watchdog gone");
+    tests::process::wait_dead(watchdog, "watchdog gone");
     w.restart();
     let h = health(&w, &client)
         .await
@@ -440,7 +403,6 @@ async fn under_a_service_manager_a_restart_waits_for_the_trial_verdict() {
         "self-supervised",
         &["--self-trial-secs", "600", "--supervised", "true"],
     );
-    let _sweep = Sweep(w.install_dir.clone());
     let client = w.master_client(&pki);
     let agent = agent_running(&w, &client).await;
     let hang = "#!/bin/sh\ncase \" $* \" in *\" --check \"*) exit 0;; esac\nexec sleep 600\n";

@@ -7,8 +7,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use pki::wire::OpStatus;
-use tests::worker::{ReleaseTree, Worker, WorkerOptions, alive, raw, sha256_hex, wait_dead};
-use tests::{ChildGuard, TestPki, bin, eventually_async};
+use tests::process::{alive, wait_dead};
+use tests::release::{ReleaseTree, raw, sha256_hex};
+use tests::worker::{Worker, WorkerOptions};
+use tests::{Daemon, TestPki, bin, eventually_async};
 
 /// A good release: the fixture's default agent (no swarm.toml), one file
 /// that makes each tree's digest distinct.
@@ -258,7 +260,7 @@ fn slow_starter(w: &Worker, counter: &Path, polls: u32, deadline_secs: Option<u6
     ];
     let mut toml = format!(
         "[agent]\ncommand = {}\nhealth_url = \"{}\"\n",
-        tests::worker::toml_array(&command),
+        tests::release::toml_array(&command),
         w.agent_url()
     );
     if let Some(secs) = deadline_secs {
@@ -276,14 +278,14 @@ async fn a_release_can_give_a_slow_agent_a_longer_probe_deadline() {
         &pki,
         "w1",
         WorkerOptions {
-            probe_deadline_ms: 1000,
+            probe_deadline_ms: Some(1000),
             ..WorkerOptions::default()
         },
     );
     let client = w.master_client(&pki);
     let a = push_good(&w, &client, "a").await;
     // Within the updater's deadline: rolled back.
-    let tgz = slow_starter(&w, &w.tmp.path().join("count-1"), 12, None);
+    let tgz = slow_starter(&w, &w.dir().join("count-1"), 12, None);
     let (code, body) = w.push(&client, &tgz).await;
     assert_eq!(code, 409, "{body:?}");
     assert!(body.rolled_back, "{body:?}");
@@ -294,7 +296,7 @@ async fn a_release_can_give_a_slow_agent_a_longer_probe_deadline() {
     );
     w.wait_agent_release(&a).await;
     // The same agent, with `[agent] probe_deadline_secs = 30`: it passes.
-    let tgz = slow_starter(&w, &w.tmp.path().join("count-2"), 12, Some(30));
+    let tgz = slow_starter(&w, &w.dir().join("count-2"), 12, Some(30));
     let (code, body) = w.push(&client, &tgz).await;
     assert_eq!(code, 200, "{body:?}\n{}", w.log());
     assert!(
@@ -311,7 +313,7 @@ async fn rollback_to_an_unhealthy_prev_goes_back() {
     let w = start(&pki);
     let client = w.master_client(&pki);
     // prev: an agent whose health depends on a file we remove later.
-    let gate = w.tmp.path().join("gate");
+    let gate = w.dir().join("gate");
     std::fs::write(&gate, "").unwrap();
     let test_cmd = format!("test -e {}", gate.display());
     let tgz = ReleaseTree::new()
@@ -340,7 +342,7 @@ async fn one_operation_at_a_time_and_health_answers_meanwhile() {
     let w = start(&pki);
     let client = w.master_client(&pki);
     push_good(&w, &client, "a").await;
-    let gate = w.tmp.path().join("install-gate");
+    let gate = w.dir().join("install-gate");
     let hook = format!(
         "[install]\ncommand = [\"sh\", \"-c\", \"while [ ! -e '{}' ]; do sleep 0.02; done\"]\n",
         gate.display()
@@ -395,7 +397,7 @@ async fn operator_commands_work_with_real_curl() {
     let a = push_good(&w, &client, "a").await;
     let tgz = good("b");
     let b = sha256_hex(&tgz);
-    let tree = w.tmp.path().join("tree.tgz");
+    let tree = w.dir().join("tree.tgz");
     std::fs::write(&tree, &tgz).unwrap();
     let (code, body) = curl(&[
         "-F",
@@ -418,7 +420,7 @@ async fn agent_started_by_hand_is_replaced_and_a_stranger_is_spared() {
     let w = start(&pki);
     let client = w.master_client(&pki);
     // By hand: same bundle, same port, no pidfile.
-    let mut by_hand = ChildGuard::spawn(
+    let mut by_hand = Daemon::start(
         Command::new(bin("worker-agent"))
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", w.agent_port))
@@ -431,7 +433,7 @@ async fn agent_started_by_hand_is_replaced_and_a_stranger_is_spared() {
     })
     .await;
     // A stale pidfile naming an unrelated process.
-    let mut stranger = ChildGuard::spawn(Command::new("sleep").arg("120"));
+    let mut stranger = Daemon::start(Command::new("sleep").arg("120"));
     std::fs::write(
         w.install_dir.join("agent.pid"),
         format!("{}\n", stranger.pid()),
@@ -439,12 +441,9 @@ async fn agent_started_by_hand_is_replaced_and_a_stranger_is_spared() {
     .unwrap();
     let a = push_good(&w, &client, "a").await;
     w.wait_agent_release(&a).await;
-    let status = by_hand.0.try_wait().expect("try_wait");
+    let status = by_hand.try_wait();
     assert!(status.is_some(), "the hand-started agent was stopped");
-    assert!(
-        stranger.0.try_wait().expect("try_wait").is_none(),
-        "the stranger lives"
-    );
+    assert!(stranger.try_wait().is_none(), "the stranger lives");
     assert!(alive(stranger.pid() as i32));
 }
 
@@ -469,7 +468,7 @@ async fn an_agent_run_by_a_shebang_script_is_replaced_by_the_next_push() {
     let w = start(&pki);
     let client = w.master_client(&pki);
     // The reference agent under another name, outside the install dir.
-    let service = w.tmp.path().join("my-service");
+    let service = w.dir().join("my-service");
     if std::fs::hard_link(bin("worker-agent"), &service).is_err() {
         std::fs::copy(bin("worker-agent"), &service).unwrap();
     }
@@ -501,13 +500,14 @@ async fn a_2xx_from_another_process_while_the_new_agent_is_dead_is_not_healthy()
     // Something else on the health port: the reference agent with this
     // host's certificate, reporting no release, started where no scan finds
     // it, and slow to answer (so the release's agent has surely exited).
-    let bundle = w.tmp.path().join("impostor-bundle");
+    let bundle = w.dir().join("impostor-bundle");
     std::fs::create_dir(&bundle).unwrap();
     for f in ["ca.crt", "worker.crt", "worker.key"] {
         std::fs::copy(w.bundles.agent_dir.join(f), bundle.join(f)).unwrap();
     }
-    let port = tests::free_port();
-    let _impostor = ChildGuard::spawn(
+    let reserved = tests::free_port();
+    let port = reserved.get();
+    let _impostor = Daemon::start(
         Command::new(bin("worker-agent"))
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
@@ -617,7 +617,7 @@ async fn unsafe_tarballs_are_rejected_and_touch_nothing() {
     let a = push_good(&w, &client, "a").await;
     let agent = w.wait_agent_release(&a).await.pid;
     // The install dir is <tmp>/install; staging is <tmp>/install/releases/active.new.
-    let sentinel = w.tmp.path().join("sentinel");
+    let sentinel = w.dir().join("sentinel");
     std::fs::write(&sentinel, "keep").unwrap();
     let abs = sentinel.display().to_string();
     let up = "../../../sentinel";
@@ -693,7 +693,7 @@ async fn unsafe_tarballs_are_rejected_and_touch_nothing() {
             "{what}"
         );
         assert_eq!(
-            std::fs::read_dir(w.tmp.path()).unwrap().count(),
+            std::fs::read_dir(w.dir()).unwrap().count(),
             3,
             "{what}: nothing new next to install/"
         );
@@ -728,7 +728,7 @@ async fn sigkill_right_after_the_flip_is_repaired_at_start_up() {
     let a = push_good(&w, &client, "a").await;
     w.wait_agent_release(&a).await;
     // B's agent stays unhealthy, so the updater sits in its probe after the flip.
-    let gate = w.tmp.path().join("never");
+    let gate = w.dir().join("never");
     let test_cmd = format!("test -e {}", gate.display());
     let tgz = ReleaseTree::new()
         .reference_agent(w.agent_port, &["--health-cmd", &test_cmd])
