@@ -53,7 +53,7 @@ fn main() -> ExitCode {
             );
             return ExitCode::from(EXIT_CONFIG);
         }
-        if let Err(e) = worker_updater::layout::check_install_exchange(&config.install_dir) {
+        if let Err(e) = worker_updater::slots::check_install_exchange(&config.install_dir) {
             eprintln!("worker-updater: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
                 config.install_dir.display()
             )
         })
-        .and_then(|()| worker_updater::layout::check_install_exchange(&config.install_dir))
+        .and_then(|()| worker_updater::slots::check_install_exchange(&config.install_dir))
     {
         eprintln!("worker-updater: {e}");
         return ExitCode::from(EXIT_CONFIG);

@@ -155,7 +155,7 @@ async fn agent_gone(agent: Option<&Spawned>) -> Option<String> {
     }
     // The reaper may not have seen it yet: ask /proc (a zombie is dead).
     let pid = agent.pid;
-    let alive = tokio::task::spawn_blocking(move || crate::agent::alive(pid))
+    let alive = tokio::task::spawn_blocking(move || crate::agent::proc::alive(pid))
         .await
         .unwrap_or(true);
     (!alive).then(|| format!("the agent (pid {pid}) is no longer running"))
