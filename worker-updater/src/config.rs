@@ -253,6 +253,26 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Which host the bundles are for: `Ok("bundle for updater@H")`, or an
+    /// error when the agent bundle in `--agent-dir` (if there is one) is
+    /// another host's — the two bundles of one enrollment always name the
+    /// same host, so this catches another host's updater bundle.
+    pub fn check_host(&self) -> Result<String, String> {
+        let said = format!("bundle for {}", self.host.updater_cn());
+        match Bundle::load_kind(&self.agent_dir, BundleKind::Agent).map(|b| b.identity()) {
+            Ok(Identity::Agent(agent)) if agent != self.host => Err(format!(
+                "the updater bundle in {} is for {} but the agent bundle in {} (--agent-dir) is for {agent}: pass the two bundles of one host",
+                self.bundle.dir.display(),
+                self.host.updater_cn(),
+                self.agent_dir.display()
+            )),
+            // No agent bundle here (it is the agent's), or one for this host.
+            _ => Ok(said),
+        }
+    }
+}
+
 /// The effective settings of this updater as `SWARM_UPDATER_*` variables
 /// (paths resolved, the listen address as actually bound). A re-exec sets
 /// them in the new process's environment and rebuilds its argv from them

@@ -57,8 +57,20 @@ fn main() -> ExitCode {
             eprintln!("worker-updater: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
-        println!("configuration ok");
-        return ExitCode::SUCCESS;
+        match config.check_host() {
+            Ok(said) => {
+                println!("configuration ok ({said})");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("worker-updater: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
+    match config.check_host() {
+        Ok(said) => tracing::info!("{said}"),
+        Err(e) => tracing::warn!("{e}"),
     }
     // Every slot swap relies on RENAME_EXCHANGE; refuse to run without it.
     if let Err(e) = std::fs::create_dir_all(&config.install_dir)
