@@ -98,9 +98,9 @@ async fn update_self(
     // Detached like `/update`; the guard travels with the operation and
     // then with the exec, so nothing else starts in between.
     let task = tokio::spawn(async move {
-        let (body, handoff) = selfupdate::update_self(app, form, who.cn()).await?;
+        let (body, handoff) = selfupdate::update_self(app.clone(), form, who.cn()).await?;
         let (sent, on_sent) = tokio::sync::oneshot::channel();
-        handoff.exec_after(on_sent, guard);
+        handoff.exec_after(app, on_sent, guard);
         Ok::<_, UpdaterError>((body, sent))
     });
     let (body, sent) = task

@@ -80,7 +80,30 @@ pub async fn run(
         tokio::spawn(reconcile);
     }
     selfupdate::reap_watchdog(&app.updater_layout);
-    pki::serve(listener, tls, router(app.clone()), shutdown).await?;
+    // Serve until `shutdown`, or until a self-update asks to hand over:
+    // then the server stops accepting and drains its connections (the
+    // answer flushed, its connection closed) before the exec. A failed exec
+    // returns here and the same address is served again.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut listener = listener;
+    loop {
+        let stop = async {
+            tokio::select! {
+                () = &mut shutdown => {}
+                () = app.handoff_requested() => {}
+            }
+        };
+        pki::serve(listener, tls.clone(), router(app.clone()), stop).await?;
+        let Some(exec) = app.take_handoff() else {
+            break;
+        };
+        tracing::info!("connections drained; handing over to the new updater");
+        let _ = tokio::task::spawn_blocking(exec).await;
+        let addr = app.config.stash.listen().unwrap_or(app.config.listen);
+        listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding {addr} again after a failed exec: {e}"))?;
+    }
     // An operation in flight runs in its own task: give it a bounded time
     // to finish so a restart does not leave work for the start-up repair.
     let deadline = tokio::time::Instant::now() + OP_DRAIN;

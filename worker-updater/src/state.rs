@@ -17,7 +17,6 @@ use crate::slots::Layout;
 
 /// Shared state of the daemon. Its methods are the state's own; the
 /// operations on it live in [`crate::ops`] and [`crate::selfupdate`].
-#[derive(Debug)]
 pub struct Daemon {
     pub config: Config,
     pub install: Install,
@@ -33,6 +32,24 @@ pub struct Daemon {
     /// release parsed since the start), for the `/proc` scan.
     programs: Mutex<BTreeSet<String>>,
     busy: Mutex<Option<&'static str>>,
+    /// A self-update's exec, waiting for the server to stop and its
+    /// connections to finish ([`Daemon::request_handoff`]).
+    handoff: Mutex<Option<HandoffFn>>,
+    handoff_ready: tokio::sync::Notify,
+}
+
+/// What runs once the server has stopped: the exec (it returns only when
+/// the exec failed, after putting the previous release back).
+pub type HandoffFn = Box<dyn FnOnce() + Send>;
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("config", &self.config)
+            .field("layout", &self.layout)
+            .field("busy", &self.busy)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Holds the worker for one operation; released on drop.
@@ -84,6 +101,8 @@ impl Daemon {
             own_release,
             programs: Mutex::new(programs),
             busy: Mutex::new(None),
+            handoff: Mutex::new(None),
+            handoff_ready: tokio::sync::Notify::new(),
         })
     }
 
@@ -105,6 +124,26 @@ impl Daemon {
     /// The operation running now, if any.
     pub fn busy(&self) -> Option<String> {
         self.busy.lock().ok().and_then(|b| b.map(str::to_owned))
+    }
+
+    /// Ask the server to stop accepting, let every connection finish (the
+    /// self-update's answer flushed and its connection closed, bounded by
+    /// the server's shutdown grace), then run `exec` ([`crate::run`]).
+    pub fn request_handoff(&self, exec: HandoffFn) {
+        if let Ok(mut h) = self.handoff.lock() {
+            *h = Some(exec);
+        }
+        self.handoff_ready.notify_one();
+    }
+
+    /// Resolves once a hand-over was requested.
+    pub async fn handoff_requested(&self) {
+        self.handoff_ready.notified().await;
+    }
+
+    /// The hand-over waiting to run, if any.
+    pub fn take_handoff(&self) -> Option<HandoffFn> {
+        self.handoff.lock().ok().and_then(|mut h| h.take())
     }
 
     /// How to recognise this worker's agent in `/proc`.

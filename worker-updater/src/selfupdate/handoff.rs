@@ -25,9 +25,8 @@ use crate::release::{Purpose, updater_binary_in};
 use crate::slots::Layout;
 use crate::state::{Daemon, OpGuard, blocking};
 
-/// After the 200 has been handed to the connection, before the exec.
-const EXEC_GRACE: Duration = Duration::from_millis(200);
-/// Longest wait for the response body to be taken before exec anyway.
+/// Longest wait for the response body to be taken before the hand-over
+/// starts anyway (the server's shutdown grace bounds the rest).
 const SEND_WAIT: Duration = Duration::from_secs(3);
 
 /// A self-update that passed its check, waiting for its 200 to be sent:
@@ -42,14 +41,20 @@ pub struct Handoff {
 }
 
 impl Handoff {
-    /// Exec the new updater once `sent` fires (the response body was taken
-    /// or dropped) plus a short grace, holding the worker until then.
-    pub fn exec_after(self, sent: oneshot::Receiver<()>, guard: OpGuard) {
+    /// Once `sent` fires (the response body was taken or dropped), ask
+    /// the server to stop and drain its connections, then exec the new
+    /// updater ([`Daemon::request_handoff`]): the answer is flushed and its
+    /// connection closed before this process is replaced, instead of a
+    /// fixed pause. The worker stays held until the exec.
+    pub fn exec_after(self, d: Arc<Daemon>, sent: oneshot::Receiver<()>, guard: OpGuard) {
+        let exec: crate::state::HandoffFn = Box::new(move || {
+            self.exec();
+            drop(guard);
+        });
         tokio::spawn(async move {
             let _ = tokio::time::timeout(SEND_WAIT, sent).await;
-            tokio::time::sleep(EXEC_GRACE).await;
-            let _ = tokio::task::spawn_blocking(move || self.exec()).await;
-            drop(guard);
+            tracing::info!("answer sent; draining connections before the exec");
+            d.request_handoff(exec);
         });
     }
 
