@@ -192,7 +192,7 @@ async fn once(
 /// Read a health answer's body, at most [`MAX_HEALTH_BODY`] bytes: a
 /// health answer is a small JSON object, and whatever answers on the port
 /// must not make the updater buffer an unbounded body. More is unhealthy.
-async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+pub(crate) async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| pki::error_chain(&e))? {
         if body.len() + chunk.len() > MAX_HEALTH_BODY {

@@ -39,8 +39,6 @@ impl PidFile {
         })
     }
 
-    /// Write atomically (temp file, rename).
-
     /// Write atomically (temp sibling, fsync, rename, fsync of the dir).
     pub(crate) fn write(&self, path: &Path) -> Result<()> {
         write_json_durable(path, self)

@@ -56,7 +56,7 @@ pub fn own_release(layout: &Layout) -> Option<Manifest> {
         return Manifest::read(Path::new(&dir));
     }
     let exe = std::env::current_exe().ok()?.canonicalize().ok()?;
-    let releases = layout.releases.canonicalize().ok()?;
+    let releases = layout.releases_dir().canonicalize().ok()?;
     let slot = exe.strip_prefix(&releases).ok()?.components().next()?;
     Manifest::read(&releases.join(slot))
 }
@@ -120,7 +120,7 @@ pub(crate) fn append_log(path: &Path) -> std::io::Result<std::fs::File> {
 /// only if this process is that updater (or the hand-over failed).
 pub fn prestart(config: &Config) {
     let layout = Layout::updater(&config.install_dir, config.failed_keep);
-    if !layout.root.is_dir() {
+    if !layout.root().is_dir() {
         return;
     }
     match layout.repair() {

@@ -52,7 +52,7 @@ pub enum Marker {
 
 impl Trial {
     pub(crate) fn path(layout: &Layout) -> PathBuf {
-        layout.root.join(TRIAL_FILE)
+        layout.root().join(TRIAL_FILE)
     }
 
     pub fn read(layout: &Layout) -> Marker {
@@ -75,7 +75,7 @@ impl Trial {
     pub(crate) fn remove(layout: &Layout) -> Result<()> {
         let path = Trial::path(layout);
         match std::fs::remove_file(&path) {
-            Ok(()) => fsync_dir(&layout.root),
+            Ok(()) => fsync_dir(&layout.root()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(UpdaterError::io(&path, e)),
         }
@@ -135,7 +135,7 @@ pub(crate) fn arm_trial(
         started_at: crate::now_rfc3339(),
     };
     trial.write(layout)?;
-    let log_path = layout.root.join(WATCHDOG_LOG);
+    let log_path = layout.root().join(WATCHDOG_LOG);
     let log = append_log(&log_path).map_err(|e| UpdaterError::io(&log_path, e))?;
     let err_log = log
         .try_clone()
@@ -149,7 +149,7 @@ pub(crate) fn arm_trial(
         .envs(stash.vars())
         .env_remove(HANDOFF_VAR)
         .env_remove(RELEASE_DIR_VAR)
-        .current_dir(&layout.install)
+        .current_dir(&layout.install_dir())
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(err_log)

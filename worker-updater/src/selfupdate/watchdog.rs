@@ -87,7 +87,7 @@ pub fn watchdog(config: &Config) -> std::process::ExitCode {
                 return std::process::ExitCode::SUCCESS;
             }
             let (exe, release_dir) = desired(&layout, &config.base_exe);
-            let log_path = layout.root.join(RESTORED_LOG);
+            let log_path = layout.root().join(RESTORED_LOG);
             let mut cmd = updater_command(&exe, release_dir.as_deref(), &config.stash);
             cmd.current_dir(&config.install_dir)
                 .stdin(std::process::Stdio::null());
@@ -141,23 +141,27 @@ async fn watch(config: &Config, trial: &Trial) -> std::result::Result<(), String
     let mut last: String;
     loop {
         match client.get(&url).send().await {
-            Ok(resp) if resp.status().is_success() => match resp.json::<UpdaterHealth>().await {
-                Ok(h) => {
-                    let got = h.release.map(|m| m.sha256);
-                    // The process before the exec still holds `update-self`;
-                    // only the one after it counts (even for the same tree).
-                    let after_exec = h.busy.as_deref() != Some("update-self");
-                    if after_exec && got.as_deref() == Some(trial.release_sha256.as_str()) {
-                        return Ok(());
+            Ok(resp) if resp.status().is_success() => {
+                match crate::probe::read_capped(resp).await.and_then(|b| {
+                    serde_json::from_slice::<UpdaterHealth>(&b).map_err(|e| e.to_string())
+                }) {
+                    Ok(h) => {
+                        let got = h.release.map(|m| m.sha256);
+                        // The process before the exec still holds `update-self`;
+                        // only the one after it counts (even for the same tree).
+                        let after_exec = h.busy.as_deref() != Some("update-self");
+                        if after_exec && got.as_deref() == Some(trial.release_sha256.as_str()) {
+                            return Ok(());
+                        }
+                        last = format!(
+                            "pid {} reports release {}",
+                            h.pid,
+                            got.as_deref().map_or("none", short)
+                        );
                     }
-                    last = format!(
-                        "pid {} reports release {}",
-                        h.pid,
-                        got.as_deref().map_or("none", short)
-                    );
+                    Err(e) => last = format!("unreadable health answer: {e}"),
                 }
-                Err(e) => last = format!("unreadable health answer: {e}"),
-            },
+            }
             Ok(resp) => last = format!("HTTP {}", resp.status()),
             Err(e) => last = pki::error_chain(&e),
         }

@@ -11,12 +11,12 @@ use crate::error::{Result, UpdaterError};
 /// both; only [`Layout::root`] differs.
 #[derive(Clone, Debug)]
 pub struct Layout {
-    pub install: PathBuf,
+    pub(super) install: PathBuf,
     /// The directory holding `current` and `releases/`.
-    pub root: PathBuf,
-    pub releases: PathBuf,
+    pub(super) root: PathBuf,
+    pub(super) releases: PathBuf,
     /// How many failed releases to keep.
-    pub failed_keep: usize,
+    pub(super) failed_keep: usize,
 }
 
 impl Layout {
@@ -36,6 +36,18 @@ impl Layout {
             releases: root.join("releases"),
             failed_keep,
         }
+    }
+    /// The install dir both slot sets live in.
+    pub fn install_dir(&self) -> &Path {
+        &self.install
+    }
+    /// The directory holding `current` and `releases/`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `releases/` of this slot set.
+    pub fn releases_dir(&self) -> &Path {
+        &self.releases
     }
     pub fn current(&self) -> PathBuf {
         self.root.join("current")
