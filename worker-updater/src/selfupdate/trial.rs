@@ -75,7 +75,7 @@ impl Trial {
     pub(crate) fn remove(layout: &Layout) -> Result<()> {
         let path = Trial::path(layout);
         match std::fs::remove_file(&path) {
-            Ok(()) => fsync_dir(&layout.root()),
+            Ok(()) => fsync_dir(layout.root()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(UpdaterError::io(&path, e)),
         }
@@ -149,7 +149,7 @@ pub(crate) fn arm_trial(
         .envs(stash.vars())
         .env_remove(HANDOFF_VAR)
         .env_remove(RELEASE_DIR_VAR)
-        .current_dir(&layout.install_dir())
+        .current_dir(layout.install_dir())
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(err_log)
