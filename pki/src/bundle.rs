@@ -31,6 +31,23 @@ impl BundleKind {
             BundleKind::Updater => "updater",
         }
     }
+    /// "master", "agent", "updater".
+    pub fn name(self) -> &'static str {
+        match self {
+            BundleKind::Master => "master",
+            BundleKind::Agent => "agent",
+            BundleKind::Updater => "updater",
+        }
+    }
+    /// "an agent bundle (worker.crt)", for messages.
+    pub fn describe(self) -> String {
+        let article = if self == BundleKind::Master {
+            "a"
+        } else {
+            "an"
+        };
+        format!("{article} {} bundle ({}.crt)", self.name(), self.stem())
+    }
     const ALL: [BundleKind; 3] = [BundleKind::Master, BundleKind::Updater, BundleKind::Agent];
 }
 
@@ -81,6 +98,17 @@ impl Bundle {
         let cert_path = dir.join(format!("{}.crt", kind.stem()));
         let key_path = dir.join(format!("{}.key", kind.stem()));
         if !cert_path.exists() || !ca_path.exists() {
+            // Another kind's bundle here is a different mistake than none.
+            if let Some(found) = BundleKind::ALL
+                .into_iter()
+                .find(|k| *k != kind && dir.join(format!("{}.crt", k.stem())).exists())
+            {
+                return Err(PkiError::WrongBundle {
+                    dir: dir.to_owned(),
+                    found: found.describe(),
+                    expected: format!("the {} bundle ({}.crt)", kind.name(), kind.stem()),
+                });
+            }
             return Err(PkiError::NoBundle(dir.to_owned()));
         }
         let ca = read_certs(&ca_path)?
@@ -182,17 +210,10 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
 pub(crate) fn read_private(path: &Path) -> Result<String, PkiError> {
     let meta = fs::metadata(path).map_err(|e| PkiError::io(path, e))?;
     if meta.permissions().mode() & 0o077 != 0 {
-        return Err(PkiError::io(
-            path,
-            std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                format!(
-                    "private key is mode {:o}; it must be 0600 (chmod 600 {})",
-                    meta.permissions().mode() & 0o777,
-                    path.display()
-                ),
-            ),
-        ));
+        return Err(PkiError::KeyMode {
+            path: path.to_owned(),
+            mode: meta.permissions().mode() & 0o777,
+        });
     }
     fs::read_to_string(path).map_err(|e| PkiError::io(path, e))
 }
@@ -232,4 +253,41 @@ pub(crate) fn write_public(path: &Path, contents: &str) -> Result<(), PkiError> 
 
 pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     write_mode(path, contents, 0o600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Ca, HostName, LeafSpec};
+
+    #[test]
+    fn a_bundle_of_the_wrong_kind_and_a_readable_key_say_what_is_wrong() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = Ca::generate().unwrap();
+        let host = HostName::new("w1").unwrap();
+        let leaf = ca
+            .issue(&LeafSpec::agent(&host, "127.0.0.1", &[]).unwrap())
+            .unwrap();
+        let dir = tmp.path().join("agent");
+        Bundle::write(&dir, BundleKind::Agent, ca.cert_pem(), &leaf).unwrap();
+        let e = Bundle::load_kind(&dir, BundleKind::Updater)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "this is an agent bundle (worker.crt), pass the updater bundle (updater.crt)"
+            ),
+            "{e}"
+        );
+        let key = dir.join("worker.key");
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Bundle::load_kind(&dir, BundleKind::Agent).unwrap_err();
+        // Said once: no source that `{:#}` (anyhow's chain) prints again.
+        assert_eq!(
+            e.to_string().matches("private key is mode 644").count(),
+            1,
+            "{e}"
+        );
+        assert!(std::error::Error::source(&e).is_none(), "{e:?}");
+    }
 }

@@ -25,6 +25,12 @@ pub enum PkiError {
         "{0}: no bundle here (expected ca.crt with one of master.crt, updater.crt, worker.crt and its .key)"
     )]
     NoBundle(PathBuf),
+    #[error("{}: this is {found}, pass {expected}", .dir.display())]
+    WrongBundle {
+        dir: PathBuf,
+        found: String,
+        expected: String,
+    },
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error("TLS configuration failed: {0}")]
@@ -33,6 +39,16 @@ pub enum PkiError {
     Verifier(String),
     #[error("certificate could not be parsed: {0}")]
     Parse(String),
+    /// `swarm.toml` at a release root is unusable (what to fix).
+    #[error("swarm.toml: {0}")]
+    SwarmToml(String),
+    /// A private key file group or others can read.
+    #[error(
+        "{}: private key is mode {mode:o}; it must be 0600 (chmod 600 {})",
+        .path.display(),
+        .path.display()
+    )]
+    KeyMode { path: PathBuf, mode: u32 },
     #[error("HTTP client: {0}")]
     Http(#[from] reqwest::Error),
     /// A response body over the reader's cap (`announced` is its

@@ -17,8 +17,10 @@ pub mod daemon;
 mod error;
 pub mod identity;
 pub mod policy;
+pub mod release;
 pub mod serve;
 pub mod text;
+pub mod swarm_toml;
 pub mod tls;
 pub mod wire;
 

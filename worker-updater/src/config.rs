@@ -9,12 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use pki::{Bundle, BundleKind, HostName, Identity};
 
-use crate::extract::Caps;
 use crate::probe::ProbeSettings;
-use crate::release::split_command;
+use crate::receive::Caps;
 
 /// `worker-updater` arguments.
-#[derive(Clone, Debug, clap::Parser)]
+#[derive(Clone, Debug, clap::Parser, serde::Serialize)]
 #[command(
     name = "worker-updater",
     version,
@@ -186,8 +185,8 @@ impl Config {
                 updater_dir.display()
             ),
         };
-        let agent_cmd =
-            split_command(&args.agent_cmd).map_err(|e| anyhow::anyhow!("--agent-cmd: {e}"))?;
+        let agent_cmd = crate::release::split_command(&args.agent_cmd)
+            .map_err(|e| anyhow::anyhow!("--agent-cmd: {e}"))?;
         if agent_cmd.first().is_none_or(String::is_empty) {
             bail!("--agent-cmd is empty");
         }
@@ -254,6 +253,26 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Which host the bundles are for: `Ok("bundle for updater@H")`, or an
+    /// error when the agent bundle in `--agent-dir` (if there is one) is
+    /// another host's — the two bundles of one enrollment always name the
+    /// same host, so this catches another host's updater bundle.
+    pub fn check_host(&self) -> Result<String, String> {
+        let said = format!("bundle for {}", self.host.updater_cn());
+        match Bundle::load_kind(&self.agent_dir, BundleKind::Agent).map(|b| b.identity()) {
+            Ok(Identity::Agent(agent)) if agent != self.host => Err(format!(
+                "the updater bundle in {} is for {} but the agent bundle in {} (--agent-dir) is for {agent}: pass the two bundles of one host",
+                self.bundle.dir.display(),
+                self.host.updater_cn(),
+                self.agent_dir.display()
+            )),
+            // No agent bundle here (it is the agent's), or one for this host.
+            _ => Ok(said),
+        }
+    }
+}
+
 /// The effective settings of this updater as `SWARM_UPDATER_*` variables
 /// (paths resolved, the listen address as actually bound). A re-exec sets
 /// them in the new process's environment and rebuilds its argv from them
@@ -265,6 +284,10 @@ pub struct Stash {
 }
 
 impl Stash {
+    /// Every flag of [`Args`] that has a variable, with its effective value,
+    /// derived from the clap definition (each argument's id names the field
+    /// whose value it takes), so a flag added later is stashed without
+    /// touching this. The paths resolved at start replace their raw flags.
     fn capture(
         args: &Args,
         updater_dir: &Path,
@@ -272,75 +295,35 @@ impl Stash {
         install_dir: &Path,
         base_exe: &Path,
     ) -> Stash {
-        let path = |p: &Path| p.display().to_string();
-        let vars = [
-            ("SWARM_UPDATER_LISTEN", args.listen.to_string()),
-            ("SWARM_UPDATER_BUNDLE_DIR", path(updater_dir)),
-            ("SWARM_UPDATER_INSTALL_DIR", path(install_dir)),
-            ("SWARM_UPDATER_AGENT_DIR", path(agent_dir)),
-            ("SWARM_UPDATER_AGENT_CMD", args.agent_cmd.clone()),
-            ("SWARM_UPDATER_AGENT_URL", args.agent_url.clone()),
-            (
-                "SWARM_UPDATER_PROBE_DEADLINE_MS",
-                args.probe_deadline_ms.to_string(),
-            ),
-            (
-                "SWARM_UPDATER_PROBE_ATTEMPTS",
-                args.probe_attempts.to_string(),
-            ),
-            (
-                "SWARM_UPDATER_PROBE_BACKOFF_MS",
-                args.probe_backoff_ms.to_string(),
-            ),
-            (
-                "SWARM_UPDATER_PROBE_MAX_BACKOFF_MS",
-                args.probe_max_backoff_ms.to_string(),
-            ),
-            (
-                "SWARM_UPDATER_PROBE_TIMEOUT_MS",
-                args.probe_timeout_ms.to_string(),
-            ),
-            (
-                "SWARM_UPDATER_MAX_UPLOAD_BYTES",
-                args.max_upload_bytes.to_string(),
-            ),
-            (
-                "SWARM_UPDATER_MAX_UNPACKED_BYTES",
-                args.max_unpacked_bytes.to_string(),
-            ),
-            ("SWARM_UPDATER_MAX_ENTRIES", args.max_entries.to_string()),
-            (
-                "SWARM_UPDATER_MAX_PATH_BYTES",
-                args.max_path_bytes.to_string(),
-            ),
-            (
-                "SWARM_UPDATER_MAX_PATH_DEPTH",
-                args.max_path_depth.to_string(),
-            ),
-            (
-                "SWARM_UPDATER_STOP_GRACE_MS",
-                args.stop_grace_ms.to_string(),
-            ),
-            (
-                "SWARM_UPDATER_INSTALL_TIMEOUT_SECS",
-                args.install_timeout_secs.to_string(),
-            ),
-            ("SWARM_UPDATER_FAILED_KEEP", args.failed_keep.to_string()),
-            ("SWARM_UPDATER_START_AGENT", args.start_agent.to_string()),
-            (
-                "SWARM_UPDATER_SELF_CHECK_TIMEOUT_SECS",
-                args.self_check_timeout_secs.to_string(),
-            ),
-            (
-                "SWARM_UPDATER_SELF_TRIAL_SECS",
-                args.self_trial_secs.to_string(),
-            ),
-            ("SWARM_UPDATER_SUPERVISED", args.supervised.to_string()),
-            ("SWARM_UPDATER_BASE_EXE", path(base_exe)),
+        use clap::CommandFactory;
+        let fields = match serde_json::to_value(args) {
+            Ok(serde_json::Value::Object(m)) => m,
+            // Args is a struct of plain fields: it always serializes to an object.
+            _ => serde_json::Map::new(),
+        };
+        let resolved = [
+            ("updater_dir", updater_dir),
+            ("agent_dir", agent_dir),
+            ("install_dir", install_dir),
+            ("base_exe", base_exe),
         ];
-        Stash {
-            vars: vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        let mut vars = std::collections::BTreeMap::new();
+        for a in Args::command().get_arguments() {
+            let Some(env) = a.get_env().and_then(|e| e.to_str()) else {
+                continue;
+            };
+            let id = a.get_id().as_str();
+            let value = match resolved.iter().find(|(k, _)| *k == id) {
+                Some((_, p)) => p.display().to_string(),
+                None => match fields.get(id) {
+                    Some(serde_json::Value::String(v)) => v.clone(),
+                    Some(serde_json::Value::Null) | None => continue,
+                    Some(v) => v.to_string(),
+                },
+            };
+            vars.insert(env.to_owned(), value);
         }
+        Stash { vars }
     }
 
     /// Record the address actually bound (port 0 becomes the real port, so

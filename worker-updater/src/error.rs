@@ -44,8 +44,9 @@ pub enum UpdaterError {
     /// `/rollback` with no `releases/prev`.
     #[error("no previous release")]
     NoPrevious,
-    /// Another operation holds the worker.
-    #[error("busy: {0} in progress; retry when it is done")]
+    /// Another operation holds the worker. The answer's `status` already
+    /// says `busy` (and the master prints `busy: <error>`): not repeated here.
+    #[error("{0} in progress; retry when it is done")]
     Busy(&'static str),
     /// A filesystem operation failed.
     #[error("{path}: {source}")]
@@ -145,3 +146,23 @@ impl IntoResponse for AppError {
 
 /// Result alias for the crate.
 pub type Result<T, E = UpdaterError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn busy_is_said_once() {
+        // The master prints `busy: <error>`; the error itself must not
+        // start with it again (`busy: busy: update in progress`, issue 9 #7).
+        let resp = AppError(UpdaterError::Busy("update")).into_response();
+        assert_eq!(resp.status(), StatusCode::CONFLICT);
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: OpResponse = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body.status, OpStatus::Busy);
+        let error = body.error.unwrap_or_default();
+        assert_eq!(error, "update in progress; retry when it is done");
+    }
+}

@@ -2,13 +2,16 @@
 //! safely, rotates A/B slots with an atomic flip, restarts and probes the
 //! agent, and rolls back on its own when the probe fails.
 //!
-//! Code map: [`config`] (flags → validated [`Config`]), [`upload`] +
-//! [`extract`] (streamed, validated extraction), [`release`] (`swarm.toml`,
-//! `.env.local`, manifests), [`layout`] (slots, flip, repair), [`agent`]
-//! (pidfile, `/proc`, signals, spawn), [`probe`] (mTLS health checks),
-//! [`ops`] (the operations), [`selfupdate`] (`/update-self`, the re-exec,
-//! the trial watchdog, the start-up hand-over), [`error`] (the one error
-//! type and `AppError`).
+//! Code map (arrows only downward: `http` → `ops`/`selfupdate` → `release`,
+//! `receive`, `slots`, `agent`, `probe`; `selfupdate` → `ops::stage`, never
+//! the reverse): [`config`] (flags → validated [`Config`], the stash),
+//! [`http`] (router, handlers), [`state`] (the [`Daemon`] and its operation
+//! guard), [`install`] (the install dir's own files), [`receive`]
+//! (streamed, validated extraction), [`release`] (a [`release::ReleaseSpec`]
+//! parsed once), [`slots`] (slots, flip, journal, repair, filesystem
+//! primitives), [`agent`] (supervisor, pidfile, `/proc`, terminate),
+//! [`probe`] (mTLS health checks), [`ops`] (stage, update, rollback,
+//! reconcile, hook), [`selfupdate`] (trial, watchdog, hand-over), [`error`].
 //!
 //! Invariants: only this crate touches release symlinks and agent
 //! processes; one operation at a time; blocking work never runs on the
@@ -19,30 +22,26 @@
 pub mod agent;
 pub mod config;
 pub mod error;
-pub mod extract;
-pub mod layout;
+pub mod http;
+pub mod install;
 pub mod ops;
 pub mod probe;
+pub mod receive;
 pub mod release;
 pub mod selfupdate;
-pub mod upload;
+pub mod slots;
+pub mod state;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::extract::multipart::MultipartRejection;
-use axum::extract::{DefaultBodyLimit, Multipart, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use pki::Peer;
-use pki::wire::{ErrorBody, Releases, UpdaterHealth};
 use tokio::net::TcpListener;
 
 pub use config::{Args, Config};
-use error::{AppError, UpdaterError};
-use ops::{App, blocking};
+pub use http::router;
+pub use state::Daemon;
+use state::blocking;
 
 /// How long shutdown waits for an operation in flight.
 const OP_DRAIN: std::time::Duration = std::time::Duration::from_secs(60);
@@ -54,19 +53,57 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let app = Arc::new(App::new(config)?);
+    let own_release = selfupdate::own_release(&slots::Layout::updater(
+        &config.install_dir,
+        config.failed_keep,
+    ));
+    let app = Arc::new(Daemon::new(config, own_release)?);
     let layout = app.layout.clone();
     let repair = blocking(move || layout.repair()).await?;
     for action in &repair.actions {
         tracing::warn!("start-up repair: {action}");
     }
+    // The programs of the releases on disk, for the `/proc` scan.
+    let d = app.clone();
+    blocking(move || {
+        let host = d.host_env()?;
+        for dir in [d.layout.active(), d.layout.prev(), d.layout.old()] {
+            d.spec_on_disk(&dir, &host);
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| tracing::warn!("reading the releases on disk: {e}"));
     // Takes the worker before the first request can: a push during the
     // start-up restart gets 409 busy instead of racing it.
-    if let Some(reconcile) = app.start_up(&repair).await {
+    if let Some(reconcile) = ops::reconcile::start_up(&app, &repair).await {
         tokio::spawn(reconcile);
     }
     selfupdate::reap_watchdog(&app.updater_layout);
-    pki::serve(listener, tls, router(app.clone()), shutdown).await?;
+    // Serve until `shutdown`, or until a self-update asks to hand over:
+    // then the server stops accepting and drains its connections (the
+    // answer flushed, its connection closed) before the exec. A failed exec
+    // returns here and the same address is served again.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut listener = listener;
+    loop {
+        let stop = async {
+            tokio::select! {
+                () = &mut shutdown => {}
+                () = app.handoff_requested() => {}
+            }
+        };
+        pki::serve(listener, tls.clone(), router(app.clone()), stop).await?;
+        let Some(exec) = app.take_handoff() else {
+            break;
+        };
+        tracing::info!("connections drained; handing over to the new updater");
+        let _ = tokio::task::spawn_blocking(exec).await;
+        let addr = app.config.stash.listen().unwrap_or(app.config.listen);
+        listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding {addr} again after a failed exec: {e}"))?;
+    }
     // An operation in flight runs in its own task: give it a bounded time
     // to finish so a restart does not leave work for the start-up repair.
     let deadline = tokio::time::Instant::now() + OP_DRAIN;
@@ -83,104 +120,19 @@ pub async fn run(
     Ok(())
 }
 
-/// The updater's routes (the auth policy is applied by [`pki::serve`]).
-pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/releases", get(releases))
-        .route("/update", post(update).layer(DefaultBodyLimit::disable()))
-        .route("/rollback", post(rollback))
-        .route(
-            "/update-self",
-            post(update_self).layer(DefaultBodyLimit::disable()),
-        )
-        .fallback(not_found)
-        .with_state(app)
+/// The first 12 characters of a sha, for messages.
+pub fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
 }
 
-async fn health(State(app): State<Arc<App>>) -> Json<UpdaterHealth> {
-    Json(UpdaterHealth {
-        status: "ok".into(),
-        role: "updater".into(),
-        host: app.config.host.to_string(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        release: app.own_release.clone(),
-        pid: std::process::id(),
-        busy: app.busy(),
-    })
+/// Milliseconds since `t`.
+pub fn ms(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-async fn releases(State(app): State<Arc<App>>) -> Result<Json<Releases>, AppError> {
-    let layout = app.layout.clone();
-    Ok(Json(blocking(move || Ok(layout.releases())).await?))
-}
-
-async fn update(
-    State(app): State<Arc<App>>,
-    Peer(who): Peer,
-    form: Result<Multipart, MultipartRejection>,
-) -> Result<Response, AppError> {
-    let guard = app.try_begin("update")?;
-    let form = form.map_err(|e| {
-        UpdaterError::BadUpload(format!(
-            "{e}: send multipart/form-data with fields sha256 and tarball"
-        ))
-    })?;
-    // Run detached so a client that hangs up cannot cancel the operation
-    // half-way through a rotation.
-    let task = tokio::spawn(async move { app.update(form, who.cn(), guard).await });
-    let (code, body) = task
-        .await
-        .map_err(|e| UpdaterError::Internal(format!("update task: {e}")))??;
-    Ok((code, Json(body)).into_response())
-}
-
-async fn rollback(State(app): State<Arc<App>>) -> Result<Response, AppError> {
-    let guard = app.try_begin("rollback")?;
-    let task = tokio::spawn(async move { app.rollback(guard).await });
-    let (code, body) = task
-        .await
-        .map_err(|e| UpdaterError::Internal(format!("rollback task: {e}")))??;
-    Ok((code, Json(body)).into_response())
-}
-
-/// `POST /update-self`: answer 200 first, then exec the new updater once the
-/// answer has left (see [`selfupdate`]).
-async fn update_self(
-    State(app): State<Arc<App>>,
-    Peer(who): Peer,
-    form: Result<Multipart, MultipartRejection>,
-) -> Result<Response, AppError> {
-    let guard = app.try_begin("update-self")?;
-    let form = form.map_err(|e| {
-        UpdaterError::BadUpload(format!(
-            "{e}: send multipart/form-data with fields sha256, tarball and confirm_self=true"
-        ))
-    })?;
-    // Detached like `/update`; the guard travels with the operation and
-    // then with the exec, so nothing else starts in between.
-    let task = tokio::spawn(async move {
-        let (body, handoff) = app.update_self(form, who.cn()).await?;
-        let (sent, on_sent) = tokio::sync::oneshot::channel();
-        handoff.exec_after(on_sent, guard);
-        Ok::<_, UpdaterError>((body, sent))
-    });
-    let (body, sent) = task
-        .await
-        .map_err(|e| UpdaterError::Internal(format!("update-self task: {e}")))??;
-    let json = serde_json::to_vec(&body)
-        .map_err(|e| UpdaterError::Internal(format!("serializing the answer: {e}")))?;
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(axum::http::header::CONTENT_TYPE, "application/json")
-        // This process is about to be replaced: no keep-alive.
-        .header(axum::http::header::CONNECTION, "close")
-        .body(axum::body::Body::from_stream(
-            selfupdate::NotifyingBody::new(json.into(), sent),
-        ))
-        .map_err(|e| AppError(UpdaterError::Internal(format!("building the answer: {e}"))))
-}
-
-async fn not_found() -> Response {
-    ErrorBody::response(StatusCode::NOT_FOUND, "no such endpoint")
+/// Now, as RFC 3339 (UTC).
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }

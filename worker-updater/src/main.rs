@@ -53,12 +53,24 @@ fn main() -> ExitCode {
             );
             return ExitCode::from(EXIT_CONFIG);
         }
-        if let Err(e) = worker_updater::layout::check_install_exchange(&config.install_dir) {
+        if let Err(e) = worker_updater::slots::check_install_exchange(&config.install_dir) {
             eprintln!("worker-updater: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
-        println!("configuration ok");
-        return ExitCode::SUCCESS;
+        match config.check_host() {
+            Ok(said) => {
+                println!("configuration ok ({said})");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("worker-updater: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
+    match config.check_host() {
+        Ok(said) => tracing::info!("{said}"),
+        Err(e) => tracing::warn!("{e}"),
     }
     // Every slot swap relies on RENAME_EXCHANGE; refuse to run without it.
     if let Err(e) = std::fs::create_dir_all(&config.install_dir)
@@ -68,7 +80,7 @@ fn main() -> ExitCode {
                 config.install_dir.display()
             )
         })
-        .and_then(|()| worker_updater::layout::check_install_exchange(&config.install_dir))
+        .and_then(|()| worker_updater::slots::check_install_exchange(&config.install_dir))
     {
         eprintln!("worker-updater: {e}");
         return ExitCode::from(EXIT_CONFIG);

@@ -28,6 +28,9 @@ pub struct ProbeSettings {
     pub timeout: Duration,
 }
 
+/// The largest health answer read: 64 KiB.
+pub const MAX_HEALTH_BODY: usize = 64 * 1024;
+
 /// The least time the last try, made at the deadline, gets for its request
 /// (a TLS handshake on a busy host), so that a try is never started only to
 /// be cut at once.
@@ -155,7 +158,7 @@ async fn agent_gone(agent: Option<&Spawned>) -> Option<String> {
     }
     // The reaper may not have seen it yet: ask /proc (a zombie is dead).
     let pid = agent.pid;
-    let alive = tokio::task::spawn_blocking(move || crate::agent::alive(pid))
+    let alive = tokio::task::spawn_blocking(move || crate::agent::proc::alive(pid))
         .await
         .unwrap_or(true);
     (!alive).then(|| format!("the agent (pid {pid}) is no longer running"))
@@ -174,7 +177,7 @@ async fn once(
         .await
         .map_err(|e| pki::error_chain(&e))?;
     let status = resp.status();
-    let body = resp.bytes().await.map_err(|e| pki::error_chain(&e))?;
+    let body = read_capped(resp).await?;
     if !status.is_success() {
         let text = String::from_utf8_lossy(&body);
         let text: String = text.chars().take(300).collect();
@@ -184,6 +187,23 @@ async fn once(
         .ok()
         .and_then(|v| v.get("release")?.get("sha256")?.as_str().map(str::to_owned));
     Ok(sha)
+}
+
+/// Read a health answer's body, at most [`MAX_HEALTH_BODY`] bytes: a
+/// health answer is a small JSON object, and whatever answers on the port
+/// must not make the updater buffer an unbounded body. More is unhealthy.
+pub(crate) async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| pki::error_chain(&e))? {
+        if body.len() + chunk.len() > MAX_HEALTH_BODY {
+            return Err(format!(
+                "the health answer is larger than {} KiB; a health answer is a small JSON object",
+                MAX_HEALTH_BODY / 1024
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn ms(d: Duration) -> u64 {
@@ -245,6 +265,76 @@ mod tests {
         .await;
         assert!(!p.healthy);
         assert_eq!(p.attempts, 3, "{p:?}");
+    }
+
+    /// An mTLS `/health` on 127.0.0.1:0 serving `body`, with an agent
+    /// identity for host `w1`; and a probe client with the updater's.
+    async fn agent_answering(body: Vec<u8>) -> (reqwest::Client, String) {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = pki::Ca::generate().unwrap();
+        let host = pki::HostName::new("w1").unwrap();
+        let agent = ca
+            .issue(&pki::LeafSpec::agent(&host, "127.0.0.1", &[]).unwrap())
+            .unwrap();
+        let updater = ca
+            .issue(&pki::LeafSpec::updater(&host, "127.0.0.1", &[]).unwrap())
+            .unwrap();
+        let (adir, udir) = (tmp.path().join("a"), tmp.path().join("u"));
+        pki::Bundle::write(&adir, pki::BundleKind::Agent, ca.cert_pem(), &agent).unwrap();
+        pki::Bundle::write(&udir, pki::BundleKind::Updater, ca.cert_pem(), &updater).unwrap();
+        let tls = pki::server_config(&pki::Bundle::load(&adir).unwrap()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = bytes::Bytes::from(body);
+        let app = axum::Router::new().route(
+            "/health",
+            axum::routing::get(move || {
+                let body = body.clone();
+                async move { ([("content-type", "application/json")], body) }
+            }),
+        );
+        tokio::spawn(pki::serve(listener, tls, app, std::future::pending()));
+        let client = pki::http_client(
+            &pki::Bundle::load(&udir).unwrap(),
+            pki::ServerExpectation::cn("w1"),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        (client, format!("https://127.0.0.1:{}/health", addr.port()))
+    }
+
+    #[tokio::test]
+    async fn a_huge_health_answer_is_unhealthy_and_not_buffered() {
+        // 16 MiB of JSON whitespace before a valid answer: it parses, so
+        // only the cap can make it unhealthy (issue 9 #5).
+        let mut huge = vec![b' '; 16 << 20];
+        huge.extend_from_slice(br#"{"status":"ok","release":null}"#);
+        let (client, url) = agent_answering(huge).await;
+        let p = probe(
+            &client,
+            &url,
+            "forward",
+            None,
+            &settings(5000, Some(1)),
+            None,
+        )
+        .await;
+        assert!(!p.healthy, "{p:?}");
+        let e = p.error.unwrap_or_default();
+        assert!(e.contains("larger than 64 KiB"), "{e}");
+        // A normal answer is still healthy.
+        let (client, url) = agent_answering(br#"{"status":"ok","release":null}"#.to_vec()).await;
+        let p = probe(
+            &client,
+            &url,
+            "forward",
+            None,
+            &settings(5000, Some(1)),
+            None,
+        )
+        .await;
+        assert!(p.healthy, "{p:?}");
     }
 
     #[test]

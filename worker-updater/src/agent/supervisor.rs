@@ -1,20 +1,14 @@
 //! Agent process control: find the running agent (pidfile checked against
-//! `/proc`, or a `/proc` scan for one started by hand), stop it (SIGTERM,
-//! bounded grace, SIGKILL, reap), and spawn a new one from a release with
-//! its environment, its output in `agent.spawn.log` and a pidfile.
+//! `/proc`, or a `/proc` scan for one started by hand), stop it
+//! ([`proc::terminate`]), and spawn a new one from a release with its
+//! environment, its output in `agent.spawn.log` and a pidfile.
 //!
-//! `agent.pid` is JSON: `{"pid", "start_time", "argv", "release_dir",
-//! "sha256", "started_at"}`. `start_time` is field 22 of `/proc/<pid>/stat`
-//! (clock ticks since boot), so a recycled pid never matches: our own
-//! pidfile is trusted when pid and start time match, whatever the process
-//! shows as its command line (a shebang script runs as `/bin/sh script`, a
-//! service may rewrite its argv). The agents this process spawned are known
-//! without any file. A pidfile that is a bare number (written by hand) is
-//! trusted only if that process looks like our agent (see [`Matcher`]).
-//!
-//! An agent we spawned leads its own process group; stopping it signals the
-//! whole group and waits until the group is empty, so a wrapper script's
-//! children do not outlive it (and keep its port).
+//! Our own pidfile is trusted when pid and start time match, whatever the
+//! process shows as its command line (a shebang script runs as `/bin/sh
+//! script`, a service may rewrite its argv). The agents this process
+//! spawned are known without any file. A pidfile that is a bare number
+//! (written by hand) is trusted only if that process looks like our agent
+//! (see [`Matcher`]).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -23,13 +17,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill, killpg};
-use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::pidfile::PidFile;
+use super::proc::{self, Ended, Scope, Target};
 use crate::error::{Result, UpdaterError};
 
 /// How long to wait for an agent to die after SIGKILL.
@@ -37,45 +30,6 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// Interpreters never matched by a `/proc` scan: a shell in the install dir
 /// is an operator, not an agent.
 const NEVER_SCANNED: &[&str] = &["sh", "bash", "dash", "zsh", "env", "sudo", "sleep"];
-
-/// `agent.pid`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct PidFile {
-    pub pid: i32,
-    #[serde(default)]
-    pub start_time: Option<u64>,
-    #[serde(default)]
-    pub argv: Vec<String>,
-    #[serde(default)]
-    pub release_dir: Option<PathBuf>,
-    #[serde(default)]
-    pub sha256: Option<String>,
-    #[serde(default)]
-    pub started_at: Option<String>,
-}
-
-impl PidFile {
-    /// Read `path`: our JSON, or a bare pid.
-    pub fn read(path: &Path) -> Option<PidFile> {
-        let text = std::fs::read_to_string(path).ok()?;
-        if let Ok(pf) = serde_json::from_str::<PidFile>(&text) {
-            return Some(pf);
-        }
-        text.trim().parse().ok().map(|pid| PidFile {
-            pid,
-            ..PidFile::default()
-        })
-    }
-
-    /// Write atomically (temp file, rename).
-    fn write(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("pid.tmp");
-        let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| UpdaterError::Internal(format!("pidfile: {e}")))?;
-        std::fs::write(&tmp, json).map_err(|e| UpdaterError::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| UpdaterError::io(path, e))
-    }
-}
 
 /// What makes a process "our agent" when no exact pidfile says so: its
 /// program name, and a tie to this worker (our agent bundle dir or our
@@ -90,7 +44,7 @@ pub struct Matcher {
 
 impl Matcher {
     fn matches(&self, pid: i32) -> bool {
-        let Some(argv) = proc_cmdline(pid) else {
+        let Some(argv) = proc::cmdline(pid) else {
             return false;
         };
         let Some(argv0) = argv.first() else {
@@ -123,7 +77,7 @@ impl Matcher {
             || argv
                 .iter()
                 .any(|a| a.strip_prefix(b"--agent-dir=") == Some(agent_dir));
-        let env_tie = proc_environ(pid).is_some_and(|env| {
+        let env_tie = proc::environ(pid).is_some_and(|env| {
             env.iter().any(|(k, v)| {
                 (k == b"SWARM_AGENT_DIR" && v == agent_dir)
                     || (k == b"SWARM_INSTALL_DIR" && v == install_dir)
@@ -205,9 +159,9 @@ impl Supervisor {
                 c.iter()
                     .filter(|(pid, child)| {
                         child.exited.borrow().is_none()
-                            && alive(**pid)
+                            && proc::alive(**pid)
                             && (child.start_time.is_none()
-                                || proc_start_time(**pid) == child.start_time)
+                                || proc::start_time(**pid) == child.start_time)
                     })
                     .map(|(pid, child)| (*pid, child.start_time))
                     .collect()
@@ -230,7 +184,7 @@ impl Supervisor {
         }
         scan(matcher)
             .into_iter()
-            .map(|pid| (pid, proc_start_time(pid)))
+            .map(|pid| (pid, proc::start_time(pid)))
             .collect()
     }
 
@@ -238,11 +192,11 @@ impl Supervisor {
     /// start time rules out a recycled pid). A bare number: the process must
     /// look like our agent.
     fn pidfile_is_live(&self, pf: &PidFile, matcher: &Matcher) -> bool {
-        if pf.pid <= 1 || pf.pid == std::process::id() as i32 || !alive(pf.pid) {
+        if pf.pid <= 1 || pf.pid == std::process::id() as i32 || !proc::alive(pf.pid) {
             return false;
         }
         match pf.start_time {
-            Some(st) => proc_start_time(pf.pid) == Some(st),
+            Some(st) => proc::start_time(pf.pid) == Some(st),
             None => matcher.matches(pf.pid),
         }
     }
@@ -263,103 +217,41 @@ impl Supervisor {
     }
 
     /// Stop one process we know is ours (and its process group, when it
-    /// leads one, as the agents we spawn do).
+    /// leads one, as the agents we spawn do): [`proc::terminate`].
     pub async fn stop_pid(&self, pid: i32, start_time: Option<u64>) -> Stopped {
-        let t0 = Instant::now();
-        let group = proc_pgrp(pid) == Some(pid);
-        let gone = |note: String| Stopped {
-            pid,
-            survived: false,
-            note,
-        };
-        if !signal(pid, group, Signal::SIGTERM) {
-            return gone(format!("agent {pid} was already gone"));
-        }
-        if self.wait_gone(pid, start_time, group, self.grace).await {
-            return gone(format!(
-                "agent {pid} stopped on SIGTERM in {:?}",
-                t0.elapsed()
-            ));
-        }
-        tracing::warn!(pid, grace = ?self.grace, "agent ignored SIGTERM; sending SIGKILL");
-        signal(pid, group, Signal::SIGKILL);
-        if self.wait_gone(pid, start_time, group, KILL_WAIT).await {
-            gone(format!(
-                "agent {pid} killed after the {:?} grace",
-                self.grace
-            ))
-        } else {
-            tracing::error!(pid, "agent survived SIGKILL for {KILL_WAIT:?}");
-            Stopped {
-                pid,
-                survived: true,
-                note: format!("agent {pid} survived SIGKILL for {KILL_WAIT:?}"),
-            }
-        }
-    }
-
-    /// Wait until `pid` is gone (reaped when it is our child) and, with
-    /// `group`, until no live process is left in its process group.
-    async fn wait_gone(
-        &self,
-        pid: i32,
-        start_time: Option<u64>,
-        group: bool,
-        limit: Duration,
-    ) -> bool {
-        let deadline = Instant::now() + limit;
-        if !self.wait_leader_gone(pid, start_time, limit).await {
-            return false;
-        }
-        if !group {
-            return true;
-        }
-        loop {
-            let busy = tokio::task::spawn_blocking(move || group_alive(pid))
-                .await
-                .unwrap_or(false);
-            if !busy {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn wait_leader_gone(&self, pid: i32, start_time: Option<u64>, limit: Duration) -> bool {
-        let child = self
+        let exited = self
             .children
             .lock()
             .ok()
             .and_then(|c| c.get(&pid).map(|c| c.exited.clone()));
-        if let Some(mut rx) = child {
-            let done = tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await;
-            if matches!(done, Ok(Ok(_))) {
-                if let Ok(mut c) = self.children.lock() {
-                    c.remove(&pid);
-                }
-                return true;
-            }
-            return false;
+        let target = Target {
+            pid,
+            start_time,
+            scope: Scope::GroupIfLeader,
+            exited,
+        };
+        let ended = proc::terminate(&target, self.grace, KILL_WAIT).await;
+        if ended != Ended::Survived
+            && let Ok(mut c) = self.children.lock()
+        {
+            c.remove(&pid);
         }
-        let deadline = Instant::now() + limit;
-        loop {
-            let gone = !alive(pid) || (start_time.is_some() && proc_start_time(pid) != start_time);
-            if gone {
-                // An agent spawned before a self-update's exec is still our
-                // child without a reaper task: reap it (ECHILD otherwise).
-                let _ = nix::sys::wait::waitpid(
-                    Pid::from_raw(pid),
-                    Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-                );
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let (survived, note) = match ended {
+            Ended::AlreadyGone => (false, format!("agent {pid} was already gone")),
+            Ended::OnTerm(t) => (false, format!("agent {pid} stopped on SIGTERM in {t:?}")),
+            Ended::Killed => (
+                false,
+                format!("agent {pid} killed after the {:?} grace", self.grace),
+            ),
+            Ended::Survived => (
+                true,
+                format!("agent {pid} survived SIGKILL for {KILL_WAIT:?}"),
+            ),
+        };
+        Stopped {
+            pid,
+            survived,
+            note,
         }
     }
 
@@ -375,7 +267,7 @@ impl Supervisor {
         let _ = writeln!(
             log,
             "--- {} starting {:?} from {}",
-            now_rfc3339(),
+            crate::now_rfc3339(),
             launch.argv,
             launch.release_dir.display()
         );
@@ -410,7 +302,7 @@ impl Supervisor {
             tracing::info!(pid, "agent exited: {status}");
             let _ = tx.send(Some(status));
         });
-        let start_time = proc_start_time(pid);
+        let start_time = proc::start_time(pid);
         if let Ok(mut c) = self.children.lock() {
             c.retain(|_, child| child.exited.borrow().is_none());
             c.insert(
@@ -427,7 +319,7 @@ impl Supervisor {
             argv: launch.argv.clone(),
             release_dir: Some(launch.release_dir.clone()),
             sha256: launch.sha256.clone(),
-            started_at: Some(now_rfc3339()),
+            started_at: Some(crate::now_rfc3339()),
         };
         pf.write(&self.pidfile)?;
         tracing::info!(pid, argv = ?launch.argv, "agent started");
@@ -435,105 +327,28 @@ impl Supervisor {
     }
 }
 
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
-/// Signal `pid`'s process group (`group`: it leads one, as agents we
-/// spawned do), else the process. False when nothing was there to signal.
-fn signal(pid: i32, group: bool, sig: Signal) -> bool {
-    let p = Pid::from_raw(pid);
-    let r = if group { killpg(p, sig) } else { kill(p, sig) };
-    !matches!(r, Err(nix::errno::Errno::ESRCH))
-}
-
-/// Whether a live (not zombie) process is left in process group `pgid`.
-fn group_alive(pgid: i32) -> bool {
-    if matches!(
-        killpg(Pid::from_raw(pgid), None),
-        Err(nix::errno::Errno::ESRCH)
-    ) {
-        return false;
-    }
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    rd.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
-        .any(|pid| proc_pgrp(pid) == Some(pgid) && alive(pid))
-}
-
 /// Every process matching `matcher`, except us.
 fn scan(matcher: &Matcher) -> Vec<i32> {
     let me = std::process::id() as i32;
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    rd.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
-        .filter(|&pid| pid != me && alive(pid) && matcher.matches(pid))
+    proc::pids()
+        .into_iter()
+        .filter(|&pid| pid != me && proc::alive(pid) && matcher.matches(pid))
         .collect()
-}
-
-/// The fields of `/proc/<pid>/stat` after the command name.
-fn proc_stat_fields(pid: i32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    Some(rest.split_whitespace().map(str::to_owned).collect())
-}
-
-/// Alive and not a zombie.
-pub fn alive(pid: i32) -> bool {
-    proc_stat_fields(pid)
-        .and_then(|f| f.first().cloned())
-        .is_some_and(|state| state != "Z" && state != "X")
-}
-
-/// Field 22 of `/proc/<pid>/stat`: start time in clock ticks since boot.
-pub fn proc_start_time(pid: i32) -> Option<u64> {
-    // Fields after ")" start at field 3 (state).
-    proc_stat_fields(pid)?.get(22 - 3)?.parse().ok()
-}
-
-/// Field 5: the process group.
-fn proc_pgrp(pid: i32) -> Option<i32> {
-    proc_stat_fields(pid)?.get(5 - 3)?.parse().ok()
-}
-
-fn proc_cmdline(pid: i32) -> Option<Vec<Vec<u8>>> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let mut parts: Vec<Vec<u8>> = raw.split(|b| *b == 0).map(<[u8]>::to_vec).collect();
-    if parts.last().is_some_and(Vec::is_empty) {
-        parts.pop();
-    }
-    Some(parts)
-}
-
-fn proc_environ(pid: i32) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    Some(
-        raw.split(|b| *b == 0)
-            .filter_map(|kv| {
-                let i = kv.iter().position(|b| *b == b'=')?;
-                Some((kv[..i].to_vec(), kv[i + 1..].to_vec()))
-            })
-            .collect(),
-    )
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
 
     #[test]
     fn proc_fields() {
         let me = std::process::id() as i32;
-        assert!(alive(me));
-        assert!(proc_start_time(me).is_some());
-        assert!(proc_cmdline(me).is_some_and(|a| !a.is_empty()));
-        assert!(!alive(i32::MAX));
+        assert!(proc::alive(me));
+        assert!(proc::start_time(me).is_some());
+        assert!(proc::cmdline(me).is_some_and(|a| !a.is_empty()));
+        assert!(!proc::alive(i32::MAX));
     }
 
     #[test]
@@ -578,7 +393,7 @@ mod tests {
         // Nor is one named in our JSON pidfile with another start time.
         let stale = PidFile {
             pid: stranger.id() as i32,
-            start_time: proc_start_time(stranger.id() as i32).map(|t| t + 1),
+            start_time: proc::start_time(stranger.id() as i32).map(|t| t + 1),
             argv: vec!["sleep".into(), "30".into()],
             ..PidFile::default()
         };
@@ -592,15 +407,15 @@ mod tests {
             sha256: None,
         };
         let s = sup.spawn(&launch).unwrap();
-        assert_eq!(sup.find(&matcher), vec![(s.pid, proc_start_time(s.pid))]);
+        assert_eq!(sup.find(&matcher), vec![(s.pid, proc::start_time(s.pid))]);
         let note = sup.stop(&matcher).await;
         assert!(
             note[0].note.contains("SIGTERM") && !note[0].survived,
             "{note:?}"
         );
         assert!(s.exited.borrow().is_some());
-        assert!(!alive(s.pid));
-        assert!(alive(stranger.id() as i32));
+        assert!(!proc::alive(s.pid));
+        assert!(proc::alive(stranger.id() as i32));
         let _ = stranger.kill();
         let _ = stranger.wait();
     }
@@ -658,16 +473,16 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
-        let cmdline = proc_cmdline(s.pid).unwrap();
+        let cmdline = proc::cmdline(s.pid).unwrap();
         assert_ne!(cmdline.len(), 1, "the kernel shows the interpreter");
-        let found = vec![(s.pid, proc_start_time(s.pid))];
+        let found = vec![(s.pid, proc::start_time(s.pid))];
         assert_eq!(sup.find(&matcher), found, "known as our child");
         // A fresh supervisor (a restarted updater) trusts the pidfile.
         let restarted = new_sup();
         assert_eq!(restarted.find(&matcher), found, "known by its pidfile");
         let notes = sup.stop(&matcher).await;
         assert!(notes[0].note.contains("SIGTERM"), "{notes:?}");
-        assert!(!alive(s.pid));
-        assert!(!alive(child), "the script's child went with it");
+        assert!(!proc::alive(s.pid));
+        assert!(!proc::alive(child), "the script's child went with it");
     }
 }

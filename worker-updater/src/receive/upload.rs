@@ -16,8 +16,8 @@ use pki::wire::Manifest;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use super::extract::{Caps, Extracted, extract};
 use crate::error::{Result, UpdaterError};
-use crate::extract::{Caps, Extracted, extract};
 
 /// Chunks in flight between the network and the extractor.
 const CHANNEL_DEPTH: usize = 16;

@@ -16,7 +16,7 @@
 //!   files (old-style or PAX) and any other type are refused;
 //! - duplicates (the same path twice) are refused;
 //! - caps: entries, uncompressed bytes (the decoded stream, headers included);
-//!   a GNU long name/link or PAX header larger than [`MAX_EXTENSION_BYTES`]
+//!   a GNU long name/link or PAX header larger than [`MAX_EXTENSION_BYTES`](super::guard::MAX_EXTENSION_BYTES)
 //!   is refused from its header block, before tar-rs would buffer it whole;
 //! - modes: files `mode & 0o755 | 0o600`, directories `mode & 0o755 | 0o700`
 //!   (no setuid/setgid/sticky, nothing writable by others, exec bits kept).
@@ -32,14 +32,11 @@ use std::rc::Rc;
 use pki::wire::MANIFEST_FILE;
 use tar::EntryType;
 
+use super::guard::{CapReader, HeaderGuard};
 use crate::error::{Result, UpdaterError};
 
 /// Longest single path component (NAME_MAX).
 const MAX_COMPONENT_BYTES: usize = 255;
-/// Largest GNU long name / long link or PAX extended header (tar-rs reads
-/// these whole into memory). Far above any path we accept.
-pub const MAX_EXTENSION_BYTES: u64 = 64 * 1024;
-const BLOCK: usize = 512;
 
 /// Limits applied to every upload.
 #[derive(Clone, Debug)]
@@ -82,195 +79,6 @@ enum Kind {
     File,
     Dir,
     Link,
-}
-
-/// Counts decoded bytes and fails once `cap` is passed.
-struct CapReader<R> {
-    inner: R,
-    read: u64,
-    cap: u64,
-    tripped: Rc<Cell<bool>>,
-}
-
-impl<R: Read> Read for CapReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.read += n as u64;
-        if self.read > self.cap {
-            self.tripped.set(true);
-            return Err(io::Error::other("uncompressed size cap exceeded"));
-        }
-        Ok(n)
-    }
-}
-
-/// Follows the tar stream's 512-byte blocks as tar-rs reads them (headers,
-/// data, padding, PAX `size` overrides, GNU sparse extension blocks) and
-/// fails a read that completes the header of an extension entry larger than
-/// [`MAX_EXTENSION_BYTES`], before tar-rs reads that entry into memory.
-/// Past the end-of-archive block (or a header it cannot size, which tar-rs
-/// refuses itself) it only passes bytes through.
-struct HeaderGuard<R> {
-    inner: R,
-    header: [u8; BLOCK],
-    filled: usize,
-    /// Data and padding bytes before the next header.
-    remaining: u64,
-    /// The data of the PAX header being read (bounded by the limit).
-    pax: Option<Vec<u8>>,
-    /// A PAX `size` for the next entry that is not an extension header.
-    pending_size: Option<u64>,
-    /// Inside GNU sparse extension blocks; the data size that follows them.
-    sparse: Option<u64>,
-    done: bool,
-    refused: Rc<RefCell<Option<String>>>,
-}
-
-impl<R> HeaderGuard<R> {
-    fn new(inner: R, refused: Rc<RefCell<Option<String>>>) -> Self {
-        HeaderGuard {
-            inner,
-            header: [0; BLOCK],
-            filled: 0,
-            remaining: 0,
-            pax: None,
-            pending_size: None,
-            sparse: None,
-            done: false,
-            refused,
-        }
-    }
-
-    fn track(&mut self, mut bytes: &[u8]) -> Result<(), String> {
-        while !bytes.is_empty() && !self.done {
-            if self.remaining > 0 {
-                let k = usize::try_from(self.remaining)
-                    .unwrap_or(usize::MAX)
-                    .min(bytes.len());
-                if let Some(pax) = &mut self.pax {
-                    let room = MAX_EXTENSION_BYTES as usize - pax.len();
-                    pax.extend_from_slice(&bytes[..k.min(room)]);
-                }
-                self.remaining -= k as u64;
-                bytes = &bytes[k..];
-                if self.remaining == 0
-                    && let Some(pax) = self.pax.take()
-                {
-                    self.pending_size = pax_size(&pax);
-                }
-                continue;
-            }
-            let k = (BLOCK - self.filled).min(bytes.len());
-            self.header[self.filled..self.filled + k].copy_from_slice(&bytes[..k]);
-            self.filled += k;
-            bytes = &bytes[k..];
-            if self.filled == BLOCK {
-                self.filled = 0;
-                self.on_header()?;
-            }
-        }
-        Ok(())
-    }
-
-    fn on_header(&mut self) -> Result<(), String> {
-        let h = &self.header;
-        if let Some(size) = self.sparse {
-            // A GNU sparse extension block: byte 504 says another follows.
-            if h[504] == 0 {
-                self.sparse = None;
-                self.remaining = padded(size);
-            }
-            return Ok(());
-        }
-        if h.iter().all(|b| *b == 0) {
-            self.done = true;
-            return Ok(());
-        }
-        let Some(size) = header_size(&h[124..136]) else {
-            self.done = true;
-            return Ok(());
-        };
-        let kind = match h[156] {
-            b'L' => Some("GNU long name"),
-            b'K' => Some("GNU long link name"),
-            b'x' => Some("PAX extended header"),
-            b'g' => Some("PAX global header"),
-            _ => None,
-        };
-        if let Some(kind) = kind {
-            if size > MAX_EXTENSION_BYTES {
-                return Err(format!(
-                    "the tarball has a {kind} of {size} bytes; extension headers are limited to {MAX_EXTENSION_BYTES} bytes"
-                ));
-            }
-            if h[156] == b'x' {
-                self.pax = Some(Vec::new());
-            }
-            self.remaining = padded(size);
-            return Ok(());
-        }
-        let size = self.pending_size.take().unwrap_or(size);
-        if h[156] == b'S' && h[482] != 0 {
-            self.sparse = Some(size);
-        } else {
-            self.remaining = padded(size);
-        }
-        Ok(())
-    }
-}
-
-impl<R: Read> Read for HeaderGuard<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Err(why) = self.track(&buf[..n]) {
-            *self.refused.borrow_mut() = Some(why.clone());
-            return Err(io::Error::other(why));
-        }
-        Ok(n)
-    }
-}
-
-/// `size` rounded up to whole blocks.
-fn padded(size: u64) -> u64 {
-    size.div_ceil(BLOCK as u64).saturating_mul(BLOCK as u64)
-}
-
-/// A tar numeric field: octal text, or base-256 when the high bit is set.
-fn header_size(field: &[u8]) -> Option<u64> {
-    if field[0] & 0x80 != 0 {
-        if field[0] != 0x80 {
-            return None; // negative, or too large for us
-        }
-        return field[1..]
-            .iter()
-            .try_fold(0u64, |v, b| v.checked_mul(256).map(|v| v + u64::from(*b)));
-    }
-    let text = std::str::from_utf8(field).ok()?;
-    let text = text.trim_matches(|c: char| c == ' ' || c == '\0');
-    if text.is_empty() {
-        return Some(0);
-    }
-    u64::from_str_radix(text, 8).ok()
-}
-
-/// The `size` record of PAX extended header data (`"<len> size=<n>\n"`).
-fn pax_size(data: &[u8]) -> Option<u64> {
-    let mut rest = data;
-    let mut size = None;
-    while !rest.is_empty() {
-        let space = rest.iter().position(|b| *b == b' ')?;
-        let len: usize = std::str::from_utf8(&rest[..space]).ok()?.parse().ok()?;
-        if len <= space + 1 || len > rest.len() {
-            return size;
-        }
-        let record = &rest[space + 1..len];
-        let record = record.strip_suffix(b"\n").unwrap_or(record);
-        if let Some(v) = record.strip_prefix(b"size=") {
-            size = std::str::from_utf8(v).ok().and_then(|v| v.parse().ok());
-        }
-        rest = &rest[len..];
-    }
-    size
 }
 
 /// Extract the gzip tarball read from `reader` into `dest`, which must be an
@@ -565,8 +373,9 @@ fn normalize(raw: &[u8], caps: &Caps) -> Result<Vec<String>, String> {
 }
 
 /// Check a symbolic link target for a link at `link` (its components):
-/// relative, every `..` before any name, and never above the release root.
-/// Returns the target to create, normalized.
+/// our caps and encoding here, then the symlink rule the master applies
+/// too ([`pki::release::check_link_target`]). Returns the target to
+/// create, normalized.
 fn check_link_target(link: &[String], raw: &[u8], caps: &Caps) -> Result<PathBuf, String> {
     if raw.is_empty() {
         return Err("symbolic link with an empty target".into());
@@ -581,42 +390,13 @@ fn check_link_target(link: &[String], raw: &[u8], caps: &Caps) -> Result<PathBuf
         return Err("NUL byte in link target".into());
     }
     let text = std::str::from_utf8(raw).map_err(|_| "link target is not UTF-8".to_owned())?;
-    if text.starts_with('/') {
-        return Err(format!("symbolic link to the absolute path {text:?}"));
-    }
-    let mut ups = 0usize;
-    let mut names = Vec::new();
-    for c in text.split('/') {
-        match c {
-            "" | "." => {}
-            ".." if names.is_empty() => ups += 1,
-            ".." => {
-                return Err(format!(
-                    "symbolic link target {text:?} has `..` after a name (it could leave the tree through another link)"
-                ));
-            }
-            c => names.push(c),
-        }
-    }
     // The link's directory is `link.len() - 1` levels below the root.
-    if ups > link.len() - 1 {
-        return Err(format!("symbolic link target {text:?} leaves the release"));
-    }
-    let mut out = PathBuf::new();
-    for _ in 0..ups {
-        out.push("..");
-    }
-    for n in names {
-        out.push(n);
-    }
-    if out.as_os_str().is_empty() {
-        out.push(".");
-    }
-    Ok(out)
+    pki::release::check_link_target(link.len().saturating_sub(1), text)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::guard::header_size;
     use super::*;
     use std::io::Write;
 

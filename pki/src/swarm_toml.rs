@@ -1,0 +1,212 @@
+//! `swarm.toml`, the file at a release root that says how to run it: the
+//! schema (the master reads `[release]` and checks the rest before it packs,
+//! the updater runs `[agent]`, `[install]` and `[updater]`), parsed and
+//! checked in one place. The file is capped at [`MAX_BYTES`].
+
+use std::io::Read;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::PkiError;
+
+/// The file name at a release root.
+pub const FILE: &str = "swarm.toml";
+/// The largest `swarm.toml` read; more is refused with a clear error (it is
+/// a few lines of settings, and a peer-supplied tree must not make anyone
+/// buffer hundreds of megabytes of it).
+pub const MAX_BYTES: u64 = 1 << 20;
+/// The longest `[agent] probe_deadline_secs`: the worker is held (and the
+/// master waits) for the whole probe.
+pub const MAX_PROBE_DEADLINE_SECS: u64 = 3600;
+
+/// `swarm.toml` at a release root. Unknown sections are ignored so newer
+/// trees still install on older updaters; unknown keys inside a known
+/// section are refused (a typo must not silently fall back to a default).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct SwarmToml {
+    #[serde(default)]
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub install: InstallSection,
+    #[serde(default)]
+    pub updater: UpdaterSection,
+    #[serde(default)]
+    pub release: ReleaseSection,
+}
+
+/// `[agent]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// Program and arguments, `${VAR}` expanded on the worker.
+    pub command: Option<Vec<String>>,
+    pub health_url: Option<String>,
+    /// How long the probe of this release's agent may last, when it needs
+    /// more (or less) than the updater's `--probe-deadline-ms`.
+    pub probe_deadline_secs: Option<u64>,
+}
+
+/// `[install]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallSection {
+    pub command: Option<Vec<String>>,
+    pub timeout_secs: Option<u64>,
+}
+
+/// `[updater]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdaterSection {
+    /// What `/update-self` re-execs, relative to the release root
+    /// (default [`crate::release::DEFAULT_UPDATER_BINARY`]).
+    pub binary: Option<String>,
+}
+
+/// `[release]` (the master's packing settings).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseSection {
+    /// Gitignore-style globs of secrets to ship anyway.
+    #[serde(default)]
+    pub include: Vec<String>,
+}
+
+impl SwarmToml {
+    /// Read `swarm.toml` from the release root `dir`; none is the empty
+    /// config. Errors are [`PkiError::SwarmToml`].
+    pub fn read(dir: &Path) -> Result<SwarmToml, PkiError> {
+        let path = dir.join(FILE);
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SwarmToml::default()),
+            Err(e) => return Err(PkiError::SwarmToml(format!("cannot read it: {e}"))),
+        };
+        let mut bytes = Vec::new();
+        file.take(MAX_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| PkiError::SwarmToml(format!("cannot read it: {e}")))?;
+        if bytes.len() as u64 > MAX_BYTES {
+            return Err(PkiError::SwarmToml(format!(
+                "larger than {} KiB; it holds a few settings, keep data elsewhere",
+                MAX_BYTES / 1024
+            )));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| PkiError::SwarmToml("not UTF-8".into()))?;
+        SwarmToml::parse(&text)
+    }
+
+    /// Parse and check `swarm.toml` text.
+    pub fn parse(text: &str) -> Result<SwarmToml, PkiError> {
+        let parsed: SwarmToml =
+            toml::from_str(text).map_err(|e| PkiError::SwarmToml(e.message().to_owned()))?;
+        for (what, cmd) in [
+            ("[agent] command", &parsed.agent.command),
+            ("[install] command", &parsed.install.command),
+        ] {
+            if cmd
+                .as_ref()
+                .is_some_and(|c| c.first().is_none_or(String::is_empty))
+            {
+                return Err(PkiError::SwarmToml(format!(
+                    "{what} is empty; give at least the program"
+                )));
+            }
+        }
+        if let Some(secs) = parsed.agent.probe_deadline_secs
+            && !(1..=MAX_PROBE_DEADLINE_SECS).contains(&secs)
+        {
+            return Err(PkiError::SwarmToml(format!(
+                "[agent] probe_deadline_secs = {secs}: give 1 to {MAX_PROBE_DEADLINE_SECS} seconds"
+            )));
+        }
+        if let Some(bin) = &parsed.updater.binary {
+            crate::release::check_updater_binary(bin).map_err(PkiError::SwarmToml)?;
+        }
+        Ok(parsed)
+    }
+
+    /// `[updater] binary`, or the default.
+    pub fn updater_binary(&self) -> &str {
+        self.updater
+            .binary
+            .as_deref()
+            .unwrap_or(crate::release::DEFAULT_UPDATER_BINARY)
+    }
+
+    /// The probe deadline this release asks for, if any.
+    pub fn probe_deadline(&self) -> Option<std::time::Duration> {
+        self.agent
+            .probe_deadline_secs
+            .map(std::time::Duration::from_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_checks_and_the_size_cap() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(SwarmToml::read(tmp.path()).unwrap().agent.command.is_none());
+        let t = SwarmToml::parse(
+            "[agent]\ncommand=[\"bin/a\",\"--x\"]\n[install]\ntimeout_secs=5\n[release]\ninclude=[\"a.key\"]\n[other]\nx=1\n",
+        )
+        .unwrap();
+        assert_eq!(t.install.timeout_secs, Some(5));
+        assert_eq!(t.release.include, ["a.key"]);
+        assert_eq!(t.updater_binary(), "bin/worker-updater");
+        for bad in [
+            "[agent]\ncommand=[]\n",
+            "[agent]\ncomand=[\"x\"]\n",
+            "[agent]\nprobe_deadline_secs = 0\n",
+            "[updater]\nbinary = \"../x\"\n",
+        ] {
+            assert!(SwarmToml::parse(bad).is_err(), "{bad}");
+        }
+        // A comment-only file just over the cap is refused without parsing.
+        let mut big = String::from("[agent]\n");
+        while (big.len() as u64) <= MAX_BYTES {
+            big.push_str("# padding padding padding padding padding padding\n");
+        }
+        std::fs::write(tmp.path().join(FILE), &big).unwrap();
+        let e = SwarmToml::read(tmp.path()).unwrap_err().to_string();
+        assert!(e.contains("larger than 1024 KiB"), "{e}");
+    }
+
+    #[test]
+    fn toml() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(SwarmToml::read(tmp.path()).unwrap().agent.command.is_none());
+        std::fs::write(
+            tmp.path().join(FILE),
+            "[agent]\ncommand=[\"bin/a\",\"--x\"]\nhealth_url=\"https://127.0.0.1:1/health\"\n[install]\ncommand=[\"sh\",\"i.sh\"]\ntimeout_secs=5\n[other]\nx=1\n",
+        )
+        .unwrap();
+        let t = SwarmToml::read(tmp.path()).unwrap();
+        assert_eq!(
+            t.agent.command.as_deref(),
+            Some(&["bin/a".to_owned(), "--x".to_owned()][..])
+        );
+        assert_eq!(t.install.timeout_secs, Some(5));
+        assert_eq!(t.probe_deadline(), None);
+        std::fs::write(tmp.path().join(FILE), "[agent]\nprobe_deadline_secs = 30\n").unwrap();
+        let t = SwarmToml::read(tmp.path()).unwrap();
+        assert_eq!(t.probe_deadline(), Some(std::time::Duration::from_secs(30)));
+        for bad in ["0", "3601"] {
+            std::fs::write(
+                tmp.path().join(FILE),
+                format!("[agent]\nprobe_deadline_secs = {bad}\n"),
+            )
+            .unwrap();
+            let e = SwarmToml::read(tmp.path()).unwrap_err().to_string();
+            assert!(e.contains("probe_deadline_secs"), "{e}");
+        }
+        std::fs::write(tmp.path().join(FILE), "[agent]\ncommand=[]\n").unwrap();
+        assert!(SwarmToml::read(tmp.path()).is_err());
+        std::fs::write(tmp.path().join(FILE), "[agent]\ncomand=[\"x\"]\n").unwrap();
+        assert!(SwarmToml::read(tmp.path()).is_err());
+    }
+}

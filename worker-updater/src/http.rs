@@ -1,0 +1,162 @@
+//! The updater's HTTP face: the router, the handlers (each operation runs
+//! detached, holding the operation guard), and the `/update-self` answer
+//! body that tells the hand-over when it has been sent.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{DefaultBodyLimit, Multipart, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use pki::Peer;
+use pki::wire::{ErrorBody, Releases, UpdaterHealth};
+use tokio::sync::oneshot;
+
+use crate::error::{AppError, UpdaterError};
+use crate::state::{Daemon, blocking};
+use crate::{ops, selfupdate};
+
+/// The updater's routes (the auth policy is applied by [`pki::serve`]).
+pub fn router(app: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/releases", get(releases))
+        .route("/update", post(update).layer(DefaultBodyLimit::disable()))
+        .route("/rollback", post(rollback))
+        .route(
+            "/update-self",
+            post(update_self).layer(DefaultBodyLimit::disable()),
+        )
+        .fallback(not_found)
+        .with_state(app)
+}
+
+async fn health(State(app): State<Arc<Daemon>>) -> Json<UpdaterHealth> {
+    Json(UpdaterHealth {
+        status: "ok".into(),
+        role: "updater".into(),
+        host: app.config.host.to_string(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        release: app.own_release.clone(),
+        pid: std::process::id(),
+        busy: app.busy(),
+    })
+}
+
+async fn releases(State(app): State<Arc<Daemon>>) -> Result<Json<Releases>, AppError> {
+    let layout = app.layout.clone();
+    Ok(Json(blocking(move || Ok(layout.releases())).await?))
+}
+
+async fn update(
+    State(app): State<Arc<Daemon>>,
+    Peer(who): Peer,
+    form: Result<Multipart, MultipartRejection>,
+) -> Result<Response, AppError> {
+    let guard = app.try_begin("update")?;
+    let form = form.map_err(|e| {
+        UpdaterError::BadUpload(format!(
+            "{e}: send multipart/form-data with fields sha256 and tarball"
+        ))
+    })?;
+    // Run detached so a client that hangs up cannot cancel the operation
+    // half-way through a rotation.
+    let task = tokio::spawn(async move { ops::update::update(app, form, who.cn(), guard).await });
+    let (code, body) = task
+        .await
+        .map_err(|e| UpdaterError::Internal(format!("update task: {e}")))??;
+    Ok((code, Json(body)).into_response())
+}
+
+async fn rollback(State(app): State<Arc<Daemon>>) -> Result<Response, AppError> {
+    let guard = app.try_begin("rollback")?;
+    let task = tokio::spawn(async move { ops::rollback::rollback(app, guard).await });
+    let (code, body) = task
+        .await
+        .map_err(|e| UpdaterError::Internal(format!("rollback task: {e}")))??;
+    Ok((code, Json(body)).into_response())
+}
+
+/// `POST /update-self`: answer 200 first, then exec the new updater once the
+/// answer has left (see [`selfupdate`]).
+async fn update_self(
+    State(app): State<Arc<Daemon>>,
+    Peer(who): Peer,
+    form: Result<Multipart, MultipartRejection>,
+) -> Result<Response, AppError> {
+    let guard = app.try_begin("update-self")?;
+    let form = form.map_err(|e| {
+        UpdaterError::BadUpload(format!(
+            "{e}: send multipart/form-data with fields sha256, tarball and confirm_self=true"
+        ))
+    })?;
+    // Detached like `/update`; the guard travels with the operation and
+    // then with the exec, so nothing else starts in between.
+    let task = tokio::spawn(async move {
+        let (body, handoff) = selfupdate::update_self(app.clone(), form, who.cn()).await?;
+        let (sent, on_sent) = tokio::sync::oneshot::channel();
+        handoff.exec_after(app, on_sent, guard);
+        Ok::<_, UpdaterError>((body, sent))
+    });
+    let (body, sent) = task
+        .await
+        .map_err(|e| UpdaterError::Internal(format!("update-self task: {e}")))??;
+    let json = serde_json::to_vec(&body)
+        .map_err(|e| UpdaterError::Internal(format!("serializing the answer: {e}")))?;
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(axum::http::header::CONTENT_TYPE, "application/json")
+        // This process is about to be replaced: no keep-alive.
+        .header(axum::http::header::CONNECTION, "close")
+        .body(axum::body::Body::from_stream(NotifyingBody::new(
+            json.into(),
+            sent,
+        )))
+        .map_err(|e| AppError(UpdaterError::Internal(format!("building the answer: {e}"))))
+}
+
+async fn not_found() -> Response {
+    ErrorBody::response(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+/// The body of the `/update-self` 200: one chunk, then a signal when the
+/// connection has taken it all (or dropped it).
+pub struct NotifyingBody {
+    chunk: Option<Bytes>,
+    sent: Option<oneshot::Sender<()>>,
+}
+
+impl NotifyingBody {
+    pub fn new(chunk: Bytes, sent: oneshot::Sender<()>) -> Self {
+        NotifyingBody {
+            chunk: Some(chunk),
+            sent: Some(sent),
+        }
+    }
+}
+
+impl futures_util::Stream for NotifyingBody {
+    type Item = std::result::Result<Bytes, std::convert::Infallible>;
+    fn poll_next(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(c) = self.chunk.take() {
+            return Poll::Ready(Some(Ok(c)));
+        }
+        if let Some(tx) = self.sent.take() {
+            let _ = tx.send(());
+        }
+        Poll::Ready(None)
+    }
+}
+
+impl Drop for NotifyingBody {
+    fn drop(&mut self) {
+        if let Some(tx) = self.sent.take() {
+            let _ = tx.send(());
+        }
+    }
+}

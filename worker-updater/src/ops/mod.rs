@@ -1,0 +1,169 @@
+//! The operations on the agent's release: [`update`](update::update)
+//! (stage → restart → probe → confirm or revert), [`rollback`](rollback::rollback)
+//! (swap with `prev` → restart → probe → undo if unhealthy), and the
+//! start-up [`reconcile`](reconcile::reconcile). [`stage`](stage::stage) is
+//! the prologue `/update` and `/update-self` share (receive → discard on
+//! error → read the previous release → flip). One at a time per worker:
+//! each holds the [`OpGuard`](crate::state::OpGuard).
+//!
+//! `ops` never imports `selfupdate`; `selfupdate` uses [`stage`] and [`hook`].
+
+pub mod hook;
+pub mod reconcile;
+pub mod rollback;
+pub mod stage;
+pub mod update;
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use pki::wire::{OpResponse, Probe};
+
+use crate::agent::Spawned;
+use crate::error::{Result, UpdaterError};
+use crate::probe::probe;
+use crate::release::ReleaseSpec;
+use crate::state::{Daemon, OpGuard, blocking};
+
+/// An operation's answer: status code and body.
+pub type OpResult = Result<(StatusCode, OpResponse)>;
+
+/// Stop whatever agent of ours runs, start `spec`'s from `current`, probe
+/// it. The `/proc` scan and the fork run on the blocking pool; nothing is
+/// read from the release: `spec` was parsed once, before.
+pub async fn restart_and_probe(
+    d: &Arc<Daemon>,
+    phase: &str,
+    spec: &ReleaseSpec,
+) -> (Probe, Option<Spawned>) {
+    let daemon = d.clone();
+    let found = blocking(move || Ok(daemon.supervisor.find(&daemon.matcher())))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!("looking for the running agent: {e}");
+            Vec::new()
+        });
+    let mut stopped = Vec::new();
+    for (pid, start_time) in found {
+        stopped.push(d.supervisor.stop_pid(pid, start_time).await);
+    }
+    for s in &stopped {
+        tracing::info!("{}", s.note);
+    }
+    let url = spec
+        .agent
+        .as_ref()
+        .map_or(d.config.agent_url.as_str(), |a| a.health_url.as_str());
+    let failed = |error: String| Probe {
+        phase: phase.into(),
+        url: url.to_owned(),
+        healthy: false,
+        attempts: 0,
+        elapsed_ms: 0,
+        release_sha256: None,
+        error: Some(error),
+    };
+    if let Some(s) = stopped.iter().find(|s| s.survived) {
+        return (
+            failed(format!(
+                "{}; not starting another agent beside it (it may still hold the port)",
+                s.note
+            )),
+            None,
+        );
+    }
+    let run = match &spec.agent {
+        Ok(run) => run.clone(),
+        Err(e) => {
+            return (
+                failed(UpdaterError::ReleaseConfig(e.clone()).to_string()),
+                None,
+            );
+        }
+    };
+    let daemon = d.clone();
+    let launch = run.launch.clone();
+    let spawned = blocking(move || {
+        if daemon.layout.resolved_current().is_none() {
+            return Err(UpdaterError::Agent("no current release to start".into()));
+        }
+        // Forks and writes the pidfile; the reaper task it spawns finds
+        // the runtime from the blocking pool.
+        daemon.supervisor.spawn(&launch)
+    })
+    .await;
+    let spawned = match spawned {
+        Ok(s) => s,
+        Err(UpdaterError::Agent(e)) if e == "no current release to start" => {
+            return (failed(e), None);
+        }
+        Err(e) => return (failed(e.to_string()), None),
+    };
+    let p = probe(
+        &d.probe_client,
+        &run.health_url,
+        phase,
+        spec.sha256(),
+        &run.probe,
+        Some(&spawned),
+    )
+    .await;
+    (p, Some(spawned))
+}
+
+/// Read the release `current` holds (manifest, `swarm.toml`, `.env.local`,
+/// on the blocking pool), then [`restart_and_probe`] it.
+pub async fn restart_current(d: &Arc<Daemon>, phase: &str) -> (Probe, Option<Spawned>) {
+    let daemon = d.clone();
+    let spec = blocking(move || {
+        let host = daemon.host_env()?;
+        Ok(daemon.spec_on_disk(&daemon.layout.active(), &host))
+    })
+    .await;
+    match spec {
+        Ok(spec) => restart_and_probe(d, phase, &spec).await,
+        Err(e) => (
+            Probe {
+                phase: phase.into(),
+                url: d.config.agent_url.clone(),
+                healthy: false,
+                attempts: 0,
+                elapsed_ms: 0,
+                release_sha256: None,
+                error: Some(e.to_string()),
+            },
+            None,
+        ),
+    }
+}
+
+/// An operation failed half-way through changing the slots: repair the
+/// layout as a restart would and, when that leaves an agent to restart or
+/// an unconfirmed release to probe, hand `guard` to the reconcile that does it.
+pub async fn recover(d: &Arc<Daemon>, guard: OpGuard, what: &str) {
+    let layout = d.layout.clone();
+    match blocking(move || layout.repair()).await {
+        Ok(r) => {
+            for action in &r.actions {
+                tracing::warn!("repair after {what}: {action}");
+            }
+            if r.unconfirmed || r.restart {
+                tokio::spawn(reconcile::reconcile(d.clone(), guard, r.unconfirmed));
+            }
+        }
+        Err(e) => tracing::error!(
+            "repair after {what}: {e}; the next start of the updater repairs the layout"
+        ),
+    }
+}
+
+/// End the rollback journal, logging a failure.
+pub(crate) async fn end_rollback(d: &Daemon) {
+    let layout = d.layout.clone();
+    if let Err(e) = blocking(move || layout.end_rollback()).await {
+        tracing::error!("removing the rollback journal: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests;

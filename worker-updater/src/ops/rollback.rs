@@ -1,0 +1,97 @@
+//! `POST /rollback`: swap `active` and `prev` (journaled), restart and
+//! probe; if `prev` proves unhealthy, swap back to the release that was
+//! running and say so.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use pki::wire::{OpResponse, OpStatus};
+
+use super::{OpResult, end_rollback, recover, restart_and_probe};
+use crate::error::UpdaterError;
+use crate::short;
+use crate::state::{Daemon, OpGuard, blocking};
+
+/// `POST /rollback`, holding the worker (`guard`). The swap is journaled
+/// until the agent on the final release has been probed, so a crash in
+/// between is repaired at start-up.
+pub async fn rollback(d: Arc<Daemon>, guard: OpGuard) -> OpResult {
+    let daemon = d.clone();
+    let (running_spec, target_spec) = blocking(move || {
+        let layout = &daemon.layout;
+        if !layout.prev().is_dir() || !layout.active().is_dir() {
+            return Err(UpdaterError::NoPrevious);
+        }
+        // Parsed once each, before the swap; both run from `active`.
+        let host = daemon.host_env()?;
+        Ok((
+            daemon.spec_on_disk(&layout.active(), &host),
+            daemon.spec_on_disk(&layout.prev(), &host),
+        ))
+    })
+    .await?;
+    let (running, target) = (running_spec.manifest.clone(), target_spec.manifest.clone());
+    let (layout, from, to) = (d.layout.clone(), running.clone(), target.clone());
+    let swapped = blocking(move || {
+        layout.begin_rollback(from.as_ref(), to.as_ref())?;
+        layout.swap_prev()
+    })
+    .await;
+    if let Err(e) = swapped {
+        recover(&d, guard, "a failed rollback swap").await;
+        return Err(e);
+    }
+    let (p, _) = restart_and_probe(&d, "rollback", &target_spec).await;
+    if p.healthy {
+        end_rollback(&d).await;
+        tracing::info!("rolled back to {:?}", target.as_ref().map(|m| &m.sha256));
+        return Ok((
+            StatusCode::OK,
+            OpResponse {
+                status: OpStatus::RolledBack,
+                release: target,
+                rolled_back: true,
+                error: None,
+                probes: vec![p],
+                stderr: None,
+                timings: None,
+            },
+        ));
+    }
+    let layout = d.layout.clone();
+    if let Err(e) = blocking(move || layout.swap_prev()).await {
+        recover(&d, guard, "a failed swap back after a rollback").await;
+        return Err(e);
+    }
+    let (back, _) = restart_and_probe(&d, "rollback-check", &running_spec).await;
+    end_rollback(&d).await;
+    let mut error = format!(
+        "the previous release {} failed its health probe ({}); went back to {}",
+        target
+            .as_ref()
+            .map_or("(no manifest)", |m| short(&m.sha256)),
+        p.error.as_deref().unwrap_or("unhealthy"),
+        running
+            .as_ref()
+            .map_or("(no manifest)", |m| short(&m.sha256)),
+    );
+    if !back.healthy {
+        error.push_str(&format!(
+            ", which is unhealthy too: {}",
+            back.error.as_deref().unwrap_or("unhealthy")
+        ));
+    }
+    tracing::warn!("{error}");
+    Ok((
+        StatusCode::CONFLICT,
+        OpResponse {
+            status: OpStatus::Error,
+            release: running,
+            rolled_back: false,
+            error: Some(error),
+            probes: vec![p, back],
+            stderr: None,
+            timings: None,
+        },
+    ))
+}

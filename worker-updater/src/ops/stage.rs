@@ -1,0 +1,128 @@
+//! The prologue every push shares, `/update` and `/update-self` alike:
+//! receive into staging → parse the [`ReleaseSpec`] once → run the install
+//! hook → (on any error: discard staging) → read the release it replaces →
+//! flip. Nothing outside staging is touched before the flip.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::Multipart;
+use pki::wire::Timings;
+
+use super::hook::run_install;
+use crate::error::{Result, UpdaterError};
+use crate::receive;
+use crate::release::{Purpose, ReleaseSpec, write_manifest};
+use crate::slots::Layout;
+use crate::state::{Daemon, blocking};
+
+/// A pushed release, flipped in.
+#[derive(Debug)]
+pub struct Staged {
+    /// The new release (its manifest built by the receive).
+    pub spec: ReleaseSpec,
+    /// The release it replaced, as it was in `active` (no manifest on a
+    /// first install), to run from `active` again after a revert.
+    pub previous: ReleaseSpec,
+}
+
+/// How [`stage`] failed.
+#[derive(Debug)]
+pub enum StageError {
+    /// Before the flip: staging is discarded, nothing else changed.
+    Before(UpdaterError),
+    /// The flip itself failed: the slots need a repair (the caller's).
+    Flip(UpdaterError),
+}
+
+/// Receive `form` into `layout`'s staging, check and hook it, flip it in.
+pub async fn stage(
+    d: &Arc<Daemon>,
+    layout: &Layout,
+    form: Multipart,
+    pushed_by: String,
+    purpose: Purpose,
+    timings: &mut Timings,
+) -> std::result::Result<Staged, StageError> {
+    let l = layout.clone();
+    let staging = blocking(move || l.prepare_staging())
+        .await
+        .map_err(StageError::Before)?;
+    let prepared = prepare(d, layout, form, &staging, pushed_by, purpose, timings).await;
+    let staged = match prepared {
+        Ok(s) => s,
+        Err(e) => {
+            let l = layout.clone();
+            let _ = blocking(move || {
+                l.discard_staging();
+                Ok(())
+            })
+            .await;
+            return Err(StageError::Before(e));
+        }
+    };
+    let t = Instant::now();
+    let (l, m) = (layout.clone(), staged.spec.manifest.clone());
+    let flipped = blocking(move || match &m {
+        Some(m) => l.flip_in(m),
+        None => Err(UpdaterError::Internal(
+            "a staged release without a manifest".into(),
+        )),
+    })
+    .await;
+    if let Err(e) = flipped {
+        return Err(StageError::Flip(e));
+    }
+    timings.sync_flip_ms = crate::ms(t);
+    Ok(staged)
+}
+
+/// Receive, write the manifest, parse the spec (the agent command for an
+/// update, `confirm_self` and the updater binary for a self-update), read
+/// the previous release, run the install hook.
+async fn prepare(
+    d: &Arc<Daemon>,
+    layout: &Layout,
+    form: Multipart,
+    staging: &std::path::Path,
+    pushed_by: String,
+    purpose: Purpose,
+    timings: &mut Timings,
+) -> Result<Staged> {
+    let t = Instant::now();
+    let received = receive::receive(form, staging, &d.config.caps).await?;
+    if purpose == Purpose::Updater && received.confirm_self.as_deref() != Some("true") {
+        return Err(UpdaterError::BadUpload(
+            "/update-self replaces the updater itself: send the field confirm_self=true to confirm"
+                .into(),
+        ));
+    }
+    let manifest = received.manifest(pushed_by);
+    timings.receive_ms = crate::ms(t);
+    tracing::info!(
+        sha256 = %manifest.sha256,
+        bytes = manifest.size_bytes,
+        files = manifest.files,
+        "release received"
+    );
+    let (daemon, l, dir) = (d.clone(), layout.clone(), staging.to_owned());
+    let staged = blocking(move || {
+        write_manifest(&dir, &manifest)?;
+        let host = daemon.host_env()?;
+        let live = l.live_dir();
+        let spec = ReleaseSpec::staged(&dir, &live, manifest, purpose, &host, &daemon.config)?;
+        let previous = ReleaseSpec::on_disk(&l.active(), &live, &host, &daemon.config);
+        if purpose == Purpose::Agent {
+            daemon.note_program(&spec);
+            daemon.note_program(&previous);
+        }
+        Ok(Staged { spec, previous })
+    })
+    .await?;
+    let t = Instant::now();
+    if let Some(hook) = staged.spec.hook()? {
+        run_install(&hook).await?;
+    }
+    timings.install_ms = crate::ms(t);
+    Ok(staged)
+}

@@ -1,0 +1,138 @@
+//! `POST /update`: [`stage`] the push, restart and probe its agent, then
+//! confirm it (the release it replaced becomes `prev`) or revert (the new
+//! one goes to `failed/`, the last good one is restored and re-probed).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::Multipart;
+use axum::http::StatusCode;
+use pki::wire::{OpResponse, OpStatus, Timings};
+
+use super::stage::{StageError, Staged, stage};
+use super::{OpResult, recover, restart_and_probe};
+use crate::release::Purpose;
+use crate::state::{Daemon, OpGuard, blocking};
+use crate::{ms, short};
+
+/// `POST /update`, holding the worker (`guard`). When the layout has to be
+/// repaired half-way, the guard passes to the reconcile that follows, so
+/// nothing else starts in between.
+pub async fn update(
+    d: Arc<Daemon>,
+    form: Multipart,
+    pushed_by: String,
+    guard: OpGuard,
+) -> OpResult {
+    let t0 = Instant::now();
+    let mut timings = Timings::default();
+    let layout = d.layout.clone();
+    let staged = stage(&d, &layout, form, pushed_by, Purpose::Agent, &mut timings).await;
+    let Staged { spec, previous } = match staged {
+        Ok(s) => s,
+        Err(StageError::Before(e)) => return Err(e),
+        Err(StageError::Flip(e)) => {
+            recover(&d, guard, "a failed flip").await;
+            return Err(e);
+        }
+    };
+    let Some(manifest) = spec.manifest.clone() else {
+        // stage() flips only a release with a manifest.
+        return Err(crate::error::UpdaterError::Internal(
+            "staged release without a manifest".into(),
+        ));
+    };
+    tracing::info!(sha256 = %manifest.sha256, "flipped current to the new release");
+
+    let t = Instant::now();
+    let (forward, spawned) = restart_and_probe(&d, "forward", &spec).await;
+    timings.probe_ms = forward.elapsed_ms;
+    timings.restart_ms = ms(t).saturating_sub(forward.elapsed_ms);
+    if forward.healthy {
+        let t = Instant::now();
+        let layout = d.layout.clone();
+        let trash = blocking(move || layout.confirm_to_trash()).await?;
+        timings.confirm_ms = ms(t);
+        // The release it replaced can take seconds to delete (a big tree,
+        // a busy disk): not the pusher's wait.
+        if let Some(trash) = trash {
+            crate::slots::delete_in_background(trash);
+        }
+        timings.total_ms = ms(t0);
+        tracing::info!(sha256 = %manifest.sha256, "update healthy");
+        return Ok((
+            StatusCode::OK,
+            OpResponse {
+                status: OpStatus::Updated,
+                release: Some(manifest),
+                rolled_back: false,
+                error: None,
+                probes: vec![forward],
+                stderr: None,
+                timings: Some(timings),
+            },
+        ));
+    }
+
+    // Unhealthy: stop it, put the last good release back.
+    let why = forward.error.clone().unwrap_or_else(|| "unhealthy".into());
+    if let Some(s) = &spawned {
+        tracing::info!(
+            "{}",
+            d.supervisor
+                .stop_pid(s.pid, crate::agent::proc::start_time(s.pid))
+                .await
+                .note
+        );
+    }
+    let (layout, m) = (d.layout.clone(), manifest.clone());
+    let (failed_name, restored) = match blocking(move || layout.revert(&m)).await {
+        Ok(r) => r,
+        Err(e) => {
+            recover(&d, guard, "a failed revert").await;
+            return Err(e);
+        }
+    };
+    let mut probes = vec![forward];
+    let previous_manifest = previous.manifest.clone();
+    let (release, error) = if restored {
+        let (back, _) = restart_and_probe(&d, "rollback", &previous).await;
+        let mut error = format!(
+            "release {} failed its health probe ({why}); rolled back to {} (the failed tree is in releases/failed/{failed_name})",
+            short(&manifest.sha256),
+            previous_manifest
+                .as_ref()
+                .map_or("the previous release", |p| short(&p.sha256)),
+        );
+        if !back.healthy {
+            error.push_str(&format!(
+                "; the restored release is unhealthy too: {}",
+                back.error.as_deref().unwrap_or("unhealthy")
+            ));
+        }
+        probes.push(back);
+        (previous_manifest, error)
+    } else {
+        (
+            None,
+            format!(
+                "first install of {} failed its health probe ({why}); there was no previous release, so nothing runs and `current` is absent; the tree is in releases/failed/{failed_name}; push a fixed tree",
+                short(&manifest.sha256)
+            ),
+        )
+    };
+    timings.total_ms = ms(t0);
+    tracing::warn!("{error}");
+    Ok((
+        StatusCode::CONFLICT,
+        OpResponse {
+            status: OpStatus::RolledBack,
+            release,
+            rolled_back: restored,
+            error: Some(error),
+            probes,
+            stderr: None,
+            timings: Some(timings),
+        },
+    ))
+}

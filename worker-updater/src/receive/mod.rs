@@ -1,0 +1,11 @@
+//! Receiving a release: [`upload`] reads the multipart body and streams the
+//! `tarball` through SHA-256 into [`extract`], which validates every entry
+//! and writes the tree into staging; [`guard`] bounds what tar-rs buffers.
+//! Nothing is written outside staging, and nothing before it is validated.
+
+pub mod extract;
+mod guard;
+pub mod upload;
+
+pub use extract::{Caps, Extracted};
+pub use upload::{Received, receive};

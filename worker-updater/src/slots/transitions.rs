@@ -1,0 +1,260 @@
+//! Slot transitions: staging, the flip (journal, one `syncfs`, one
+//! `RENAME_EXCHANGE`, `current` re-pointed), confirm, revert, the rollback
+//! swaps, `failed/` retention and `GET /releases`. Each leaves
+//! `releases/active` (and so `current`) on one whole release.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pki::wire::{FailedRelease, Manifest, Releases};
+
+use super::Layout;
+use super::fsx::{exchange, fsync_dir, remove_file, remove_tree, rename, sync_fs, temp_sibling};
+use super::journal::Journal;
+use crate::error::{Result, UpdaterError};
+
+impl Layout {
+    /// A fresh, empty `active.new/` (a stale one is removed first).
+    pub fn prepare_staging(&self) -> Result<PathBuf> {
+        self.ensure_dirs()?;
+        let staging = self.staging();
+        remove_tree(&staging)?;
+        fs::create_dir(&staging).map_err(|e| UpdaterError::io(&staging, e))?;
+        Ok(staging)
+    }
+
+    /// Remove `active.new/` (after a rejected upload or failed install).
+    pub fn discard_staging(&self) {
+        if let Err(e) = remove_tree(&self.staging()) {
+            tracing::error!("removing the staging dir: {e}");
+        }
+    }
+
+    /// Promote the complete staging release `incoming`: journal it, sync
+    /// once, swap it into `active` atomically, keep the old one as
+    /// `active.old`, and point `current` at `releases/active`.
+    pub fn flip_in(&self, incoming: &Manifest) -> Result<()> {
+        self.journal_flip(incoming)?;
+        sync_fs(&self.releases)?;
+        remove_tree(&self.old())?;
+        if self.active().is_dir() {
+            exchange(&self.staging(), &self.active())?;
+            rename(&self.staging(), &self.old())?;
+        } else {
+            rename(&self.staging(), &self.active())?;
+        }
+        fsync_dir(&self.releases)?;
+        self.point_current()
+    }
+
+    /// The release in `active` is healthy: the one it replaced becomes
+    /// `prev` (the former `prev` is dropped, deleted before returning), the
+    /// journal goes.
+    pub fn confirm(&self) -> Result<()> {
+        if let Some(trash) = self.confirm_to_trash()? {
+            remove_tree(&trash)?;
+        }
+        Ok(())
+    }
+
+    /// [`Layout::confirm`], except that the dropped `prev` is only renamed
+    /// to a trash name of its own (`releases/.trash-prev-<pid>-<n>`), which
+    /// is returned for the caller to delete later ([`delete_in_background`]).
+    /// A trash dir left by a crash is removed by the start-up repair.
+    pub fn confirm_to_trash(&self) -> Result<Option<PathBuf>> {
+        let mut trash = None;
+        if self.old().is_dir() {
+            if self.prev().exists() {
+                let t = self.trash_name("prev");
+                rename(&self.prev(), &t)?;
+                trash = Some(t);
+            }
+            rename(&self.old(), &self.prev())?;
+            fsync_dir(&self.releases)?;
+        }
+        remove_file(&self.journal())?;
+        fsync_dir(&self.releases)?;
+        Ok(trash)
+    }
+
+    /// The release in `active` failed: move it to `failed/` and put the one
+    /// it replaced back. Returns the name under `failed/` and whether a
+    /// release was restored (false on a first install: `current` is removed).
+    ///
+    /// The journal is marked `reverting` (durably) first, so a crash between
+    /// the exchange and the move to `failed/` is finished by [`Layout::repair`]
+    /// instead of being mistaken for a flip to roll forward.
+    pub fn revert(&self, manifest: &Manifest) -> Result<(String, bool)> {
+        self.ensure_dirs()?;
+        self.write_journal_durable(&Journal {
+            manifest: manifest.clone(),
+            reverting: true,
+        })?;
+        let name = self.failed_name(manifest);
+        let dest = self.failed().join(&name);
+        let restored = if self.old().is_dir() {
+            exchange(&self.active(), &self.old())?;
+            rename(&self.old(), &dest)?;
+            true
+        } else {
+            rename(&self.active(), &dest)?;
+            remove_file(&self.current())?;
+            false
+        };
+        remove_file(&self.journal())?;
+        fsync_dir(&self.releases)?;
+        fsync_dir(&self.root)?;
+        self.prune_failed();
+        Ok((name, restored))
+    }
+
+    /// Swap `active` and `prev` atomically (rollback, and its undo).
+    pub fn swap_prev(&self) -> Result<()> {
+        if !self.prev().is_dir() {
+            return Err(UpdaterError::NoPrevious);
+        }
+        sync_fs(&self.releases)?;
+        exchange(&self.active(), &self.prev())?;
+        fsync_dir(&self.releases)?;
+        self.point_current()
+    }
+
+    /// Move the release in `prev` to `failed/` (it failed after a crash repair).
+    pub fn fail_prev(&self) -> Result<String> {
+        let manifest = Manifest::read(&self.prev()).unwrap_or_else(unknown_manifest);
+        let name = self.failed_name(&manifest);
+        rename(&self.prev(), &self.failed().join(&name))?;
+        fsync_dir(&self.releases)?;
+        self.prune_failed();
+        Ok(name)
+    }
+
+    /// The confirmed release in `active` turned out bad after all (an
+    /// updater trial that failed): `prev` goes back to `active` and the bad
+    /// one to `failed/`; with no `prev`, the bad one goes to `failed/` and
+    /// `current` is removed. Returns the name under `failed/`.
+    pub fn abandon_active(&self) -> Result<String> {
+        self.ensure_dirs()?;
+        if self.prev().is_dir() {
+            self.swap_prev()?;
+            return self.fail_prev();
+        }
+        let manifest = Manifest::read(&self.active()).unwrap_or_else(unknown_manifest);
+        let name = self.failed_name(&manifest);
+        if self.active().is_dir() {
+            rename(&self.active(), &self.failed().join(&name))?;
+        }
+        remove_file(&self.current())?;
+        fsync_dir(&self.releases)?;
+        fsync_dir(&self.root)?;
+        self.prune_failed();
+        Ok(name)
+    }
+
+    /// `GET /releases`.
+    pub fn releases(&self) -> Releases {
+        let mut failed: Vec<FailedRelease> = fs::read_dir(self.failed())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| FailedRelease {
+                        name: e.file_name().to_string_lossy().into_owned(),
+                        manifest: Manifest::read(&e.path()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        failed.sort_by(|a, b| b.name.cmp(&a.name));
+        Releases {
+            active: Manifest::read(&self.active()),
+            prev: Manifest::read(&self.prev()),
+            failed,
+        }
+    }
+
+    /// Move the release at `dir` to `failed/` under a name for `manifest`.
+    pub(crate) fn park_failed(&self, dir: &Path, manifest: &Manifest) -> Result<String> {
+        let name = self.failed_name(manifest);
+        rename(dir, &self.failed().join(&name))?;
+        fsync_dir(&self.releases)?;
+        self.prune_failed();
+        Ok(name)
+    }
+
+    /// Atomically (re)point `current` at `releases/active`: a temp symlink
+    /// renamed over it, then the install dir fsynced.
+    pub(crate) fn point_current(&self) -> Result<()> {
+        let tmp = temp_sibling(&self.current());
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink("releases/active", &tmp)
+            .map_err(|e| UpdaterError::io(&tmp, e))?;
+        rename(&tmp, &self.current())?;
+        fsync_dir(&self.root)
+    }
+
+    /// A trash name no other call in this process (or a previous one)
+    /// uses, so a delete still running never meets the next one's trash.
+    pub(crate) fn trash_name(&self, what: &str) -> PathBuf {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let mut path = self
+            .releases
+            .join(format!(".trash-{what}-{}-{n}", std::process::id()));
+        let mut k = 0;
+        while fs::symlink_metadata(&path).is_ok() {
+            k += 1;
+            path = self
+                .releases
+                .join(format!(".trash-{what}-{}-{n}-{k}", std::process::id()));
+        }
+        path
+    }
+
+    pub(crate) fn failed_name(&self, manifest: &Manifest) -> String {
+        let stamp = time::OffsetDateTime::now_utc()
+            .format(time::macros::format_description!(
+                "[year][month][day]T[hour][minute][second]Z"
+            ))
+            .unwrap_or_else(|_| "unknown".into());
+        let sha: String = manifest.sha256.chars().take(12).collect();
+        let base = format!("{stamp}-{sha}");
+        let mut name = base.clone();
+        let mut n = 1;
+        while self.failed().join(&name).exists() {
+            n += 1;
+            name = format!("{base}-{n}");
+        }
+        name
+    }
+
+    /// Keep the newest `failed_keep` failed releases.
+    pub(crate) fn prune_failed(&self) {
+        let Ok(rd) = fs::read_dir(self.failed()) else {
+            return;
+        };
+        let mut names: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let excess = names.len().saturating_sub(self.failed_keep);
+        for name in &names[..excess] {
+            if let Err(e) = remove_tree(&self.failed().join(name)) {
+                tracing::warn!("pruning failed/{name}: {e}");
+            }
+        }
+    }
+}
+
+/// A placeholder manifest for a release whose own is unreadable.
+pub(crate) fn unknown_manifest() -> Manifest {
+    Manifest {
+        sha256: "unknown".into(),
+        size_bytes: 0,
+        files: 0,
+        git_commit: None,
+        pushed_at: String::new(),
+        pushed_by: String::new(),
+    }
+}
