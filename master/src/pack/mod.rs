@@ -39,7 +39,6 @@ use pki::wire::MANIFEST_FILE;
 
 use link_rule::check_link;
 use secrets::{NEVER_SHIPPED, SECRET_SNIFF_BYTES, holds_private_key, is_secret_name};
-pub(crate) use swarm_toml::DEFAULT_UPDATER_BINARY;
 
 /// What to pack.
 #[derive(Clone, Debug)]
@@ -260,11 +259,7 @@ pub(crate) fn pack_reporting(opts: &PackOptions, progress: &PackProgress<'_>) ->
         .filter_entry(|e| e.file_name() != ".git")
         .build();
 
-    let updater_binary = config
-        .updater
-        .binary
-        .clone()
-        .unwrap_or_else(|| DEFAULT_UPDATER_BINARY.to_owned());
+    let updater_binary = config.updater_binary().to_owned();
     let mut ships_updater = false;
     let mut files = 0u64;
     let mut skipped_secrets = Vec::new();
