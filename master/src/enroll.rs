@@ -85,7 +85,7 @@ fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
     .map_err(|e| Error::io(to, std::io::Error::from(e)))
 }
 
-fn sync_dir(dir: &Path) {
+pub(crate) fn sync_dir(dir: &Path) {
     // Best effort: make the renames durable.
     if let Ok(f) = fs::File::open(dir) {
         let _ = f.sync_all();
@@ -188,7 +188,7 @@ fn bad_san(e: PkiError) -> Error {
 }
 
 /// `DIR` → `DIR-updater`.
-fn updater_dir_of(out_dir: &Path) -> Result<PathBuf> {
+pub(crate) fn updater_dir_of(out_dir: &Path) -> Result<PathBuf> {
     let name = out_dir.file_name().ok_or_else(|| {
         Error::usage(format!(
             "--out-dir {} must name a new directory",

@@ -8,6 +8,8 @@
 //! - `pack`: the release tarball, built once per push.
 //! - `fleet`: concurrent update/rollback/status over pinned mTLS.
 //! - `table`: terminal tables; `demo`: the local three-worker fleet.
+//! - `package`: worker packages (bundles, binaries, unit, install.sh).
+//! - `shell`: shell completions and man pages.
 //!
 //! Invariants: the master only talks to updaters whose CN and certificate
 //! fingerprint match the inventory; nothing here turns TLS verification off.
@@ -20,6 +22,8 @@ mod fleet;
 mod home;
 mod inventory;
 mod pack;
+mod package;
+mod shell;
 mod table;
 
 pub use error::{EXIT_FAILED, EXIT_LOCAL, EXIT_USAGE, Error};
@@ -31,12 +35,17 @@ use home::Home;
 /// that ran to its end (0, or [`EXIT_FAILED`] when some host failed);
 /// `Err` is a command that could not run, with [`Error::code`].
 pub fn run(cli: Cli) -> Result<u8, Error> {
+    match &cli.command {
+        Command::Completions(args) => return shell::completions(args).map(|()| 0),
+        Command::Man(args) => return shell::man(args).map(|()| 0),
+        _ => {}
+    }
     let home = Home::resolve(cli.home.as_deref())?;
     match cli.command {
         Command::Ca {
             command: CaCommand::Init { force },
         } => enroll::ca_init(&home, force).map(|()| 0),
-        Command::Enroll(args) => enroll::enroll(&home, &args).map(|()| 0),
+        Command::Enroll(args) => package::enroll(&home, args).map(|()| 0),
         Command::List { json } => enroll::list(&home, json).map(|()| 0),
         Command::Decommission { host } => enroll::decommission(&home, &host).map(|()| 0),
         Command::Update(args) => fleet::update(&home, &args),
@@ -44,5 +53,7 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
         Command::Status(args) => fleet::status(&home, &args),
         Command::History(args) => fleet::history(&home, &args),
         Command::Demo(args) => demo::run(&args),
+        Command::Package(args) => package::package(&home, &args).map(|()| 0),
+        Command::Completions(_) | Command::Man(_) => Ok(0),
     }
 }

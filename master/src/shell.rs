@@ -1,0 +1,50 @@
+//! `swarm completions SHELL` and `swarm man [--out-dir DIR]`: shell
+//! completion scripts (clap_complete) and man pages (clap_mangen), both
+//! generated from the same clap definition as the parser, so they can never
+//! list a flag that does not exist.
+
+use std::io::Write;
+
+use clap::CommandFactory;
+
+use crate::cli::{Cli, CompletionsArgs, ManArgs};
+use crate::error::{Error, Result};
+
+/// Print `bytes` on stdout; a reader that hung up (`swarm man | head`) is
+/// not an error.
+fn print(bytes: &[u8]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::io("stdout", e)),
+        _ => Ok(()),
+    }
+}
+
+/// `swarm completions bash|zsh|fish|elvish|powershell`.
+pub(crate) fn completions(args: &CompletionsArgs) -> Result<()> {
+    let mut cmd = Cli::command();
+    let mut buf = Vec::new();
+    clap_complete::generate(args.shell, &mut cmd, "swarm", &mut buf);
+    print(&buf)
+}
+
+/// `swarm man`: swarm(1) on stdout; with `--out-dir DIR`, swarm.1 and one
+/// page per subcommand (swarm-update.1, swarm-ca-init.1, …) in DIR.
+pub(crate) fn man(args: &ManArgs) -> Result<()> {
+    let cmd = Cli::command();
+    match &args.out_dir {
+        None => {
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut buf)
+                .map_err(|e| Error::io("swarm.1", e))?;
+            print(&buf)
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            clap_mangen::generate_to(cmd, dir).map_err(|e| Error::io(dir, e))?;
+            println!("man pages written to {}", dir.display());
+            Ok(())
+        }
+    }
+}
