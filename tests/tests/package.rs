@@ -560,3 +560,139 @@ fn unit_is_verified_and_hardened() {
         "verify: {said}"
     );
 }
+
+/// `swarm package` for an enrolled host packages the bundles `enroll`
+/// wrote, and only those: another host's bundles (or a missing updater
+/// bundle) are refused, and nothing is written.
+#[test]
+fn package_of_an_enrolled_host_checks_the_pins() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let home = root.join("home");
+    let p = |name: &str| root.join(name).to_str().expect("utf-8").to_owned();
+    assert!(swarm(&home, &["ca", "init"]).status.success());
+    for (host, dir) in [("wa", "a"), ("wb", "b")] {
+        let out = swarm(
+            &home,
+            &[
+                "enroll",
+                "--host",
+                host,
+                "--address",
+                "192.0.2.7",
+                "--updater",
+                "--out-dir",
+                &p(dir),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let out = swarm(
+        &home,
+        &[
+            "package",
+            "--host",
+            "wa",
+            "--bundle-dir",
+            &p("a"),
+            "--out",
+            &p("wa.tgz"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&root.join("wa.tgz")), 0o600);
+    let listing = run(Command::new("tar").arg("tzf").arg(root.join("wa.tgz")));
+    let names = String::from_utf8_lossy(&listing.stdout);
+    for f in [
+        "swarm-wa/install.sh",
+        "swarm-wa/swarm-updater.service",
+        "swarm-wa/updater.env",
+        "swarm-wa/agent/worker.key",
+        "swarm-wa/updater/updater.key",
+        "swarm-wa/bin/worker-updater",
+        "swarm-wa/bin/worker-agent",
+    ] {
+        assert!(
+            names.lines().any(|l| l == f),
+            "{f} not in the package:\n{names}"
+        );
+    }
+
+    // enroll --package onto an existing file is refused before anything is
+    // enrolled or written.
+    let out = swarm(
+        &home,
+        &[
+            "enroll",
+            "--host",
+            "wc",
+            "--address",
+            "192.0.2.8",
+            "--out-dir",
+            &p("c"),
+            "--package",
+            &p("wa.tgz"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!root.join("c").exists());
+    let list = swarm(&home, &["list", "--json"]);
+    assert!(!String::from_utf8_lossy(&list.stdout).contains("\"wc\""));
+
+    // wb's bundles are not wa's: refused, exit 2, no file.
+    let out = swarm(
+        &home,
+        &[
+            "package",
+            "--host",
+            "wa",
+            "--bundle-dir",
+            &p("b"),
+            "--out",
+            &p("wrong.tgz"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("differs from what the inventory pins"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!root.join("wrong.tgz").exists());
+
+    // No updater bundle beside the agent bundle: refused too.
+    std::fs::remove_dir_all(root.join("a-updater")).expect("rm");
+    let out = swarm(
+        &home,
+        &[
+            "package",
+            "--host",
+            "wa",
+            "--bundle-dir",
+            &p("a"),
+            "--out",
+            &p("half.tgz"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!root.join("half.tgz").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(root)
+        .expect("read_dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".swarm-package")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+}
