@@ -22,7 +22,7 @@ say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '4,7s/^#   //p' "$0"
+    sed -n 's/^#   sudo /sudo /p' "$0"
     exit "$1"
 }
 
@@ -92,7 +92,7 @@ dir() {
 put() {
     if ! cmp -s -- "$1" "$2"; then
         tmp=$(dirname -- "$2")/.$(basename -- "$2").install-$$
-        cp -- "$1" "$tmp"
+        (umask 077 && cp -- "$1" "$tmp")
         chown "$4:$5" -- "$tmp"
         chmod "$3" -- "$tmp"
         mv -f -- "$tmp" "$2"
