@@ -245,11 +245,11 @@ impl Drop for BareHost {
         self.updater_pid();
         self.agent_pid();
         for pid in self.seen.take() {
+            // By comm, not /proc/PID/exe: an uninstall half done has
+            // deleted the binary, and exe then reads "… (deleted)".
             if alive(pid)
-                && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| {
-                    exe.file_name()
-                        .is_some_and(|n| n == "worker-updater" || n == "worker-agent")
-                })
+                && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| matches!(c.trim_end(), "worker-updater" | "worker-agent"))
             {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
