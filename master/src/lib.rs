@@ -35,6 +35,7 @@ use home::Home;
 /// that ran to its end (0, or [`EXIT_FAILED`] when some host failed);
 /// `Err` is a command that could not run, with [`Error::code`].
 pub fn run(cli: Cli) -> Result<u8, Error> {
+    // These need no state directory, not even a $HOME.
     match &cli.command {
         Command::Completions(args) => return shell::completions(args).map(|()| 0),
         Command::Man(args) => return shell::man(args).map(|()| 0),
@@ -54,6 +55,7 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
         Command::History(args) => fleet::history(&home, &args),
         Command::Demo(args) => demo::run(&args),
         Command::Package(args) => package::package(&home, &args).map(|()| 0),
+        // Answered above.
         Command::Completions(_) | Command::Man(_) => Ok(0),
     }
 }
