@@ -1,4 +1,4 @@
-//! The master's error type: every cause, and the exit code it maps to.
+//! The master's one error type: every cause, and the exit code it maps to.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +10,10 @@ pub const EXIT_USAGE: u8 = 2;
 /// Exit code: the master itself could not do its part (no CA yet, an
 /// unwritable directory, a broken inventory, a tree that cannot be packed).
 pub const EXIT_LOCAL: u8 = 3;
+/// Exit code: stdout was closed under us (`swarm status | head`). The
+/// shell's code for a process ended by SIGPIPE, without its noise: the
+/// output was cut short, which a pipeline with `pipefail` should see.
+pub const EXIT_BROKEN_PIPE: u8 = 141;
 
 /// Everything that stops a `swarm` command before or outside the fleet.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +42,9 @@ pub enum Error {
     Corrupt { path: PathBuf, message: String },
     #[error("cannot pack {}: {message}", root.display())]
     Pack { root: PathBuf, message: String },
+    /// Stdout was closed (the reader went away): end quietly.
+    #[error("stdout closed")]
+    BrokenPipe,
     #[error("{0}")]
     Other(String),
 }
@@ -61,6 +68,7 @@ impl Error {
             Error::Pki(pki::PkiError::InvalidHostName(_) | pki::PkiError::InvalidSan(_)) => {
                 EXIT_USAGE
             }
+            Error::BrokenPipe => EXIT_BROKEN_PIPE,
             _ => EXIT_LOCAL,
         }
     }

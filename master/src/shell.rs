@@ -3,21 +3,16 @@
 //! generated from the same clap definition as the parser, so they can never
 //! list a flag that does not exist.
 
-use std::io::Write;
-
 use clap::CommandFactory;
 
 use crate::cli::{Cli, CompletionsArgs, ManArgs};
 use crate::error::{Error, Result};
+use crate::output::{self, outln};
 
-/// Print `bytes` on stdout; a reader that hung up (`swarm man | head`) is
-/// not an error.
+/// Print generated text on stdout (a closed stdout ends quietly, as
+/// everywhere in `swarm`: [`output`]).
 fn print(bytes: &[u8]) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(bytes).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::io("stdout", e)),
-        _ => Ok(()),
-    }
+    output::write(format_args!("{}", String::from_utf8_lossy(bytes)))
 }
 
 /// `swarm completions bash|zsh|fish|elvish|powershell`.
@@ -43,8 +38,7 @@ pub(crate) fn man(args: &ManArgs) -> Result<()> {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             clap_mangen::generate_to(cmd, dir).map_err(|e| Error::io(dir, e))?;
-            println!("man pages written to {}", dir.display());
-            Ok(())
+            outln!("man pages written to {}", dir.display())
         }
     }
 }

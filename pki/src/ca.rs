@@ -128,16 +128,7 @@ impl LeafSpec {
             }
             return Ok(());
         }
-        let valid = !name.is_empty()
-            && name.len() <= 253
-            && name.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            });
-        if !valid {
+        if !crate::identity::is_dns_name(name) {
             return Err(PkiError::InvalidSan(name.to_owned()));
         }
         let name = name.to_ascii_lowercase();

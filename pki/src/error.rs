@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error(
-        "invalid host name {0:?}: use 1-64 characters from [A-Za-z0-9._-], starting with a letter or digit (\"master\" is reserved)"
+        "invalid host name {0:?}: use [A-Za-z0-9._-], starting with a letter or digit, with 1-63 characters between dots and at most 253 in all (\"master\" is reserved)"
     )]
     InvalidHostName(String),
     #[error("invalid subject alternative name {0:?}")]
@@ -35,6 +35,20 @@ pub enum PkiError {
     Parse(String),
     #[error("HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// A response body over the reader's cap (`announced` is its
+    /// `Content-Length`, `read` what had arrived when the read stopped).
+    #[error("answer too large: over the {cap}-byte cap{}", match announced {
+        Some(n) => format!(" (announced {n} bytes)"),
+        None => format!(" ({read} bytes and more sent)"),
+    })]
+    BodyTooLarge {
+        cap: usize,
+        announced: Option<u64>,
+        read: usize,
+    },
+    /// A response body that is not the JSON expected (message sanitised).
+    #[error("answer is not the expected JSON: {0}")]
+    BadBody(String),
 }
 
 impl PkiError {

@@ -14,20 +14,33 @@ pub const MASTER_CN: &str = "master";
 /// The prefix of an updater's CN: `updater@<host>`.
 pub const UPDATER_PREFIX: &str = "updater@";
 
-/// A worker host name, checked once: `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`, not `master`.
+/// Whether `s` is usable as a DNS name in a certificate SAN: dot-separated
+/// labels of 1 to 63 characters from `[A-Za-z0-9_-]`, at most 253 in all.
+/// The one rule for host names and `--sans` alike, so every [`HostName`]
+/// lands in its certificates.
+pub fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        })
+}
+
+/// A worker host name, checked once: a DNS name ([`is_dns_name`]: labels
+/// of 1-63 characters from `[A-Za-z0-9_-]`, at most 253 in all) that starts
+/// with a letter or digit and is not `master`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
 pub struct HostName(String);
 
 impl HostName {
     pub fn new(s: &str) -> Result<Self, PkiError> {
-        let bytes = s.as_bytes();
-        let ok = !bytes.is_empty()
-            && bytes.len() <= 64
-            && bytes[0].is_ascii_alphanumeric()
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        let ok = s.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
+            && is_dns_name(s)
             && s != MASTER_CN;
         if ok {
             Ok(HostName(s.to_owned()))
@@ -226,11 +239,23 @@ impl CertInfo {
 
 #[cfg(test)]
 mod tests {
+    use rustls_pki_types::pem::PemObject;
+
     use super::*;
 
     #[test]
     fn host_names() {
-        for ok in ["worker-01", "a", "W.x_y-9", &"a".repeat(64)] {
+        let label = "a".repeat(63);
+        let longest = format!("{label}.{label}.{label}.{}", "b".repeat(61));
+        assert_eq!(longest.len(), 253);
+        for ok in [
+            "worker-01",
+            "a",
+            "W.x_y-9",
+            &label,
+            &longest,
+            "w1.eu-west.example",
+        ] {
             assert!(HostName::new(ok).is_ok(), "{ok}");
         }
         for bad in [
@@ -243,8 +268,57 @@ mod tests {
             &"a".repeat(65),
             "master",
             "é",
+            // Issue 10: a 64-character label passed here but is no DNS SAN.
+            &"a".repeat(64),
+            &format!("w.{}", "a".repeat(64)),
+            &format!("{longest}b"),
+            &format!("{}.{}", "a".repeat(63), "b".repeat(63)).repeat(3),
+            "a..b",
+            "a.",
+            "a.b.",
         ] {
             assert!(HostName::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_host_name_lands_in_its_certificates() {
+        let ca = crate::Ca::generate().unwrap();
+        let label = "a".repeat(63);
+        let longest = format!("{label}.{label}.{label}.{}", "b".repeat(61));
+        for name in [label.as_str(), longest.as_str(), "W.x_y-9", "a"] {
+            let host = HostName::new(name).unwrap();
+            // Same rule as the SANs: `add_san` takes every host name.
+            crate::LeafSpec::master().add_san(name).unwrap();
+            for spec in [
+                crate::LeafSpec::agent(&host, "10.0.0.1", &[]).unwrap(),
+                crate::LeafSpec::updater(&host, "10.0.0.1", &[]).unwrap(),
+            ] {
+                let leaf = ca.issue(&spec).unwrap();
+                let der =
+                    rustls_pki_types::CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes())
+                        .unwrap();
+                let info = CertInfo::parse(&der).unwrap();
+                assert!(
+                    info.dns_sans.contains(&name.to_ascii_lowercase()),
+                    "{name}: {info:?}"
+                );
+                assert_eq!(Identity::from_cn(&info.cn).cn(), info.cn);
+                assert!(
+                    !matches!(Identity::from_cn(&info.cn), Identity::Other(_)),
+                    "{name}"
+                );
+            }
+            // A TLS client can ask for it by that name.
+            assert!(
+                rustls_pki_types::ServerName::try_from(name).is_ok(),
+                "{name}"
+            );
+        }
+        // What the name rule refuses the SAN rule refuses too.
+        for bad in ["a".repeat(64), format!("{longest}b"), "a..b".into()] {
+            assert!(HostName::new(&bad).is_err(), "{bad}");
+            assert!(crate::LeafSpec::master().add_san(&bad).is_err(), "{bad}");
         }
     }
 

@@ -10,6 +10,7 @@
 //! - `pki` opens no connections on its own: it serves listeners handed to it
 //!   and builds clients that callers use.
 
+pub mod body;
 pub mod bundle;
 pub mod ca;
 pub mod daemon;
@@ -17,6 +18,7 @@ mod error;
 pub mod identity;
 pub mod policy;
 pub mod serve;
+pub mod text;
 pub mod tls;
 pub mod wire;
 

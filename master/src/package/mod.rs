@@ -24,6 +24,7 @@ use crate::enroll;
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::inventory::{HostRecord, HostStatus};
+use crate::output::outln;
 use archive::Entry;
 
 /// The unit every package installs: the same file the repository ships.
@@ -324,18 +325,17 @@ fn build(
         src: bins.agent.clone(),
     });
     let size = archive::write(out, &entries)?;
-    println!(
+    outln!(
         "package for {host}: {} ({:.1} MiB, mode 0600, HOLDS PRIVATE KEYS: copy it only to {host})",
         out.display(),
         size as f64 / (1024.0 * 1024.0)
-    );
-    println!("  binaries from {}", parent_display(&bins.updater));
-    println!(
+    )?;
+    outln!("  binaries from {}", parent_display(&bins.updater))?;
+    outln!(
         "install: scp {} {addr}: && ssh {addr} 'tar xzf {name} && sudo ./{top}/install.sh'",
         out.display(),
         addr = rec.address
-    );
-    Ok(())
+    )
 }
 
 fn parent_display(p: &Path) -> String {

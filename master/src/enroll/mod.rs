@@ -4,93 +4,25 @@
 //! Invariant: an enrollment writes all of its bundles and its inventory row,
 //! or none of them. Bundles are written to hidden siblings first, the row is
 //! inserted in a transaction, the bundles are renamed into place (never over
-//! an existing path), and only then is the transaction committed; any
-//! failure removes whatever was written.
+//! an existing path, [`place`]), and only then is the transaction committed;
+//! any failure removes whatever swarm wrote, and nothing it did not.
 
-use std::cell::RefCell;
+mod place;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use pki::{Bundle, BundleKind, Ca, HostName, LeafSpec, PkiError};
 use serde::Serialize;
-use time::OffsetDateTime;
 
 use crate::cli::EnrollArgs;
+use crate::clock::{self, whole_seconds};
 use crate::error::{Error, Result};
 use crate::home::Home;
-use crate::inventory::{self, HostRecord, HostStatus, NewHost};
-use crate::table::{Cell, Color, Table, stdout_color};
-
-/// Paths removed on drop unless [`Cleanup::disarm`] is called.
-#[derive(Debug, Default)]
-struct Cleanup {
-    paths: RefCell<Vec<PathBuf>>,
-    armed: bool,
-}
-
-impl Cleanup {
-    fn new() -> Cleanup {
-        Cleanup {
-            paths: RefCell::new(Vec::new()),
-            armed: true,
-        }
-    }
-    fn add(&self, path: &Path) {
-        self.paths.borrow_mut().push(path.to_owned());
-    }
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if self.armed {
-            for p in self.paths.borrow().iter().rev() {
-                let _ = if p.is_dir() {
-                    fs::remove_dir_all(p)
-                } else {
-                    fs::remove_file(p)
-                };
-            }
-        }
-    }
-}
-
-/// A name no one else will pick for a hidden temp sibling of `path`.
-fn temp_sibling(path: &Path, tag: &str) -> Result<PathBuf> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::usage(format!("{} has no final component", path.display())))?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    Ok(path.with_file_name(format!(
-        ".{}.{tag}-{}-{nanos:08x}",
-        name.to_string_lossy(),
-        std::process::id()
-    )))
-}
-
-/// `rename(2)` that fails instead of replacing an existing `to`.
-fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
-    nix::fcntl::renameat2(
-        nix::fcntl::AT_FDCWD,
-        from,
-        nix::fcntl::AT_FDCWD,
-        to,
-        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-    )
-    .map_err(|e| Error::io(to, std::io::Error::from(e)))
-}
-
-pub(crate) fn sync_dir(dir: &Path) {
-    // Best effort: make the renames durable.
-    if let Ok(f) = fs::File::open(dir) {
-        let _ = f.sync_all();
-    }
-}
+use crate::inventory::{HostRecord, HostStatus, NewHost};
+use crate::output::{self, Cell, Color, Table, outln};
+pub(crate) use place::sync_dir;
+use place::{Cleanup, place, rename_noreplace, temp_sibling};
 
 /// `swarm ca init [--force]`.
 pub(crate) fn ca_init(home: &Home, force: bool) -> Result<()> {
@@ -130,19 +62,25 @@ pub(crate) fn ca_init(home: &Home, force: bool) -> Result<()> {
             olds.push((dir, old));
         }
     }
-    let placed = rename_noreplace(&new_ca, &home.ca_dir())
-        .and_then(|()| rename_noreplace(&new_master, &home.master_dir()));
+    let placed = place(&new_ca, &home.ca_dir(), &cleanup)
+        .and_then(|()| place(&new_master, &home.master_dir(), &cleanup));
     if let Err(e) = placed {
-        for dir in [home.ca_dir(), home.master_dir()] {
-            if !olds.iter().any(|(d, _)| *d == dir) {
-                cleanup.add(&dir);
+        // Remove what this run wrote (and only that), then put the previous
+        // identity back where it was.
+        drop(cleanup);
+        let mut kept = Vec::new();
+        for (dir, old) in &olds {
+            if rename_noreplace(old, dir).is_err() {
+                kept.push(old.display().to_string());
             }
         }
-        for (dir, old) in &olds {
-            let _ = fs::remove_dir_all(dir);
-            let _ = fs::rename(old, dir);
+        if kept.is_empty() {
+            return Err(e);
         }
-        return Err(e);
+        return Err(Error::State(format!(
+            "{e}; the previous identity could not be moved back and is kept in {}",
+            kept.join(", ")
+        )));
     }
     cleanup.disarm();
     sync_dir(root);
@@ -159,22 +97,22 @@ pub(crate) fn ca_init(home: &Home, force: bool) -> Result<()> {
         }
     }
     let ca_fp = pki::identity::CertInfo::parse(&Bundle::load(&home.master_dir())?.ca)?.fingerprint;
-    println!("CA created in {} (sha256 {ca_fp})", home.ca_dir().display());
-    println!(
+    outln!("CA created in {} (sha256 {ca_fp})", home.ca_dir().display())?;
+    outln!(
         "master identity in {} (CN master)",
         home.master_dir().display()
-    );
-    println!("inventory {}", home.db_path().display());
+    )?;
+    outln!("inventory {}", home.db_path().display())?;
     if !retired.is_empty() {
-        println!(
+        outln!(
             "decommissioned {} host(s) enrolled under the old CA: {}; enroll them again",
             retired.len(),
             retired.join(", ")
-        );
+        )?;
     }
-    println!(
+    outln!(
         "next: swarm enroll --host worker-01 --address 192.0.2.10 --updater --out-dir ./worker-01"
-    );
+    )?;
     Ok(())
 }
 
@@ -290,7 +228,7 @@ pub(crate) fn enroll(home: &Home, args: &EnrollArgs) -> Result<()> {
 
     let ca = home.ca()?;
     let mut inv = home.inventory()?;
-    inventory::ensure_absent(&inv, &host)?;
+    inv.ensure_absent(&host)?;
     ensure_new(&out_dir)?;
     if args.updater {
         ensure_new(&updater_dir)?;
@@ -329,11 +267,9 @@ pub(crate) fn enroll(home: &Home, args: &EnrollArgs) -> Result<()> {
             .map(|l| (l.fingerprint, whole_seconds(l.not_after))),
     };
     inv.insert_host_with(&new, || {
-        cleanup.add(&out_dir);
-        rename_noreplace(&agent_tmp, &out_dir)?;
+        place(&agent_tmp, &out_dir, &cleanup)?;
         if let Some(tmp) = &updater_tmp {
-            cleanup.add(&updater_dir);
-            rename_noreplace(tmp, &updater_dir)?;
+            place(tmp, &updater_dir, &cleanup)?;
         }
         if let Some(parent) = out_dir.parent() {
             sync_dir(parent);
@@ -342,31 +278,32 @@ pub(crate) fn enroll(home: &Home, args: &EnrollArgs) -> Result<()> {
     })?;
     cleanup.disarm();
 
-    println!(
+    outln!(
         "enrolled {host} at {address} (agent port {}, updater port {})",
-        args.agent_port, args.updater_port
-    );
-    println!(
+        args.agent_port,
+        args.updater_port
+    )?;
+    outln!(
         "  agent bundle    {}  CN {host}  sha256 {}",
         out_dir.display(),
         agent_leaf.fingerprint
-    );
+    )?;
     match &updater_leaf {
-        Some(leaf) => println!(
+        Some(leaf) => outln!(
             "  updater bundle  {}  CN {}  sha256 {}",
             updater_dir.display(),
             host.updater_cn(),
             leaf.fingerprint
-        ),
-        None => println!(
+        )?,
+        None => outln!(
             "  no updater bundle: add one later with `swarm enroll --host {host} --updater-only --out-dir {}`",
             out_dir.display()
-        ),
+        )?,
     }
-    println!(
+    outln!(
         "certificates expire {}; copy each bundle to the worker (worker-agent --agent-dir, worker-updater --updater-dir)",
-        inventory::rfc3339(whole_seconds(agent_leaf.not_after))
-    );
+        clock::rfc3339(whole_seconds(agent_leaf.not_after))
+    )?;
     Ok(())
 }
 
@@ -402,8 +339,7 @@ fn enroll_updater_only(home: &Home, host: &HostName, updater_dir: &Path) -> Resu
         leaf.fingerprint,
         whole_seconds(leaf.not_after),
         || {
-            cleanup.add(updater_dir);
-            rename_noreplace(&tmp, updater_dir)?;
+            place(&tmp, updater_dir, &cleanup)?;
             if let Some(parent) = updater_dir.parent() {
                 sync_dir(parent);
             }
@@ -411,12 +347,12 @@ fn enroll_updater_only(home: &Home, host: &HostName, updater_dir: &Path) -> Resu
         },
     )?;
     cleanup.disarm();
-    println!(
+    outln!(
         "issued the updater bundle for {host}: {}  CN {}  sha256 {}",
         updater_dir.display(),
         host.updater_cn(),
         leaf.fingerprint
-    );
+    )?;
     Ok(())
 }
 
@@ -433,25 +369,16 @@ pub(crate) fn decommission(home: &Home, host: &str) -> Result<()> {
         ))),
         Some(rec) => {
             inv.decommission(&host)?;
-            println!(
+            outln!(
                 "decommissioned {host}: it is no longer targeted by update, rollback or status"
-            );
-            println!(
+            )?;
+            outln!(
                 "its certificates stay valid until {}: delete its bundles on the worker",
-                inventory::rfc3339(rec.cert_not_after())
-            );
+                clock::rfc3339(rec.cert_not_after())
+            )?;
             Ok(())
         }
     }
-}
-
-/// Certificates carry whole seconds; so does the inventory.
-fn whole_seconds(t: OffsetDateTime) -> OffsetDateTime {
-    t.replace_nanosecond(0).unwrap_or(t)
-}
-
-pub(crate) fn days_left(t: OffsetDateTime) -> i64 {
-    (t - OffsetDateTime::now_utc()).whole_days()
 }
 
 #[derive(Serialize)]
@@ -464,15 +391,10 @@ pub(crate) fn list(home: &Home, json: bool) -> Result<()> {
     let inv = home.inventory()?;
     let hosts = inv.hosts()?;
     if json {
-        let doc = serde_json::to_string_pretty(&ListDoc { hosts: &hosts })
-            .map_err(|e| Error::Other(e.to_string()))?;
-        println!("{doc}");
-        return Ok(());
+        return output::json(&ListDoc { hosts: &hosts });
     }
     if hosts.is_empty() {
-        println!(
-            "no hosts enrolled yet: swarm enroll --host H --address A --updater --out-dir DIR"
-        );
+        outln!("no hosts enrolled yet: swarm enroll --host H --address A --updater --out-dir DIR")?;
         return Ok(());
     }
     let mut t = Table::new(vec![
@@ -504,10 +426,9 @@ pub(crate) fn list(home: &Home, json: bool) -> Result<()> {
             .into(),
             updater.into(),
             status,
-            inventory::rfc3339(h.enrolled_at).into(),
-            days_left(h.cert_not_after()).to_string().into(),
+            clock::rfc3339(h.enrolled_at).into(),
+            clock::days_left(h.cert_not_after()).to_string().into(),
         ]);
     }
-    print!("{}", t.render(stdout_color()));
-    Ok(())
+    output::table(&t)
 }

@@ -3,31 +3,43 @@
 //! leave out, and secrets, packed once into a gzip temp file whose SHA-256
 //! is computed as it is written.
 //!
+//! This file walks, tars and hashes; [`secrets`] decides what stays home,
+//! [`git`] reads the commit and the dirty bit, and the master's copies of
+//! the `swarm.toml` schema ([`swarm_toml`]) and of the symlink rule
+//! ([`link_rule`]) each live in one file of their own.
+//!
 //! Invariants: `.env.local` never ships; other secrets (`.env*`, `*.key`,
 //! `*.pem` holding a private key) ship only when `swarm.toml`'s
 //! `[release] include` names them; entries are sorted, owned by 0:0, with
-//! modes 0755/0644, so an unchanged tree packs to the same bytes; symlinks
-//! must stay inside the tree.
+//! modes 0755/0644 and each file's own mtime, so a tree whose contents and
+//! mtimes are unchanged packs to the same bytes (touching a file changes
+//! the digest); symlinks must stay inside the tree.
+
+mod git;
+mod link_rule;
+mod secrets;
+mod swarm_toml;
 
 use std::cell::Cell;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use ignore::WalkBuilder;
 use ignore::overrides::{Override, OverrideBuilder};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use pki::wire::MANIFEST_FILE;
 
-/// The file that never ships, whatever `swarm.toml` says.
-const NEVER_SHIPPED: &str = ".env.local";
+use link_rule::check_link;
+use secrets::{NEVER_SHIPPED, SECRET_SNIFF_BYTES, holds_private_key, is_secret_name};
+pub(crate) use swarm_toml::DEFAULT_UPDATER_BINARY;
 
 /// What to pack.
 #[derive(Clone, Debug)]
@@ -53,6 +65,9 @@ pub(crate) struct ReleaseInfo {
     /// Regular files in the tarball.
     pub(crate) files: u64,
     pub(crate) git_commit: Option<String>,
+    /// Whether the tree had uncommitted changes against `git_commit`
+    /// (`None`: unknown: not a checkout, or no git installed).
+    pub(crate) git_dirty: Option<bool>,
     /// Secrets left out (relative paths).
     pub(crate) skipped_secrets: Vec<String>,
     /// `[install] timeout_secs` of the tree's `swarm.toml`, if any.
@@ -73,46 +88,6 @@ impl Release {
     pub(crate) fn path(&self) -> &Path {
         &self.file
     }
-}
-
-/// The parts of `swarm.toml` the master reads; the rest is the updater's.
-#[derive(Debug, Default, Deserialize)]
-struct SwarmToml {
-    #[serde(default)]
-    release: ReleaseSection,
-    #[serde(default)]
-    install: InstallSection,
-    #[serde(default)]
-    updater: UpdaterSection,
-    #[serde(default)]
-    agent: AgentSection,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct AgentSection {
-    /// How long the updater may probe this release's agent.
-    probe_deadline_secs: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct UpdaterSection {
-    /// What `/update-self` runs, relative to the release root.
-    binary: Option<String>,
-}
-
-/// `[updater] binary` when `swarm.toml` gives none.
-pub(crate) const DEFAULT_UPDATER_BINARY: &str = "bin/worker-updater";
-
-#[derive(Debug, Default, Deserialize)]
-struct ReleaseSection {
-    /// Gitignore-style globs of secrets to ship anyway.
-    #[serde(default)]
-    include: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct InstallSection {
-    timeout_secs: Option<u64>,
 }
 
 /// A writer that hashes and counts what passes through it.
@@ -205,20 +180,10 @@ impl<R: Read> Read for Exact<'_, '_, R> {
     }
 }
 
-fn pack_err(root: &Path, message: impl Into<String>) -> Error {
+pub(super) fn pack_err(root: &Path, message: impl Into<String>) -> Error {
     Error::Pack {
         root: root.to_owned(),
         message: message.into(),
-    }
-}
-
-fn read_swarm_toml(root: &Path) -> Result<SwarmToml> {
-    let path = root.join("swarm.toml");
-    match fs::read_to_string(&path) {
-        Ok(text) => toml::from_str(&text)
-            .map_err(|e| pack_err(root, format!("swarm.toml: {}", e.message()))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(SwarmToml::default()),
-        Err(e) => Err(Error::io(&path, e)),
     }
 }
 
@@ -231,99 +196,6 @@ fn globs(root: &Path, globs: &[String], negate: bool, what: &str) -> Result<Over
     }
     b.build()
         .map_err(|e| pack_err(root, format!("{what} globs: {e}")))
-}
-
-/// How much of each file is read to look for a private key.
-const SECRET_SNIFF_BYTES: usize = 8 * 1024;
-
-/// File names that are private keys whatever they hold.
-const KEY_FILE_NAMES: &[&str] = &[
-    "id_rsa",
-    "id_dsa",
-    "id_ecdsa",
-    "id_ed25519",
-    "id_ecdsa_sk",
-    "id_ed25519_sk",
-];
-
-/// Whether a file is a secret by its name: `.env*`, `*.key`, key stores,
-/// and SSH private keys.
-fn is_secret_name(name: &str) -> bool {
-    name.starts_with(".env")
-        || [".key", ".p12", ".pfx", ".jks", ".keystore"]
-            .iter()
-            .any(|ext| name.ends_with(ext))
-        || KEY_FILE_NAMES.contains(&name)
-}
-
-/// Whether the head of a file holds a PEM private key. In a `*.pem` file
-/// any `PRIVATE KEY` marker counts; elsewhere only a real PEM block does
-/// (a `-----BEGIN … PRIVATE KEY-----` line at the start of a line, then a
-/// base64 or header line), so source code that merely quotes the marker
-/// still ships.
-fn holds_private_key(name: &str, head: &[u8]) -> bool {
-    if name.ends_with(".pem") {
-        return head.windows(11).any(|w| w == b"PRIVATE KEY");
-    }
-    let mut lines = head
-        .split(|b| *b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    while let Some(line) = lines.next() {
-        let is_begin = line.starts_with(b"-----BEGIN ")
-            && (line.ends_with(b"PRIVATE KEY-----") || line.ends_with(b"PRIVATE KEY BLOCK-----"));
-        if is_begin {
-            let next = lines.next().unwrap_or_default();
-            let base64 = !next.is_empty()
-                && next
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
-            // Old-style encrypted keys: `Proc-Type: 4,ENCRYPTED`.
-            let header = next.contains(&b':');
-            if base64 || header {
-                return true;
-            }
-        }
-    }
-    false
-}
-
-/// A symlink target, checked by the rule every updater applies on
-/// extraction (so a tree that packs is a tree that lands): relative, every
-/// `..` before any name, and never above the release root from where the
-/// link sits.
-fn check_link(root: &Path, rel: &Path, target: &Path) -> Result<()> {
-    let refuse = |why: &str| {
-        pack_err(
-            root,
-            format!(
-                "symlink {} -> {} {why}; updaters accept only relative links like ../../dir/file \
-                 that stay inside the tree (rewrite it, replace it with a copy, or exclude it)",
-                rel.display(),
-                target.display()
-            ),
-        )
-    };
-    if target.as_os_str().is_empty() {
-        return Err(refuse("has an empty target"));
-    }
-    let mut ups: usize = 0;
-    let mut named = false;
-    for c in target.components() {
-        match c {
-            Component::ParentDir if named => return Err(refuse("has `..` after a name")),
-            Component::ParentDir => ups += 1,
-            Component::Normal(_) => named = true,
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(refuse("points to an absolute path"));
-            }
-        }
-    }
-    let depth = rel.components().count().saturating_sub(1);
-    if ups > depth {
-        return Err(refuse("points outside the tree"));
-    }
-    Ok(())
 }
 
 fn header(kind: tar::EntryType, mode: u32, mtime: i64, size: u64) -> tar::Header {
@@ -354,7 +226,7 @@ pub(crate) fn pack_reporting(opts: &PackOptions, progress: &PackProgress<'_>) ->
     if !root.is_dir() {
         return Err(pack_err(&root, "not a directory; pass --root DIR"));
     }
-    let config = read_swarm_toml(&root)?;
+    let config = swarm_toml::read(&root)?;
     let include = globs(&root, &config.release.include, false, "swarm.toml include")?;
     let exclude = globs(&root, &opts.excludes, true, "--exclude")?;
 
@@ -479,11 +351,13 @@ pub(crate) fn pack_reporting(opts: &PackOptions, progress: &PackProgress<'_>) ->
     let mut hw = gz.finish().map_err(|e| Error::io(&path, e))?;
     hw.flush().map_err(|e| Error::io(&path, e))?;
     let sha256 = hex::encode(hw.hasher.finalize());
+    let git_commit = git::git_commit(&root);
     progress.tick(true);
     Ok(Release {
         file: path,
         info: ReleaseInfo {
-            git_commit: git_commit(&root),
+            git_dirty: git_commit.as_ref().and_then(|_| git::git_dirty(&root)),
+            git_commit,
             root,
             sha256,
             size_bytes: hw.written,
@@ -500,73 +374,6 @@ pub(crate) fn pack_reporting(opts: &PackOptions, progress: &PackProgress<'_>) ->
 /// Fast compression: pushes are dominated by packing time on big trees,
 /// and workers are usually on a LAN.
 const COMPRESSION_LEVEL: u32 = 1;
-
-/// The commit checked out at `root`, read from `.git` directly (git need
-/// not be installed); `None` when `root` is not inside a checkout.
-pub(crate) fn git_commit(root: &Path) -> Option<String> {
-    let mut dir = Some(root);
-    while let Some(d) = dir {
-        let dot_git = d.join(".git");
-        if dot_git.is_dir() {
-            return head_commit(&dot_git);
-        }
-        if dot_git.is_file() {
-            // A worktree or submodule: `gitdir: <path>`.
-            let text = fs::read_to_string(&dot_git).ok()?;
-            let gitdir = text.trim().strip_prefix("gitdir:")?.trim();
-            return head_commit(&d.join(gitdir));
-        }
-        dir = d.parent();
-    }
-    None
-}
-
-fn is_object_id(s: &str) -> bool {
-    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-fn head_commit(gitdir: &Path) -> Option<String> {
-    let head = fs::read_to_string(gitdir.join("HEAD")).ok()?;
-    let head = head.trim();
-    let Some(reference) = head.strip_prefix("ref:") else {
-        return is_object_id(head).then(|| head.to_ascii_lowercase());
-    };
-    let reference = reference.trim();
-    // Worktrees keep shared refs in the common dir.
-    let common = fs::read_to_string(gitdir.join("commondir"))
-        .ok()
-        .map(|c| gitdir.join(c.trim()))
-        .unwrap_or_else(|| gitdir.to_owned());
-    for dir in [gitdir, common.as_path()] {
-        if let Ok(id) = fs::read_to_string(dir.join(reference)) {
-            let id = id.trim();
-            if is_object_id(id) {
-                return Some(id.to_ascii_lowercase());
-            }
-        }
-    }
-    let packed = fs::read_to_string(common.join("packed-refs")).ok()?;
-    packed.lines().find_map(|line| {
-        let (id, name) = line.split_once(' ')?;
-        (name.trim() == reference && is_object_id(id)).then(|| id.to_ascii_lowercase())
-    })
-}
-
-/// A size for humans.
-pub(crate) fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -804,11 +611,5 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("a/bad"), "{err}");
-    }
-
-    #[test]
-    fn no_checkout_no_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(git_commit(dir.path()), None);
     }
 }

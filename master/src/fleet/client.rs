@@ -1,0 +1,172 @@
+//! Pinned mTLS clients for updaters and agents, and reqwest failures in
+//! words an operator can act on (a worker whose clock is wrong included).
+
+use std::time::Duration;
+
+use pki::{Bundle, ServerExpectation};
+use time::OffsetDateTime;
+
+use crate::clock;
+use crate::error::Result;
+use crate::inventory::HostRecord;
+
+/// How long to wait for a TCP+TLS connection before calling a host down.
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Whole-request limit for `status` calls.
+pub(super) const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The master's identity, and the validity of its certificate (to tell a
+/// worker's wrong clock from our expired certificate).
+#[derive(Debug)]
+pub(crate) struct Master {
+    bundle: Bundle,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+}
+
+impl Master {
+    pub(crate) fn new(bundle: Bundle) -> Result<Master> {
+        let info = bundle.info()?;
+        Ok(Master {
+            bundle,
+            not_before: info.not_before,
+            not_after: info.not_after,
+        })
+    }
+
+    /// A client for `rec`'s updater, pinned to its CN and recorded fingerprint.
+    pub(super) fn updater_client(
+        &self,
+        rec: &HostRecord,
+        timeout: Duration,
+    ) -> std::result::Result<reqwest::Client, String> {
+        let fp = rec.updater_fingerprint.ok_or_else(|| {
+            format!(
+                "no updater certificate enrolled: run `swarm enroll --host {} --updater-only --out-dir DIR`",
+                rec.host
+            )
+        })?;
+        pki::http_client(
+            &self.bundle,
+            ServerExpectation::pinned(rec.host.updater_cn(), fp),
+        )
+        .map_err(|e| e.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(timeout)
+        .build()
+        .map_err(|e| format!("HTTP client: {}", pki::error_chain(&e)))
+    }
+
+    /// A client for `rec`'s agent, pinned to its CN and recorded fingerprint.
+    pub(super) fn agent_client(
+        &self,
+        rec: &HostRecord,
+    ) -> std::result::Result<reqwest::Client, String> {
+        pki::http_client(
+            &self.bundle,
+            ServerExpectation::pinned(rec.host.to_string(), rec.agent_fingerprint),
+        )
+        .map_err(|e| e.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(STATUS_TIMEOUT)
+        .build()
+        .map_err(|e| format!("HTTP client: {}", pki::error_chain(&e)))
+    }
+
+    /// A reqwest failure in words an operator can act on.
+    pub(super) fn describe(&self, e: &reqwest::Error, timeout: Duration) -> String {
+        let cause = std::error::Error::source(e)
+            .map(pki::error_chain)
+            .unwrap_or_default();
+        if e.is_timeout() {
+            if e.is_connect() {
+                return format!("connect timed out after {}s", CONNECT_TIMEOUT.as_secs());
+            }
+            return format!("timed out after {}s", timeout.as_secs());
+        }
+        let said = if e.is_connect() {
+            format!("cannot connect: {cause}")
+        } else if cause.is_empty() {
+            e.to_string()
+        } else {
+            cause
+        };
+        match self.clock_skew(e) {
+            Some(hint) => format!("{said}: {hint}"),
+            None => said,
+        }
+    }
+
+    /// When the worker refused our certificate as expired (or not yet
+    /// valid) although it is valid by our clock, the worker's clock is
+    /// the likely culprit: say so, with the validity it rejected.
+    fn clock_skew(&self, e: &reqwest::Error) -> Option<String> {
+        if !rejected_as_expired(e) {
+            return None;
+        }
+        let now = OffsetDateTime::now_utc();
+        (self.not_before <= now && now <= self.not_after).then(|| {
+            format!(
+                "the worker's clock is probably wrong (it rejected a certificate valid from {} to {})",
+                clock::rfc3339(self.not_before),
+                clock::rfc3339(self.not_after)
+            )
+        })
+    }
+}
+
+/// Whether the error chain holds the TLS alert a peer sends when it finds
+/// our certificate expired or not yet valid (TLS has one alert for both).
+fn rejected_as_expired(e: &reqwest::Error) -> bool {
+    let is_it = |r: &rustls::Error| {
+        matches!(
+            r,
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired)
+        )
+    };
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(r) = err.downcast_ref::<rustls::Error>()
+            && is_it(r)
+        {
+            return true;
+        }
+        // `io::Error::source` skips the error it wraps: look inside.
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+            && is_it(r)
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
+/// GET `url` and parse its JSON answer; a non-2xx answer is an error
+/// carrying its `error` field (or the start of its body).
+pub(super) async fn get_json<T: serde::de::DeserializeOwned>(
+    master: &Master,
+    client: &reqwest::Client,
+    url: String,
+) -> std::result::Result<T, String> {
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| master.describe(&e, STATUS_TIMEOUT))?;
+    let status = resp.status();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| master.describe(&e, STATUS_TIMEOUT))?;
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body);
+        let msg = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| text.trim().chars().take(200).collect());
+        return Err(format!("HTTP {status}: {msg}"));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("unexpected answer: {e}"))
+}

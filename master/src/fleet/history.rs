@@ -1,0 +1,137 @@
+//! The audit trail from the fleet's side: [`Recorder`] writes each host's
+//! outcome as it arrives, and `swarm history` shows it.
+
+use std::sync::Mutex;
+
+use pki::HostName;
+use serde::Serialize;
+
+use super::report::HostResult;
+use super::short;
+use crate::cli::HistoryArgs;
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::home::Home;
+use crate::inventory::{Inventory, Op, Outcome, PushRecord};
+use crate::output::{self, Cell, Color, Table, outln};
+use crate::pack::ReleaseInfo;
+
+/// Writes the audit trail of one `update` or `rollback` while it runs:
+/// a host's line is written the moment its outcome is known (for a push
+/// with `--include-self`, when its agent's answer arrives, and amended with
+/// the updater's outcome later), so Ctrl-C loses only what was still in
+/// flight.
+pub(super) struct Recorder {
+    inv: Mutex<Inventory>,
+    op: Op,
+    release: Option<ReleaseInfo>,
+    /// The first failure to write; reported once at the end.
+    failed: Mutex<Option<Error>>,
+}
+
+impl Recorder {
+    pub(super) fn new(inv: Inventory, op: Op, release: Option<ReleaseInfo>) -> Recorder {
+        Recorder {
+            inv: Mutex::new(inv),
+            op,
+            release,
+            failed: Mutex::new(None),
+        }
+    }
+
+    /// Write `r` (or, if it was written already, bring its detail up to date).
+    pub(super) fn record(&self, r: &mut HostResult) {
+        let detail = match &r.self_detail {
+            // The updater's own outcome rides along in the detail.
+            Some(d) => format!("{}; self: {} ({d})", r.detail, r.self_update.as_str()),
+            None => r.detail.clone(),
+        };
+        let Ok(inv) = self.inv.lock() else {
+            return;
+        };
+        let written = match r.recorded {
+            Some(id) => inv.amend_push(id, &detail),
+            None => {
+                let release = self.release.as_ref();
+                let line = PushRecord {
+                    at: clock::now(),
+                    operation: self.op,
+                    host: r.host.clone(),
+                    release_sha256: match self.op {
+                        Op::Update => release.map(|i| i.sha256.clone()),
+                        Op::Rollback => r.release.as_ref().map(|m| m.sha256.clone()),
+                    },
+                    git_commit: match self.op {
+                        Op::Update => release.and_then(|i| i.git_commit.clone()),
+                        Op::Rollback => r.release.as_ref().and_then(|m| m.git_commit.clone()),
+                    },
+                    git_dirty: match self.op {
+                        Op::Update => release.and_then(|i| i.git_dirty),
+                        Op::Rollback => None,
+                    },
+                    outcome: r.agent,
+                    detail,
+                };
+                inv.record_push(&line).map(|id| r.recorded = Some(id))
+            }
+        };
+        if let Err(e) = written
+            && let Ok(mut f) = self.failed.lock()
+        {
+            f.get_or_insert(e);
+        }
+    }
+
+    /// Say (on stderr) if any line could not be written.
+    pub(super) fn finish(&self) {
+        if let Ok(mut f) = self.failed.lock()
+            && let Some(e) = f.take()
+        {
+            eprintln!("warning: could not record the audit trail: {e:#}");
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct HistoryDoc<'a> {
+    history: &'a [PushRecord],
+}
+
+/// `swarm history`.
+pub(crate) fn history(home: &Home, args: &HistoryArgs) -> Result<u8> {
+    let inv = home.inventory()?;
+    let host = args.host.as_deref().map(HostName::new).transpose()?;
+    let records = inv.history(host.as_ref(), args.limit)?;
+    if args.json {
+        output::json(&HistoryDoc { history: &records })?;
+        return Ok(0);
+    }
+    if records.is_empty() {
+        outln!("no pushes recorded yet")?;
+        return Ok(0);
+    }
+    let mut t = Table::new(vec!["AT", "HOST", "OP", "RELEASE", "OUTCOME", "DETAIL"]);
+    for r in &records {
+        let color = match (r.outcome, r.operation) {
+            (Outcome::Updated, _) | (Outcome::RolledBack, Op::Rollback) => Color::Green,
+            (Outcome::RolledBack, Op::Update) => Color::Yellow,
+            (Outcome::Error, _) => Color::Red,
+        };
+        // A tree pushed with uncommitted changes says so next to its sha.
+        let release = match (r.release_sha256.as_deref(), r.git_dirty) {
+            (Some(sha), Some(true)) => format!("{}+dirty", short(sha)),
+            (Some(sha), _) => short(sha).to_owned(),
+            (None, _) => "-".to_owned(),
+        };
+        t.row(vec![
+            clock::rfc3339(r.at).into(),
+            r.host.clone().into(),
+            r.operation.as_str().into(),
+            release.into(),
+            Cell::colored(r.outcome.as_str(), color),
+            r.detail.clone().into(),
+        ]);
+    }
+    output::table(&t)?;
+    Ok(0)
+}

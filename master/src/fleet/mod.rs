@@ -1,0 +1,201 @@
+//! Fleet operations over pinned mTLS: `swarm update` ([`push`]),
+//! `rollback` ([`rollback`]), `status` ([`status`]) and `history`
+//! ([`history`]). [`client`] builds the pinned clients and words their
+//! failures, [`report`] turns answers into rows, [`progress`] draws bars.
+//!
+//! Invariants: every connection presents the master identity, trusts only
+//! our CA and pins the updater's CN (`updater@<host>`) and the fingerprint
+//! recorded at enrollment; a release is packed once and streamed from its
+//! temp file to every host; one host's failure or silence never stalls the
+//! others (connect timeout, bounded concurrency); every target gets exactly
+//! one row, even when its task panics ([`fan_out`]); every push and
+//! rollback lands in the inventory's audit trail as each host's outcome
+//! arrives, so a run cut short by Ctrl-C keeps what it learnt.
+
+mod client;
+mod history;
+mod progress;
+mod push;
+mod report;
+mod rollback;
+mod status;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use pki::HostName;
+use tokio::sync::Semaphore;
+
+use crate::cli::Targets;
+use crate::error::{Error, Result};
+use crate::inventory::{HostRecord, HostStatus, Inventory};
+
+pub(crate) use history::history;
+pub(crate) use push::update;
+pub(crate) use rollback::rollback;
+pub(crate) use status::status;
+
+/// How many hex digits of a sha256 tables show.
+const SHORT: usize = 12;
+
+fn short(sha: &str) -> &str {
+    sha.get(..SHORT).unwrap_or(sha)
+}
+
+fn elapsed_ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Resolve `--host …`/`--all` to active inventory rows (usage errors: 2).
+fn resolve(inv: &Inventory, hosts: &[String], all: bool) -> Result<Vec<HostRecord>> {
+    if all || hosts.is_empty() {
+        return inv.active_hosts();
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for h in hosts {
+        let host = HostName::new(h.trim())?;
+        if !seen.insert(host.clone()) {
+            continue;
+        }
+        match inv.find(&host)? {
+            None => {
+                return Err(Error::usage(format!(
+                    "unknown host {host}: see `swarm list` for enrolled hosts"
+                )));
+            }
+            Some(rec) if rec.status == HostStatus::Decommissioned => {
+                return Err(Error::usage(format!(
+                    "host {host} is decommissioned and is never targeted; enroll it again to use it"
+                )));
+            }
+            Some(rec) => out.push(rec),
+        }
+    }
+    Ok(out)
+}
+
+fn resolve_required(inv: &Inventory, targets: &Targets) -> Result<Vec<HostRecord>> {
+    let hosts = resolve(inv, &targets.hosts, targets.all)?;
+    if hosts.is_empty() {
+        return Err(Error::usage(
+            "no active hosts to target: enroll one with `swarm enroll` (see `swarm list`)",
+        ));
+    }
+    Ok(hosts)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Other(format!("cannot start the async runtime: {e}")))
+}
+
+/// Run `task` for every host, at most `parallel` at once, handing each
+/// result to `arrived` as it comes in. A task that panics (or is
+/// cancelled) still yields a row: `lost(host, reason)`. Results come back
+/// in target order, exactly one per target.
+async fn fan_out<T, F, Fut>(
+    hosts: Vec<HostRecord>,
+    parallel: usize,
+    mut task: F,
+    lost: impl Fn(&HostRecord, String) -> T,
+    mut arrived: impl FnMut(&mut T),
+) -> Vec<T>
+where
+    T: Send + 'static,
+    F: FnMut(HostRecord) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let sem = Arc::new(Semaphore::new(parallel.max(1)));
+    let mut running = FuturesUnordered::new();
+    for (i, rec) in hosts.iter().enumerate() {
+        let fut = task(rec.clone());
+        let sem = sem.clone();
+        let handle = tokio::spawn(async move {
+            // The semaphore is never closed, so acquire only fails if it were.
+            let _permit = sem.acquire_owned().await;
+            fut.await
+        });
+        running.push(async move { (i, handle.await) });
+    }
+    let mut results: Vec<Option<T>> = std::iter::repeat_with(|| None).take(hosts.len()).collect();
+    while let Some((i, joined)) = running.next().await {
+        let mut r = match joined {
+            Ok(r) => r,
+            Err(e) => lost(&hosts[i], join_error(e)),
+        };
+        arrived(&mut r);
+        results[i] = Some(r);
+    }
+    results.into_iter().flatten().collect()
+}
+
+/// Why a host's task ended without a result.
+fn join_error(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return format!("internal error: the task for this host was cancelled ({e})");
+    }
+    let payload = e.into_panic();
+    let why = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned());
+    format!("internal error: the task for this host panicked: {why}")
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use pki::Fingerprint;
+
+    /// An inventory row for unit tests (nothing listens at its ports).
+    pub(crate) fn record(host: &str) -> HostRecord {
+        let fp: Fingerprint = "ab".repeat(32).parse().unwrap();
+        let t = crate::clock::now();
+        HostRecord {
+            host: HostName::new(host).unwrap(),
+            address: "127.0.0.1".into(),
+            sans: vec![],
+            agent_port: 1,
+            updater_port: 1,
+            agent_fingerprint: fp,
+            agent_not_after: t,
+            updater_fingerprint: Some(fp),
+            updater_not_after: Some(t),
+            enrolled_at: t,
+            status: HostStatus::Active,
+            decommissioned_at: None,
+        }
+    }
+
+    #[test]
+    fn every_target_gets_a_row_even_when_its_task_panics() {
+        let hosts = vec![record("a"), record("b"), record("c")];
+        let mut seen = Vec::new();
+        let rows = runtime().unwrap().block_on(fan_out(
+            hosts,
+            2,
+            |rec| async move {
+                if rec.host.as_str() == "b" {
+                    panic!("boom on b");
+                }
+                Ok::<_, String>(rec.host.to_string())
+            },
+            |rec, why| Err(format!("{}: {why}", rec.host)),
+            |r: &mut std::result::Result<String, String>| seen.push(r.clone()),
+        ));
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        assert_eq!(rows[0], Ok("a".to_owned()));
+        let b = rows[1].clone().unwrap_err();
+        assert!(b.starts_with("b: internal error"), "{b}");
+        assert!(b.contains("boom on b"), "{b}");
+        assert_eq!(rows[2], Ok("c".to_owned()));
+        assert_eq!(seen.len(), 3);
+    }
+}

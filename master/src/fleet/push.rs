@@ -1,0 +1,401 @@
+//! `swarm update`: pack the tree once, then stream it to every target's
+//! `/update` (and, with `--include-self`, to its `/update-self`), or show
+//! what would be pushed (`--dry-run`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use indicatif::{HumanBytes, ProgressBar};
+use pki::wire::UpdaterHealth;
+use serde::Serialize;
+
+use super::client::Master;
+use super::history::Recorder;
+use super::progress::{Bars, packing_spinner, show_progress};
+use super::report::{FleetReport, HostResult, SelfOutcome, interpret};
+use super::{elapsed_ms, fan_out, resolve_required, runtime, short};
+use crate::cli::UpdateArgs;
+use crate::error::{Error, Result};
+use crate::home::Home;
+use crate::inventory::{HostRecord, Inventory, Op, Outcome};
+use crate::output::{self, outln};
+use crate::pack::{self, PackOptions, Release, ReleaseInfo};
+
+/// The upload limit: a base for the restart and probes, the install hook's
+/// own timeout, the release's own probe deadline twice (its probe, and the
+/// rollback's if it fails), and the upload itself at a pessimistic 256 KiB/s.
+fn upload_timeout(info: &ReleaseInfo) -> Duration {
+    Duration::from_secs(
+        120 + info.install_timeout_secs.unwrap_or(300)
+            + 2 * info.probe_deadline_secs.unwrap_or(0).min(3600)
+            + info.size_bytes / (256 * 1024),
+    )
+}
+
+/// `swarm update`.
+pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
+    let inv = home.inventory()?;
+    let hosts = resolve_required(&inv, &args.targets)?;
+    let packing = Instant::now();
+    let spinner = packing_spinner(show_progress(args.json), &args.root);
+    let report = |files: u64, bytes: u64| {
+        spinner.set_message(format!("{files} files, {}", HumanBytes(bytes)));
+    };
+    let packed = pack::pack_reporting(
+        &PackOptions {
+            root: args.root.clone(),
+            excludes: args.exclude.clone(),
+        },
+        &pack::PackProgress::new(&report),
+    );
+    spinner.finish_and_clear();
+    let release = packed?;
+    let pack_ms = elapsed_ms(packing);
+    if args.include_self && !release.info.ships_updater {
+        return Err(Error::usage(format!(
+            "--include-self: the tree at {} does not ship an executable updater at {} (set [updater] binary in swarm.toml, or put the worker-updater build there and make sure .gitignore/.swarmignore/--exclude do not leave it out); nothing was pushed",
+            release.info.root.display(),
+            release.info.updater_binary
+        )));
+    }
+    if args.dry_run {
+        return dry_run(&release, &hosts, args.json);
+    }
+    let master = Arc::new(Master::new(home.master_bundle()?)?);
+    let self_wait = args
+        .include_self
+        .then(|| Duration::from_secs(args.self_timeout));
+    let mut report = push(
+        inv,
+        master,
+        hosts,
+        &release,
+        usize::from(args.parallel),
+        args.json,
+        self_wait,
+    )?;
+    report.pack_ms = Some(pack_ms);
+    if !args.json {
+        print_release(&release.info)?;
+    }
+    report.print(args.json)?;
+    Ok(report.exit_code())
+}
+
+/// Push a packed release to `hosts`, recording each host's outcome as it
+/// arrives; with `self_wait`, each host's updater too, after its agent
+/// updated.
+fn push(
+    inv: Inventory,
+    master: Arc<Master>,
+    hosts: Vec<HostRecord>,
+    release: &Release,
+    parallel: usize,
+    json: bool,
+    self_wait: Option<Duration>,
+) -> Result<FleetReport> {
+    let width = hosts
+        .iter()
+        .map(|h| h.host.as_str().len())
+        .max()
+        .unwrap_or(0);
+    let bars = Bars::new(show_progress(json), width, release.info.size_bytes);
+    let shared = Arc::new((release.path().to_owned(), release.info.clone()));
+    let recorder = Arc::new(Recorder::new(inv, Op::Update, Some(release.info.clone())));
+    let started = Instant::now();
+    let results = runtime()?.block_on(fan_out(
+        hosts,
+        parallel,
+        |rec| {
+            let bar = bars.add(rec.host.as_str());
+            push_one(
+                master.clone(),
+                rec,
+                shared.clone(),
+                bar,
+                self_wait,
+                recorder.clone(),
+            )
+        },
+        |rec, why| HostResult::error(rec, why, started),
+        // A task that died before it could record its host.
+        |r| {
+            if r.recorded.is_none() {
+                recorder.record(r);
+            }
+        },
+    ));
+    bars.clear();
+    recorder.finish();
+    Ok(FleetReport::new(
+        Op::Update,
+        Some(release.info.clone()),
+        results,
+    ))
+}
+
+/// Push the release file to one host's `/update`, streaming it; then, with
+/// `self_wait` (`--include-self`) and only if the agent updated, to its
+/// `/update-self`.
+async fn push_one(
+    master: Arc<Master>,
+    rec: HostRecord,
+    release: Arc<(PathBuf, ReleaseInfo)>,
+    bar: ProgressBar,
+    self_wait: Option<Duration>,
+    recorder: Arc<Recorder>,
+) -> HostResult {
+    let started = Instant::now();
+    let timeout = upload_timeout(&release.1);
+    let r = match master.updater_client(&rec, timeout) {
+        Ok(client) => {
+            let mut r = push_agent(&master, &client, &rec, &release, &bar, timeout, started).await;
+            // The agent's outcome is history now, whatever happens next.
+            recorder.record(&mut r);
+            if let Some(wait) = self_wait
+                && r.agent == Outcome::Updated
+            {
+                bar.reset();
+                let (outcome, detail) =
+                    push_self(&master, &client, &rec, &release, &bar, timeout, wait).await;
+                r.self_update = outcome;
+                r.self_detail = Some(detail);
+                r.elapsed_ms = elapsed_ms(started);
+                recorder.record(&mut r);
+            }
+            r
+        }
+        Err(e) => {
+            let mut r = HostResult::error(&rec, e, started);
+            recorder.record(&mut r);
+            r
+        }
+    };
+    bar.finish_and_clear();
+    r
+}
+
+/// The multipart body of a push: the digest, the commit, `extra` text
+/// fields, and the release file streamed (counted on `bar`).
+async fn release_form(
+    release: &(PathBuf, ReleaseInfo),
+    bar: &ProgressBar,
+    extra: &[(&'static str, &'static str)],
+) -> std::result::Result<reqwest::multipart::Form, String> {
+    let (path, info) = (&release.0, &release.1);
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let counter = bar.clone();
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024).map(move |chunk| {
+        if let Ok(c) = &chunk {
+            counter.inc(c.len() as u64);
+        }
+        chunk
+    });
+    let part = reqwest::multipart::Part::stream_with_length(
+        reqwest::Body::wrap_stream(stream),
+        info.size_bytes,
+    )
+    .file_name("release.tar.gz")
+    .mime_str("application/gzip")
+    .map_err(|e| e.to_string())?;
+    let mut form = reqwest::multipart::Form::new().text("sha256", info.sha256.clone());
+    if let Some(commit) = &info.git_commit {
+        form = form.text("git_commit", commit.clone());
+    }
+    for (k, v) in extra {
+        form = form.text(*k, *v);
+    }
+    Ok(form.part("tarball", part))
+}
+
+/// `POST /update-self`, then wait for the updater's `/health` to report
+/// the pushed release. A connection that drops before the answer is
+/// expected (the updater replaces itself right after answering): it means
+/// "maybe", and `/health` decides.
+async fn push_self(
+    master: &Master,
+    client: &reqwest::Client,
+    rec: &HostRecord,
+    release: &(PathBuf, ReleaseInfo),
+    bar: &ProgressBar,
+    timeout: Duration,
+    wait: Duration,
+) -> (SelfOutcome, String) {
+    let info = &release.1;
+    bar.set_message("uploading the updater");
+    let form = match release_form(release, bar, &[("confirm_self", "true")]).await {
+        Ok(f) => f,
+        Err(e) => return (SelfOutcome::Failed, e),
+    };
+    let sent = client
+        .post(rec.updater_url("/update-self"))
+        .multipart(form)
+        .send()
+        .await;
+    bar.set_message("switching the updater");
+    let answered = match sent {
+        Ok(resp) => {
+            let status = resp.status();
+            resp.bytes().await.ok().map(|b| (status, b))
+        }
+        // Nothing reached the updater: nothing happened.
+        Err(e) if e.is_connect() => return (SelfOutcome::Failed, master.describe(&e, timeout)),
+        Err(_) => None,
+    };
+    if let Some((status, body)) = answered
+        && !status.is_success()
+    {
+        let r = interpret(Op::Update, rec, status, &body, None, Instant::now());
+        return (SelfOutcome::Failed, r.detail);
+    }
+    let deadline = Instant::now() + wait;
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        match client
+            .get(rec.updater_url("/health"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
+            Ok(resp) if resp.status().is_success() => match resp.json::<UpdaterHealth>().await {
+                // Until it execs, the old updater answers with `busy`.
+                Ok(h) if h.busy.as_deref() == Some("update-self") => {
+                    last = "it is still switching".to_owned();
+                }
+                Ok(h) => match h.release.map(|m| m.sha256) {
+                    Some(sha) if sha == info.sha256 => {
+                        return (SelfOutcome::Ok, format!("updater {}", short(&sha)));
+                    }
+                    Some(sha) => last = format!("it reports release {}", short(&sha)),
+                    None => last = "it reports no release of its own".to_owned(),
+                },
+                Err(e) => last = format!("unreadable /health: {}", pki::error_chain(&e)),
+            },
+            Ok(resp) => last = format!("/health answered HTTP {}", resp.status()),
+            Err(e) => last = master.describe(&e, Duration::from_secs(2)),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    (
+        SelfOutcome::Failed,
+        format!(
+            "the updater did not report release {} within {}s ({last}); it reverts to its previous binary by itself (see updater/watchdog.log on the host)",
+            short(&info.sha256),
+            wait.as_secs()
+        ),
+    )
+}
+
+/// `POST /update` with the release file.
+async fn push_agent(
+    master: &Master,
+    client: &reqwest::Client,
+    rec: &HostRecord,
+    release: &(PathBuf, ReleaseInfo),
+    bar: &ProgressBar,
+    timeout: Duration,
+    started: Instant,
+) -> HostResult {
+    let info = &release.1;
+    bar.set_message("uploading");
+    let form = match release_form(release, bar, &[]).await {
+        Ok(f) => f,
+        Err(e) => return HostResult::error(rec, e, started),
+    };
+    let sent = client
+        .post(rec.updater_url("/update"))
+        .multipart(form)
+        .send()
+        .await;
+    bar.set_message("installing and probing");
+    let resp = match sent {
+        Ok(r) => r,
+        Err(e) => return HostResult::error(rec, master.describe(&e, timeout), started),
+    };
+    let status = resp.status();
+    match resp.bytes().await {
+        Ok(body) => interpret(Op::Update, rec, status, &body, Some(&info.sha256), started),
+        Err(e) => HostResult::error(rec, master.describe(&e, timeout), started),
+    }
+}
+
+#[derive(Serialize)]
+struct DryRun<'a> {
+    dry_run: bool,
+    release: &'a ReleaseInfo,
+    targets: Vec<DryTarget>,
+}
+
+#[derive(Serialize)]
+struct DryTarget {
+    host: String,
+    address: String,
+}
+
+fn dry_run(release: &Release, hosts: &[HostRecord], json: bool) -> Result<u8> {
+    let targets: Vec<DryTarget> = hosts
+        .iter()
+        .map(|h| DryTarget {
+            host: h.host.to_string(),
+            address: h.updater_addr(),
+        })
+        .collect();
+    if json {
+        output::json(&DryRun {
+            dry_run: true,
+            release: &release.info,
+            targets,
+        })?;
+        return Ok(0);
+    }
+    let info = &release.info;
+    outln!("dry run: nothing was sent")?;
+    outln!("root     {}", info.root.display())?;
+    outln!("files    {}", info.files)?;
+    outln!(
+        "size     {} ({} bytes)",
+        HumanBytes(info.size_bytes),
+        info.size_bytes
+    )?;
+    outln!("sha256   {}", info.sha256)?;
+    outln!("git      {}", git_label(info, info.git_commit.as_deref()))?;
+    if !info.skipped_secrets.is_empty() {
+        outln!("secrets left out: {}", info.skipped_secrets.join(", "))?;
+    }
+    outln!("targets  {}", targets.len())?;
+    for t in &targets {
+        outln!("  {}  {}", t.host, t.address)?;
+    }
+    Ok(0)
+}
+
+/// The commit as shown, `+dirty` when the tree had uncommitted changes.
+fn git_label(info: &ReleaseInfo, commit: Option<&str>) -> String {
+    match (commit, info.git_dirty) {
+        (Some(c), Some(true)) => format!("{c}+dirty"),
+        (Some(c), _) => c.to_owned(),
+        (None, _) => "-".to_owned(),
+    }
+}
+
+fn print_release(info: &ReleaseInfo) -> Result<()> {
+    outln!(
+        "release {}  {} files  {}  git {}",
+        short(&info.sha256),
+        info.files,
+        HumanBytes(info.size_bytes),
+        git_label(info, info.git_commit.as_deref().map(short))
+    )?;
+    if !info.skipped_secrets.is_empty() {
+        outln!(
+            "left out {} secret(s): {} (list them in swarm.toml [release] include to ship them; .env.local never ships)",
+            info.skipped_secrets.len(),
+            info.skipped_secrets.join(", ")
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,301 @@
+//! One row per host: what an updater's answer means ([`interpret`]), and
+//! the report `update`/`rollback` print as a table or as `--json`.
+
+use std::time::Instant;
+
+use pki::wire::{Manifest, OpResponse, OpStatus, Probe, Timings};
+use serde::Serialize;
+
+use super::{elapsed_ms, short};
+use crate::error::{EXIT_FAILED, Result};
+use crate::inventory::{HostRecord, Op, Outcome};
+use crate::output::{self, Cell, Color, Table};
+use crate::pack::ReleaseInfo;
+
+/// What happened to the updater itself (`--include-self`): `ok` once its
+/// `/health` reports the pushed release, `failed` when it refused or never
+/// did, `skipped` without `--include-self` or when the agent did not update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum SelfOutcome {
+    Skipped,
+    Ok,
+    Failed,
+}
+
+impl SelfOutcome {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            SelfOutcome::Skipped => "skipped",
+            SelfOutcome::Ok => "ok",
+            SelfOutcome::Failed => "failed",
+        }
+    }
+
+    fn color(self) -> Color {
+        match self {
+            SelfOutcome::Skipped => Color::Dim,
+            SelfOutcome::Ok => Color::Green,
+            SelfOutcome::Failed => Color::Red,
+        }
+    }
+}
+
+/// One host's row of an update or rollback.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct HostResult {
+    pub(crate) host: String,
+    /// `address:port` of the updater.
+    pub(crate) address: String,
+    pub(crate) agent: Outcome,
+    #[serde(rename = "self")]
+    pub(crate) self_update: SelfOutcome,
+    pub(crate) detail: String,
+    /// What happened to the updater, when it was updated or failed to be.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) self_detail: Option<String>,
+    pub(crate) http_status: Option<u16>,
+    /// The release now active on the host, when the updater said.
+    pub(crate) release: Option<Manifest>,
+    pub(crate) probes: Vec<Probe>,
+    pub(crate) elapsed_ms: u64,
+    /// The updater's own per-phase timings, when it sent them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) timings: Option<Timings>,
+    /// The audit-trail row this result was written to, once it was.
+    #[serde(skip)]
+    pub(super) recorded: Option<i64>,
+}
+
+impl HostResult {
+    pub(super) fn error(
+        rec: &HostRecord,
+        detail: impl Into<String>,
+        started: Instant,
+    ) -> HostResult {
+        HostResult {
+            host: rec.host.to_string(),
+            address: rec.updater_addr(),
+            agent: Outcome::Error,
+            self_update: SelfOutcome::Skipped,
+            detail: detail.into(),
+            self_detail: None,
+            http_status: None,
+            release: None,
+            probes: Vec::new(),
+            elapsed_ms: elapsed_ms(started),
+            timings: None,
+            recorded: None,
+        }
+    }
+
+    /// Whether this row counts as success for `op`.
+    pub(crate) fn ok(&self, op: Op) -> bool {
+        match op {
+            Op::Update => self.agent == Outcome::Updated && self.self_update != SelfOutcome::Failed,
+            Op::Rollback => self.agent == Outcome::RolledBack,
+        }
+    }
+}
+
+/// The whole answer of `update`/`rollback`, as `--json` prints it.
+#[derive(Debug, Serialize)]
+pub(crate) struct FleetReport {
+    pub(crate) operation: Op,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) release: Option<ReleaseInfo>,
+    /// How long packing and compressing the release took (update only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) pack_ms: Option<u64>,
+    pub(crate) ok: bool,
+    pub(crate) hosts: Vec<HostResult>,
+}
+
+impl FleetReport {
+    pub(super) fn new(operation: Op, release: Option<ReleaseInfo>, hosts: Vec<HostResult>) -> Self {
+        FleetReport {
+            operation,
+            release,
+            pack_ms: None,
+            ok: hosts.iter().all(|r| r.ok(operation)),
+            hosts,
+        }
+    }
+
+    pub(crate) fn exit_code(&self) -> u8 {
+        if self.ok { 0 } else { EXIT_FAILED }
+    }
+
+    pub(crate) fn table(&self) -> Table {
+        let mut t = Table::new(vec!["HOST", "ADDRESS", "AGENT", "SELF", "DETAIL"]);
+        for r in &self.hosts {
+            let color = match (r.agent, self.operation) {
+                (Outcome::Error, _) => Color::Red,
+                (Outcome::RolledBack, Op::Update) => Color::Yellow,
+                _ => Color::Green,
+            };
+            t.row(vec![
+                r.host.clone().into(),
+                r.address.clone().into(),
+                Cell::colored(r.agent.as_str(), color),
+                Cell::colored(r.self_update.as_str(), r.self_update.color()),
+                match &r.self_detail {
+                    Some(d) => format!("{}; self: {d}", r.detail).into(),
+                    None => r.detail.clone().into(),
+                },
+            ]);
+        }
+        t
+    }
+
+    /// Print as a table, or as one JSON document.
+    pub(super) fn print(&self, json: bool) -> Result<()> {
+        if json {
+            output::json(self)
+        } else {
+            output::table(&self.table())
+        }
+    }
+}
+
+/// `busy: <why>`, without doubling the prefix: the updater's own message
+/// already starts with `busy:` (`busy: update in progress; …`).
+fn busy_detail(message: &str) -> String {
+    let message = message.trim();
+    if message.is_empty() {
+        "busy: another operation is running".to_owned()
+    } else if message.starts_with("busy") {
+        message.to_owned()
+    } else {
+        format!("busy: {message}")
+    }
+}
+
+/// Turn an updater's answer into a row.
+pub(super) fn interpret(
+    op: Op,
+    rec: &HostRecord,
+    status: reqwest::StatusCode,
+    body: &[u8],
+    expect_sha: Option<&str>,
+    started: Instant,
+) -> HostResult {
+    let parsed: Option<OpResponse> = serde_json::from_slice(body).ok();
+    let Some(resp) = parsed else {
+        let text = String::from_utf8_lossy(body);
+        let text = text.trim();
+        let text: String = text.chars().take(200).collect();
+        let mut r = HostResult::error(rec, format!("HTTP {status}: {text}"), started);
+        r.http_status = Some(status.as_u16());
+        return r;
+    };
+    let probe_error = resp
+        .probes
+        .iter()
+        .find_map(|p| p.error.clone())
+        .unwrap_or_default();
+    let message = resp.error.clone().unwrap_or(probe_error);
+    let (agent, detail) = match (op, resp.status, status.is_success()) {
+        (Op::Update, OpStatus::Updated, true) => match (&resp.release, expect_sha) {
+            (Some(m), Some(want)) if m.sha256 != want => (
+                Outcome::Error,
+                format!(
+                    "updater reports release {} but {} was pushed",
+                    short(&m.sha256),
+                    short(want)
+                ),
+            ),
+            (Some(m), _) => (Outcome::Updated, short(&m.sha256).to_owned()),
+            (None, _) => (
+                Outcome::Updated,
+                expect_sha.map(short).unwrap_or("").to_owned(),
+            ),
+        },
+        (Op::Update, OpStatus::RolledBack, _) => (
+            Outcome::RolledBack,
+            if message.is_empty() {
+                "new release failed its health probe; previous release restored".to_owned()
+            } else {
+                message
+            },
+        ),
+        (Op::Rollback, OpStatus::RolledBack, true) => (
+            Outcome::RolledBack,
+            match &resp.release {
+                Some(m) => format!("now {}", short(&m.sha256)),
+                None => "rolled back".to_owned(),
+            },
+        ),
+        (_, OpStatus::Busy, _) => (Outcome::Error, busy_detail(&message)),
+        (_, _, _) => {
+            let mut m = if message.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                message
+            };
+            if let Some(stderr) = resp
+                .stderr
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+            {
+                let tail: String = stderr
+                    .lines()
+                    .last()
+                    .unwrap_or(stderr)
+                    .chars()
+                    .take(200)
+                    .collect();
+                m = format!("{m} (stderr: {tail})");
+            }
+            (Outcome::Error, m)
+        }
+    };
+    HostResult {
+        host: rec.host.to_string(),
+        address: rec.updater_addr(),
+        agent,
+        self_update: SelfOutcome::Skipped,
+        detail,
+        self_detail: None,
+        http_status: Some(status.as_u16()),
+        release: resp.release,
+        probes: resp.probes,
+        elapsed_ms: elapsed_ms(started),
+        timings: resp.timings,
+        recorded: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::tests::record;
+
+    #[test]
+    fn busy_is_said_once() {
+        let rec = record("w1");
+        let body =
+            br#"{"status":"busy","error":"busy: update in progress; retry when it is done"}"#;
+        let r = interpret(
+            Op::Update,
+            &rec,
+            reqwest::StatusCode::CONFLICT,
+            body,
+            None,
+            Instant::now(),
+        );
+        assert_eq!(r.agent, Outcome::Error);
+        assert_eq!(r.detail, "busy: update in progress; retry when it is done");
+        let body = br#"{"status":"busy","error":"rollback in progress"}"#;
+        let r = interpret(
+            Op::Rollback,
+            &rec,
+            reqwest::StatusCode::CONFLICT,
+            body,
+            None,
+            Instant::now(),
+        );
+        assert_eq!(r.detail, "busy: rollback in progress");
+    }
+}

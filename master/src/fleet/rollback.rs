@@ -1,0 +1,65 @@
+//! `swarm rollback`: ask each target's updater to swap back to its
+//! previous release.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::client::Master;
+use super::history::Recorder;
+use super::report::{FleetReport, HostResult, interpret};
+use super::{fan_out, resolve_required, runtime};
+use crate::cli::RollbackArgs;
+use crate::error::Result;
+use crate::home::Home;
+use crate::inventory::{HostRecord, Inventory, Op};
+
+/// Whole-request limit for `/rollback` (restart plus probes).
+const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// `swarm rollback`.
+pub(crate) fn rollback(home: &Home, args: &RollbackArgs) -> Result<u8> {
+    let inv = home.inventory()?;
+    let hosts = resolve_required(&inv, &args.targets)?;
+    let master = Arc::new(Master::new(home.master_bundle()?)?);
+    let report = rollback_hosts(inv, master, hosts, usize::from(args.parallel))?;
+    report.print(args.json)?;
+    Ok(report.exit_code())
+}
+
+/// Roll `hosts` back, recording each outcome as it arrives.
+fn rollback_hosts(
+    inv: Inventory,
+    master: Arc<Master>,
+    hosts: Vec<HostRecord>,
+    parallel: usize,
+) -> Result<FleetReport> {
+    let recorder = Recorder::new(inv, Op::Rollback, None);
+    let started = Instant::now();
+    let results = runtime()?.block_on(fan_out(
+        hosts,
+        parallel,
+        |rec| rollback_one(master.clone(), rec),
+        |rec, why| HostResult::error(rec, why, started),
+        |r| recorder.record(r),
+    ));
+    recorder.finish();
+    Ok(FleetReport::new(Op::Rollback, None, results))
+}
+
+/// Ask one host's updater to roll back.
+async fn rollback_one(master: Arc<Master>, rec: HostRecord) -> HostResult {
+    let started = Instant::now();
+    let client = match master.updater_client(&rec, ROLLBACK_TIMEOUT) {
+        Ok(c) => c,
+        Err(e) => return HostResult::error(&rec, e, started),
+    };
+    let resp = match client.post(rec.updater_url("/rollback")).send().await {
+        Ok(r) => r,
+        Err(e) => return HostResult::error(&rec, master.describe(&e, ROLLBACK_TIMEOUT), started),
+    };
+    let status = resp.status();
+    match resp.bytes().await {
+        Ok(body) => interpret(Op::Rollback, &rec, status, &body, None, started),
+        Err(e) => HostResult::error(&rec, master.describe(&e, ROLLBACK_TIMEOUT), started),
+    }
+}
