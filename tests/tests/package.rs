@@ -149,6 +149,13 @@ impl BareHost {
         cmd
     }
 
+    /// install.sh that must fail: its stderr.
+    fn install_fails(&self, script: &Path, args: &[&str]) -> String {
+        let out = self.exec("sh").arg(script).args(args).output().expect("sh");
+        assert!(!out.status.success(), "install.sh {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     fn install(&self, script: &Path, args: &[&str]) -> String {
         let out = run(self.exec("sh").arg(script).args(args));
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -384,7 +391,23 @@ fn package_installs_on_a_bare_host_idempotently_and_uninstalls() {
     );
     let script = pkg.join("install.sh");
 
-    // First run: user, dirs, files, and the updater started as `swarm`.
+    // A package whose settings the updater refuses (a plain-http agent
+    // URL): install.sh stops at the updater's own --check, starts nothing.
+    let bad = unpack.join("swarm-pkw-bad");
+    run(Command::new("cp").arg("-a").arg(&pkg).arg(&bad));
+    let env = std::fs::read_to_string(bad.join("updater.env")).expect("updater.env");
+    let env = env.replace("https://127.0.0.1", "http://127.0.0.1");
+    std::fs::write(bad.join("updater.env"), env).expect("write");
+    let said = host.install_fails(&bad.join("install.sh"), &["--no-systemd"]);
+    assert!(said.contains("--check refuses"), "{said}");
+    assert!(
+        said.contains("https"),
+        "the updater's reason is shown: {said}"
+    );
+    assert_eq!(host.updater_pid(), None);
+
+    // The real package over it: user, dirs, files, and the updater started
+    // as `swarm`.
     let said = host.install(&script, &["--no-systemd"]);
     assert!(said.contains("started the updater directly"), "{said}");
     let (uid, gid) = host

@@ -187,7 +187,13 @@ direct_env() {
     echo SWARM_UPDATER_SUPERVISED=false
 }
 
-start_direct() {
+# updater MODE: run the updater as $SVC_USER with a clean environment (the
+# unit's Environment= lines, updater.env, not supervised), cwd = the install
+# dir, umask 077. MODE check: `--check` in the foreground (validates flags,
+# bundle, key and install dir without binding); MODE start: detached in its
+# own session, output appended to $LOG, its pid in $!.
+updater() {
+    mode=$1
     if command -v setpriv >/dev/null 2>&1; then
         set -- setpriv --reuid="$SVC_USER" --regid="$SVC_USER" --init-groups --
     elif command -v runuser >/dev/null 2>&1; then
@@ -195,7 +201,7 @@ start_direct() {
     else
         die "neither setpriv nor runuser found: cannot drop to $SVC_USER"
     fi
-    set -- setsid "$@" env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$INSTALL_DIR"
+    set -- "$@" env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$INSTALL_DIR"
     envs=$(direct_env)
     while IFS= read -r kv; do
         [ -n "$kv" ] && set -- "$@" "$kv"
@@ -203,10 +209,28 @@ start_direct() {
 $envs
 EOF
     set -- "$@" "$UPDATER_BIN"
+    if [ "$mode" = check ]; then
+        (umask 077 && cd -- "$INSTALL_DIR" && exec "$@" --check) </dev/null
+    else
+        (umask 077 && cd -- "$INSTALL_DIR" && exec setsid "$@") </dev/null >>"$LOG" 2>&1 &
+    fi
+}
+
+# Before (re)starting on changed files: the new configuration must pass the
+# updater's own --check, so a bad bundle or setting is reported here, not as
+# a crash loop.
+check_config() {
+    if ! out=$(updater check 2>&1); then
+        printf '%s\n' "$out" >&2
+        die "worker-updater --check refuses this configuration (above); nothing was (re)started"
+    fi
+}
+
+start_direct() {
     touch -- "$LOG"
     fix "$LOG" 600 "$SVC_USER" "$SVC_USER"
     offset=$(wc -c <"$LOG")
-    (umask 077 && cd -- "$INSTALL_DIR" && exec "$@") </dev/null >>"$LOG" 2>&1 &
+    updater start
     pid=$!
     i=0
     until tail -c +$((offset + 1)) -- "$LOG" | grep -q '^listening on '; do
@@ -292,7 +316,10 @@ if [ "$NO_SYSTEMD" = 1 ]; then
             say "up to date; the updater runs (pid $(direct_pid))"
             exit 0
         fi
+        check_config
         stop_direct
+    else
+        check_config
     fi
     start_direct
     exit 0
@@ -305,6 +332,9 @@ if [ "$CHANGED" = 1 ]; then
     systemctl daemon-reload
 fi
 [ "$UNIT_CHANGED" = 1 ] && CHANGED=1
+if [ "$CHANGED" = 1 ] || ! systemctl is-active --quiet "$UNIT_NAME"; then
+    check_config
+fi
 if ! systemctl is-enabled --quiet "$UNIT_NAME" 2>/dev/null; then
     systemctl enable --quiet "$UNIT_NAME"
     changed "enabled $UNIT_NAME"
