@@ -46,7 +46,7 @@ fn sh(args: &[&str]) -> Output {
 
 /// A bare host: a network namespace on a veth link (`10.214.<net>.2`) and,
 /// inside it, a mount namespace where /etc, /opt and /usr/local/bin are
-/// directories of the test (so install.sh can create users and install
+/// directories of the test and /run is an empty tmpfs (so install.sh can create users and install
 /// files without touching the real system). A holder process keeps the
 /// mount namespace alive; commands join it with nsenter.
 struct BareHost {
@@ -64,12 +64,13 @@ struct BareHost {
 }
 
 impl BareHost {
-    fn new(root: &Path) -> BareHost {
+    /// `tag` (0 or 1) tells apart the hosts of tests running at once.
+    fn new(root: &Path, tag: u8) -> BareHost {
         let id = std::process::id() % 100_000;
-        let net = (std::process::id() % 200) as u8 + 20;
-        let ns = format!("swarm-pkg-{id}");
-        let veth = format!("swp{id}");
-        let peer = format!("swp{id}p");
+        let net = (std::process::id() % 100 + 20 + u32::from(tag) * 100) as u8;
+        let ns = format!("swarm-pkg-{id}-{tag}");
+        let veth = format!("swp{id}{tag}");
+        let peer = format!("swp{id}{tag}p");
         let mut host = BareHost {
             ns: ns.clone(),
             veth: veth.clone(),
@@ -120,7 +121,7 @@ impl BareHost {
             run(Command::new("ip").args(["netns", "exec", &ns]).args(&args));
         }
         let script = format!(
-            "mount --bind {etc} /etc && mount --bind {opt} /opt && mount --bind {bin} /usr/local/bin && echo ready && exec sleep 3600",
+            "mount --bind {etc} /etc && mount --bind {opt} /opt && mount --bind {bin} /usr/local/bin && mount -t tmpfs tmpfs /run && echo ready && exec sleep 3600",
             etc = host.etc.display(),
             opt = host.opt.display(),
             bin = host.usr_bin.display()
@@ -332,7 +333,7 @@ fn package_installs_on_a_bare_host_idempotently_and_uninstalls() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path();
     let home = root.join("home");
-    let host = BareHost::new(root);
+    let host = BareHost::new(root, 0);
 
     assert!(swarm(&home, &["ca", "init"]).status.success());
     let archive = root.join("pkw.tar.gz");
@@ -514,6 +515,152 @@ fn package_installs_on_a_bare_host_idempotently_and_uninstalls() {
     eventually(Duration::from_secs(1), "no swarm process left", || {
         (!alive(updater) && !alive(agent)).then_some(())
     });
+}
+
+/// A stand-in for `systemctl` (systemd cannot run in a test namespace): it
+/// records each call and keeps "enabled"/"active" in marker files, so the
+/// test can check which calls install.sh makes and when.
+const FAKE_SYSTEMCTL: &str = r#"#!/bin/sh
+echo "$*" >>"$FAKE_SYSTEMCTL_DIR/calls"
+case $1 in
+    is-enabled) [ -f "$FAKE_SYSTEMCTL_DIR/enabled" ] ;;
+    is-active) [ -f "$FAKE_SYSTEMCTL_DIR/active" ] ;;
+    enable) touch "$FAKE_SYSTEMCTL_DIR/enabled" ;;
+    start | restart) touch "$FAKE_SYSTEMCTL_DIR/active" ;;
+    disable) rm -f "$FAKE_SYSTEMCTL_DIR/enabled" "$FAKE_SYSTEMCTL_DIR/active" ;;
+esac
+"#;
+
+/// The systemd branch of install.sh, driven through [`FAKE_SYSTEMCTL`]: the
+/// first run installs the unit, reloads, enables and starts (after a real
+/// `worker-updater --check`); a second run only asks (no reload, enable,
+/// start or restart, same listing); a newer package restarts without a
+/// reload (the unit did not change); uninstall disables, removes the unit
+/// and reloads. What systemd then does with the unit is checked by
+/// `systemd-analyze` below, not here.
+#[test]
+fn install_sh_drives_systemd_only_when_something_changed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let home = root.join("home");
+    let host = BareHost::new(root, 1);
+    let fake = root.join("fake");
+    std::fs::create_dir(&fake).expect("mkdir");
+    std::fs::write(fake.join("systemctl"), FAKE_SYSTEMCTL).expect("write");
+    std::fs::set_permissions(
+        fake.join("systemctl"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
+    run(host.exec("mkdir").args(["-p", "/run/systemd/system"]));
+
+    assert!(swarm(&home, &["ca", "init"]).status.success());
+    let archive = root.join("sd.tar.gz");
+    let out = swarm(
+        &home,
+        &[
+            "enroll",
+            "--host",
+            "sd",
+            "--address",
+            &host.address,
+            "--out-dir",
+            root.join("bundle").to_str().expect("utf-8"),
+            "--package",
+            archive.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run(Command::new("tar")
+        .arg("xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(root));
+    let script = root.join("swarm-sd/install.sh");
+    let calls = fake.join("calls");
+    let install = |args: &[&str]| -> (String, Vec<String>) {
+        let _ = std::fs::remove_file(&calls);
+        let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", fake.display());
+        let out = run(host
+            .exec("env")
+            .arg(format!("PATH={path}"))
+            .arg(format!("FAKE_SYSTEMCTL_DIR={}", fake.display()))
+            .arg("sh")
+            .arg(&script)
+            .args(args));
+        let made = std::fs::read_to_string(&calls).unwrap_or_default();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            made.lines().map(str::to_owned).collect(),
+        )
+    };
+    let unit = host.etc.join("systemd/system/swarm-updater.service");
+
+    let (said, made) = install(&[]);
+    assert_eq!(
+        made,
+        [
+            "daemon-reload",
+            "is-enabled --quiet swarm-updater.service",
+            "enable --quiet swarm-updater.service",
+            "is-active --quiet swarm-updater.service",
+            "start swarm-updater.service",
+        ],
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&unit).expect("unit installed"),
+        UNIT
+    );
+    assert_eq!((mode(&unit), owner(&unit)), (0o644, (0, 0)));
+    assert!(
+        host.updater_pid().is_none(),
+        "systemd, not install.sh, runs the updater"
+    );
+
+    let before = host.listing();
+    let (said, made) = install(&[]);
+    assert!(said.contains("up to date"), "{said}");
+    for call in &made {
+        assert!(
+            call.starts_with("is-enabled") || call.starts_with("is-active"),
+            "a second run only asks, yet called `systemctl {call}`"
+        );
+    }
+    assert_eq!(
+        host.listing(),
+        before,
+        "a second install.sh run changed something"
+    );
+
+    // A newer package (here: other per-host settings) restarts the updater;
+    // the unit itself is unchanged, so no reload.
+    let env_file = root.join("swarm-sd/updater.env");
+    let env = std::fs::read_to_string(&env_file).expect("updater.env");
+    std::fs::write(&env_file, env.replace(":8766\"", ":9766\"")).expect("write");
+    let (said, made) = install(&[]);
+    assert!(
+        made.iter().any(|c| c == "restart swarm-updater.service"),
+        "{said}\n{made:?}"
+    );
+    assert!(!made.iter().any(|c| c == "daemon-reload"), "{made:?}");
+    let installed = std::fs::read_to_string(host.etc.join("swarm/updater.env")).expect("env");
+    assert!(installed.contains("0.0.0.0:9766"), "{installed}");
+
+    let (said, made) = install(&["--uninstall"]);
+    assert_eq!(
+        made,
+        [
+            "disable --now --quiet swarm-updater.service",
+            "daemon-reload"
+        ],
+        "{said}"
+    );
+    assert!(!unit.exists());
 }
 
 /// Every `Environment=` of the unit is a variable `worker-updater` reads.
