@@ -26,7 +26,7 @@ pub enum Command {
         command: CaCommand,
     },
     /// Issue a worker's agent (and updater) certificate bundles and record it.
-    Enroll(EnrollArgs),
+    Enroll(EnrollCommand),
     /// List enrolled hosts.
     List {
         /// Print one JSON document.
@@ -48,6 +48,12 @@ pub enum Command {
     History(HistoryArgs),
     /// Run a throwaway three-worker fleet on loopback and drive it.
     Demo(DemoArgs),
+    /// Write the install package of an enrolled host from its bundles.
+    Package(PackageArgs),
+    /// Print a shell completion script (bash, zsh, fish, …).
+    Completions(CompletionsArgs),
+    /// Print the man page, or write every page into a directory.
+    Man(ManArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +97,62 @@ pub struct EnrollArgs {
     /// Where to write the agent bundle; the updater bundle goes to DIR-updater.
     #[arg(long, value_name = "DIR")]
     pub out_dir: PathBuf,
+}
+
+/// `swarm enroll`: the enrollment itself, and the optional worker package.
+#[derive(Debug, Args)]
+pub struct EnrollCommand {
+    #[command(flatten)]
+    pub enroll: EnrollArgs,
+    #[command(flatten)]
+    pub package: EnrollPackageArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EnrollPackageArgs {
+    /// Also write the worker package FILE (.tar.gz, 0600, holds the private
+    /// keys): both bundles, the daemon binaries, the systemd unit and
+    /// install.sh. Implies --updater.
+    #[arg(long, value_name = "FILE", conflicts_with = "updater_only")]
+    pub package: Option<PathBuf>,
+    /// Where the worker-updater and worker-agent binaries for the package
+    /// are (default: beside this swarm executable).
+    #[arg(long, value_name = "DIR", requires = "package")]
+    pub bin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PackageArgs {
+    /// The enrolled host.
+    #[arg(long, value_name = "HOST")]
+    pub host: String,
+    /// The --out-dir it was enrolled with (its agent bundle; the updater
+    /// bundle is DIR-updater). The master keeps no worker keys: lost
+    /// bundles mean decommission and enroll again.
+    #[arg(long, value_name = "DIR")]
+    pub bundle_dir: PathBuf,
+    /// The package to write (.tar.gz, 0600, holds the private keys).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Where the worker-updater and worker-agent binaries are (default:
+    /// beside this swarm executable).
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write swarm.1 and one page per subcommand (swarm-update.1, …) into
+    /// DIR instead of printing swarm.1.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 /// Which hosts an operation targets: named ones, or every active one.

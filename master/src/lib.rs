@@ -6,6 +6,9 @@
 //! - [`cli`]: the command line as clap sees it (raw values).
 //! - `demo`: the local three-worker fleet, driven through the commands below.
 //! - `fleet`: update/rollback/status/history over pinned mTLS.
+//! - `package`: worker packages (bundles, binaries, unit, install.sh) from
+//!   the bundles `enroll` wrote.
+//! - `shell`: shell completions and man pages, generated from `cli`.
 //! - `enroll`: `ca init`, `enroll`, `list`, `decommission`.
 //! - `pack`: the release tarball, built once per push.
 //! - `keyscan`: private keys found by content (PEM, escaped PEM, DER).
@@ -29,6 +32,8 @@ mod inventory;
 mod keyscan;
 mod output;
 mod pack;
+mod package;
+mod shell;
 
 pub use error::{EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_LOCAL, EXIT_USAGE, Error};
 
@@ -39,12 +44,18 @@ use home::Home;
 /// that ran to its end (0, or [`EXIT_FAILED`] when some host failed);
 /// `Err` is a command that could not run, with [`Error::code`].
 pub fn run(cli: Cli) -> Result<u8, Error> {
+    // These need no state directory, not even a $HOME.
+    match &cli.command {
+        Command::Completions(args) => return shell::completions(args).map(|()| 0),
+        Command::Man(args) => return shell::man(args).map(|()| 0),
+        _ => {}
+    }
     let home = Home::resolve(cli.home.as_deref())?;
     match cli.command {
         Command::Ca {
             command: CaCommand::Init { force },
         } => enroll::ca_init(&home, force).map(|()| 0),
-        Command::Enroll(args) => enroll::enroll(&home, &args).map(|()| 0),
+        Command::Enroll(args) => package::enroll(&home, args).map(|()| 0),
         Command::List { json } => enroll::list(&home, json).map(|()| 0),
         Command::Decommission { host } => enroll::decommission(&home, &host).map(|()| 0),
         Command::Update(args) => fleet::update(&home, &args),
@@ -52,5 +63,8 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
         Command::Status(args) => fleet::status(&home, &args),
         Command::History(args) => fleet::history(&home, &args),
         Command::Demo(args) => demo::run(&args),
+        Command::Package(args) => package::package(&home, &args).map(|()| 0),
+        // Answered above.
+        Command::Completions(_) | Command::Man(_) => Ok(0),
     }
 }

@@ -21,7 +21,8 @@ use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::inventory::{HostRecord, HostStatus, NewHost};
 use crate::output::{self, Cell, Color, Table, outln};
-use place::{Cleanup, place, rename_noreplace, sync_dir, temp_sibling};
+pub(crate) use place::sync_dir;
+use place::{Cleanup, place, rename_noreplace, temp_sibling};
 
 /// `swarm ca init [--force]`.
 pub(crate) fn ca_init(home: &Home, force: bool) -> Result<()> {
@@ -125,7 +126,7 @@ fn bad_san(e: PkiError) -> Error {
 }
 
 /// `DIR` → `DIR-updater`.
-fn updater_dir_of(out_dir: &Path) -> Result<PathBuf> {
+pub(crate) fn updater_dir_of(out_dir: &Path) -> Result<PathBuf> {
     let name = out_dir.file_name().ok_or_else(|| {
         Error::usage(format!(
             "--out-dir {} must name a new directory",

@@ -89,7 +89,7 @@ pub(super) fn place(from: &Path, to: &Path, cleanup: &Cleanup) -> Result<()> {
 }
 
 /// Best effort: make the renames in `dir` durable.
-pub(super) fn sync_dir(dir: &Path) {
+pub(crate) fn sync_dir(dir: &Path) {
     if let Ok(f) = fs::File::open(dir) {
         let _ = f.sync_all();
     }
