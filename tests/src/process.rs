@@ -121,6 +121,12 @@ impl Daemon {
     }
 
     /// Its pid.
+    /// The child's stdout pipe, when it was spawned with `Stdio::piped()`
+    /// and nobody took it yet.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -21,9 +21,15 @@ mod harness;
 /// Two workers in their own network namespaces, reached over veth links.
 #[path = "e2e/netns.rs"]
 mod netns;
+/// The worker package: `install.sh` on a bare host in its own namespaces, the shipped unit.
+#[path = "e2e/package.rs"]
+mod package;
 /// `POST /update-self`: switch, keep flags, refuse, revert.
 #[path = "e2e/self_update.rs"]
 mod self_update;
+/// `swarm completions` and `swarm man` produce what bash, zsh, fish and man accept.
+#[path = "e2e/shell.rs"]
+mod shell;
 /// The trust core: `pki::serve` and clients with every kind of certificate.
 #[path = "e2e/trust.rs"]
 mod trust;

@@ -24,10 +24,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tests::worker::{alive, read_pidfile, wait_dead};
-use tests::{ChildGuard, bin, eventually};
+use tests::process::{alive, read_pidfile, wait_dead};
+use tests::{Daemon, bin, eventually};
 
-const UNIT: &str = include_str!("../../worker-updater/deploy/swarm-updater.service");
+const UNIT: &str = include_str!("../../../worker-updater/deploy/swarm-updater.service");
 
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -57,7 +57,7 @@ struct BareHost {
     etc: PathBuf,
     opt: PathBuf,
     usr_bin: PathBuf,
-    holder: Option<ChildGuard>,
+    holder: Option<Daemon>,
     /// Every daemon pid seen, so Drop kills them even after their
     /// pidfiles are gone.
     seen: std::cell::RefCell<Vec<i32>>,
@@ -126,7 +126,7 @@ impl BareHost {
             opt = host.opt.display(),
             bin = host.usr_bin.display()
         );
-        let mut holder = ChildGuard::spawn(
+        let mut holder = Daemon::start(
             Command::new("ip")
                 .args(["netns", "exec", &ns])
                 .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
@@ -134,7 +134,7 @@ impl BareHost {
                 .stdout(Stdio::piped()),
         );
         let mut line = String::new();
-        BufReader::new(holder.0.stdout.take().expect("stdout"))
+        BufReader::new(holder.take_stdout().expect("stdout"))
             .read_line(&mut line)
             .expect("read the holder's line");
         assert_eq!(line, "ready\n", "the mount namespace was not set up");
