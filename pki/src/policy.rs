@@ -2,7 +2,7 @@
 //! Both daemons route every request through [`authorize`] (via
 //! [`crate::serve`]'s middleware); nothing else decides access.
 
-use axum::http::Method;
+use http::Method;
 
 use crate::Identity;
 
