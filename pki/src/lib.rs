@@ -2,7 +2,7 @@
 //! authorization policy, the mTLS plumbing (server accept loop, pinned client)
 //! and the JSON wire types shared by the master and both worker daemons.
 //!
-//! The server side ([`serve`], [`daemon`]: axum, hyper, the accept loop and
+//! The server side ([`serve`](mod@serve), [`daemon`]: axum, hyper, the accept loop and
 //! its [`ServeLimits`]) is the `server` feature, which only the daemons
 //! enable; the `swarm` CLI builds the rest.
 //!
