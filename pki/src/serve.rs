@@ -162,7 +162,12 @@ pub async fn serve_with(
             let _permit = match gate.admit(&identity) {
                 Ok(p) => p,
                 Err(why) => {
-                    tracing::info!(%remote, peer = %identity, "connection closed: {why}");
+                    if let Some(unlogged) = gate.note_refusal(limits.accept_error_log_every) {
+                        tracing::warn!(
+                            %remote, peer = %identity,
+                            "connection closed: {why} ({unlogged} more refused since the last report)"
+                        );
+                    }
                     return;
                 }
             };
@@ -280,5 +285,40 @@ impl ErrorBody {
             }),
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_get_keepalive_and_nodelay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let limits = ServeLimits {
+            tcp_keepalive: Duration::from_secs(42),
+            ..ServeLimits::default()
+        };
+        tune_socket(&tcp, &limits);
+        let sock = socket2::SockRef::from(&tcp);
+        assert!(sock.keepalive().expect("SO_KEEPALIVE"));
+        assert_eq!(
+            sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"),
+            Duration::from_secs(42)
+        );
+        assert!(tcp.nodelay().expect("TCP_NODELAY"));
+    }
+
+    #[test]
+    fn accept_back_off_doubles_to_its_cap_and_resets() {
+        let mut e = AcceptErrors::new(&ServeLimits::default());
+        let err = std::io::Error::from_raw_os_error(24);
+        let pauses: Vec<u128> = (0..9).map(|_| e.failed(&err).as_millis()).collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        e.succeeded();
+        assert_eq!(e.failed(&err), Duration::from_millis(10));
     }
 }

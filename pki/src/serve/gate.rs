@@ -27,6 +27,9 @@ struct State {
     per_peer: HashMap<Identity, usize>,
     others: usize,
     masters: usize,
+    /// Refusals since the last one that was logged, and when that was.
+    refused_unlogged: u64,
+    last_refusal_log: Option<tokio::time::Instant>,
 }
 
 /// Why an established connection was refused.
@@ -128,6 +131,24 @@ impl Gate {
         (slot, evicted)
     }
 
+    /// Count a refusal; `Some(n)` when it should be logged now (at most once
+    /// per `every`), `n` being the refusals left unlogged before it, so a
+    /// flood of connections cannot flood the log.
+    pub(crate) fn note_refusal(&self, every: std::time::Duration) -> Option<u64> {
+        let mut st = self.lock();
+        let now = tokio::time::Instant::now();
+        if st
+            .last_refusal_log
+            .is_none_or(|t| now.duration_since(t) >= every)
+        {
+            st.last_refusal_log = Some(now);
+            Some(std::mem::take(&mut st.refused_unlogged))
+        } else {
+            st.refused_unlogged += 1;
+            None
+        }
+    }
+
     /// Admit an established connection from `who`, or say which budget is spent.
     pub(crate) fn admit(self: &Arc<Self>, who: &Identity) -> Result<ConnPermit, Refusal> {
         let mut st = self.lock();
@@ -219,5 +240,15 @@ mod tests {
             .expect("master again after release");
         drop(a1);
         let _a3 = g.admit(&agent("w1")).expect("w1 again after release");
+    }
+
+    #[test]
+    fn refusals_are_logged_at_most_once_per_period_with_a_count() {
+        let g = gate(1, 1, 1, 1);
+        let every = std::time::Duration::from_secs(3600);
+        assert_eq!(g.note_refusal(every), Some(0));
+        assert_eq!(g.note_refusal(every), None);
+        assert_eq!(g.note_refusal(every), None);
+        assert_eq!(g.lock().refused_unlogged, 2);
     }
 }

@@ -44,8 +44,9 @@ pub struct ServeLimits {
     pub accept_backoff_min: Duration,
     /// Longest pause between `accept` attempts after errors. Default 1 s.
     pub accept_backoff_max: Duration,
-    /// At most one log line per this period about failing `accept`s (it
-    /// counts the ones it did not log). Default 10 s.
+    /// At most one log line per this period about failing `accept`s, and
+    /// one about connections refused for a spent budget (each counts the
+    /// ones it did not log). Default 10 s.
     pub accept_error_log_every: Duration,
     /// How long open connections may drain after shutdown. Default 5 s.
     pub shutdown_grace: Duration,
