@@ -2,6 +2,10 @@
 //! authorization policy, the mTLS plumbing (server accept loop, pinned client)
 //! and the JSON wire types shared by the master and both worker daemons.
 //!
+//! The server side ([`serve`](mod@serve), [`daemon`]: axum, hyper, the accept loop and
+//! its [`ServeLimits`]) is the `server` feature, which only the daemons
+//! enable; the `swarm` CLI builds the rest.
+//!
 //! Invariants:
 //! - Every TLS config here trusts exactly one CA (the bundle's `ca.crt`) and
 //!   uses the aws-lc-rs provider explicitly; nothing turns verification off.
@@ -13,11 +17,13 @@
 pub mod body;
 pub mod bundle;
 pub mod ca;
+#[cfg(feature = "server")]
 pub mod daemon;
 mod error;
 pub mod identity;
 pub mod policy;
 pub mod release;
+#[cfg(feature = "server")]
 pub mod serve;
 pub mod swarm_toml;
 pub mod text;
@@ -29,7 +35,8 @@ pub use ca::{Ca, IssuedLeaf, LeafSpec};
 pub use error::PkiError;
 pub use identity::{Fingerprint, HostName, Identity};
 pub use policy::Endpoint;
-pub use serve::{Peer, serve};
+#[cfg(feature = "server")]
+pub use serve::{Peer, ServeArgs, ServeLimits, serve, serve_with};
 pub use tls::{ServerExpectation, client_config, http_client, server_config};
 
 /// An error and its causes on one line (`a: b: c`), leaving out a cause

@@ -1,8 +1,8 @@
 //! The one authorization policy: which identity may call which endpoint.
 //! Both daemons route every request through [`authorize`] (via
-//! [`crate::serve`]'s middleware); nothing else decides access.
+//! the `server` feature's `serve` middleware); nothing else decides access.
 
-use axum::http::Method;
+use http::Method;
 
 use crate::Identity;
 

@@ -1,7 +1,12 @@
 //! The mTLS accept loop shared by both daemons: TLS handshake per connection
 //! task, the verified peer certificate turned into an [`Identity`] at once,
-//! the [`policy`](crate::policy) enforced before any handler runs, and a
-//! graceful drain with a bounded grace on shutdown.
+//! the [`policy`](crate::policy) enforced before any handler runs, HTTP/1.1
+//! only, every time and connection bound of [`ServeLimits`], and a graceful
+//! drain with a bounded grace on shutdown.
+
+mod body;
+mod gate;
+mod limits;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,21 +18,24 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
+
+pub use body::BodyTimeout;
+pub use limits::{ServeArgs, ServeLimits, parse_duration};
 
 use crate::Identity;
 use crate::policy::{Endpoint, authorize};
 use crate::wire::ErrorBody;
+use gate::Gate;
 
-/// How long a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long open connections may drain after shutdown is requested.
+/// How long open connections may drain after shutdown by default
+/// ([`ServeLimits::shutdown_grace`]).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The verified identity of the peer on this connection.
@@ -66,61 +74,118 @@ async fn enforce_policy(req: Request, next: Next) -> Response {
     }
 }
 
-/// Serve `app` over mTLS on `listener` until `shutdown` completes, then
-/// drain open connections for at most [`SHUTDOWN_GRACE`].
+/// Serve `app` over mTLS on `listener` until `shutdown` completes, with the
+/// [`ServeLimits`] of the environment ([`ServeLimits::from_env`]: the
+/// defaults unless a `SWARM_SERVE_*` variable says otherwise).
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     app: Router,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
+    let limits = ServeLimits::from_env()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    serve_with(listener, tls, app, shutdown, limits).await
+}
+
+/// [`serve`] with explicit limits. On shutdown, open connections drain for
+/// at most [`ServeLimits::shutdown_grace`].
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send,
+    limits: ServeLimits,
+) -> std::io::Result<()> {
+    let limits = Arc::new(limits);
     let acceptor = TlsAcceptor::from(tls);
     let app = app.layer(axum::middleware::from_fn(enforce_policy));
+    let gate = Gate::new(&limits);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut errors = AcceptErrors::new(&limits);
     tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    // EMFILE and friends: the backlog stays readable, so
+                    // back off (doubling) instead of spinning.
+                    let pause = errors.failed(&e);
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => continue,
+                        () = &mut shutdown => break,
+                    }
                 }
             },
             () = &mut shutdown => break,
         };
-        let _ = tcp.set_nodelay(true);
+        errors.succeeded();
+        // Accept first, then decide: a connection over a budget is closed
+        // at once instead of waiting in the backlog in front of the master.
+        let (slot, evicted) = gate.begin_handshake();
+        if evicted {
+            tracing::debug!(%remote, "handshake table full: dropped the oldest pending handshake");
+        }
+        tune_socket(&tcp, &limits);
         let acceptor = acceptor.clone();
         let app = app.clone();
         let watcher = graceful.watcher();
+        let gate = Arc::clone(&gate);
+        let limits = Arc::clone(&limits);
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::info!(%remote, "TLS handshake refused: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!(%remote, "TLS handshake timed out");
+            let mut slot = slot;
+            let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
+            let tls = tokio::select! {
+                done = handshake => match done {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::info!(%remote, "TLS handshake refused: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(%remote, "TLS handshake timed out");
+                        return;
+                    }
+                },
+                _ = &mut slot.evicted => {
+                    tracing::debug!(%remote, "pending handshake evicted by a newer connection");
                     return;
                 }
             };
+            drop(slot);
             let identity = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
                 Some(cert) => Identity::from_client_cert(cert),
                 // Unreachable with a mandatory client verifier; refuse anyway.
                 None => return,
             };
+            let _permit = match gate.admit(&identity) {
+                Ok(p) => p,
+                Err(why) => {
+                    if let Some(unlogged) = gate.note_refusal(limits.accept_error_log_every) {
+                        tracing::warn!(
+                            %remote, peer = %identity,
+                            "connection closed: {why} ({unlogged} more refused since the last report)"
+                        );
+                    }
+                    return;
+                }
+            };
             tracing::debug!(%remote, peer = %identity, "connection");
             let peer = Peer(identity);
-            let svc = app.map_request(move |mut req: Request<hyper::body::Incoming>| {
+            let body_limits = Arc::clone(&limits);
+            let svc = app.map_request(move |req: Request<hyper::body::Incoming>| {
+                let mut req =
+                    req.map(|b| axum::body::Body::new(body::TimedBody::new(b, &body_limits)));
                 req.extensions_mut().insert(peer.clone());
                 req
             });
-            let conn = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc))
-                .into_owned();
+            // HTTP/1.1 only (ALPN offers nothing else): a client that sends
+            // the HTTP/2 preface regardless gets an HTTP/1 error, never h2.
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%remote, "connection ended: {e}");
             }
@@ -129,11 +194,84 @@ pub async fn serve(
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {}
-        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
-            tracing::warn!("shutdown grace of {SHUTDOWN_GRACE:?} expired with connections still open");
+        () = tokio::time::sleep(limits.shutdown_grace) => {
+            tracing::warn!("shutdown grace of {:?} expired with connections still open", limits.shutdown_grace);
         }
     }
     Ok(())
+}
+
+/// No Nagle, and TCP keepalive so a peer that vanished is noticed.
+fn tune_socket(tcp: &TcpStream, limits: &ServeLimits) {
+    let _ = tcp.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(limits.tcp_keepalive)
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive) {
+        tracing::debug!("cannot set TCP keepalive: {e}");
+    }
+}
+
+/// Back-off and a rate-limited log line for failing `accept`s.
+struct AcceptErrors {
+    min: Duration,
+    max: Duration,
+    log_every: Duration,
+    pause: Duration,
+    last_log: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    fn new(limits: &ServeLimits) -> Self {
+        AcceptErrors {
+            min: limits.accept_backoff_min,
+            max: limits.accept_backoff_max.max(limits.accept_backoff_min),
+            log_every: limits.accept_error_log_every,
+            pause: Duration::ZERO,
+            last_log: None,
+            unlogged: 0,
+        }
+    }
+
+    /// Record a failure; returns how long to wait before the next accept.
+    fn failed(&mut self, e: &std::io::Error) -> Duration {
+        self.pause = if self.pause.is_zero() {
+            self.min
+        } else {
+            (self.pause * 2).min(self.max)
+        };
+        let now = Instant::now();
+        let due = self
+            .last_log
+            .is_none_or(|t| now.duration_since(t) >= self.log_every);
+        if due {
+            tracing::warn!(
+                "accept failed: {e} (backing off {:?}; {} more failures since the last report)",
+                self.pause,
+                self.unlogged
+            );
+            self.last_log = Some(now);
+            self.unlogged = 0;
+        } else {
+            self.unlogged += 1;
+        }
+        self.pause
+    }
+
+    fn succeeded(&mut self) {
+        if !self.pause.is_zero() {
+            if self.unlogged > 0 {
+                tracing::info!(
+                    "accept works again after {} unreported failures",
+                    self.unlogged
+                );
+            }
+            self.pause = Duration::ZERO;
+            self.unlogged = 0;
+        }
+    }
 }
 
 impl ErrorBody {
@@ -147,5 +285,40 @@ impl ErrorBody {
             }),
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_get_keepalive_and_nodelay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let limits = ServeLimits {
+            tcp_keepalive: Duration::from_secs(42),
+            ..ServeLimits::default()
+        };
+        tune_socket(&tcp, &limits);
+        let sock = socket2::SockRef::from(&tcp);
+        assert!(sock.keepalive().expect("SO_KEEPALIVE"));
+        assert_eq!(
+            sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"),
+            Duration::from_secs(42)
+        );
+        assert!(tcp.nodelay().expect("TCP_NODELAY"));
+    }
+
+    #[test]
+    fn accept_back_off_doubles_to_its_cap_and_resets() {
+        let mut e = AcceptErrors::new(&ServeLimits::default());
+        let err = std::io::Error::from_raw_os_error(24);
+        let pauses: Vec<u128> = (0..9).map(|_| e.failed(&err).as_millis()).collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        e.succeeded();
+        assert_eq!(e.failed(&err), Duration::from_millis(10));
     }
 }

@@ -18,6 +18,9 @@ mod fleet;
 /// The harness itself: the port allocator.
 #[path = "e2e/harness.rs"]
 mod harness;
+/// Hostile connections: idle floods, trickled and stalled uploads, accept failures.
+#[path = "e2e/hostile_conn.rs"]
+mod hostile_conn;
 /// Two workers in their own network namespaces, reached over veth links.
 #[path = "e2e/netns.rs"]
 mod netns;

@@ -46,6 +46,9 @@ pub struct Args {
     /// A shell command run on every /health; non-zero exit answers 503.
     #[arg(long, env = "SWARM_AGENT_HEALTH_CMD")]
     pub health_cmd: Option<String>,
+    /// Time and connection bounds of the mTLS listener.
+    #[command(flatten)]
+    pub serve: pki::ServeArgs,
 }
 
 /// Validated configuration: the bundle is loaded, paths resolved.
@@ -57,6 +60,8 @@ pub struct Config {
     pub release_dir: Option<PathBuf>,
     pub install_dir: Option<PathBuf>,
     pub health_cmd: Option<String>,
+    /// The bounds the listener enforces on every peer.
+    pub limits: pki::ServeLimits,
 }
 
 impl Config {
@@ -83,6 +88,7 @@ impl Config {
             release_dir: args.release_dir,
             install_dir: args.install_dir,
             health_cmd: args.health_cmd.filter(|c| !c.trim().is_empty()),
+            limits: args.serve.limits(),
         })
     }
 }
@@ -128,6 +134,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let release = config.release_dir.as_deref().and_then(read_manifest);
+    let limits = config.limits;
     let state = Arc::new(AppState {
         host: config.host,
         release,
@@ -143,7 +150,7 @@ pub async fn run(
         .route("/health", get(health))
         .route("/status", get(status))
         .with_state(state);
-    pki::serve(listener, tls, app, shutdown).await?;
+    pki::serve_with(listener, tls, app, shutdown, limits).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -250,3 +250,41 @@ fn bad_config_exits_64() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no bundle here"), "{err}");
 }
+
+#[tokio::test]
+async fn connection_limit_flags_apply_to_the_listener() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = fixture();
+    let agent = spawn(&f.agent_dir, None, &["--serve-header-read-timeout", "1s"]);
+    let config = pki::client_config(&f.master, ServerExpectation::cn("w1")).expect("config");
+    let tcp = tokio::net::TcpStream::connect(&agent.addr)
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let mut s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("handshake");
+    s.write_all(b"GET /health HTTP/1.1\r\nhost: w1\r\n")
+        .await
+        .expect("half a head");
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "--serve-header-read-timeout 1s did not cut off an unfinished head"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_worker-agent"))
+        .args(["--listen", "127.0.0.1:0", "--serve-max-connections", "0"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64), "a zero budget is refused");
+}
