@@ -156,6 +156,9 @@ pub struct Config {
     /// Every effective setting as `SWARM_UPDATER_*` variables: what a
     /// re-exec rebuilds its argv from.
     pub stash: Stash,
+    /// The accept loop's bounds (`SWARM_SERVE_*`, checked here so a bad
+    /// value exits 64 before the port is bound; inherited by a re-exec).
+    pub serve_limits: pki::ServeLimits,
 }
 
 impl Config {
@@ -215,8 +218,10 @@ impl Config {
                 bail!("{flag} must be positive");
             }
         }
+        let serve_limits = pki::ServeLimits::from_env().map_err(|e| anyhow::anyhow!(e))?;
         let stash = Stash::capture(&args, &updater_dir, &agent_dir, &install_dir, &base_exe);
         Ok(Config {
+            serve_limits,
             listen: args.listen,
             bundle,
             host,

@@ -93,7 +93,14 @@ pub async fn run(
                 () = app.handoff_requested() => {}
             }
         };
-        pki::serve(listener, tls.clone(), router(app.clone()), stop).await?;
+        pki::serve_with(
+            listener,
+            tls.clone(),
+            router(app.clone()),
+            stop,
+            app.config.serve_limits.clone(),
+        )
+        .await?;
         let Some(exec) = app.take_handoff() else {
             break;
         };
