@@ -18,6 +18,9 @@ mod fleet;
 /// The harness itself: the port allocator.
 #[path = "e2e/harness.rs"]
 mod harness;
+/// Issue 9's master bugs: a closed stdout, a worker's wrong clock, Ctrl-C mid-push.
+#[path = "e2e/master_bugs.rs"]
+mod master_bugs;
 /// Two workers in their own network namespaces, reached over veth links.
 #[path = "e2e/netns.rs"]
 mod netns;
