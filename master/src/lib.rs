@@ -24,8 +24,6 @@ mod error;
 mod fleet;
 mod home;
 mod inventory;
-// Wired into the packer at merge (issue 10); until then only its tests use it.
-#[allow(dead_code)]
 mod keyscan;
 mod output;
 mod pack;

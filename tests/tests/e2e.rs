@@ -24,6 +24,9 @@ mod master_bugs;
 /// Two workers in their own network namespaces, reached over veth links.
 #[path = "e2e/netns.rs"]
 mod netns;
+/// What `swarm update` leaves at home: private keys found by content.
+#[path = "e2e/packer.rs"]
+mod packer;
 /// `POST /update-self`: switch, keep flags, refuse, revert.
 #[path = "e2e/self_update.rs"]
 mod self_update;

@@ -9,8 +9,9 @@
 //! ([`link_rule`]) each live in one file of their own.
 //!
 //! Invariants: `.env.local` never ships; other secrets (`.env*`, `*.key`,
-//! `*.pem` holding a private key) ship only when `swarm.toml`'s
-//! `[release] include` names them; entries are sorted, owned by 0:0, with
+//! any file [`crate::keyscan`] finds a private key in, read whole) ship only
+//! when `swarm.toml`'s `[release] include` names them, and every file left
+//! out is listed in `skipped_secrets`; entries are sorted, owned by 0:0, with
 //! modes 0755/0644 and each file's own mtime, so a tree whose contents and
 //! mtimes are unchanged packs to the same bytes (touching a file changes
 //! the digest); symlinks must stay inside the tree.
@@ -38,7 +39,7 @@ use crate::error::{Error, Result};
 use pki::wire::MANIFEST_FILE;
 
 use link_rule::check_link;
-use secrets::{NEVER_SHIPPED, SECRET_SNIFF_BYTES, holds_private_key, is_secret_name};
+use secrets::{NEVER_SHIPPED, holds_private_key, is_secret_name};
 pub(crate) use swarm_toml::DEFAULT_UPDATER_BINARY;
 
 /// What to pack.
@@ -316,19 +317,13 @@ pub(crate) fn pack_reporting(opts: &PackOptions, progress: &PackProgress<'_>) ->
                 skipped_secrets.push(rel_str.to_owned());
                 continue;
             }
-            // The head is read once: sniffed for a private key, then packed.
+            // One handle: scanned whole for a private key, rewound, packed.
             let mut f = File::open(path).map_err(io_err)?;
             let len = f.metadata().map_err(io_err)?.len();
-            let mut head = Vec::with_capacity(SECRET_SNIFF_BYTES);
-            (&mut f)
-                .take(SECRET_SNIFF_BYTES as u64)
-                .read_to_end(&mut head)
-                .map_err(io_err)?;
-            if holds_private_key(&name, &head) && !included() {
+            if !included() && holds_private_key(&mut f, &name, rel_str, &root)? {
                 skipped_secrets.push(rel_str.to_owned());
                 continue;
             }
-            let f = io::Cursor::new(head).chain(f);
             let mode = if meta.permissions().mode() & 0o111 != 0 {
                 0o755
             } else {
