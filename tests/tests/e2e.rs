@@ -18,6 +18,9 @@ mod fleet;
 /// The harness itself: the port allocator.
 #[path = "e2e/harness.rs"]
 mod harness;
+/// The master against a hostile worker (escapes, huge answers) and a kill mid-push.
+#[path = "e2e/hostile.rs"]
+mod hostile;
 /// Issue 9's master bugs: a closed stdout, a worker's wrong clock, Ctrl-C mid-push.
 #[path = "e2e/master_bugs.rs"]
 mod master_bugs;
