@@ -37,14 +37,17 @@ use home::Home;
 /// that ran to its end (0, or [`EXIT_FAILED`] when some host failed);
 /// `Err` is a command that could not run, with [`Error::code`].
 pub fn run(cli: Cli) -> Result<u8, Error> {
+    output::set_color(cli.color);
     let home = Home::resolve(cli.home.as_deref())?;
     match cli.command {
         Command::Ca {
-            command: CaCommand::Init { force },
-        } => enroll::ca_init(&home, force).map(|()| 0),
+            command: CaCommand::Init { force, json },
+        } => enroll::ca_init(&home, force, json).map(|()| 0),
         Command::Enroll(args) => enroll::enroll(&home, &args).map(|()| 0),
         Command::List { json } => enroll::list(&home, json).map(|()| 0),
-        Command::Decommission { host } => enroll::decommission(&home, &host).map(|()| 0),
+        Command::Decommission { host, json } => {
+            enroll::decommission(&home, &host, json).map(|()| 0)
+        }
         Command::Update(args) => fleet::update(&home, &args),
         Command::Rollback(args) => fleet::rollback(&home, &args),
         Command::Status(args) => fleet::status(&home, &args),

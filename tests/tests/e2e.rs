@@ -33,6 +33,9 @@ mod packer;
 /// `POST /update-self`: switch, keep flags, refuse, revert.
 #[path = "e2e/self_update.rs"]
 mod self_update;
+/// A CLI that fits a shell: usage errors, an unreadable home, `--json`, colour, path rule.
+#[path = "e2e/shell.rs"]
+mod shell;
 /// The trust core: `pki::serve` and clients with every kind of certificate.
 #[path = "e2e/trust.rs"]
 mod trust;

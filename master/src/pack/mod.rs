@@ -237,6 +237,7 @@ pub(crate) fn pack_reporting(opts: &PackOptions, progress: &PackProgress<'_>) ->
         return Err(pack_err(&root, "not a directory; pass --root DIR"));
     }
     let config = swarm_toml::read(&root)?;
+    swarm_toml::check_paths(&root, &config)?;
     let include = globs(&root, &config.release.include, false, "swarm.toml include")?;
     let exclude = globs(&root, &opts.excludes, true, "--exclude")?;
 
