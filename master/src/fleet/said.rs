@@ -170,6 +170,9 @@ pub(super) async fn read_answer(
     let status = resp.status();
     match pki::body::read_capped(resp, cap).await {
         Ok(body) => Ok((status, body)),
+        Err(pki::PkiError::Http(e)) if e.is_timeout() => {
+            Err(format!("HTTP {status}: timed out while reading the answer"))
+        }
         Err(e) => Err(line(
             &format!("HTTP {status}: {}", pki::error_chain(&e)),
             DETAIL_CHARS,
