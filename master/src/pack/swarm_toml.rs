@@ -9,37 +9,11 @@ pub(super) use pki::swarm_toml::SwarmToml;
 use super::pack_err;
 use crate::error::Result;
 
-/// Whether `rel` is a path inside the tree by the one rule for tree paths:
-/// plain names only, separated by `/` (no `..`, no `.`, no empty part, not
-/// absolute). The updater applies the same rule to `[updater] binary`.
-fn inside_tree(rel: &str) -> bool {
-    !rel.is_empty()
-        && rel
-            .split('/')
-            .all(|part| !part.is_empty() && part != "." && part != "..")
-}
-
-/// The one path rule for what `swarm.toml` names, applied before anything
-/// is packed (`wiki/security.md`, "Paths in swarm.toml"):
-/// - a program given as a relative path (it has a `/`) is a file of the
-///   tree and must obey [`inside_tree`]: `bin/run`, never `../run`,
-///   `./run` or `bin//run`;
-/// - `[agent] command` and `[install] command` may also name a host
-///   program, absolutely (`/usr/bin/python3`) or by a bare name looked up
-///   on `PATH` (`sh`); a program holding `${…}` is expanded on the worker
-///   and checked there;
-/// - `[updater] binary` always names a file of the tree (self-update
-///   ships it), so it must obey [`inside_tree`].
+/// The one path rule for what `swarm.toml` names (`wiki/security.md`,
+/// "Paths in swarm.toml"), applied before anything is packed: the same
+/// [`pki::release`] checks every updater applies. A program holding `${…}`
+/// is expanded on the worker and checked there.
 pub(super) fn check_paths(root: &Path, toml: &SwarmToml) -> Result<()> {
-    let refuse = |what: &str, path: &str, why: &str| {
-        pack_err(
-            root,
-            format!(
-                "swarm.toml {what} {path:?} {why}; a path in the tree is plain names joined by / \
-                 (like bin/worker-agent), never with `..`, `.` or an empty part"
-            ),
-        )
-    };
     for (what, cmd) in [
         ("[agent] command", &toml.agent.command),
         ("[install] command", &toml.install.command),
@@ -47,24 +21,12 @@ pub(super) fn check_paths(root: &Path, toml: &SwarmToml) -> Result<()> {
         let Some(program) = cmd.as_ref().and_then(|c| c.first()) else {
             continue;
         };
-        let relative = program.contains('/') && !program.starts_with('/');
-        if relative && !program.contains("${") && !inside_tree(program) {
-            return Err(refuse(
-                what,
-                program,
-                "leaves the tree or is not a plain path",
-            ));
+        if !program.contains("${") {
+            pki::release::check_program(what, program).map_err(|e| pack_err(root, e))?;
         }
     }
-    if let Some(binary) = &toml.updater.binary
-        && !inside_tree(binary)
-    {
-        let why = if binary.starts_with('/') {
-            "is absolute (the updater binary must ship in the tree)"
-        } else {
-            "is not a plain path inside the tree"
-        };
-        return Err(refuse("[updater] binary", binary, why));
+    if let Some(binary) = &toml.updater.binary {
+        pki::release::check_updater_binary(binary).map_err(|e| pack_err(root, e))?;
     }
     Ok(())
 }
