@@ -30,3 +30,6 @@ mod trust;
 /// `worker-updater`: push, probe, roll back, reject, repair.
 #[path = "e2e/updater.rs"]
 mod updater;
+/// Issue 9 bugs in the updater: what `--check` says, a busy answer.
+#[path = "e2e/updater_bugs.rs"]
+mod updater_bugs;
