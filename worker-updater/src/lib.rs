@@ -21,6 +21,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod crashpoint;
 pub mod error;
 pub mod http;
 pub mod install;
@@ -58,8 +59,13 @@ pub async fn run(
         config.failed_keep,
     ));
     let app = Arc::new(Daemon::new(config, own_release)?);
-    let layout = app.layout.clone();
-    let repair = blocking(move || layout.repair()).await?;
+    // What an agent daemonizes into (a double fork, setsid) is reparented
+    // to us rather than to init: the supervisor reaps what it stops.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!("PR_SET_CHILD_SUBREAPER: {e}");
+    }
+    let d = app.clone();
+    let repair = blocking(move || ops::repair_install(&d)).await?;
     for action in &repair.actions {
         tracing::warn!("start-up repair: {action}");
     }

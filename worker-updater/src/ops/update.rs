@@ -43,12 +43,14 @@ pub async fn update(
         ));
     };
     tracing::info!(sha256 = %manifest.sha256, "flipped current to the new release");
+    crate::crashpoint::at("update-flipped");
 
     let t = Instant::now();
     let (forward, spawned) = restart_and_probe(&d, "forward", &spec).await;
     timings.probe_ms = forward.elapsed_ms;
     timings.restart_ms = ms(t).saturating_sub(forward.elapsed_ms);
     if forward.healthy {
+        crate::crashpoint::at("update-healthy");
         let t = Instant::now();
         let layout = d.layout.clone();
         let trash = blocking(move || layout.confirm_to_trash()).await?;
@@ -74,8 +76,16 @@ pub async fn update(
         ));
     }
 
-    // Unhealthy: stop it, put the last good release back.
+    // Unhealthy: record the verdict (a crash from here on reverts, never
+    // rolls forward), stop it, put the last good release back.
+    crate::crashpoint::at("update-unhealthy");
     let why = forward.error.clone().unwrap_or_else(|| "unhealthy".into());
+    let layout = d.layout.clone();
+    if let Err(e) = blocking(move || layout.mark_reverting()).await {
+        recover(&d, guard, "a failed revert").await;
+        return Err(e);
+    }
+    crate::crashpoint::at("update-marked");
     if let Some(s) = &spawned {
         tracing::info!(
             "{}",
@@ -93,6 +103,7 @@ pub async fn update(
             return Err(e);
         }
     };
+    crate::crashpoint::at("update-reverted");
     let mut probes = vec![forward];
     let previous_manifest = previous.manifest.clone();
     let (release, error) = if restored {
