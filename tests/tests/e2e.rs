@@ -12,6 +12,9 @@
 /// `swarm ca init`, `enroll`, `list`, `decommission`, `history`: the identity commands.
 #[path = "e2e/cli.rs"]
 mod cli;
+/// Crash windows: the updater killed at every step, hooks that must die with it.
+#[path = "e2e/crash.rs"]
+mod crash;
 /// `swarm update`, `rollback`, `status`, `history`, `demo` against real updaters.
 #[path = "e2e/fleet.rs"]
 mod fleet;

@@ -78,9 +78,15 @@ pub async fn run_install(hook: &Hook, layout: &Layout) -> Result<()> {
         }
     };
     let ran = run_bounded_with(&mut command, timeout, record).await;
+    // Its group is dead; what left the group (setsid, a double fork) is
+    // found by its SWARM_RELEASE_DIR and killed too, before staging is
+    // flipped in or discarded.
     let l = layout.clone();
-    if let Err(e) = blocking(move || l.end_hook()).await {
-        tracing::warn!("removing the hook journal: {e}");
+    if let Err(e) = blocking(move || reap_hook_leftovers(&l)).await {
+        return Err(UpdaterError::Install {
+            message: format!("install hook {argv:?}: {e}; nothing was rotated"),
+            stderr: String::new(),
+        });
     }
     let (finished, stderr) = ran.map_err(|e| UpdaterError::Install {
         message: format!("cannot run the install hook {}: {e}", program.display()),
