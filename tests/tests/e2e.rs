@@ -15,6 +15,9 @@ mod cli;
 /// Crash windows: the updater killed at every step, hooks that must die with it.
 #[path = "e2e/crash.rs"]
 mod crash;
+/// Faults: a full install filesystem, an agent that daemonizes, a forged pidfile.
+#[path = "e2e/faults.rs"]
+mod faults;
 /// `swarm update`, `rollback`, `status`, `history`, `demo` against real updaters.
 #[path = "e2e/fleet.rs"]
 mod fleet;
