@@ -251,3 +251,49 @@ async fn a_forged_pidfile_naming_a_stranger_with_its_real_start_time_is_not_sign
     let _ = stranger.kill();
     let _ = stranger.wait();
 }
+
+#[tokio::test]
+async fn a_409_names_a_stray_process_that_still_holds_the_agent_port() {
+    let pki = TestPki::new();
+    let w = Worker::start(&pki, "w1", WorkerOptions::default());
+    let client = w.master_client(&pki);
+    // Not ours (no mark, not our child, another bundle dir): it keeps the port.
+    let bundle = w.dir().join("stray-bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    for f in ["ca.crt", "worker.crt", "worker.key"] {
+        std::fs::copy(w.bundles.agent_dir.join(f), bundle.join(f)).unwrap();
+    }
+    // It answers for an old release, as a stray old agent does.
+    let old = w.dir().join("old-release");
+    std::fs::create_dir(&old).unwrap();
+    let manifest = serde_json::json!({
+        "sha256": "0ld0ld0ld0ld", "size_bytes": 1, "files": 1, "git_commit": null,
+        "pushed_at": "2026-01-01T00:00:00Z", "pushed_by": "master",
+    });
+    std::fs::write(old.join(pki::wire::MANIFEST_FILE), manifest.to_string()).unwrap();
+    let mut stray = tests::Daemon::start(
+        Command::new(tests::bin("worker-agent"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", w.agent_port))
+            .arg("--agent-dir")
+            .arg(&bundle)
+            .env("SWARM_RELEASE_DIR", &old)
+            .env_remove("SWARM_INSTALL_DIR")
+            .stdout(std::process::Stdio::null()),
+    );
+    let probe = w.agent_probe_client();
+    let url = w.agent_url();
+    eventually_async(Duration::from_secs(10), "the stray answering", || async {
+        probe.get(&url).send().await.ok().map(|_| ())
+    })
+    .await;
+    let (code, body) = w.push(&client, &good("a")).await;
+    assert_eq!(code, 409, "{body:?}");
+    let error = body.error.unwrap_or_default();
+    let said = format!("pid {} (", stray.pid());
+    assert!(
+        error.contains("is still held by") && error.contains(&said),
+        "{error}"
+    );
+    stray.kill();
+}

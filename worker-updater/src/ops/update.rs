@@ -79,7 +79,18 @@ pub async fn update(
     // Unhealthy: record the verdict (a crash from here on reverts, never
     // rolls forward), stop it, put the last good release back.
     crate::crashpoint::at("update-unhealthy");
-    let why = forward.error.clone().unwrap_or_else(|| "unhealthy".into());
+    let mut why = forward.error.clone().unwrap_or_else(|| "unhealthy".into());
+    if let Some(port) = reqwest::Url::parse(&forward.url)
+        .ok()
+        .and_then(|u| u.port_or_known_default())
+    {
+        let agent = spawned.as_ref().map(|s| s.pid);
+        let note = blocking(move || Ok(crate::agent::port::stray_note(port, agent))).await;
+        if let Ok(Some(note)) = note {
+            why.push_str("; ");
+            why.push_str(&note);
+        }
+    }
     let layout = d.layout.clone();
     if let Err(e) = blocking(move || layout.mark_reverting()).await {
         recover(&d, guard, "a failed revert").await;
