@@ -11,7 +11,8 @@
 //! parsed once), [`slots`] (slots, flip, journal, repair, filesystem
 //! primitives), [`agent`] (supervisor, pidfile, `/proc`, terminate),
 //! [`probe`] (mTLS health checks), [`ops`] (stage, update, rollback,
-//! reconcile, hook), [`selfupdate`] (trial, watchdog, hand-over), [`error`].
+//! reconcile, hook), [`selfupdate`] (trial, watchdog, hand-over), [`error`],
+//! [`crashpoint`] (test-only crash steps, debug builds).
 //!
 //! Invariants: only this crate touches release symlinks and agent
 //! processes; one operation at a time; blocking work never runs on the

@@ -211,7 +211,7 @@ impl Supervisor {
     }
 
     /// Stop `agents` (as found by [`Supervisor::find`]) and then every
-    /// stray of theirs ([`Supervisor::strays`]): a listener that
+    /// stray of theirs ([`strays`]): a listener that
     /// daemonized (setsid, double fork) must not keep the port.
     pub async fn stop_all(&self, agents: Vec<(i32, Option<u64>)>) -> Vec<Stopped> {
         let find_strays = |agents: &[(i32, Option<u64>)]| {

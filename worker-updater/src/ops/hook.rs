@@ -48,6 +48,8 @@ pub async fn run_install(hook: &Hook, layout: &Layout) -> Result<()> {
     let program = Path::new(program);
     tracing::info!(?argv, "running the install hook");
     // The leader is this very binary, as it runs now (even if replaced).
+    // PDEATHSIG fires when the forking *thread* ends: the spawn below runs
+    // on a runtime worker thread, which lives as long as the updater.
     let mut command = tokio::process::Command::new("/proc/self/exe");
     command
         .arg(HOOK_LEADER)
