@@ -188,6 +188,23 @@ impl Drop for KillListed {
     }
 }
 
+/// The zombies whose parent is `parent`.
+fn zombie_children(parent: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                let f: Vec<&str> = s
+                    .rsplit_once(')')
+                    .map(|(_, r)| r.split_whitespace().collect())
+                    .unwrap_or_default();
+                f.first() == Some(&"Z") && f.get(1) == Some(&parent.to_string().as_str())
+            })
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn an_agent_that_daemonizes_is_stopped_whole_by_the_next_push() {
     let pki = TestPki::new();
@@ -196,9 +213,11 @@ async fn an_agent_that_daemonizes_is_stopped_whole_by_the_next_push() {
     let pids = w.dir().join("daemon.pids");
     let _cleanup = KillListed(pids.clone());
     // A shell agent that double-forks the real listener into a session of
-    // its own (it is reparented away from the shell), then waits.
+    // its own (it is reparented away from the shell), and a helper that
+    // exits at once (an orphan the updater, a subreaper, must reap), then
+    // waits.
     let agent = format!(
-        "( setsid '{bin}' --listen 127.0.0.1:{port} & echo $! >> '{pids}' ) ; exec sleep 600",
+        "( setsid '{bin}' --listen 127.0.0.1:{port} & echo $! >> '{pids}' ) ; ( setsid true & ) ; exec sleep 600",
         bin = tests::bin("worker-agent").display(),
         port = w.agent_port,
         pids = pids.display()
@@ -215,6 +234,13 @@ async fn an_agent_that_daemonizes_is_stopped_whole_by_the_next_push() {
         !alive(listener),
         "the daemonized listener outlived the stop"
     );
+    let updater = w.updater_pid() as i32;
+    eventually_async(
+        Duration::from_secs(10),
+        "no zombie under the updater",
+        || async { (zombie_children(updater).is_empty()).then_some(()) },
+    )
+    .await;
     // Again across an updater restart: the stray is no child of the new updater.
     let again = push_ok(&w, &client, &tgz).await;
     let listener = w.wait_agent_release(&again).await.pid as i32;

@@ -27,6 +27,13 @@ pub fn alive(pid: i32) -> bool {
         .is_some_and(|state| state != "Z" && state != "X")
 }
 
+/// A zombie: exited, not reaped yet.
+pub fn zombie(pid: i32) -> bool {
+    stat_fields(pid)
+        .and_then(|f| f.first().cloned())
+        .is_some_and(|state| state == "Z")
+}
+
 /// Field 22 of `/proc/<pid>/stat`: start time in clock ticks since boot.
 /// With the pid it names one process for the life of the machine.
 pub fn start_time(pid: i32) -> Option<u64> {

@@ -236,6 +236,12 @@ impl Supervisor {
             s.note = format!("stray process of the agent: {}", s.note);
             stopped.push(s);
         }
+        let ours: Vec<i32> = self
+            .children
+            .lock()
+            .map(|c| c.keys().copied().collect())
+            .unwrap_or_default();
+        let _ = tokio::task::spawn_blocking(move || reap_adopted(&ours)).await;
         stopped
     }
 
@@ -397,6 +403,21 @@ pub fn strays(install_dir: &Path, agents: &[i32]) -> Vec<(i32, Option<u64>)> {
     out.dedup();
     out.retain(|p| !agents.contains(p) && *p != me);
     out.into_iter().map(|p| (p, proc::start_time(p))).collect()
+}
+
+/// Reap the zombies reparented to us (we are a child subreaper) that are
+/// not children we spawned and wait for ourselves (`ours`): an agent's
+/// double-forked helper that exited on its own. Blocking.
+fn reap_adopted(ours: &[i32]) {
+    let me = std::process::id() as i32;
+    for pid in proc::pids() {
+        if !ours.contains(&pid) && proc::ppid(pid) == Some(me) && proc::zombie(pid) {
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+        }
+    }
 }
 
 /// Whether `pid`'s environment names `install_dir` (`SWARM_INSTALL_DIR`).
