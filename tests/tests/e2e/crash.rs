@@ -360,6 +360,15 @@ async fn a_hook_dies_with_the_updater_and_never_writes_into_the_next_release() {
     );
     let pids = hook_pids(&w, "h");
     w.kill_updater();
+    // Without any restart: the leader's PDEATHSIG takes its group (the
+    // hook's shell and its backgrounded writer; the pid file lists the
+    // writer, the setsid writer, then the shell).
+    wait_dead(pids[0], "the hook's writer, with the updater");
+    wait_dead(pids[2], "the hook's shell, with the updater");
+    assert!(
+        alive(pids[1]),
+        "the setsid writer left the group: the repair's to kill"
+    );
     // The leader's PDEATHSIG takes its group; the setsid writer left the
     // group and is the start-up repair's to kill.
     w.restart();
