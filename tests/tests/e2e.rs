@@ -15,6 +15,12 @@ mod cli;
 /// `swarm completions` and `swarm man` produce what bash, zsh, fish and man accept.
 #[path = "e2e/completions.rs"]
 mod completions;
+/// Crash windows: the updater killed at every step, hooks that must die with it.
+#[path = "e2e/crash.rs"]
+mod crash;
+/// Faults: a full install filesystem, an agent that daemonizes, a forged pidfile.
+#[path = "e2e/faults.rs"]
+mod faults;
 /// `swarm update`, `rollback`, `status`, `history`, `demo` against real updaters.
 #[path = "e2e/fleet.rs"]
 mod fleet;
@@ -51,3 +57,6 @@ mod trust;
 /// `worker-updater`: push, probe, roll back, reject, repair.
 #[path = "e2e/updater.rs"]
 mod updater;
+/// Issue 9 bugs in the updater: what `--check` says, a busy answer.
+#[path = "e2e/updater_bugs.rs"]
+mod updater_bugs;

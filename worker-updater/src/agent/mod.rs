@@ -1,12 +1,14 @@
 //! The agent processes: [`supervisor`] finds, stops and spawns them,
 //! [`pidfile`] records the one spawned, [`proc`] reads `/proc` and holds
-//! the one SIGTERM → grace → SIGKILL → wait ([`proc::terminate`]).
+//! the one SIGTERM → grace → SIGKILL → wait ([`proc::terminate`]), and
+//! [`port`] says who holds the agent's port.
 //!
 //! An agent we spawn leads its own process group; stopping it signals the
 //! whole group and waits until the group is empty, so a wrapper script's
 //! children do not outlive it (and keep its port).
 
 pub mod pidfile;
+pub mod port;
 pub mod proc;
 pub mod supervisor;
 

@@ -121,7 +121,7 @@ async fn prepare(
     .await?;
     let t = Instant::now();
     if let Some(hook) = staged.spec.hook()? {
-        run_install(&hook).await?;
+        run_install(&hook, layout).await?;
     }
     timings.install_ms = crate::ms(t);
     Ok(staged)
