@@ -19,8 +19,8 @@ pub mod identity;
 pub mod policy;
 pub mod release;
 pub mod serve;
-pub mod text;
 pub mod swarm_toml;
+pub mod text;
 pub mod tls;
 pub mod wire;
 

@@ -24,6 +24,9 @@ mod netns;
 /// `POST /update-self`: switch, keep flags, refuse, revert.
 #[path = "e2e/self_update.rs"]
 mod self_update;
+/// The tar header guard against hostile extension headers (issue 10).
+#[path = "e2e/tar_guard.rs"]
+mod tar_guard;
 /// The trust core: `pki::serve` and clients with every kind of certificate.
 #[path = "e2e/trust.rs"]
 mod trust;
