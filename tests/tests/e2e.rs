@@ -21,6 +21,9 @@ mod harness;
 /// Two workers in their own network namespaces, reached over veth links.
 #[path = "e2e/netns.rs"]
 mod netns;
+/// The updater's receive path under hostile uploads (issue 10).
+#[path = "e2e/receive.rs"]
+mod receive;
 /// `POST /update-self`: switch, keep flags, refuse, revert.
 #[path = "e2e/self_update.rs"]
 mod self_update;
