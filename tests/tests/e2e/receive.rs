@@ -362,3 +362,83 @@ fn swarm_updates_after_rejected_ones_never_fail_spuriously() {
     }
     assert!(failures.is_empty(), "{}\n{}", failures.join("\n"), w.log());
 }
+
+#[tokio::test]
+async fn form_fields_are_limited_in_number_name_and_size() {
+    let pki = TestPki::new();
+    let w = Worker::start(&pki, "w1", WorkerOptions::default());
+    let client = w.master_client(&pki);
+    let tgz = good("a");
+    let sha = sha256_hex(&tgz);
+    let post = |form: reqwest::multipart::Form| {
+        let client = client.clone();
+        let url = w.url("/update");
+        async move {
+            let r = client
+                .post(url)
+                .multipart(form)
+                .send()
+                .await
+                .expect("an answer");
+            let code = r.status().as_u16();
+            let body: OpResponse = r.json().await.expect("JSON");
+            (code, body.error.unwrap_or_default())
+        }
+    };
+    let mut many = reqwest::multipart::Form::new();
+    for i in 0..17 {
+        many = many.text(format!("x{i}"), "1");
+    }
+    let (code, error) = post(many).await;
+    assert_eq!(code, 400, "{error}");
+    assert!(error.contains("more than 16 fields"), "{error}");
+    let (code, error) = post(release_form(&tgz, &"a".repeat(200), &[])).await;
+    assert_eq!(code, 400, "{error}");
+    assert!(
+        error.contains("field `sha256` is longer than 128 bytes"),
+        "{error}"
+    );
+    let (code, error) = post(release_form(
+        &tgz,
+        &sha,
+        &[("git_commit", &"c".repeat(129))],
+    ))
+    .await;
+    assert_eq!(code, 400, "{error}");
+    assert!(
+        error.contains("field `git_commit` is longer than 128"),
+        "{error}"
+    );
+    let name = "n".repeat(100);
+    let (code, error) = post(release_form(&tgz, &sha, &[(&name, "v")])).await;
+    assert_eq!(code, 400, "{error}");
+    assert!(
+        error.contains("field name is longer than 64 bytes"),
+        "{error}"
+    );
+    assert!(error.len() < 400, "the name is quoted capped: {error:?}");
+    // The multipart cause is passed on, not "Error parsing `multipart/form-data` request".
+    let r = client
+        .post(w.url("/update"))
+        .header("content-type", "multipart/form-data; boundary=B")
+        .body("--B\r\nContent-Disposition: form-data; name=\"sha256\"\r\n\r\nabc")
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(r.status().as_u16(), 400);
+    let error = r
+        .json::<OpResponse>()
+        .await
+        .expect("JSON")
+        .error
+        .unwrap_or_default();
+    assert!(
+        error.contains(
+            "bad multipart/form-data body: field \"sha256\" received with incomplete data"
+        ),
+        "{error}"
+    );
+    // And a good push works.
+    let (code, body) = w.push(&client, &tgz).await;
+    assert_eq!(code, 200, "{body:?}");
+}

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
+use super::guard::quote;
 use crate::error::{AppError, UpdaterError};
 
 /// Most bytes of preamble, boundary line and part headers before the blank
@@ -115,11 +116,15 @@ impl Drop for Form {
 }
 
 /// What multer's error says, with the transport's own error when the
-/// body failed.
+/// body failed; quoted (capped, control characters replaced), since it can
+/// carry a field name the peer chose.
 pub fn multer_cause(e: &multer::Error) -> String {
     match e {
-        multer::Error::StreamReadFailed(inner) => format!("reading the body failed: {inner}"),
-        other => other.to_string(),
+        multer::Error::StreamReadFailed(inner) => format!(
+            "reading the body failed: {}",
+            quote(inner.to_string().as_bytes())
+        ),
+        other => quote(other.to_string().as_bytes()),
     }
 }
 
