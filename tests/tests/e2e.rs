@@ -45,12 +45,18 @@ mod package;
 /// What `swarm update` leaves at home: private keys found by content.
 #[path = "e2e/packer.rs"]
 mod packer;
+/// The updater's receive path under hostile uploads (issue 10).
+#[path = "e2e/receive.rs"]
+mod receive;
 /// `POST /update-self`: switch, keep flags, refuse, revert.
 #[path = "e2e/self_update.rs"]
 mod self_update;
 /// A CLI that fits a shell: usage errors, an unreadable home, `--json`, colour, path rule.
 #[path = "e2e/shell.rs"]
 mod shell;
+/// The tar header guard against hostile extension headers (issue 10).
+#[path = "e2e/tar_guard.rs"]
+mod tar_guard;
 /// The trust core: `pki::serve` and clients with every kind of certificate.
 #[path = "e2e/trust.rs"]
 mod trust;

@@ -6,8 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::multipart::MultipartRejection;
-use axum::extract::{DefaultBodyLimit, Multipart, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,6 +17,7 @@ use pki::wire::{ErrorBody, Releases, UpdaterHealth};
 use tokio::sync::oneshot;
 
 use crate::error::{AppError, UpdaterError};
+use crate::receive::form::{Form, FormRejection};
 use crate::state::{Daemon, blocking};
 use crate::{ops, selfupdate};
 
@@ -56,7 +56,7 @@ async fn releases(State(app): State<Arc<Daemon>>) -> Result<Json<Releases>, AppE
 async fn update(
     State(app): State<Arc<Daemon>>,
     Peer(who): Peer,
-    form: Result<Multipart, MultipartRejection>,
+    form: Result<Form, FormRejection>,
 ) -> Result<Response, AppError> {
     let guard = app.try_begin("update")?;
     let form = form.map_err(|e| {
@@ -87,7 +87,7 @@ async fn rollback(State(app): State<Arc<Daemon>>) -> Result<Response, AppError> 
 async fn update_self(
     State(app): State<Arc<Daemon>>,
     Peer(who): Peer,
-    form: Result<Multipart, MultipartRejection>,
+    form: Result<Form, FormRejection>,
 ) -> Result<Response, AppError> {
     let guard = app.try_begin("update-self")?;
     let form = form.map_err(|e| {

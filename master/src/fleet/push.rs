@@ -312,15 +312,55 @@ async fn push_agent(
         .send()
         .await;
     bar.set_message("installing and probing");
+    // An updater that refuses a release part-way answers 400 at once and
+    // drains the rest; an older one closes, and the error may come while
+    // sending, before any answer could be read: say what it means.
     let resp = match sent {
         Ok(r) => r,
+        Err(e) if !e.is_connect() && !e.is_timeout() && cut_while_sending(&e) => {
+            let detail = format!(
+                "the updater closed the connection during the upload, before an answer could be read (it refused the release part-way: a cap such as --max-upload-bytes, or an unsafe entry; its log says which): {}",
+                master.describe(&e, timeout)
+            );
+            return HostResult::error(rec, detail, started);
+        }
         Err(e) => return HostResult::error(rec, master.describe(&e, timeout), started),
     };
+    // An answer came: report it, even when its body is cut off.
     let status = resp.status();
     match resp.bytes().await {
         Ok(body) => interpret(Op::Update, rec, status, &body, Some(&info.sha256), started),
-        Err(e) => HostResult::error(rec, master.describe(&e, timeout), started),
+        Err(e) => {
+            let mut r = HostResult::error(
+                rec,
+                format!(
+                    "HTTP {status}, its answer cut off: {}",
+                    master.describe(&e, timeout)
+                ),
+                started,
+            );
+            r.http_status = Some(status.as_u16());
+            r
+        }
     }
+}
+
+/// Whether the connection broke under our upload (the peer closed or
+/// reset it while we were still sending).
+fn cut_while_sending(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            )
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 #[derive(Serialize)]

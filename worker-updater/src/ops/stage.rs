@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::Multipart;
+use crate::receive::Form;
 use pki::wire::Timings;
 
 use super::hook::run_install;
@@ -39,7 +39,7 @@ pub enum StageError {
 pub async fn stage(
     d: &Arc<Daemon>,
     layout: &Layout,
-    form: Multipart,
+    form: Form,
     pushed_by: String,
     purpose: Purpose,
     timings: &mut Timings,
@@ -83,7 +83,7 @@ pub async fn stage(
 async fn prepare(
     d: &Arc<Daemon>,
     layout: &Layout,
-    form: Multipart,
+    form: Form,
     staging: &std::path::Path,
     pushed_by: String,
     purpose: Purpose,

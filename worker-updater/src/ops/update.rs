@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::Multipart;
+use crate::receive::Form;
 use axum::http::StatusCode;
 use pki::wire::{OpResponse, OpStatus, Timings};
 
@@ -18,12 +18,7 @@ use crate::{ms, short};
 /// `POST /update`, holding the worker (`guard`). When the layout has to be
 /// repaired half-way, the guard passes to the reconcile that follows, so
 /// nothing else starts in between.
-pub async fn update(
-    d: Arc<Daemon>,
-    form: Multipart,
-    pushed_by: String,
-    guard: OpGuard,
-) -> OpResult {
+pub async fn update(d: Arc<Daemon>, form: Form, pushed_by: String, guard: OpGuard) -> OpResult {
     let t0 = Instant::now();
     let mut timings = Timings::default();
     let layout = d.layout.clone();

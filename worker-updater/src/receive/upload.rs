@@ -1,4 +1,5 @@
-//! Receiving `POST /update`: the multipart body is read field by field; the
+//! Receiving `POST /update`: the multipart body ([`Form`]) is read field by
+//! field, at most [`MAX_FIELDS`] of them, text fields capped by name; the
 //! `tarball` field's chunks are hashed (SHA-256) and counted on the async
 //! side and handed through a bounded channel to a blocking task that
 //! decompresses and extracts them. The upload is never held whole in memory
@@ -8,21 +9,30 @@
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use axum::extract::Multipart;
-use axum::extract::multipart::Field;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
+use multer::Field;
 use pki::wire::Manifest;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::extract::{Caps, Extracted, extract};
+use super::form::{Form, multer_cause};
+use super::guard::quote;
 use crate::error::{Result, UpdaterError};
 
 /// Chunks in flight between the network and the extractor.
 const CHANNEL_DEPTH: usize = 16;
-/// Largest accepted text field.
+/// Most parts in one form (we read 4; newer masters may add a few).
+pub const MAX_FIELDS: usize = 16;
+/// Largest `sha256` field (64 hex digits, and room for whitespace).
+const MAX_SHA256_FIELD: usize = 128;
+/// Largest `git_commit` field (a SHA-256 object name is 64 hex digits).
+const MAX_COMMIT_FIELD: usize = 128;
+/// Largest other text field.
 const MAX_TEXT_FIELD: usize = 4096;
+/// Longest field name.
+const MAX_FIELD_NAME: usize = 64;
 
 /// A received, verified upload (the tree is in staging).
 #[derive(Debug)]
@@ -52,16 +62,39 @@ impl Received {
 }
 
 /// Read the whole form, extracting the tarball into `staging`.
-pub async fn receive(mut form: Multipart, staging: &Path, caps: &Caps) -> Result<Received> {
+pub async fn receive(mut form: Form, staging: &Path, caps: &Caps) -> Result<Received> {
     let mut claimed: Option<String> = None;
     let mut git_commit: Option<String> = None;
     let mut confirm_self: Option<String> = None;
     let mut tarball: Option<(String, u64, Extracted)> = None;
+    let mut fields = 0;
     while let Some(field) = form.next_field().await.map_err(multipart_error)? {
-        let name = field.name().unwrap_or_default().to_owned();
+        fields += 1;
+        if fields > MAX_FIELDS {
+            return Err(UpdaterError::BadUpload(format!(
+                "the form has more than {MAX_FIELDS} fields; send sha256, tarball and git_commit"
+            )));
+        }
+        let raw = field.name().unwrap_or_default();
+        if raw.len() > MAX_FIELD_NAME {
+            return Err(UpdaterError::BadUpload(format!(
+                "a field name is longer than {MAX_FIELD_NAME} bytes: {:?}",
+                quote(raw.as_bytes())
+            )));
+        }
+        let name = quote(raw.as_bytes());
         match name.as_str() {
-            "sha256" => claimed = Some(text(field, &name).await?.to_ascii_lowercase()),
-            "git_commit" => git_commit = Some(text(field, &name).await?).filter(|s| !s.is_empty()),
+            "sha256" => {
+                claimed = Some(
+                    text(field, &name, MAX_SHA256_FIELD)
+                        .await?
+                        .to_ascii_lowercase(),
+                );
+            }
+            "git_commit" => {
+                git_commit =
+                    Some(text(field, &name, MAX_COMMIT_FIELD).await?).filter(|s| !s.is_empty());
+            }
             "tarball" => {
                 if tarball.is_some() {
                     return Err(UpdaterError::BadUpload(
@@ -70,10 +103,10 @@ pub async fn receive(mut form: Multipart, staging: &Path, caps: &Caps) -> Result
                 }
                 tarball = Some(stream_tarball(field, staging.to_owned(), caps.clone()).await?);
             }
-            "confirm_self" => confirm_self = Some(text(field, &name).await?),
+            "confirm_self" => confirm_self = Some(text(field, &name, MAX_TEXT_FIELD).await?),
             // Fields of newer masters: read and ignored.
             _ => {
-                text(field, &name).await?;
+                text(field, &name, MAX_TEXT_FIELD).await?;
             }
         }
     }
@@ -95,18 +128,23 @@ pub async fn receive(mut form: Multipart, staging: &Path, caps: &Caps) -> Result
     })
 }
 
-fn multipart_error(e: axum::extract::multipart::MultipartError) -> UpdaterError {
+/// A multipart error, its cause said (multer's own, or the body's).
+fn multipart_error(cause: String) -> UpdaterError {
     UpdaterError::BadUpload(format!(
-        "bad multipart/form-data body: {e} (send -F sha256=… -F tarball=@tree.tgz)"
+        "bad multipart/form-data body: {cause} (send -F sha256=… -F tarball=@tree.tgz)"
     ))
 }
 
-async fn text(mut field: Field<'_>, name: &str) -> Result<String> {
+async fn text(mut field: Field<'_>, name: &str, max: usize) -> Result<String> {
     let mut buf = Vec::new();
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-        if buf.len() + chunk.len() > MAX_TEXT_FIELD {
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| multipart_error(multer_cause(&e)))?
+    {
+        if buf.len() + chunk.len() > max {
             return Err(UpdaterError::BadUpload(format!(
-                "field `{name}` is longer than {MAX_TEXT_FIELD} bytes"
+                "field `{name}` is longer than {max} bytes"
             )));
         }
         buf.extend_from_slice(&chunk);
@@ -122,7 +160,12 @@ async fn stream_tarball(
     staging: PathBuf,
     caps: Caps,
 ) -> Result<(String, u64, Extracted)> {
-    pump(field.map_err(multipart_error), staging, caps).await
+    pump(
+        field.map_err(|e| multipart_error(multer_cause(&e))),
+        staging,
+        caps,
+    )
+    .await
 }
 
 /// [`stream_tarball`] over any stream of chunks.

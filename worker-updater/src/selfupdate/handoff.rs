@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::Multipart;
+use crate::receive::Form;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use pki::wire::{OpResponse, OpStatus, Timings};
@@ -90,7 +90,7 @@ impl Handoff {
 /// as they were and this process keeps serving.
 pub async fn update_self(
     d: Arc<Daemon>,
-    form: Multipart,
+    form: Form,
     pushed_by: String,
 ) -> Result<(OpResponse, Handoff)> {
     let t0 = Instant::now();
