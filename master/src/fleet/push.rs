@@ -326,19 +326,15 @@ async fn push_agent(
         }
         Err(e) => return HostResult::error(rec, master.describe(&e, timeout), started),
     };
-    // An answer came: report it, even when its body is cut off.
+    // An answer came: report it (read under the cap), even when its body is
+    // cut off or too large.
     let status = resp.status();
-    match resp.bytes().await {
-        Ok(body) => interpret(Op::Update, rec, status, &body, Some(&info.sha256), started),
-        Err(e) => {
-            let mut r = HostResult::error(
-                rec,
-                format!(
-                    "HTTP {status}, its answer cut off: {}",
-                    master.describe(&e, timeout)
-                ),
-                started,
-            );
+    match said::read_answer(resp, ANSWER_CAP).await {
+        Ok((status, body)) => {
+            interpret(Op::Update, rec, status, &body, Some(&info.sha256), started)
+        }
+        Err(why) => {
+            let mut r = HostResult::error(rec, format!("answer unusable: {why}"), started);
             r.http_status = Some(status.as_u16());
             r
         }

@@ -6,10 +6,9 @@
 //! length.
 //!
 //! Invariants: a parsed wire type is cleaned once, here, and carried
-//! clean; no fleet code reads a worker's body except through this module,
-//! but for the `/update` answer in `push::push_agent`, which is still read
-//! whole (moving it onto [`read_answer`] is pending with another change to
-//! that function) and whose strings [`Clean`] cleans in `report::interpret`.
+//! clean; no fleet code reads a worker's body except through this module
+//! (the `/update` answer's strings are cleaned by [`Clean`] in
+//! `report::interpret`).
 
 use pki::text::sanitize;
 use pki::wire::{AgentHealth, FailedRelease, Manifest, OpResponse, Probe, Releases, UpdaterHealth};

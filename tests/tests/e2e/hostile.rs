@@ -352,3 +352,41 @@ fn a_push_killed_mid_upload_leaves_no_temp_file() {
     let after: Vec<_> = std::fs::read_dir(&tmp).expect("tmp").collect();
     assert!(after.is_empty(), "left behind by a killed push: {after:?}");
 }
+
+/// The `/update` answer is read under the same cap as every other answer:
+/// a 400 MiB one makes the host's row an error naming the cap, and the
+/// master stops reading long before the end.
+#[test]
+fn a_400_mib_update_answer_is_refused_under_the_cap() {
+    let s = Swarm::new();
+    let e = s.enroll("w1");
+    let done = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let updater = {
+        let (done, sent) = (done.clone(), sent.clone());
+        Router::new().route(
+            "/update",
+            post(move |body: Body| {
+                let (done, sent) = (done.clone(), sent.clone());
+                async move {
+                    let _ = axum::body::to_bytes(body, 64 << 20).await;
+                    (StatusCode::OK, huge_body(done, sent))
+                }
+            }),
+        )
+    };
+    let _evil = Hostile::start(&e, updater, Router::new());
+    let tree = s.tree("v1");
+    write(&tree, "VERSION", "1");
+    let root = tree.to_str().expect("utf-8 path");
+    let out = s.run(&["update", "--all", "--root", root, "--json"]);
+    let sent = sent.load(Ordering::SeqCst);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("answer too large"),
+        "the row names the cap: {}",
+        show(&out)
+    );
+    assert!(sent < 200 << 20, "the master read {} MiB", sent >> 20);
+}
