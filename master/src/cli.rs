@@ -185,7 +185,7 @@ pub enum CaCommand {
 
 #[derive(Debug, Args)]
 pub struct EnrollArgs {
-    /// Host name: [A-Za-z0-9][A-Za-z0-9._-]{0,63}.
+    /// Host name: a DNS name starting with a letter or digit (dot-separated labels of 1-63 of `[A-Za-z0-9_-]`, 253 in all).
     #[arg(long, value_name = "HOST")]
     pub host: String,
     /// The address the master reaches the worker at (IP or DNS name).

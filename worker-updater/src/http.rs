@@ -21,7 +21,7 @@ use crate::receive::form::{Form, FormRejection};
 use crate::state::{Daemon, blocking};
 use crate::{ops, selfupdate};
 
-/// The updater's routes (the auth policy is applied by [`pki::serve`]).
+/// The updater's routes (the auth policy is applied by [`pki::serve()`]).
 pub fn router(app: Arc<Daemon>) -> Router {
     Router::new()
         .route("/health", get(health))

@@ -53,7 +53,7 @@ impl ProbeSettings {
 /// Tries start at once, then after pauses of `backoff`, doubling up to
 /// `max_backoff`, the last pause shortened so that a try lands on the
 /// deadline itself; each request is cut at the deadline (but gets at least
-/// [`LAST_TRY`]), so the probe lasts at most the deadline plus that.
+/// `LAST_TRY`), so the probe lasts at most the deadline plus that.
 pub async fn probe(
     client: &reqwest::Client,
     url: &str,

@@ -4,7 +4,7 @@
 //! start-up [`reconcile`](reconcile::reconcile). [`stage`](stage::stage) is
 //! the prologue `/update` and `/update-self` share (receive → discard on
 //! error → read the previous release → flip). One at a time per worker:
-//! each holds the [`OpGuard`](crate::state::OpGuard).
+//! each holds the `OpGuard`.
 //!
 //! `ops` never imports `selfupdate`; `selfupdate` uses [`stage`] and [`hook`].
 

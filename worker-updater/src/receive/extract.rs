@@ -1,5 +1,5 @@
 //! Safe extraction of a gzip tarball into an empty staging directory.
-//! Every gzip member is read ([`Members`]), as `tar xzf` does; after the
+//! Every gzip member is read (`Members`), as `tar xzf` does; after the
 //! end-of-archive blocks only zeros may follow.
 //!
 //! tar-rs is used only to *parse* the stream; every entry is validated here,
@@ -20,9 +20,9 @@
 //! - caps: entries (implied parent directories included), uncompressed
 //!   bytes (the decoded stream, headers included);
 //!   a GNU long name/link or PAX header larger than
-//!   [`MAX_EXTENSION_BYTES`](super::guard::MAX_EXTENSION_BYTES), or any GNU
+//!   `MAX_EXTENSION_BYTES`, or any GNU
 //!   sparse header, is refused from its header block by
-//!   [`TarGuard`](super::guard::TarGuard), before tar-rs would buffer it whole;
+//!   `TarGuard`, before tar-rs would buffer it whole;
 //! - modes: files `mode & 0o755 | 0o600`, directories `mode & 0o755 | 0o700`
 //!   (no setuid/setgid/sticky, nothing writable by others, exec bits kept).
 

@@ -5,7 +5,7 @@
 //! before the body ended (any refusal, `busy`, a cap), drains the rest of
 //! the body for a bounded time and size so the answer reaches the client
 //! instead of a reset (`Broken pipe`). It also never hands multer the end
-//! of the body in the same poll as data (see [`Fed`]): multer 3.1 then
+//! of the body in the same poll as data (see `Fed`): multer 3.1 then
 //! fails a good form with "incomplete multipart stream".
 
 use std::pin::Pin;

@@ -1,6 +1,6 @@
 //! Receiving a release: [`upload`] reads the multipart body and streams the
 //! `tarball` through SHA-256 into [`extract`], which validates every entry
-//! and writes the tree into staging; [`guard`] bounds what tar-rs buffers,
+//! and writes the tree into staging; `guard` bounds what tar-rs buffers,
 //! [`form`] what multer buffers (and drains a refused body).
 //! Nothing is written outside staging, and nothing before it is validated.
 

@@ -30,7 +30,7 @@ use crate::state::{Daemon, OpGuard, blocking};
 const SEND_WAIT: Duration = Duration::from_secs(3);
 
 /// A self-update that passed its check, waiting for its 200 to be sent:
-/// [`Handoff::exec`] then replaces this process with the new updater.
+/// `Handoff::exec` then replaces this process with the new updater.
 #[derive(Debug)]
 pub struct Handoff {
     exe: PathBuf,

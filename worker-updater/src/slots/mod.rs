@@ -18,8 +18,8 @@
 //!                               background after the update answered
 //! ```
 //!
-//! [`paths`] names them, [`transitions`] moves them, [`journal`] records
-//! what is in flight, [`repair`] finishes what a crash interrupted, and
+//! `paths` names them, `transitions` moves them, `journal` records
+//! what is in flight, `repair` finishes what a crash interrupted, and
 //! [`fsx`] holds the filesystem primitives (one atomic JSON write, the
 //! exchange, the syncs). The flip swaps `active.new` and `active` with one
 //! `renameat2(RENAME_EXCHANGE)`, so `releases/active` (and with it
