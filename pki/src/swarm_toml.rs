@@ -45,6 +45,9 @@ pub struct AgentSection {
     /// How long the probe of this release's agent may last, when it needs
     /// more (or less) than the updater's `--probe-deadline-ms`.
     pub probe_deadline_secs: Option<u64>,
+    /// A crash loop this soon (seconds) after the release went live reverts
+    /// to `prev` by itself (issue 11; default 600).
+    pub rollback_window_secs: Option<u64>,
 }
 
 /// `[install]`.

@@ -45,6 +45,7 @@ async fn health(State(app): State<Arc<Daemon>>) -> Json<UpdaterHealth> {
         release: app.own_release.clone(),
         pid: std::process::id(),
         busy: app.busy(),
+        agent: None,
     })
 }
 

@@ -55,6 +55,7 @@ pub async fn rollback(d: Arc<Daemon>, guard: OpGuard) -> OpResult {
                 probes: vec![p],
                 stderr: None,
                 timings: None,
+                log_tail: Vec::new(),
             },
         ));
     }
@@ -92,6 +93,7 @@ pub async fn rollback(d: Arc<Daemon>, guard: OpGuard) -> OpResult {
             probes: vec![p, back],
             stderr: None,
             timings: None,
+            log_tail: Vec::new(),
         },
     ))
 }

@@ -70,6 +70,7 @@ pub async fn update(
                 probes: vec![forward],
                 stderr: None,
                 timings: Some(timings),
+                log_tail: Vec::new(),
             },
         ));
     }
@@ -133,6 +134,7 @@ pub async fn update(
             probes,
             stderr: None,
             timings: Some(timings),
+            log_tail: Vec::new(),
         },
     ))
 }

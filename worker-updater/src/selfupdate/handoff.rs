@@ -179,6 +179,7 @@ pub async fn update_self(
         probes: Vec::new(),
         stderr: None,
         timings: Some(timings),
+        log_tail: Vec::new(),
     };
     let handoff = Handoff {
         exe,
