@@ -24,6 +24,8 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod install;
+pub mod journal;
+pub mod logs;
 pub mod ops;
 pub mod probe;
 pub mod receive;
@@ -31,6 +33,7 @@ pub mod release;
 pub mod selfupdate;
 pub mod slots;
 pub mod state;
+pub mod views;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -78,7 +81,10 @@ pub async fn run(
     // start-up restart gets 409 busy instead of racing it.
     if let Some(reconcile) = ops::reconcile::start_up(&app, &repair).await {
         tokio::spawn(reconcile);
+    } else {
+        ops::caretaker::adopt_running(&app).await;
     }
+    ops::caretaker::start(app.clone());
     selfupdate::reap_watchdog(&app.updater_layout);
     // Serve until `shutdown`, or until a self-update asks to hand over:
     // then the server stops accepting and drains its connections (the
@@ -111,6 +117,8 @@ pub async fn run(
             .await
             .map_err(|e| anyhow::anyhow!("binding {addr} again after a failed exec: {e}"))?;
     }
+    // Stopping is deliberate: whatever the agent does now is no crash.
+    app.watch.retire();
     // An operation in flight runs in its own task: give it a bounded time
     // to finish so a restart does not leave work for the start-up repair.
     let deadline = tokio::time::Instant::now() + OP_DRAIN;

@@ -1,6 +1,7 @@
 //! The agent processes: [`supervisor`] finds, stops and spawns them,
 //! [`pidfile`] records the one spawned, [`proc`] reads `/proc` and holds
-//! the one SIGTERM → grace → SIGKILL → wait ([`proc::terminate`]).
+//! the one SIGTERM → grace → SIGKILL → wait ([`proc::terminate`]),
+//! [`supervise`] is the restart/crash-loop state machine (issue 11).
 //!
 //! An agent we spawn leads its own process group; stopping it signals the
 //! whole group and waits until the group is empty, so a wrapper script's
@@ -8,6 +9,7 @@
 
 pub mod pidfile;
 pub mod proc;
+pub mod supervise;
 pub mod supervisor;
 
 pub use pidfile::PidFile;

@@ -8,6 +8,7 @@
 //!
 //! `ops` never imports `selfupdate`; `selfupdate` uses [`stage`] and [`hook`].
 
+pub mod caretaker;
 pub mod hook;
 pub mod reconcile;
 pub mod rollback;
@@ -36,6 +37,8 @@ pub async fn restart_and_probe(
     phase: &str,
     spec: &ReleaseSpec,
 ) -> (Probe, Option<Spawned>) {
+    // A deliberate stop: the exit of what runs now is no crash.
+    d.watch.retire();
     let daemon = d.clone();
     let found = blocking(move || Ok(daemon.supervisor.find(&daemon.matcher())))
         .await
@@ -99,6 +102,7 @@ pub async fn restart_and_probe(
         }
         Err(e) => return (failed(e.to_string()), None),
     };
+    let generation = caretaker::adopt(d, &spawned, spec, phase);
     let p = probe(
         &d.probe_client,
         &run.health_url,
@@ -108,6 +112,7 @@ pub async fn restart_and_probe(
         Some(&spawned),
     )
     .await;
+    d.watch.probed(generation, p.healthy);
     (p, Some(spawned))
 }
 

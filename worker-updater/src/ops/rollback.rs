@@ -64,6 +64,7 @@ pub async fn rollback(d: Arc<Daemon>, guard: OpGuard) -> OpResult {
         recover(&d, guard, "a failed swap back after a rollback").await;
         return Err(e);
     }
+    let log_tail = super::caretaker::failed_tail(&d).await;
     let (back, _) = restart_and_probe(&d, "rollback-check", &running_spec).await;
     end_rollback(&d).await;
     let mut error = format!(
@@ -93,7 +94,7 @@ pub async fn rollback(d: Arc<Daemon>, guard: OpGuard) -> OpResult {
             probes: vec![p, back],
             stderr: None,
             timings: None,
-            log_tail: Vec::new(),
+            log_tail,
         },
     ))
 }

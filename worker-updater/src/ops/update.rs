@@ -31,6 +31,7 @@ pub async fn update(
     let Staged { spec, previous } = match staged {
         Ok(s) => s,
         Err(StageError::Before(e)) => return Err(e),
+        Err(StageError::Unchanged(m)) => return Ok(unchanged(*m, timings, t0)),
         Err(StageError::Flip(e)) => {
             recover(&d, guard, "a failed flip").await;
             return Err(e);
@@ -77,6 +78,8 @@ pub async fn update(
 
     // Unhealthy: stop it, put the last good release back.
     let why = forward.error.clone().unwrap_or_else(|| "unhealthy".into());
+    let log_tail = crate::ops::caretaker::failed_tail(&d).await;
+    d.watch.retire();
     if let Some(s) = &spawned {
         tracing::info!(
             "{}",
@@ -134,7 +137,30 @@ pub async fn update(
             probes,
             stderr: None,
             timings: Some(timings),
-            log_tail: Vec::new(),
+            log_tail,
         },
     ))
+}
+
+/// The 200 of a push of the release that already is active: nothing changed.
+fn unchanged(
+    manifest: pki::wire::Manifest,
+    mut timings: Timings,
+    t0: Instant,
+) -> (StatusCode, OpResponse) {
+    timings.total_ms = ms(t0);
+    tracing::info!(sha256 = %manifest.sha256, "the pushed release is the active one: unchanged");
+    (
+        StatusCode::OK,
+        OpResponse {
+            status: OpStatus::Unchanged,
+            release: Some(manifest),
+            rolled_back: false,
+            error: None,
+            probes: Vec::new(),
+            stderr: None,
+            timings: Some(timings),
+            log_tail: Vec::new(),
+        },
+    )
 }
