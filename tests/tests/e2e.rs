@@ -33,6 +33,9 @@ mod self_update;
 /// `swarm completions` and `swarm man` produce what bash, zsh, fish and man accept.
 #[path = "e2e/shell.rs"]
 mod shell;
+/// Issue 11 on the worker: supervision, crash-loop revert, unchanged, journal, logs.
+#[path = "e2e/supervise.rs"]
+mod supervise;
 /// The trust core: `pki::serve` and clients with every kind of certificate.
 #[path = "e2e/trust.rs"]
 mod trust;
