@@ -100,7 +100,19 @@ pub async fn agent_restart(
     let result = task
         .await
         .map_err(|e| UpdaterError::Internal(format!("restart task: {e}")))?;
-    journal_op(&app, "restart", &who.cn(), &result).await;
+    // Outcomes as for the supervisor's own restarts: healthy or not.
+    let mut e = of_result("restart", &who.cn(), &result);
+    if let Ok((code, _)) = &result
+        && *code != StatusCode::NOT_FOUND
+    {
+        e.outcome = if code.is_success() {
+            "healthy"
+        } else {
+            "unhealthy"
+        }
+        .into();
+    }
+    record(&app.journal, e).await;
     let (code, body) = result?;
     Ok((code, Json(body)).into_response())
 }

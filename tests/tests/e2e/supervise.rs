@@ -137,7 +137,10 @@ async fn a_killed_agent_is_restarted_at_once_and_counted() {
     assert!(!alive(new));
     let h = history(&w, &client).await;
     let last = h.entries.last().expect("an entry");
-    assert_eq!((last.op.as_str(), last.by.as_str()), ("restart", "master"));
+    assert_eq!(
+        (last.op.as_str(), last.by.as_str(), last.outcome.as_str()),
+        ("restart", "master", "healthy")
+    );
     // A deliberate stop (an update) is no crash.
     let b = push_ok(&w, &client, &good("b")).await;
     w.wait_agent_release(&b).await;
