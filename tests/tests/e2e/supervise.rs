@@ -123,11 +123,11 @@ async fn a_killed_agent_is_restarted_at_once_and_counted() {
         "{h:?}"
     );
     // POST /agent/restart: a new agent, probed, counters reset, journaled.
-    let resp = client
-        .post(w.url("/agent/restart"))
-        .send()
-        .await
-        .expect("POST /agent/restart");
+    let resp = eventually_async(LONG, "POST /agent/restart not busy", || async {
+        let r = client.post(w.url("/agent/restart")).send().await.ok()?;
+        (r.status() != 409).then_some(r)
+    })
+    .await;
     assert_eq!(resp.status(), 200);
     let body: pki::wire::OpResponse = resp.json().await.unwrap();
     assert!(body.probes.first().is_some_and(|p| p.healthy), "{body:?}");
@@ -216,7 +216,11 @@ async fn an_agent_that_always_exits_stops_after_five_restarts() {
     // One start by the push, five restarts, and no more: the backoff
     // steps are counted, not timed.
     assert_eq!(starts(&w), 6, "{}", w.agent_log());
-    let h = history(&w, &client).await;
+    let h = eventually_async(LONG, "the crash loop journaled", || async {
+        let h = history(&w, &client).await;
+        h.entries.iter().any(|e| e.op == "crash-loop").then_some(h)
+    })
+    .await;
     assert_eq!(
         h.entries.iter().filter(|e| e.op == "restart").count(),
         5,

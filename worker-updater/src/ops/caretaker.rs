@@ -158,6 +158,8 @@ async fn on_exit(d: Arc<Daemon>, generation: u64, mut exited: watch::Receiver<Op
             {
                 d.watch.gave_up(g, &detail);
             }
+            // Journaled while still holding the worker, so the entries are
+            // in the order things happened.
             record(
                 &d.journal,
                 entry(
