@@ -409,7 +409,7 @@ async fn a_rolled_back_push_and_a_failed_first_install_carry_the_agent_s_last_li
 }
 
 #[tokio::test]
-async fn a_torn_journal_line_after_kill_9_is_skipped() {
+async fn a_torn_journal_line_after_kill_9_is_skipped_and_the_agent_is_adopted() {
     let pki = TestPki::new();
     let mut w = Worker::start(&pki, "w1", WorkerOptions::default());
     let client = w.master_client(&pki);
@@ -425,8 +425,37 @@ async fn a_torn_journal_line_after_kill_9_is_skipped() {
     drop(f);
     w.restart();
     let client = w.master_client(&pki);
+    // The new updater adopts the agent the killed one left running, and
+    // watches it through /proc (it is not its child).
+    let pid = w.agent_pid().expect("pidfile");
+    let s = eventually_async(LONG, "the running agent adopted", || async {
+        let s = agent(&w, &client).await;
+        (s.pid == Some(pid as u32) && s.healthy == Some(true)).then_some(s)
+    })
+    .await;
+    assert_eq!(s.state, AgentState::Running);
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let s = eventually_async(LONG, "the adopted agent restarted", || async {
+        let s = agent(&w, &client).await;
+        (s.pid.is_some_and(|p| p != pid as u32) && s.restarts == 1).then_some(s)
+    })
+    .await;
+    assert!(s.last_exit.is_some());
+    w.wait_agent_release(&a).await;
     let b = push_ok(&w, &client, &good("b")).await;
     let h = history(&w, &client).await;
-    let releases: Vec<Option<&str>> = h.entries.iter().map(|e| e.release.as_deref()).collect();
-    assert_eq!(releases, [Some(a.as_str()), Some(b.as_str())], "{h:?}");
+    let ops: Vec<(&str, Option<&str>)> = h
+        .entries
+        .iter()
+        .map(|e| (e.op.as_str(), e.release.as_deref()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("update", Some(a.as_str())),
+            ("restart", Some(a.as_str())),
+            ("update", Some(b.as_str()))
+        ],
+        "{h:?}"
+    );
 }
