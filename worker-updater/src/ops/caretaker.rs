@@ -21,7 +21,6 @@ use super::{OpResult, restart_current};
 use crate::agent::Spawned;
 use crate::agent::supervise::{Decision, LOOP_WINDOW, Origin, RESTART_PHASE};
 use crate::journal::{entry, record};
-use crate::probe::probe;
 use crate::release::ReleaseSpec;
 use crate::short;
 use crate::state::{Daemon, OpGuard, blocking};
@@ -107,20 +106,30 @@ pub fn start(d: Arc<Daemon>) {
             let Some((generation, run, sha)) = d.watch.probe_target() else {
                 continue;
             };
-            let settings = crate::probe::ProbeSettings {
-                attempts: Some(1),
-                ..run.probe.with_deadline(Some(TICK))
+            // One try of the update probe's request, cut at the tick; only
+            // a change is logged, not every tick of an unhealthy agent.
+            let timeout = run.probe.timeout.min(TICK);
+            let healthy = match crate::probe::once(&d.probe_client, &run.health_url, timeout).await
+            {
+                Ok(got) => match (sha.as_deref(), got.as_deref()) {
+                    (Some(want), Some(got)) if want != got => Err(format!(
+                        "the agent answering reports release {got}, not {want}"
+                    )),
+                    _ => Ok(()),
+                },
+                Err(e) => Err(e),
             };
-            let p = probe(
-                &d.probe_client,
-                &run.health_url,
-                "watch",
-                sha.as_deref(),
-                &settings,
-                None,
-            )
-            .await;
-            d.watch.probed(generation, p.healthy);
+            let was = d.watch.snapshot().and_then(|s| s.healthy);
+            match &healthy {
+                Err(e) if was != Some(false) => {
+                    tracing::warn!(url = %run.health_url, "the running agent is unhealthy: {e}");
+                }
+                Ok(()) if was == Some(false) => {
+                    tracing::info!("the running agent is healthy again")
+                }
+                _ => {}
+            }
+            d.watch.probed(generation, healthy.is_ok());
         }
     });
 }
