@@ -436,8 +436,10 @@ async fn a_torn_journal_line_after_kill_9_is_skipped_and_the_agent_is_adopted() 
     assert_eq!(s.state, AgentState::Running);
     kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
     let s = eventually_async(LONG, "the adopted agent restarted", || async {
-        let s = agent(&w, &client).await;
-        (s.pid.is_some_and(|p| p != pid as u32) && s.restarts == 1).then_some(s)
+        let h = w.health(&client).await;
+        let s = h.agent?;
+        let done = h.busy.is_none() && s.pid.is_some_and(|p| p != pid as u32) && s.restarts == 1;
+        done.then_some(s)
     })
     .await;
     assert!(s.last_exit.is_some());
