@@ -49,8 +49,36 @@ impl Home {
         self.root.join("inventory.db")
     }
 
-    pub(crate) fn has_ca(&self) -> bool {
-        self.ca_dir().join("ca.crt").exists() || self.ca_dir().join("ca.key").exists()
+    /// Whether a CA is there; an error when the home cannot be read (a
+    /// mode that shuts us out, a file where a directory should be), which
+    /// is not the same as "no CA yet".
+    pub(crate) fn has_ca(&self) -> Result<bool> {
+        let mut found = false;
+        for f in ["ca.crt", "ca.key"] {
+            let path = self.ca_dir().join(f);
+            match path.try_exists() {
+                Ok(there) => found |= there,
+                Err(e) => return Err(self.unreadable(&path, e)),
+            }
+        }
+        Ok(found)
+    }
+
+    fn unreadable(&self, path: &Path, e: std::io::Error) -> Error {
+        Error::State(format!(
+            "cannot read the swarm home {}: {} ({e}); check its owner and mode, or point --home/SWARM_HOME at the right directory",
+            self.root.display(),
+            path.display()
+        ))
+    }
+
+    /// No CA: an error saying what to run.
+    fn require_ca(&self) -> Result<()> {
+        if self.has_ca()? {
+            Ok(())
+        } else {
+            Err(self.not_initialized())
+        }
     }
 
     fn not_initialized(&self) -> Error {
@@ -62,25 +90,19 @@ impl Home {
 
     /// The CA, for issuing certificates.
     pub(crate) fn ca(&self) -> Result<Ca> {
-        if !self.has_ca() {
-            return Err(self.not_initialized());
-        }
+        self.require_ca()?;
         Ok(Ca::load(&self.ca_dir())?)
     }
 
     /// The master's client identity, for talking to updaters.
     pub(crate) fn master_bundle(&self) -> Result<Bundle> {
-        if !self.has_ca() {
-            return Err(self.not_initialized());
-        }
+        self.require_ca()?;
         Ok(Bundle::load_kind(&self.master_dir(), BundleKind::Master)?)
     }
 
     /// The inventory; it needs an initialized home.
     pub(crate) fn inventory(&self) -> Result<Inventory> {
-        if !self.has_ca() {
-            return Err(self.not_initialized());
-        }
+        self.require_ca()?;
         Inventory::open(&self.db_path())
     }
 }

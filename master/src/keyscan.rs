@@ -29,7 +29,6 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek};
-use std::path::Path;
 
 use memchr::memmem;
 
@@ -161,7 +160,9 @@ impl ScanOptions {
 
 /// Scan the file at `path` (options from its name): `Ok(None)` when it
 /// holds no private key, an error of kind `FileTooLarge` over the ceiling.
-pub(crate) fn scan_file(path: &Path) -> io::Result<Option<KeyFinding>> {
+/// (The packer uses [`scan_open_file`] on the handle it packs.)
+#[cfg(test)]
+pub(crate) fn scan_file(path: &std::path::Path) -> io::Result<Option<KeyFinding>> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy())

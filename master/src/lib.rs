@@ -27,8 +27,6 @@ mod error;
 mod fleet;
 mod home;
 mod inventory;
-// Wired into the packer at merge (issue 10); until then only its tests use it.
-#[allow(dead_code)]
 mod keyscan;
 mod output;
 mod pack;
@@ -44,6 +42,7 @@ use home::Home;
 /// that ran to its end (0, or [`EXIT_FAILED`] when some host failed);
 /// `Err` is a command that could not run, with [`Error::code`].
 pub fn run(cli: Cli) -> Result<u8, Error> {
+    output::set_color(cli.color);
     // These need no state directory, not even a $HOME.
     match &cli.command {
         Command::Completions(args) => return shell::completions(args).map(|()| 0),
@@ -53,11 +52,13 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
     let home = Home::resolve(cli.home.as_deref())?;
     match cli.command {
         Command::Ca {
-            command: CaCommand::Init { force },
-        } => enroll::ca_init(&home, force).map(|()| 0),
+            command: CaCommand::Init { force, json },
+        } => enroll::ca_init(&home, force, json).map(|()| 0),
         Command::Enroll(args) => package::enroll(&home, args).map(|()| 0),
         Command::List { json } => enroll::list(&home, json).map(|()| 0),
-        Command::Decommission { host } => enroll::decommission(&home, &host).map(|()| 0),
+        Command::Decommission { host, json } => {
+            enroll::decommission(&home, &host, json).map(|()| 0)
+        }
         Command::Update(args) => fleet::update(&home, &args),
         Command::Rollback(args) => fleet::rollback(&home, &args),
         Command::Status(args) => fleet::status(&home, &args),

@@ -4,10 +4,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = swarm::cli::Cli::parse();
+    let cli = swarm::cli::Cli::parse_or_exit();
     match swarm::run(cli) {
         Ok(code) => ExitCode::from(code),
         // The reader of our stdout went away: nothing more to say.

@@ -3,17 +3,54 @@
 //! updater binary's default path and shape. The manifest file's name and
 //! reader are [`crate::wire::MANIFEST_FILE`] and [`crate::wire::Manifest::read`].
 
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 
 /// `[updater] binary` when `swarm.toml` gives none.
 pub const DEFAULT_UPDATER_BINARY: &str = "bin/worker-updater";
 
-/// Check an `[updater] binary` path: relative, inside the tree, only names.
+/// The one rule for a path of the tree that `swarm.toml` names: plain names
+/// joined by `/` — no `..`, no `.`, no empty part, not absolute.
+pub fn is_tree_path(rel: &str) -> bool {
+    !rel.is_empty()
+        && rel
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+}
+
+fn tree_path_error(what: &str, path: &str, why: &str) -> String {
+    format!(
+        "{what} {path:?} {why}; a path in the tree is plain names joined by / \
+         (like {DEFAULT_UPDATER_BINARY}), never with `..`, `.` or an empty part"
+    )
+}
+
+/// Check an `[updater] binary` path: always a file of the tree (self-update
+/// ships it), by [`is_tree_path`].
 pub fn check_updater_binary(rel: &str) -> Result<(), String> {
-    let p = Path::new(rel);
-    if rel.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(format!(
-            "[updater] binary {rel:?} must be a relative path inside the tree, like {DEFAULT_UPDATER_BINARY}"
+    if is_tree_path(rel) {
+        return Ok(());
+    }
+    let why = if rel.starts_with('/') {
+        "is absolute (the updater binary must ship in the tree)"
+    } else {
+        "is not a plain path inside the tree"
+    };
+    Err(tree_path_error("[updater] binary", rel, why))
+}
+
+/// Check the program of an `[agent]` or `[install]` command (`what` names
+/// which): a host program, absolute (`/usr/bin/python3`) or a bare name
+/// looked up on `PATH` (`sh`), or a file of the tree given as a relative
+/// path with a `/`, which must obey [`is_tree_path`]. Applied to the
+/// program as written by the master before packing and, after `${VAR}`
+/// expansion, by the updater before it runs anything.
+pub fn check_program(what: &str, program: &str) -> Result<(), String> {
+    let relative = program.contains('/') && !program.starts_with('/');
+    if relative && !is_tree_path(program) {
+        return Err(tree_path_error(
+            what,
+            program,
+            "leaves the tree or is not a plain path",
         ));
     }
     Ok(())
@@ -69,6 +106,7 @@ pub fn check_link_target(link_depth: usize, target: &str) -> Result<PathBuf, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn link_rule() {
@@ -82,8 +120,15 @@ mod tests {
         assert!(check_link_target(0, "/etc").is_err());
         assert!(check_link_target(0, "").is_err());
         assert!(check_updater_binary("bin/worker-updater").is_ok());
-        for bad in ["", "/bin/sh", "../x", "bin/../x", "./x"] {
+        for bad in ["", "/bin/sh", "../x", "bin/../x", "./x", "bin//x", "bin/"] {
             assert!(check_updater_binary(bad).is_err(), "{bad}");
+        }
+        for ok in ["sh", "/usr/bin/env", "bin/run", "a/b/c"] {
+            assert!(check_program("[agent] command", ok).is_ok(), "{ok}");
+        }
+        for bad in ["../run", "./run.sh", "bin/../../x", "bin//x"] {
+            let e = check_program("[agent] command", bad).unwrap_err();
+            assert!(e.contains("plain names joined by /"), "{e}");
         }
     }
 }

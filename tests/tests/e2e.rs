@@ -12,25 +12,43 @@
 /// `swarm ca init`, `enroll`, `list`, `decommission`, `history`: the identity commands.
 #[path = "e2e/cli.rs"]
 mod cli;
+/// `swarm completions` and `swarm man` produce what bash, zsh, fish and man accept.
+#[path = "e2e/completions.rs"]
+mod completions;
+/// Crash windows: the updater killed at every step, hooks that must die with it.
+#[path = "e2e/crash.rs"]
+mod crash;
+/// Faults: a full install filesystem, an agent that daemonizes, a forged pidfile.
+#[path = "e2e/faults.rs"]
+mod faults;
 /// `swarm update`, `rollback`, `status`, `history`, `demo` against real updaters.
 #[path = "e2e/fleet.rs"]
 mod fleet;
 /// The harness itself: the port allocator.
 #[path = "e2e/harness.rs"]
 mod harness;
+/// The master against a hostile worker (escapes, huge answers) and a kill mid-push.
+#[path = "e2e/hostile.rs"]
+mod hostile;
 /// Hostile connections: idle floods, trickled and stalled uploads, accept failures.
 #[path = "e2e/hostile_conn.rs"]
 mod hostile_conn;
+/// Issue 9's master bugs: a closed stdout, a worker's wrong clock, Ctrl-C mid-push.
+#[path = "e2e/master_bugs.rs"]
+mod master_bugs;
 /// Two workers in their own network namespaces, reached over veth links.
 #[path = "e2e/netns.rs"]
 mod netns;
 /// The worker package: `install.sh` on a bare host in its own namespaces, the shipped unit.
 #[path = "e2e/package.rs"]
 mod package;
+/// What `swarm update` leaves at home: private keys found by content.
+#[path = "e2e/packer.rs"]
+mod packer;
 /// `POST /update-self`: switch, keep flags, refuse, revert.
 #[path = "e2e/self_update.rs"]
 mod self_update;
-/// `swarm completions` and `swarm man` produce what bash, zsh, fish and man accept.
+/// A CLI that fits a shell: usage errors, an unreadable home, `--json`, colour, path rule.
 #[path = "e2e/shell.rs"]
 mod shell;
 /// Issue 11 on the worker: supervision, crash-loop revert, unchanged, journal, logs.
@@ -42,3 +60,6 @@ mod trust;
 /// `worker-updater`: push, probe, roll back, reject, repair.
 #[path = "e2e/updater.rs"]
 mod updater;
+/// Issue 9 bugs in the updater: what `--check` says, a busy answer.
+#[path = "e2e/updater_bugs.rs"]
+mod updater_bugs;

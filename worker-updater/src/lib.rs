@@ -11,7 +11,8 @@
 //! parsed once), [`slots`] (slots, flip, journal, repair, filesystem
 //! primitives), [`agent`] (supervisor, pidfile, `/proc`, terminate),
 //! [`probe`] (mTLS health checks), [`ops`] (stage, update, rollback,
-//! reconcile, hook), [`selfupdate`] (trial, watchdog, hand-over), [`error`].
+//! reconcile, hook), [`selfupdate`] (trial, watchdog, hand-over), [`error`],
+//! [`crashpoint`] (test-only crash steps, debug builds).
 //!
 //! Invariants: only this crate touches release symlinks and agent
 //! processes; one operation at a time; blocking work never runs on the
@@ -21,6 +22,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod crashpoint;
 pub mod error;
 pub mod http;
 pub mod install;
@@ -61,8 +63,13 @@ pub async fn run(
         config.failed_keep,
     ));
     let app = Arc::new(Daemon::new(config, own_release)?);
-    let layout = app.layout.clone();
-    let repair = blocking(move || layout.repair()).await?;
+    // What an agent daemonizes into (a double fork, setsid) is reparented
+    // to us rather than to init: the supervisor reaps what it stops.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!("PR_SET_CHILD_SUBREAPER: {e}");
+    }
+    let d = app.clone();
+    let repair = blocking(move || ops::repair_install(&d)).await?;
     for action in &repair.actions {
         tracing::warn!("start-up repair: {action}");
     }

@@ -14,6 +14,14 @@ use clap::Parser;
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
+    // An install hook's group leader (spawned by the updater itself).
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv
+        .get(1)
+        .is_some_and(|a| a == worker_updater::ops::hook::HOOK_LEADER)
+    {
+        return worker_updater::ops::hook::hook_leader(argv.get(2..).unwrap_or_default());
+    }
     pki::daemon::unblock_shutdown_signals();
     let args = match worker_updater::Args::try_parse() {
         Ok(a) => a,

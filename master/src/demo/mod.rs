@@ -13,7 +13,7 @@ mod procs;
 mod release;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -23,19 +23,25 @@ use crate::cli::{
 };
 use crate::error::{EXIT_FAILED, Error, Result};
 use crate::home::Home;
-use crate::output::outln;
+use crate::output::{self, outln};
 use crate::{enroll, fleet};
 use procs::{DemoWorker, Fleet, install_signal_handler, start_updater, stop_script};
 use release::{prepare_agent, sibling_binaries, write_release};
+use serde::Serialize;
 
 const HOSTS: [&str; 3] = ["worker-01", "worker-02", "worker-03"];
 
+/// Announce the next command (with `--json`: start its step).
 fn say(cmd: &str) -> Result<()> {
+    if output::capture_step(cmd) {
+        return Ok(());
+    }
     outln!("\n$ {cmd}")
 }
 
 /// A step that must end with exit code `want`.
 fn expect(step: &str, got: u8, want: u8, failures: &mut Vec<String>) {
+    output::capture_exit(got);
     if got != want {
         failures.push(format!("`{step}` exited {got}, expected {want}"));
     }
@@ -50,6 +56,55 @@ pub(crate) fn run(args: &DemoArgs) -> Result<u8> {
         .map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let root = tmp.path().to_owned();
     let home = Home::resolve(Some(&root.join("home")))?;
+    if args.json {
+        // The demo's own lines go to steps named `swarm demo`.
+        output::capture_start();
+        output::capture_step("swarm demo");
+    }
+    let outcome = run_fleet(args, tmp, &root, &home, &agent_bin, &updater_bin);
+    if !args.json {
+        return outcome.map(|(code, _)| code);
+    }
+    let steps = output::capture_end();
+    let (code, kept) = outcome?;
+    output::json(&DemoDoc {
+        root: &root,
+        ok: code == 0,
+        exit_code: code,
+        kept,
+        steps,
+    })?;
+    Ok(code)
+}
+
+/// `swarm demo --json`.
+#[derive(Serialize)]
+struct DemoDoc<'a> {
+    root: &'a Path,
+    ok: bool,
+    exit_code: u8,
+    /// With `--keep`: where the fleet's home and stop script are.
+    kept: Option<Kept>,
+    steps: Vec<output::Step>,
+}
+
+/// A fleet left running by `--keep`.
+#[derive(Serialize)]
+struct Kept {
+    home: PathBuf,
+    stop_script: PathBuf,
+}
+
+/// Start the fleet, drive it, and stop it (or keep it); the exit code.
+fn run_fleet(
+    args: &DemoArgs,
+    tmp: tempfile::TempDir,
+    root: &Path,
+    home: &Home,
+    agent_bin: &Path,
+    updater_bin: &Path,
+) -> Result<(u8, Option<Kept>)> {
+    let root = root.to_owned();
     outln!(
         "swarm demo: three workers on loopback, everything under {}",
         root.display()
@@ -58,14 +113,15 @@ pub(crate) fn run(args: &DemoArgs) -> Result<u8> {
     install_signal_handler(fleet.clone(), root.clone())?;
 
     let started = Instant::now();
-    let result = drive(&home, &root, &agent_bin, &updater_bin, &fleet);
+    let result = drive(home, &root, agent_bin, updater_bin, &fleet, args.json);
     let mut guard = fleet
         .lock()
         .map_err(|_| Error::Other("demo fleet lock poisoned".into()))?;
     if guard.interrupted {
         guard.stop();
-        return Ok(130);
+        return Ok((130, None));
     }
+    let mut kept_doc = None;
     match (&result, args.keep) {
         (Ok(_), true) => {
             let procs = guard.detach();
@@ -87,6 +143,10 @@ pub(crate) fn run(args: &DemoArgs) -> Result<u8> {
             fs::write(&stop, stop_script(&kept, &procs)).map_err(|e| Error::io(&stop, e))?;
             outln!("stop it (updaters, their current agents, and this directory) with:")?;
             outln!("  sh {}", stop.display())?;
+            kept_doc = Some(Kept {
+                home: kept.join("home"),
+                stop_script: stop,
+            });
         }
         _ => {
             // Stop first: a closed stdout must not leave the fleet running.
@@ -97,7 +157,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<u8> {
             outln!("done in {:.1}s", started.elapsed().as_secs_f64())?;
         }
     }
-    result
+    result.map(|code| (code, kept_doc))
 }
 
 fn drive(
@@ -106,9 +166,11 @@ fn drive(
     agent_bin: &Path,
     updater_bin: &Path,
     fleet: &Arc<Mutex<Fleet>>,
+    json: bool,
 ) -> Result<u8> {
     say("swarm ca init")?;
-    enroll::ca_init(home, false)?;
+    enroll::ca_init(home, false, json)?;
+    output::capture_exit(0);
 
     for host in HOSTS {
         let agent_port = ports::loopback_port()?;
@@ -130,8 +192,10 @@ fn drive(
                 updater: true,
                 updater_only: false,
                 out_dir: bundle,
+                json,
             },
         )?;
+        output::capture_exit(0);
         // Per-host settings, never shipped: the agent's port.
         let install = wdir.join("install");
         fs::create_dir_all(&install).map_err(|e| Error::io(&install, e))?;
@@ -183,7 +247,7 @@ fn drive(
                 dry_run: false,
                 include_self: false,
                 self_timeout: 30,
-                json: false,
+                json,
             },
         )?;
         expect(&format!("swarm update ({name})"), code, want, &mut failures);
@@ -199,7 +263,7 @@ fn drive(
                 all: true,
             },
             parallel: 8,
-            json: false,
+            json,
         },
     )?;
     expect("swarm rollback", code, 0, &mut failures);
@@ -212,7 +276,7 @@ fn drive(
                 hosts: Vec::new(),
                 all: false,
             },
-            json: false,
+            json,
         },
     )?;
     expect("swarm status", code, 0, &mut failures);
@@ -223,10 +287,12 @@ fn drive(
         &HistoryArgs {
             host: Some("worker-01".to_owned()),
             limit: 50,
-            json: false,
+            json,
         },
     )?;
+    output::capture_exit(0);
 
+    output::capture_step("swarm demo");
     if failures.is_empty() {
         outln!(
             "\ndemo complete: two releases updated, the broken one rolled back by every updater, then a fleet-wide rollback"

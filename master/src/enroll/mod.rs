@@ -8,6 +8,7 @@
 //! any failure removes whatever swarm wrote, and nothing it did not.
 
 mod place;
+mod report;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -23,10 +24,11 @@ use crate::inventory::{HostRecord, HostStatus, NewHost};
 use crate::output::{self, Cell, Color, Table, outln};
 pub(crate) use place::sync_dir;
 use place::{Cleanup, place, rename_noreplace, temp_sibling};
+use report::{BundleDoc, CaInitDoc, DecommissionDoc, EnrollDoc};
 
 /// `swarm ca init [--force]`.
-pub(crate) fn ca_init(home: &Home, force: bool) -> Result<()> {
-    if home.has_ca() && !force {
+pub(crate) fn ca_init(home: &Home, force: bool, json: bool) -> Result<()> {
+    if home.has_ca()? && !force {
         return Err(Error::usage(format!(
             "a CA already exists in {}: keep it, or pass --force to replace it (every enrolled host must then be re-enrolled)",
             home.ca_dir().display()
@@ -97,23 +99,15 @@ pub(crate) fn ca_init(home: &Home, force: bool) -> Result<()> {
         }
     }
     let ca_fp = pki::identity::CertInfo::parse(&Bundle::load(&home.master_dir())?.ca)?.fingerprint;
-    outln!("CA created in {} (sha256 {ca_fp})", home.ca_dir().display())?;
-    outln!(
-        "master identity in {} (CN master)",
-        home.master_dir().display()
-    )?;
-    outln!("inventory {}", home.db_path().display())?;
-    if !retired.is_empty() {
-        outln!(
-            "decommissioned {} host(s) enrolled under the old CA: {}; enroll them again",
-            retired.len(),
-            retired.join(", ")
-        )?;
+    CaInitDoc {
+        ca_dir: home.ca_dir(),
+        ca_fingerprint: ca_fp.to_string(),
+        master_dir: home.master_dir(),
+        master_cn: "master",
+        inventory: home.db_path(),
+        decommissioned: retired,
     }
-    outln!(
-        "next: swarm enroll --host worker-01 --address 192.0.2.10 --updater --out-dir ./worker-01"
-    )?;
-    Ok(())
+    .print(json)
 }
 
 fn bad_san(e: PkiError) -> Error {
@@ -205,7 +199,7 @@ pub(crate) fn enroll(home: &Home, args: &EnrollArgs) -> Result<()> {
     let out_dir = std::path::absolute(&args.out_dir).map_err(|e| Error::io(&args.out_dir, e))?;
     let updater_dir = updater_dir_of(&out_dir)?;
     if args.updater_only {
-        return enroll_updater_only(home, &host, &updater_dir);
+        return enroll_updater_only(home, &host, &updater_dir, args.json);
     }
     let address = args
         .address
@@ -278,36 +272,27 @@ pub(crate) fn enroll(home: &Home, args: &EnrollArgs) -> Result<()> {
     })?;
     cleanup.disarm();
 
-    outln!(
-        "enrolled {host} at {address} (agent port {}, updater port {})",
-        args.agent_port,
-        args.updater_port
-    )?;
-    outln!(
-        "  agent bundle    {}  CN {host}  sha256 {}",
-        out_dir.display(),
-        agent_leaf.fingerprint
-    )?;
-    match &updater_leaf {
-        Some(leaf) => outln!(
-            "  updater bundle  {}  CN {}  sha256 {}",
-            updater_dir.display(),
-            host.updater_cn(),
-            leaf.fingerprint
-        )?,
-        None => outln!(
-            "  no updater bundle: add one later with `swarm enroll --host {host} --updater-only --out-dir {}`",
-            out_dir.display()
-        )?,
+    EnrollDoc {
+        host: host.to_string(),
+        address: Some(address.to_owned()),
+        agent_port: Some(args.agent_port),
+        updater_port: Some(args.updater_port),
+        agent: Some(BundleDoc {
+            dir: out_dir,
+            cn: host.to_string(),
+            fingerprint: agent_leaf.fingerprint.to_string(),
+        }),
+        updater: updater_leaf.as_ref().map(|leaf| BundleDoc {
+            dir: updater_dir.clone(),
+            cn: host.updater_cn(),
+            fingerprint: leaf.fingerprint.to_string(),
+        }),
+        not_after: report::at(whole_seconds(agent_leaf.not_after)),
     }
-    outln!(
-        "certificates expire {}; copy each bundle to the worker (worker-agent --agent-dir, worker-updater --updater-dir)",
-        clock::rfc3339(whole_seconds(agent_leaf.not_after))
-    )?;
-    Ok(())
+    .print(args.json)
 }
 
-fn enroll_updater_only(home: &Home, host: &HostName, updater_dir: &Path) -> Result<()> {
+fn enroll_updater_only(home: &Home, host: &HostName, updater_dir: &Path, json: bool) -> Result<()> {
     let ca = home.ca()?;
     let mut inv = home.inventory()?;
     let rec = match inv.find(host)? {
@@ -347,17 +332,24 @@ fn enroll_updater_only(home: &Home, host: &HostName, updater_dir: &Path) -> Resu
         },
     )?;
     cleanup.disarm();
-    outln!(
-        "issued the updater bundle for {host}: {}  CN {}  sha256 {}",
-        updater_dir.display(),
-        host.updater_cn(),
-        leaf.fingerprint
-    )?;
-    Ok(())
+    EnrollDoc {
+        host: host.to_string(),
+        address: None,
+        agent_port: None,
+        updater_port: None,
+        agent: None,
+        updater: Some(BundleDoc {
+            dir: updater_dir.to_owned(),
+            cn: host.updater_cn(),
+            fingerprint: leaf.fingerprint.to_string(),
+        }),
+        not_after: report::at(whole_seconds(leaf.not_after)),
+    }
+    .print(json)
 }
 
 /// `swarm decommission --host H`.
-pub(crate) fn decommission(home: &Home, host: &str) -> Result<()> {
+pub(crate) fn decommission(home: &Home, host: &str, json: bool) -> Result<()> {
     let host = HostName::new(host)?;
     let mut inv = home.inventory()?;
     match inv.find(&host)? {
@@ -369,14 +361,12 @@ pub(crate) fn decommission(home: &Home, host: &str) -> Result<()> {
         ))),
         Some(rec) => {
             inv.decommission(&host)?;
-            outln!(
-                "decommissioned {host}: it is no longer targeted by update, rollback or status"
-            )?;
-            outln!(
-                "its certificates stay valid until {}: delete its bundles on the worker",
-                clock::rfc3339(rec.cert_not_after())
-            )?;
-            Ok(())
+            DecommissionDoc {
+                host: host.to_string(),
+                decommissioned: true,
+                certificates_valid_until: report::at(rec.cert_not_after()),
+            }
+            .print(json)
         }
     }
 }

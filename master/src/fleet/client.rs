@@ -6,6 +6,7 @@ use std::time::Duration;
 use pki::{Bundle, ServerExpectation};
 use time::OffsetDateTime;
 
+use super::said::{self, Clean};
 use crate::clock;
 use crate::error::Result;
 use crate::inventory::HostRecord;
@@ -73,8 +74,13 @@ impl Master {
         .map_err(|e| format!("HTTP client: {}", pki::error_chain(&e)))
     }
 
-    /// A reqwest failure in words an operator can act on.
+    /// A reqwest failure in words an operator can act on (one safe line:
+    /// a transport error may quote what the peer sent).
     pub(super) fn describe(&self, e: &reqwest::Error, timeout: Duration) -> String {
+        said::line(&self.describe_raw(e, timeout), said::DETAIL_CHARS)
+    }
+
+    fn describe_raw(&self, e: &reqwest::Error, timeout: Duration) -> String {
         let cause = std::error::Error::source(e)
             .map(pki::error_chain)
             .unwrap_or_default();
@@ -143,30 +149,19 @@ fn rejected_as_expired(e: &reqwest::Error) -> bool {
     false
 }
 
-/// GET `url` and parse its JSON answer; a non-2xx answer is an error
-/// carrying its `error` field (or the start of its body).
-pub(super) async fn get_json<T: serde::de::DeserializeOwned>(
+/// GET `url` and parse its JSON answer (at most `cap` bytes, cleaned); a
+/// non-2xx answer is an error carrying its `error` field (or the start of
+/// its body), sanitised.
+pub(super) async fn get_json<T: serde::de::DeserializeOwned + Clean>(
     master: &Master,
     client: &reqwest::Client,
     url: String,
+    cap: usize,
 ) -> std::result::Result<T, String> {
     let resp = client
         .get(url)
         .send()
         .await
         .map_err(|e| master.describe(&e, STATUS_TIMEOUT))?;
-    let status = resp.status();
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| master.describe(&e, STATUS_TIMEOUT))?;
-    if !status.is_success() {
-        let text = String::from_utf8_lossy(&body);
-        let msg = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| text.trim().chars().take(200).collect());
-        return Err(format!("HTTP {status}: {msg}"));
-    }
-    serde_json::from_slice(&body).map_err(|e| format!("unexpected answer: {e}"))
+    said::read_json(resp, cap).await
 }

@@ -7,6 +7,7 @@ use pki::HostName;
 use serde::Serialize;
 
 use super::report::HostResult;
+use super::said;
 use super::short;
 use crate::cli::HistoryArgs;
 use crate::clock;
@@ -101,7 +102,18 @@ struct HistoryDoc<'a> {
 pub(crate) fn history(home: &Home, args: &HistoryArgs) -> Result<u8> {
     let inv = home.inventory()?;
     let host = args.host.as_deref().map(HostName::new).transpose()?;
-    let records = inv.history(host.as_ref(), args.limit)?;
+    // Lines are cleaned before they are stored; a trail written by an older
+    // master may not have been, so what is shown is cleaned again.
+    let records: Vec<PushRecord> = inv
+        .history(host.as_ref(), args.limit)?
+        .into_iter()
+        .map(|r| PushRecord {
+            release_sha256: r.release_sha256.map(|s| said::line(&s, 200)),
+            git_commit: r.git_commit.map(|s| said::line(&s, 200)),
+            detail: said::line(&r.detail, 4 * said::DETAIL_CHARS),
+            ..r
+        })
+        .collect();
     if args.json {
         output::json(&HistoryDoc { history: &records })?;
         return Ok(0);

@@ -1,7 +1,8 @@
 //! Fleet operations over pinned mTLS: `swarm update` ([`push`]),
 //! `rollback` ([`rollback`]), `status` ([`status`]) and `history`
 //! ([`history`]). [`client`] builds the pinned clients and words their
-//! failures, [`report`] turns answers into rows, [`progress`] draws bars.
+//! failures, [`said`] reads and cleans what a worker answers, [`report`]
+//! turns answers into rows, [`progress`] draws bars.
 //!
 //! Invariants: every connection presents the master identity, trusts only
 //! our CA and pins the updater's CN (`updater@<host>`) and the fingerprint
@@ -10,7 +11,9 @@
 //! others (connect timeout, bounded concurrency); every target gets exactly
 //! one row, even when its task panics ([`fan_out`]); every push and
 //! rollback lands in the inventory's audit trail as each host's outcome
-//! arrives, so a run cut short by Ctrl-C keeps what it learnt.
+//! arrives, so a run cut short by Ctrl-C keeps what it learnt; every body
+//! a worker sends is read under a cap and every string in it sanitised
+//! before it is printed or stored ([`said`]).
 
 mod client;
 mod history;
@@ -18,6 +21,7 @@ mod progress;
 mod push;
 mod report;
 mod rollback;
+mod said;
 mod status;
 
 use std::collections::BTreeSet;

@@ -15,6 +15,7 @@ use super::client::Master;
 use super::history::Recorder;
 use super::progress::{Bars, packing_spinner, show_progress};
 use super::report::{FleetReport, HostResult, SelfOutcome, interpret};
+use super::said::{self, ANSWER_CAP, HEALTH_CAP};
 use super::{elapsed_ms, fan_out, resolve_required, runtime, short};
 use crate::cli::UpdateArgs;
 use crate::error::{Error, Result};
@@ -238,10 +239,7 @@ async fn push_self(
         .await;
     bar.set_message("switching the updater");
     let answered = match sent {
-        Ok(resp) => {
-            let status = resp.status();
-            resp.bytes().await.ok().map(|b| (status, b))
-        }
+        Ok(resp) => said::read_answer(resp, ANSWER_CAP).await.ok(),
         // Nothing reached the updater: nothing happened.
         Err(e) if e.is_connect() => return (SelfOutcome::Failed, master.describe(&e, timeout)),
         Err(_) => None,
@@ -261,20 +259,22 @@ async fn push_self(
             .send()
             .await
         {
-            Ok(resp) if resp.status().is_success() => match resp.json::<UpdaterHealth>().await {
-                // Until it execs, the old updater answers with `busy`.
-                Ok(h) if h.busy.as_deref() == Some("update-self") => {
-                    last = "it is still switching".to_owned();
-                }
-                Ok(h) => match h.release.map(|m| m.sha256) {
-                    Some(sha) if sha == info.sha256 => {
-                        return (SelfOutcome::Ok, format!("updater {}", short(&sha)));
+            Ok(resp) if resp.status().is_success() => {
+                match said::read_json::<UpdaterHealth>(resp, HEALTH_CAP).await {
+                    // Until it execs, the old updater answers with `busy`.
+                    Ok(h) if h.busy.as_deref() == Some("update-self") => {
+                        last = "it is still switching".to_owned();
                     }
-                    Some(sha) => last = format!("it reports release {}", short(&sha)),
-                    None => last = "it reports no release of its own".to_owned(),
-                },
-                Err(e) => last = format!("unreadable /health: {}", pki::error_chain(&e)),
-            },
+                    Ok(h) => match h.release.map(|m| m.sha256) {
+                        Some(sha) if sha == info.sha256 => {
+                            return (SelfOutcome::Ok, format!("updater {}", short(&sha)));
+                        }
+                        Some(sha) => last = format!("it reports release {}", short(&sha)),
+                        None => last = "it reports no release of its own".to_owned(),
+                    },
+                    Err(e) => last = format!("unreadable /health: {e}"),
+                }
+            }
             Ok(resp) => last = format!("/health answered HTTP {}", resp.status()),
             Err(e) => last = master.describe(&e, Duration::from_secs(2)),
         }

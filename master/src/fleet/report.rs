@@ -6,6 +6,7 @@ use std::time::Instant;
 use pki::wire::{Manifest, OpResponse, OpStatus, Probe, Timings};
 use serde::Serialize;
 
+use super::said::{self, Clean};
 use super::{elapsed_ms, short};
 use crate::error::{EXIT_FAILED, Result};
 use crate::inventory::{HostRecord, Op, Outcome};
@@ -180,11 +181,11 @@ pub(super) fn interpret(
     expect_sha: Option<&str>,
     started: Instant,
 ) -> HostResult {
-    let parsed: Option<OpResponse> = serde_json::from_slice(body).ok();
+    // Cleaned once, here: every string below is safe to print and store.
+    let parsed: Option<OpResponse> = serde_json::from_slice(body).ok().map(Clean::clean);
     let Some(resp) = parsed else {
         let text = String::from_utf8_lossy(body);
-        let text = text.trim();
-        let text: String = text.chars().take(200).collect();
+        let text = said::line(text.trim(), 200);
         let mut r = HostResult::error(rec, format!("HTTP {status}: {text}"), started);
         r.http_status = Some(status.as_u16());
         return r;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use super::client::Master;
 use super::history::Recorder;
 use super::report::{FleetReport, HostResult, interpret};
+use super::said::{self, ANSWER_CAP};
 use super::{fan_out, resolve_required, runtime};
 use crate::cli::RollbackArgs;
 use crate::error::Result;
@@ -57,9 +58,8 @@ async fn rollback_one(master: Arc<Master>, rec: HostRecord) -> HostResult {
         Ok(r) => r,
         Err(e) => return HostResult::error(&rec, master.describe(&e, ROLLBACK_TIMEOUT), started),
     };
-    let status = resp.status();
-    match resp.bytes().await {
-        Ok(body) => interpret(Op::Rollback, &rec, status, &body, None, started),
-        Err(e) => HostResult::error(&rec, master.describe(&e, ROLLBACK_TIMEOUT), started),
+    match said::read_answer(resp, ANSWER_CAP).await {
+        Ok((status, body)) => interpret(Op::Rollback, &rec, status, &body, None, started),
+        Err(e) => HostResult::error(&rec, e, started),
     }
 }

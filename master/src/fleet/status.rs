@@ -7,6 +7,7 @@ use pki::wire::{AgentHealth, Manifest, Releases, UpdaterHealth};
 use serde::Serialize;
 
 use super::client::{Master, STATUS_TIMEOUT, get_json};
+use super::said::{HEALTH_CAP, RELEASES_CAP};
 use super::{fan_out, resolve, runtime, short};
 use crate::cli::{OptionalTargets, StatusArgs};
 use crate::clock;
@@ -87,7 +88,8 @@ async fn status_one(master: Arc<Master>, rec: HostRecord) -> HostStatusRow {
     let mut row = HostStatusRow::new(&rec);
     let agent = async {
         let client = master.agent_client(&rec)?;
-        let health: AgentHealth = get_json(&master, &client, rec.agent_url("/health")).await?;
+        let health: AgentHealth =
+            get_json(&master, &client, rec.agent_url("/health"), HEALTH_CAP).await?;
         if health.status == "ok" {
             Ok(())
         } else {
@@ -96,9 +98,10 @@ async fn status_one(master: Arc<Master>, rec: HostRecord) -> HostStatusRow {
     };
     let updater = async {
         let client = master.updater_client(&rec, STATUS_TIMEOUT)?;
-        let health: UpdaterHealth = get_json(&master, &client, rec.updater_url("/health")).await?;
+        let health: UpdaterHealth =
+            get_json(&master, &client, rec.updater_url("/health"), HEALTH_CAP).await?;
         let releases: std::result::Result<Releases, String> =
-            get_json(&master, &client, rec.updater_url("/releases")).await;
+            get_json(&master, &client, rec.updater_url("/releases"), RELEASES_CAP).await;
         Ok::<_, String>((health, releases))
     };
     let (agent, updater) = tokio::join!(agent, updater);

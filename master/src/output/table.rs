@@ -1,6 +1,9 @@
 //! Plain-text tables for the terminal, with optional ANSI colours.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
+
+use crate::cli::ColorWhen;
 
 /// A colour for one cell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,9 +57,26 @@ pub(crate) struct Table {
     rows: Vec<Vec<Cell>>,
 }
 
-/// Whether to colour output on stdout: a terminal, and `NO_COLOR` unset.
+/// `--color` as given; [`ColorWhen::Auto`] until [`set_color`] is called.
+static COLOR: OnceLock<ColorWhen> = OnceLock::new();
+
+/// Record `--color` for the whole process (the first call wins).
+pub(crate) fn set_color(when: ColorWhen) {
+    let _ = COLOR.set(when);
+}
+
+/// Whether to colour output on stdout: `--color always`; never with
+/// `--color never`; else (auto) on a terminal with `NO_COLOR` unset or
+/// empty. The flag beats `NO_COLOR`, as no-color.org asks.
 pub(crate) fn stdout_color() -> bool {
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    match COLOR.get().copied().unwrap_or(ColorWhen::Auto) {
+        ColorWhen::Always => true,
+        ColorWhen::Never => false,
+        ColorWhen::Auto => {
+            std::io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        }
+    }
 }
 
 impl Table {

@@ -1,7 +1,7 @@
 //! The release tarball: the working tree at `--root` (staged, unstaged and
 //! untracked files) minus `.git/`, what `.gitignore`/`.swarmignore`/`--exclude`
-//! leave out, and secrets, packed once into a gzip temp file whose SHA-256
-//! is computed as it is written.
+//! leave out, and secrets, packed once into an unlinked gzip temp file
+//! whose SHA-256 is computed as it is written.
 //!
 //! This file walks, tars and hashes; [`secrets`] decides what stays home,
 //! [`git`] reads the commit and the dirty bit, and the master's copies of
@@ -9,11 +9,15 @@
 //! ([`link_rule`]) each live in one file of their own.
 //!
 //! Invariants: `.env.local` never ships; other secrets (`.env*`, `*.key`,
-//! `*.pem` holding a private key) ship only when `swarm.toml`'s
-//! `[release] include` names them; entries are sorted, owned by 0:0, with
+//! any file [`crate::keyscan`] finds a private key in, read whole) ship only
+//! when `swarm.toml`'s `[release] include` names them, and every file left
+//! out is listed in `skipped_secrets`; entries are sorted, owned by 0:0, with
 //! modes 0755/0644 and each file's own mtime, so a tree whose contents and
 //! mtimes are unchanged packs to the same bytes (touching a file changes
-//! the digest); symlinks must stay inside the tree.
+//! the digest); symlinks must stay inside the tree. The packed file has
+//! no name from the moment it exists (`O_TMPFILE`, or unlinked right after
+//! it is created): a `swarm` killed at any instant leaves nothing in the
+//! temp dir, and the kernel frees the space when the process ends.
 
 mod git;
 mod link_rule;
@@ -23,6 +27,7 @@ mod swarm_toml;
 use std::cell::Cell;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -38,7 +43,7 @@ use crate::error::{Error, Result};
 use pki::wire::MANIFEST_FILE;
 
 use link_rule::check_link;
-use secrets::{NEVER_SHIPPED, SECRET_SNIFF_BYTES, holds_private_key, is_secret_name};
+use secrets::{NEVER_SHIPPED, holds_private_key, is_secret_name};
 
 /// What to pack.
 #[derive(Clone, Debug)]
@@ -47,10 +52,11 @@ pub(crate) struct PackOptions {
     pub(crate) excludes: Vec<String>,
 }
 
-/// A packed release, in a temp file removed on drop.
+/// A packed release, in an unlinked temp file that lives as long as this
+/// value (and the process) does.
 #[derive(Debug)]
 pub(crate) struct Release {
-    file: tempfile::TempPath,
+    file: File,
     pub(crate) info: ReleaseInfo,
 }
 
@@ -84,8 +90,12 @@ pub(crate) struct ReleaseInfo {
 }
 
 impl Release {
-    pub(crate) fn path(&self) -> &Path {
-        &self.file
+    /// A path that opens the packed bytes afresh, with an offset of its
+    /// own, for as long as this value lives: `/proc/self/fd/N` reopens the
+    /// unlinked file (Linux; the master already reads `/proc` for the
+    /// demo). Each host's upload opens it, so pushes read independently.
+    pub(crate) fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
     }
 }
 
@@ -226,15 +236,13 @@ pub(crate) fn pack_reporting(opts: &PackOptions, progress: &PackProgress<'_>) ->
         return Err(pack_err(&root, "not a directory; pass --root DIR"));
     }
     let config = swarm_toml::read(&root)?;
+    swarm_toml::check_paths(&root, &config)?;
     let include = globs(&root, &config.release.include, false, "swarm.toml include")?;
     let exclude = globs(&root, &opts.excludes, true, "--exclude")?;
 
-    let tmp = tempfile::Builder::new()
-        .prefix("swarm-release-")
-        .suffix(".tar.gz")
-        .tempfile()
-        .map_err(|e| Error::io(std::env::temp_dir(), e))?;
-    let (file, path) = tmp.into_parts();
+    // Nameless from the start (see the module invariants).
+    let file = tempfile::tempfile().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let path = std::env::temp_dir().join("(unlinked release file)");
     let hw = HashWriter {
         inner: BufWriter::with_capacity(256 * 1024, file),
         hasher: Sha256::new(),
@@ -311,19 +319,13 @@ pub(crate) fn pack_reporting(opts: &PackOptions, progress: &PackProgress<'_>) ->
                 skipped_secrets.push(rel_str.to_owned());
                 continue;
             }
-            // The head is read once: sniffed for a private key, then packed.
+            // One handle: scanned whole for a private key, rewound, packed.
             let mut f = File::open(path).map_err(io_err)?;
             let len = f.metadata().map_err(io_err)?.len();
-            let mut head = Vec::with_capacity(SECRET_SNIFF_BYTES);
-            (&mut f)
-                .take(SECRET_SNIFF_BYTES as u64)
-                .read_to_end(&mut head)
-                .map_err(io_err)?;
-            if holds_private_key(&name, &head) && !included() {
+            if !included() && holds_private_key(&mut f, &name, rel_str, &root)? {
                 skipped_secrets.push(rel_str.to_owned());
                 continue;
             }
-            let f = io::Cursor::new(head).chain(f);
             let mode = if meta.permissions().mode() & 0o111 != 0 {
                 0o755
             } else {
@@ -345,17 +347,22 @@ pub(crate) fn pack_reporting(opts: &PackOptions, progress: &PackProgress<'_>) ->
     let gz = tar.into_inner().map_err(|e| Error::io(&path, e))?;
     let mut hw = gz.finish().map_err(|e| Error::io(&path, e))?;
     hw.flush().map_err(|e| Error::io(&path, e))?;
+    let size_bytes = hw.written;
     let sha256 = hex::encode(hw.hasher.finalize());
+    let file = hw
+        .inner
+        .into_inner()
+        .map_err(|e| Error::io(&path, e.into_error()))?;
     let git_commit = git::git_commit(&root);
     progress.tick(true);
     Ok(Release {
-        file: path,
+        file,
         info: ReleaseInfo {
             git_dirty: git_commit.as_ref().and_then(|_| git::git_dirty(&root)),
             git_commit,
             root,
             sha256,
-            size_bytes: hw.written,
+            size_bytes,
             files,
             skipped_secrets,
             install_timeout_secs: config.install.timeout_secs,

@@ -2,13 +2,19 @@
 //! name or by holding a private key.
 //!
 //! Invariant: `.env.local` never ships; the other secrets ship only when
-//! `swarm.toml`'s `[release] include` names them (decided by the caller).
+//! `swarm.toml`'s `[release] include` names them (decided by the caller);
+//! every other file is scanned whole for a private key before it is packed.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+use super::pack_err;
+use crate::error::{Error, Result};
+use crate::keyscan;
 
 /// The file that never ships, whatever `swarm.toml` says.
 pub(super) const NEVER_SHIPPED: &str = ".env.local";
-
-/// How much of each file is read to look for a private key.
-pub(super) const SECRET_SNIFF_BYTES: usize = 8 * 1024;
 
 /// File names that are private keys whatever they hold.
 const KEY_FILE_NAMES: &[&str] = &[
@@ -30,33 +36,18 @@ pub(super) fn is_secret_name(name: &str) -> bool {
         || KEY_FILE_NAMES.contains(&name)
 }
 
-/// Whether the head of a file holds a PEM private key. In a `*.pem` file
-/// any `PRIVATE KEY` marker counts; elsewhere only a real PEM block does
-/// (a `-----BEGIN … PRIVATE KEY-----` line at the start of a line, then a
-/// base64 or header line), so source code that merely quotes the marker
-/// still ships.
-pub(super) fn holds_private_key(name: &str, head: &[u8]) -> bool {
-    if name.ends_with(".pem") {
-        return head.windows(11).any(|w| w == b"PRIVATE KEY");
-    }
-    let mut lines = head
-        .split(|b| *b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    while let Some(line) = lines.next() {
-        let is_begin = line.starts_with(b"-----BEGIN ")
-            && (line.ends_with(b"PRIVATE KEY-----") || line.ends_with(b"PRIVATE KEY BLOCK-----"));
-        if is_begin {
-            let next = lines.next().unwrap_or_default();
-            let base64 = !next.is_empty()
-                && next
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
-            // Old-style encrypted keys: `Proc-Type: 4,ENCRYPTED`.
-            let header = next.contains(&b':');
-            if base64 || header {
-                return true;
-            }
+/// Whether the open file `f` (named `name`, at `rel` in the tree at
+/// `root`) holds a private key: the whole file is scanned by
+/// [`keyscan`](crate::keyscan) (PEM blocks anywhere, escaped PEM in
+/// strings, DER keys by structure) and rewound for packing. A file too
+/// large to scan stops the pack with a message naming it: it is never
+/// shipped unscanned, nor silently left out.
+pub(super) fn holds_private_key(f: &mut File, name: &str, rel: &str, root: &Path) -> Result<bool> {
+    match keyscan::scan_open_file(f, name) {
+        Ok(found) => Ok(found.is_some()),
+        Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
+            Err(pack_err(root, format!("{rel}: {e}")))
         }
+        Err(e) => Err(Error::io(root.join(rel), e)),
     }
-    false
 }

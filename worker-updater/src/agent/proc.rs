@@ -27,6 +27,13 @@ pub fn alive(pid: i32) -> bool {
         .is_some_and(|state| state != "Z" && state != "X")
 }
 
+/// A zombie: exited, not reaped yet.
+pub fn zombie(pid: i32) -> bool {
+    stat_fields(pid)
+        .and_then(|f| f.first().cloned())
+        .is_some_and(|state| state == "Z")
+}
+
 /// Field 22 of `/proc/<pid>/stat`: start time in clock ticks since boot.
 /// With the pid it names one process for the life of the machine.
 pub fn start_time(pid: i32) -> Option<u64> {
@@ -75,6 +82,66 @@ pub fn pids() -> Vec<i32> {
     rd.filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
         .collect()
+}
+
+/// `/proc/sys/kernel/random/boot_id`: names this boot (empty if unreadable).
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Field 4: the parent.
+pub fn ppid(pid: i32) -> Option<i32> {
+    stat_fields(pid)?.get(4 - 3)?.parse().ok()
+}
+
+/// Whether `pid` descends from `ancestor` (its parent chain reaches it).
+pub fn descends_from(pid: i32, ancestor: i32) -> bool {
+    let mut p = pid;
+    // A chain is never longer than the pid space; 4096 hops is plenty.
+    for _ in 0..4096 {
+        match ppid(p) {
+            Some(parent) if parent == ancestor => return true,
+            Some(parent) if parent > 1 => p = parent,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Every live process descending from `root` (not `root` itself).
+pub fn descendants(root: i32) -> Vec<i32> {
+    pids()
+        .into_iter()
+        .filter(|&p| p != root && alive(p) && descends_from(p, root))
+        .collect()
+}
+
+/// The live processes of process group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    pids()
+        .into_iter()
+        .filter(|&p| pgrp(p) == Some(pgid) && alive(p))
+        .collect()
+}
+
+/// Wait (on the blocking pool, polling) until no live process is left in
+/// group `pgid`, up to `limit`. True when it emptied.
+pub async fn wait_group_gone(pgid: i32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        let busy = tokio::task::spawn_blocking(move || group_alive(pgid))
+            .await
+            .unwrap_or(false);
+        if !busy {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Whether a live (not zombie) process is left in process group `pgid`.

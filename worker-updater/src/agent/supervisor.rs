@@ -189,16 +189,60 @@ impl Supervisor {
     }
 
     /// Our JSON pidfile: pid and start time must match (we wrote both; the
-    /// start time rules out a recycled pid). A bare number: the process must
-    /// look like our agent.
+    /// start time rules out a recycled pid), and the process must carry our
+    /// marks ([`Supervisor::is_ours`]): a forged pidfile naming a stranger
+    /// with its real start time is not enough. A bare number: the process
+    /// must look like our agent.
     fn pidfile_is_live(&self, pf: &PidFile, matcher: &Matcher) -> bool {
         if pf.pid <= 1 || pf.pid == std::process::id() as i32 || !proc::alive(pf.pid) {
             return false;
         }
         match pf.start_time {
-            Some(st) => proc::start_time(pf.pid) == Some(st),
+            Some(st) => proc::start_time(pf.pid) == Some(st) && self.is_ours(pf.pid),
             None => matcher.matches(pf.pid),
         }
+    }
+
+    /// Whether `pid` carries our marks: it descends from this updater, or
+    /// its environment names this install dir (`SWARM_INSTALL_DIR`, which
+    /// every agent and hook we start gets, and its children inherit).
+    fn is_ours(&self, pid: i32) -> bool {
+        proc::descends_from(pid, std::process::id() as i32) || marked(&self.install_dir, pid)
+    }
+
+    /// Stop `agents` (as found by [`Supervisor::find`]) and then every
+    /// stray of theirs ([`strays`]): a listener that
+    /// daemonized (setsid, double fork) must not keep the port.
+    pub async fn stop_all(&self, agents: Vec<(i32, Option<u64>)>) -> Vec<Stopped> {
+        let find_strays = |agents: &[(i32, Option<u64>)]| {
+            let pids: Vec<i32> = agents.iter().map(|(p, _)| *p).collect();
+            let dir = self.install_dir.clone();
+            tokio::task::spawn_blocking(move || strays(&dir, &pids))
+        };
+        let before = find_strays(&agents).await.unwrap_or_default();
+        let mut stopped = Vec::new();
+        for (pid, start_time) in &agents {
+            stopped.push(self.stop_pid(*pid, *start_time).await);
+        }
+        let mut strays = find_strays(&agents).await.unwrap_or_default();
+        strays.extend(before);
+        strays.sort_unstable();
+        strays.dedup();
+        for (pid, start_time) in strays {
+            if !proc::same_process(pid, start_time) {
+                continue;
+            }
+            let mut s = self.stop_pid(pid, start_time).await;
+            s.note = format!("stray process of the agent: {}", s.note);
+            stopped.push(s);
+        }
+        let ours: Vec<i32> = self
+            .children
+            .lock()
+            .map(|c| c.keys().copied().collect())
+            .unwrap_or_default();
+        let _ = tokio::task::spawn_blocking(move || reap_adopted(&ours)).await;
+        stopped
     }
 
     /// Whether any agent of this worker is running.
@@ -259,21 +303,31 @@ impl Supervisor {
     /// `agent.spawn.log`, its own process group (so a signal to the
     /// updater's terminal does not reach it), then the pidfile.
     pub fn spawn(&self, launch: &Launch) -> Result<Spawned> {
-        let mut log = std::fs::OpenOptions::new()
+        // On a full disk the log may not open: the agent starts all the same.
+        let (out, err) = match std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.spawn_log)
-            .map_err(|e| UpdaterError::io(&self.spawn_log, e))?;
-        let _ = writeln!(
-            log,
-            "--- {} starting {:?} from {}",
-            crate::now_rfc3339(),
-            launch.argv,
-            launch.release_dir.display()
-        );
-        let err_log = log
-            .try_clone()
-            .map_err(|e| UpdaterError::io(&self.spawn_log, e))?;
+            .and_then(|log| Ok((log.try_clone()?, log)))
+        {
+            Ok((mut log, err_log)) => {
+                let _ = writeln!(
+                    log,
+                    "--- {} starting {:?} from {}",
+                    crate::now_rfc3339(),
+                    launch.argv,
+                    launch.release_dir.display()
+                );
+                (Stdio::from(log), Stdio::from(err_log))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "{}: {e}; the agent's output is discarded",
+                    self.spawn_log.display()
+                );
+                (Stdio::null(), Stdio::null())
+            }
+        };
         let Some((program, args)) = launch.argv.split_first() else {
             return Err(UpdaterError::Agent("empty agent command".into()));
         };
@@ -282,8 +336,8 @@ impl Supervisor {
             .current_dir(&self.install_dir)
             .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(err_log))
+            .stdout(out)
+            .stderr(err)
             .process_group(0)
             .kill_on_drop(false);
         let mut child = cmd
@@ -321,10 +375,58 @@ impl Supervisor {
             sha256: launch.sha256.clone(),
             started_at: Some(crate::now_rfc3339()),
         };
-        pf.write(&self.pidfile)?;
+        if let Err(e) = pf.write(&self.pidfile) {
+            // It runs and we know it; a later updater finds it by the
+            // `/proc` scan. Never leave it running unknown to the caller.
+            tracing::warn!("writing the pidfile: {e}");
+        }
         tracing::info!(pid, argv = ?launch.argv, "agent started");
         Ok(Spawned { pid, exited: rx })
     }
+}
+
+/// Processes of this worker's agents that a stop of their process
+/// group misses: descendants of `agents` (taken before the stop: a
+/// double fork reparents them) and every process whose environment
+/// names this install dir (a daemon that outlived an earlier updater
+/// and was reparented to init). Reads `/proc`: call it off the async
+/// threads.
+pub fn strays(install_dir: &Path, agents: &[i32]) -> Vec<(i32, Option<u64>)> {
+    let me = std::process::id() as i32;
+    let mut out: Vec<i32> = agents.iter().flat_map(|&a| proc::descendants(a)).collect();
+    out.extend(
+        proc::pids()
+            .into_iter()
+            .filter(|&p| p != me && p > 1 && proc::alive(p) && marked(install_dir, p)),
+    );
+    out.sort_unstable();
+    out.dedup();
+    out.retain(|p| !agents.contains(p) && *p != me);
+    out.into_iter().map(|p| (p, proc::start_time(p))).collect()
+}
+
+/// Reap the zombies reparented to us (we are a child subreaper) that are
+/// not children we spawned and wait for ourselves (`ours`): an agent's
+/// double-forked helper that exited on its own. Blocking.
+fn reap_adopted(ours: &[i32]) {
+    let me = std::process::id() as i32;
+    for pid in proc::pids() {
+        if !ours.contains(&pid) && proc::ppid(pid) == Some(me) && proc::zombie(pid) {
+            let _ = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+        }
+    }
+}
+
+/// Whether `pid`'s environment names `install_dir` (`SWARM_INSTALL_DIR`).
+fn marked(install_dir: &Path, pid: i32) -> bool {
+    let dir = install_dir.as_os_str().as_bytes();
+    proc::environ(pid).is_some_and(|env| {
+        env.iter()
+            .any(|(k, v)| k == b"SWARM_INSTALL_DIR" && v.as_slice() == dir)
+    })
 }
 
 /// Every process matching `matcher`, except us.
@@ -484,5 +586,44 @@ mod tests {
         assert!(notes[0].note.contains("SIGTERM"), "{notes:?}");
         assert!(!proc::alive(s.pid));
         assert!(!proc::alive(child), "the script's child went with it");
+    }
+
+    #[tokio::test]
+    async fn a_forged_pidfile_with_the_real_start_time_spares_a_stranger() {
+        // A `sleep` that is neither our descendant (double-forked away
+        // from this process) nor marked with our install dir, named in a
+        // JSON pidfile with its real start time (issue 10).
+        let tmp = tempfile::tempdir().unwrap();
+        let sup = Supervisor::new(
+            tmp.path(),
+            tmp.path().join("agent.pid"),
+            tmp.path().join("agent.spawn.log"),
+            Duration::from_secs(2),
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 >/dev/null 2>&1 & echo $!"])
+            .output()
+            .unwrap();
+        let pid: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        assert!(!proc::descends_from(pid, std::process::id() as i32));
+        let forged = PidFile {
+            pid,
+            start_time: proc::start_time(pid),
+            argv: vec!["sleep".into(), "30".into()],
+            ..PidFile::default()
+        };
+        forged.write(&sup.pidfile).unwrap();
+        let matcher = Matcher {
+            programs: vec!["sleep".into()],
+            install_dir: tmp.path().to_owned(),
+            agent_dir: tmp.path().join("agent"),
+        };
+        assert!(sup.find(&matcher).is_empty(), "a stranger was trusted");
+        assert!(sup.stop(&matcher).await.is_empty());
+        assert!(proc::alive(pid));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }

@@ -46,10 +46,7 @@ pub async fn restart_and_probe(
             tracing::error!("looking for the running agent: {e}");
             Vec::new()
         });
-    let mut stopped = Vec::new();
-    for (pid, start_time) in found {
-        stopped.push(d.supervisor.stop_pid(pid, start_time).await);
-    }
+    let stopped = d.supervisor.stop_all(found).await;
     for s in &stopped {
         tracing::info!("{}", s.note);
     }
@@ -142,18 +139,29 @@ pub async fn restart_current(d: &Arc<Daemon>, phase: &str) -> (Probe, Option<Spa
     }
 }
 
+/// The repair of the agent's slots, at start-up and after a failed
+/// operation: first kill what is left of an install hook (so nothing
+/// writes into staging or a release any more), then
+/// [`Layout::repair_pending`](crate::slots::Layout::repair_pending), which
+/// leaves an unconfirmed update or rollback for [`reconcile`] to probe.
+/// Blocking.
+pub fn repair_install(d: &Daemon) -> Result<crate::slots::Repair> {
+    hook::reap_hook_leftovers(&d.layout)?;
+    d.layout.repair_pending()
+}
+
 /// An operation failed half-way through changing the slots: repair the
 /// layout as a restart would and, when that leaves an agent to restart or
 /// an unconfirmed release to probe, hand `guard` to the reconcile that does it.
 pub async fn recover(d: &Arc<Daemon>, guard: OpGuard, what: &str) {
-    let layout = d.layout.clone();
-    match blocking(move || layout.repair()).await {
+    let daemon = d.clone();
+    match blocking(move || repair_install(&daemon)).await {
         Ok(r) => {
             for action in &r.actions {
                 tracing::warn!("repair after {what}: {action}");
             }
-            if r.unconfirmed || r.restart {
-                tokio::spawn(reconcile::reconcile(d.clone(), guard, r.unconfirmed));
+            if r.unconfirmed || r.restart || r.rollback_unconfirmed {
+                tokio::spawn(reconcile::reconcile(d.clone(), guard, (&r).into()));
             }
         }
         Err(e) => tracing::error!(

@@ -1,15 +1,34 @@
 //! The start-up reconcile: after the repair and before anything is
 //! served, restart the agent on `current` when it must be (re)started, and
-//! revert an unconfirmed release that proves unhealthy.
+//! finish what a crash left undecided: an unconfirmed update is confirmed
+//! or reverted (`prev` untouched), an unconfirmed rollback is kept or
+//! undone — as the operation would have without the crash.
 
 use std::future::Future;
 use std::sync::Arc;
 
-use pki::wire::Manifest;
-
 use super::{end_rollback, restart_current};
+use crate::agent::Spawned;
 use crate::slots::Repair;
 use crate::state::{Daemon, OpGuard, blocking};
+
+/// What the reconcile has to decide, from the [`Repair`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pending {
+    /// An update flipped in and never given its verdict.
+    pub update: bool,
+    /// A rollback swapped in and never given its verdict.
+    pub rollback: bool,
+}
+
+impl From<&Repair> for Pending {
+    fn from(r: &Repair) -> Pending {
+        Pending {
+            update: r.unconfirmed,
+            rollback: r.rollback_unconfirmed,
+        }
+    }
+}
 
 /// At start-up, after the repair and before anything is served: when
 /// the agent has to be (re)started — a crash left an unconfirmed release
@@ -22,7 +41,7 @@ pub async fn start_up(
     repair: &Repair,
 ) -> Option<impl Future<Output = ()> + Send + 'static> {
     let app = d.clone();
-    let restart = repair.unconfirmed || repair.restart;
+    let restart = repair.unconfirmed || repair.restart || repair.rollback_unconfirmed;
     let needed = blocking(move || {
         Ok(app.layout.resolved_current().is_some()
             && (restart || (app.config.start_agent && !app.supervisor.running(&app.matcher()))))
@@ -36,44 +55,111 @@ pub async fn start_up(
         return None;
     }
     let guard = d.try_begin("start-up").ok()?;
-    Some(reconcile(d.clone(), guard, repair.unconfirmed))
+    Some(reconcile(d.clone(), guard, repair.into()))
 }
 
-/// Holding the worker: restart the agent on `current` and probe it. An
-/// `unconfirmed` release (never probed) that is unhealthy goes to
-/// `failed/` and `prev` comes back, its agent restarted.
-pub async fn reconcile(d: Arc<Daemon>, guard: OpGuard, unconfirmed: bool) {
+/// Holding the worker: restart the agent on `current` and probe it, then
+/// settle what is `pending`: healthy confirms (an update's replaced release
+/// becomes `prev`; a rollback's journal goes), unhealthy reverts the update
+/// (it goes to `failed/`, `active.old` comes back, `prev` stays) or undoes
+/// the rollback (swap back, restart).
+pub async fn reconcile(d: Arc<Daemon>, guard: OpGuard, pending: Pending) {
     let _guard = guard;
-    let (p, _) = restart_current(&d, "forward").await;
+    let phase = if pending.rollback {
+        "rollback"
+    } else {
+        "forward"
+    };
+    let (p, spawned) = restart_current(&d, phase).await;
     if p.healthy {
         tracing::info!("start-up: agent healthy");
+        if pending.update {
+            let layout = d.layout.clone();
+            match blocking(move || layout.confirm_to_trash()).await {
+                Ok(trash) => {
+                    tracing::info!("start-up: the unconfirmed update is healthy; confirmed");
+                    if let Some(trash) = trash {
+                        crate::slots::delete_in_background(trash);
+                    }
+                }
+                Err(e) => tracing::error!("start-up: confirming the update: {e}"),
+            }
+        }
+        if pending.rollback {
+            end_rollback(&d).await;
+        }
         return;
     }
     tracing::warn!("start-up: agent unhealthy: {:?}", p.error);
-    if !unconfirmed {
-        return;
+    if pending.update {
+        revert_unconfirmed(&d, spawned).await;
+    } else if pending.rollback {
+        undo_rollback(&d, spawned).await;
     }
+}
+
+/// The unconfirmed update is unhealthy: record the verdict, stop its
+/// agent, revert (the release it replaced comes back, `prev` untouched),
+/// restart that one.
+async fn revert_unconfirmed(d: &Arc<Daemon>, spawned: Option<Spawned>) {
+    crate::crashpoint::at("reconcile-unhealthy");
+    let layout = d.layout.clone();
+    if let Err(e) = blocking(move || layout.mark_reverting()).await {
+        tracing::error!("start-up: marking the update reverting: {e}");
+    }
+    stop_spawned(d, spawned).await;
     let layout = d.layout.clone();
     let reverted = blocking(move || {
-        let active = Manifest::read(&layout.active());
-        if !layout.prev().is_dir() {
+        let Some(m) = layout.pending_update() else {
             return Ok(None);
-        }
-        layout.begin_rollback(active.as_ref(), None)?;
-        layout.swap_prev()?;
-        layout.fail_prev().map(Some)
+        };
+        layout.revert(&m).map(Some)
     })
     .await;
     match reverted {
-        Ok(None) => return,
-        Ok(Some(name)) => {
+        Ok(Some((name, true))) => {
             tracing::warn!(
-                "start-up: the unconfirmed release went to failed/{name}; restarting the previous one"
+                "start-up: the unconfirmed release went to failed/{name}; restarting the one it replaced"
             );
-            let (p, _) = restart_current(&d, "rollback").await;
+            let (p, _) = restart_current(d, "rollback").await;
             tracing::info!(healthy = p.healthy, "start-up: previous release restarted");
         }
+        Ok(Some((name, false))) => tracing::warn!(
+            "start-up: the unconfirmed first install went to failed/{name}; nothing runs"
+        ),
+        Ok(None) => tracing::error!("start-up: the update journal vanished; left as it is"),
         Err(e) => tracing::error!("start-up: reverting the unconfirmed release: {e}"),
     }
-    end_rollback(&d).await;
+}
+
+/// The unconfirmed rollback's target is unhealthy: record the verdict,
+/// stop its agent, swap back, restart the release that ran before.
+async fn undo_rollback(d: &Arc<Daemon>, spawned: Option<Spawned>) {
+    let layout = d.layout.clone();
+    if let Err(e) = blocking(move || layout.mark_rollback_undo()).await {
+        tracing::error!("start-up: marking the rollback for undo: {e}");
+    }
+    stop_spawned(d, spawned).await;
+    let layout = d.layout.clone();
+    match blocking(move || layout.swap_prev()).await {
+        Ok(()) => {
+            tracing::warn!("start-up: the rollback's target is unhealthy; went back");
+            let (p, _) = restart_current(d, "rollback-check").await;
+            tracing::info!(healthy = p.healthy, "start-up: previous release restarted");
+        }
+        Err(e) => tracing::error!("start-up: undoing the rollback: {e}"),
+    }
+    end_rollback(d).await;
+}
+
+async fn stop_spawned(d: &Daemon, spawned: Option<Spawned>) {
+    // A deliberate stop: no crash for the supervisor.
+    d.watch.retire();
+    if let Some(s) = spawned {
+        let stopped = d
+            .supervisor
+            .stop_pid(s.pid, crate::agent::proc::start_time(s.pid))
+            .await;
+        tracing::info!("{}", stopped.note);
+    }
 }

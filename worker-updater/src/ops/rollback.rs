@@ -34,6 +34,7 @@ pub async fn rollback(d: Arc<Daemon>, guard: OpGuard) -> OpResult {
     let (layout, from, to) = (d.layout.clone(), running.clone(), target.clone());
     let swapped = blocking(move || {
         layout.begin_rollback(from.as_ref(), to.as_ref())?;
+        crate::crashpoint::at("rollback-journaled");
         layout.swap_prev()
     })
     .await;
@@ -41,7 +42,8 @@ pub async fn rollback(d: Arc<Daemon>, guard: OpGuard) -> OpResult {
         recover(&d, guard, "a failed rollback swap").await;
         return Err(e);
     }
-    let (p, _) = restart_and_probe(&d, "rollback", &target_spec).await;
+    crate::crashpoint::at("rollback-swapped");
+    let (p, spawned) = restart_and_probe(&d, "rollback", &target_spec).await;
     if p.healthy {
         end_rollback(&d).await;
         tracing::info!("rolled back to {:?}", target.as_ref().map(|m| &m.sha256));
@@ -59,12 +61,30 @@ pub async fn rollback(d: Arc<Daemon>, guard: OpGuard) -> OpResult {
             },
         ));
     }
+    // The verdict first: a crash from here on finishes the undo.
+    crate::crashpoint::at("rollback-unhealthy");
+    let layout = d.layout.clone();
+    if let Err(e) = blocking(move || layout.mark_rollback_undo()).await {
+        recover(&d, guard, "a failed rollback undo").await;
+        return Err(e);
+    }
+    crate::crashpoint::at("rollback-undoing");
+    let log_tail = super::caretaker::failed_tail(&d).await;
+    // A deliberate stop: no crash for the supervisor.
+    d.watch.retire();
+    if let Some(s) = &spawned {
+        let stopped = d
+            .supervisor
+            .stop_pid(s.pid, crate::agent::proc::start_time(s.pid))
+            .await;
+        tracing::info!("{}", stopped.note);
+    }
     let layout = d.layout.clone();
     if let Err(e) = blocking(move || layout.swap_prev()).await {
         recover(&d, guard, "a failed swap back after a rollback").await;
         return Err(e);
     }
-    let log_tail = super::caretaker::failed_tail(&d).await;
+    crate::crashpoint::at("rollback-undone");
     let (back, _) = restart_and_probe(&d, "rollback-check", &running_spec).await;
     end_rollback(&d).await;
     let mut error = format!(

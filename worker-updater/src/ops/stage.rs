@@ -145,7 +145,7 @@ async fn prepare(
     }
     let t = Instant::now();
     if let Some(hook) = staged.spec.hook()? {
-        run_install(&hook).await?;
+        run_install(&hook, layout).await?;
     }
     timings.install_ms = crate::ms(t);
     Ok(Prepared::Ready(Box::new(staged)))

@@ -44,12 +44,14 @@ pub async fn update(
         ));
     };
     tracing::info!(sha256 = %manifest.sha256, "flipped current to the new release");
+    crate::crashpoint::at("update-flipped");
 
     let t = Instant::now();
     let (forward, spawned) = restart_and_probe(&d, "forward", &spec).await;
     timings.probe_ms = forward.elapsed_ms;
     timings.restart_ms = ms(t).saturating_sub(forward.elapsed_ms);
     if forward.healthy {
+        crate::crashpoint::at("update-healthy");
         let t = Instant::now();
         let layout = d.layout.clone();
         let trash = blocking(move || layout.confirm_to_trash()).await?;
@@ -76,8 +78,27 @@ pub async fn update(
         ));
     }
 
-    // Unhealthy: stop it, put the last good release back.
-    let why = forward.error.clone().unwrap_or_else(|| "unhealthy".into());
+    // Unhealthy: record the verdict (a crash from here on reverts, never
+    // rolls forward), stop it, put the last good release back.
+    crate::crashpoint::at("update-unhealthy");
+    let mut why = forward.error.clone().unwrap_or_else(|| "unhealthy".into());
+    if let Some(port) = reqwest::Url::parse(&forward.url)
+        .ok()
+        .and_then(|u| u.port_or_known_default())
+    {
+        let agent = spawned.as_ref().map(|s| s.pid);
+        let note = blocking(move || Ok(crate::agent::port::stray_note(port, agent))).await;
+        if let Ok(Some(note)) = note {
+            why.push_str("; ");
+            why.push_str(&note);
+        }
+    }
+    let layout = d.layout.clone();
+    if let Err(e) = blocking(move || layout.mark_reverting()).await {
+        recover(&d, guard, "a failed revert").await;
+        return Err(e);
+    }
+    crate::crashpoint::at("update-marked");
     let log_tail = crate::ops::caretaker::failed_tail(&d).await;
     d.watch.retire();
     if let Some(s) = &spawned {
@@ -97,6 +118,7 @@ pub async fn update(
             return Err(e);
         }
     };
+    crate::crashpoint::at("update-reverted");
     let mut probes = vec![forward];
     let previous_manifest = previous.manifest.clone();
     let (release, error) = if restored {

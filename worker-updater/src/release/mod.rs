@@ -164,6 +164,8 @@ impl ReleaseSpec {
                 "[install] command is empty".into(),
             ));
         };
+        pki::release::check_program("[install] command", program)
+            .map_err(UpdaterError::ReleaseConfig)?;
         *program = resolve_program(program, &self.hook_dir)
             .display()
             .to_string();
@@ -213,6 +215,7 @@ fn agent_run(
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| format!("[agent] command: {e}"))?;
     if let Some(p) = argv.first_mut() {
+        pki::release::check_program("[agent] command", p)?;
         *p = resolve_program(p, run_dir).display().to_string();
     }
     let health_url = match &toml.agent.health_url {

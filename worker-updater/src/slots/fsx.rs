@@ -19,6 +19,7 @@ const TEMP_OWNERS: &[&str] = &[
     "current",
     "incoming.json",
     "rollback.json",
+    "hook.json",
     "trial.json",
     "agent.pid",
 ];
@@ -118,8 +119,32 @@ fn exchange_unsupported(e: nix::errno::Errno) -> bool {
 
 /// Check that `dir`'s filesystem can swap two directories with
 /// `renameat2(RENAME_EXCHANGE)`, by doing it on two temporary directories
-/// (removed again). The `Err` says what is missing, for the operator.
+/// (removed again). The `Err` says what is missing, for the operator. On a
+/// full filesystem (no room for the two directories) the answer is
+/// "unknown" and the check passes with a warning: an updater that refuses
+/// to start would leave the worker with no agent at all.
 pub fn check_exchange(dir: &Path) -> std::result::Result<(), String> {
+    match exchange_works(dir) {
+        Err(Probe::NoRoom(e)) => {
+            tracing::warn!(
+                "cannot check RENAME_EXCHANGE in {} ({e}): the filesystem is full; proceeding",
+                dir.display()
+            );
+            Ok(())
+        }
+        Err(Probe::Failed(e)) => Err(e),
+        Ok(()) => Ok(()),
+    }
+}
+
+/// How [`exchange_works`] failed.
+enum Probe {
+    /// ENOSPC/EDQUOT creating the probe directories.
+    NoRoom(io::Error),
+    Failed(String),
+}
+
+fn exchange_works(dir: &Path) -> std::result::Result<(), Probe> {
     let pid = std::process::id();
     let a = dir.join(format!(".exchange-check-{pid}-a"));
     let b = dir.join(format!(".exchange-check-{pid}-b"));
@@ -128,11 +153,21 @@ pub fn check_exchange(dir: &Path) -> std::result::Result<(), String> {
         let _ = fs::remove_dir_all(&b);
     };
     cleanup();
+    let no_room = |e: io::Error, what: &Path| {
+        if matches!(
+            e.raw_os_error(),
+            Some(nix::libc::ENOSPC | nix::libc::EDQUOT)
+        ) {
+            Probe::NoRoom(e)
+        } else {
+            Probe::Failed(format!("creating {}: {e}", what.display()))
+        }
+    };
     let result = (|| {
-        fs::create_dir(&a).map_err(|e| format!("creating {}: {e}", a.display()))?;
-        fs::create_dir(&b).map_err(|e| format!("creating {}: {e}", b.display()))?;
-        fs::create_dir(a.join("a")).map_err(|e| format!("creating in {}: {e}", a.display()))?;
-        match renameat2(AT_FDCWD, &a, AT_FDCWD, &b, RenameFlags::RENAME_EXCHANGE) {
+        fs::create_dir(&a).map_err(|e| no_room(e, &a))?;
+        fs::create_dir(&b).map_err(|e| no_room(e, &b))?;
+        fs::create_dir(a.join("a")).map_err(|e| no_room(e, &a))?;
+        let swapped = match renameat2(AT_FDCWD, &a, AT_FDCWD, &b, RenameFlags::RENAME_EXCHANGE) {
             Ok(()) if b.join("a").is_dir() && !a.join("a").exists() => Ok(()),
             Ok(()) => Err(format!(
                 "renameat2(RENAME_EXCHANGE) in {} reported success but did not swap",
@@ -146,7 +181,8 @@ pub fn check_exchange(dir: &Path) -> std::result::Result<(), String> {
                 "renameat2(RENAME_EXCHANGE) in {}: {e}",
                 dir.display()
             )),
-        }
+        };
+        swapped.map_err(Probe::Failed)
     })();
     cleanup();
     result

@@ -7,10 +7,12 @@
 //! releases/active.new/          staging (mid-update only)
 //! releases/active.old/          the release that was live before the update
 //!                               in flight, kept until the new one is healthy
-//! releases/.incoming.json       journal: manifest of the update in flight,
-//!                               marked `reverting` once its probe failed
-//! releases/.rollback.json       journal: a rollback (or a start-up revert)
-//!                               in flight
+//! releases/.incoming.json       journal: manifest of the update in flight
+//! releases/.reverting.json      the same, renamed once its probe failed
+//! releases/.rollback.json       journal: a rollback in flight (`undo` once
+//!                               its target failed its probe; renamed to
+//!                               `.rollback-undo.json` on a full disk)
+//! releases/.hook.json           the running install hook's process group
 //! releases/failed/<time>-<sha>/ releases that failed their probe
 //! releases/.trash-prev-<pid>-<n>/ a dropped `prev`, deleted in the
 //!                               background after the update answered
@@ -37,6 +39,7 @@ mod transitions;
 use std::path::{Path, PathBuf};
 
 pub use fsx::{check_exchange, delete_in_background, delete_trash, remove_tree};
+pub use journal::{HookJournal, RollbackJournal};
 pub use paths::Layout;
 pub use repair::Repair;
 

@@ -70,8 +70,22 @@ impl Layout {
     pub fn journal(&self) -> PathBuf {
         self.releases.join(".incoming.json")
     }
+    /// The update journal once its probe failed (renamed, see
+    /// [`Layout::mark_reverting`]).
+    pub fn reverting_journal(&self) -> PathBuf {
+        self.releases.join(".reverting.json")
+    }
     pub fn rollback_journal(&self) -> PathBuf {
         self.releases.join(".rollback.json")
+    }
+    /// The rollback journal renamed for lack of space to rewrite it
+    /// ([`Layout::mark_rollback_undo`]).
+    pub fn rollback_undo_journal(&self) -> PathBuf {
+        self.releases.join(".rollback-undo.json")
+    }
+    /// The running install hook's process group.
+    pub fn hook_journal(&self) -> PathBuf {
+        self.releases.join(".hook.json")
     }
 
     /// Where the live release runs from, as `current` resolves to it

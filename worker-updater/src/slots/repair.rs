@@ -24,6 +24,10 @@ pub struct Repair {
     /// An operation was interrupted after it had changed which release is
     /// live (a revert): the agent must be restarted on `current`.
     pub restart: bool,
+    /// A rollback crashed after its swap and before its target was proven
+    /// healthy (its journal is kept): the caller re-probes `current` and
+    /// undoes the rollback if it is unhealthy.
+    pub rollback_unconfirmed: bool,
 }
 
 impl Layout {
@@ -43,20 +47,28 @@ impl Layout {
     ///    release moved to `failed/`), `prev` is untouched, and
     ///    [`Repair::restart`] asks for the agent to be restarted;
     /// 5. `active.old` next to `active` whose release the journal names: the
-    ///    flip happened, the probe never confirmed it. The layout rolls
-    ///    forward (`active.old` becomes `prev`) and [`Repair::unconfirmed`]
-    ///    asks the caller to restart and probe the agent, reverting to `prev`
-    ///    if it is unhealthy;
+    ///    flip happened, the probe never gave its verdict. Everything stays
+    ///    (`active.old`, `prev` and the journal) and [`Repair::unconfirmed`]
+    ///    asks the caller to restart and probe the agent, then confirm
+    ///    (`active.old` becomes `prev`) or revert (`prev` untouched): a
+    ///    crash never costs the last good release;
     /// 6. `active.old` next to `active` and no journal that explains it: it
     ///    goes to `failed/` (never into `prev`, which stays the last good
     ///    release);
     /// 7. no `active` but a `prev`: `prev` becomes `active`;
-    /// 8. a rollback journal: the rollback was interrupted before or after
-    ///    its atomic swap; the slots stay as they are and
-    ///    [`Repair::restart`] asks for the agent on `current`;
+    /// 8. a rollback journal: when its target is live and no verdict was
+    ///    recorded, the journal stays and [`Repair::rollback_unconfirmed`]
+    ///    asks the caller to re-probe it (and undo the rollback if it is
+    ///    unhealthy); when the verdict "undo" was recorded, the swap back is
+    ///    done now; otherwise (the swap had not happened, or was undone)
+    ///    the journal goes. [`Repair::restart`] asks for the agent on
+    ///    `current` in every case;
     /// 9. `current` is re-pointed at `releases/active`, or removed if there
     ///    is no release at all.
-    pub fn repair(&self) -> Result<Repair> {
+    ///
+    /// The caller first kills what a crash left of an install hook
+    /// ([`Layout::read_hook`]), so nothing writes into staging meanwhile.
+    pub fn repair_pending(&self) -> Result<Repair> {
         self.ensure_dirs()?;
         let mut r = Repair::default();
         for dir in [&self.root, &self.releases] {
@@ -111,9 +123,8 @@ impl Layout {
             ));
         } else if self.old().is_dir() && flipped {
             r.unconfirmed = true;
-            self.confirm()?;
             r.actions.push(
-                "an update crashed after its flip: kept it live, the release it replaced is prev"
+                "an update crashed after its flip, before its verdict: kept it live for a new probe, active.old and prev as they were"
                     .into(),
             );
         } else if self.old().is_dir() {
@@ -139,18 +150,11 @@ impl Layout {
             rename(&self.prev(), &self.active())?;
             r.actions.push("no active release: promoted prev".into());
         }
-        if self.journal().exists() {
-            remove_file(&self.journal())?;
+        if !r.unconfirmed {
+            self.remove_journal()?;
         }
-        if self.rollback_journal().exists() {
-            // Each swap is one RENAME_EXCHANGE: the slots are whole either
-            // way; the agent may be the wrong one, or not running.
-            r.restart = true;
-            remove_file(&self.rollback_journal())?;
-            r.actions.push(
-                "a rollback was interrupted: the agent is restarted on the release current holds"
-                    .into(),
-            );
+        if self.rollback_pending() {
+            self.repair_rollback(&mut r)?;
         }
         fsync_dir(&self.releases)?;
         if self.active().is_dir() {
@@ -166,5 +170,59 @@ impl Layout {
                 .push("removed current: there is no release".into());
         }
         Ok(r)
+    }
+
+    /// [`Layout::repair_pending`], then roll an unconfirmed update forward
+    /// (`active.old` becomes `prev`) and take an unconfirmed rollback as
+    /// done: for `updater/`, whose caller checks the live release itself.
+    pub fn repair(&self) -> Result<Repair> {
+        let mut r = self.repair_pending()?;
+        if r.unconfirmed && self.old().is_dir() {
+            self.confirm()?;
+            r.actions.push(
+                "rolled the unconfirmed update forward: the release it replaced is prev".into(),
+            );
+        } else if r.unconfirmed {
+            self.remove_journal()?;
+        }
+        if r.rollback_unconfirmed {
+            self.end_rollback()?;
+            r.rollback_unconfirmed = false;
+        }
+        Ok(r)
+    }
+
+    /// Rule 8: a rollback journal. Each swap is one RENAME_EXCHANGE, so the
+    /// slots are whole; what is left to decide is whether the target still
+    /// has to prove itself, and whether a decided undo still has to happen.
+    fn repair_rollback(&self, r: &mut Repair) -> Result<()> {
+        // The agent may be the wrong one, or not running.
+        r.restart = true;
+        let journal = self.read_rollback().unwrap_or_default();
+        let active = Manifest::read(&self.active());
+        let target_live =
+            journal.to.is_some() && active == journal.to && journal.from != journal.to;
+        if target_live && journal.undo && self.prev().is_dir() {
+            exchange(&self.active(), &self.prev())?;
+            fsync_dir(&self.releases)?;
+            self.end_rollback()?;
+            r.actions.push(
+                "a rollback's target had failed its probe: finished the swap back; the agent is restarted on the release that ran before"
+                    .into(),
+            );
+        } else if target_live && !journal.undo {
+            r.rollback_unconfirmed = true;
+            r.actions.push(
+                "a rollback was interrupted before its target was proven healthy: it is probed again, and undone if unhealthy"
+                    .into(),
+            );
+        } else {
+            self.end_rollback()?;
+            r.actions.push(
+                "a rollback was interrupted: the agent is restarted on the release current holds"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 }

@@ -363,3 +363,85 @@ fn repair_removes_stale_temp_files_of_every_json_it_writes() {
     }
     assert!(keep.exists(), "only our own temp files go");
 }
+
+/// prev=aaaa, active=bbbb.
+fn two_releases(l: &Layout) {
+    for sha in ["aaaa", "bbbb"] {
+        let m = stage(l, sha);
+        l.flip_in(&m).unwrap();
+        l.confirm().unwrap();
+    }
+}
+
+#[test]
+fn a_crash_before_the_verdict_keeps_prev_for_the_probe_to_decide() {
+    // Killed while probing cccc (flipped, no verdict): the pending repair
+    // keeps active.old, prev and the journal; a revert then restores bbbb
+    // and prev is still aaaa (issue 10: a crash never costs prev).
+    let tmp = tempfile::tempdir().unwrap();
+    let l = Layout::new(tmp.path(), 5);
+    two_releases(&l);
+    let c = stage(&l, "cccc");
+    l.flip_in(&c).unwrap();
+    let r = l.repair_pending().unwrap();
+    assert!(r.unconfirmed && !r.rollback_unconfirmed, "{r:?}");
+    assert_eq!(live(&l).as_deref(), Some("cccc"));
+    assert_eq!(Manifest::read(&l.old()).unwrap().sha256, "bbbb");
+    assert_eq!(Manifest::read(&l.prev()).unwrap().sha256, "aaaa");
+    assert_eq!(l.pending_update().unwrap().sha256, "cccc");
+    // Killed again at the same point: the same answer.
+    let again = l.repair_pending().unwrap();
+    assert!(again.unconfirmed, "{again:?}");
+    // The verdict (unhealthy) is a rename, then the revert.
+    l.mark_reverting().unwrap();
+    assert!(l.reverting_journal().exists() && !l.journal().exists());
+    // Killed right after the verdict: the repair finishes the revert.
+    let r = l.repair_pending().unwrap();
+    assert!(r.restart && !r.unconfirmed, "{r:?}");
+    assert_eq!(live(&l).as_deref(), Some("bbbb"));
+    assert_eq!(Manifest::read(&l.prev()).unwrap().sha256, "aaaa");
+    assert_eq!(failed_shas(&l), vec!["cccc".to_owned()]);
+    assert!(!l.reverting_journal().exists() && !l.old().exists());
+}
+
+#[test]
+fn an_unconfirmed_rollback_is_kept_for_a_probe_and_a_decided_undo_is_finished() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = Layout::new(tmp.path(), 5);
+    two_releases(&l);
+    let (a, b) = (manifest("aaaa"), manifest("bbbb"));
+    l.begin_rollback(Some(&b), Some(&a)).unwrap();
+    l.swap_prev().unwrap();
+    // Killed while probing aaaa: the journal stays, the probe decides.
+    let r = l.repair_pending().unwrap();
+    assert!(r.rollback_unconfirmed && r.restart, "{r:?}");
+    assert!(l.rollback_journal().exists());
+    assert_eq!(live(&l).as_deref(), Some("aaaa"));
+    // The verdict "undo" recorded, killed before the swap back.
+    l.mark_rollback_undo().unwrap();
+    assert!(l.read_rollback().unwrap().undo);
+    let r = l.repair_pending().unwrap();
+    assert!(r.restart && !r.rollback_unconfirmed, "{r:?}");
+    assert_eq!(live(&l).as_deref(), Some("bbbb"));
+    assert_eq!(Manifest::read(&l.prev()).unwrap().sha256, "aaaa");
+    assert!(!l.rollback_pending());
+}
+
+#[test]
+fn a_flip_that_fails_after_its_exchange_is_undone() {
+    // A flip whose finishing step fails after the exchange (here the
+    // re-pointing of `current`, which is a non-empty dir; in the field a
+    // full disk) leaves the old release live, no journal, and the pushed
+    // tree back in staging: its error answer means nothing rotated.
+    let tmp = tempfile::tempdir().unwrap();
+    let l = Layout::new(tmp.path(), 5);
+    two_releases(&l);
+    let c = stage(&l, "cccc");
+    fs::remove_file(l.current()).unwrap();
+    fs::create_dir(l.current()).unwrap();
+    fs::write(l.current().join("x"), b"x").unwrap();
+    assert!(l.flip_in(&c).is_err());
+    assert_eq!(Manifest::read(&l.active()).unwrap().sha256, "bbbb");
+    assert_eq!(Manifest::read(&l.staging()).unwrap().sha256, "cccc");
+    assert!(l.read_journal().is_none() && !l.old().exists());
+}

@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use pki::wire::{FailedRelease, Manifest, Releases};
 
 use super::Layout;
-use super::fsx::{exchange, fsync_dir, remove_file, remove_tree, rename, sync_fs, temp_sibling};
+use super::fsx::{
+    exchange, fsync_dir, remove_file, remove_tree, rename, sync_fs, temp_sibling,
+    write_json_durable,
+};
 use super::journal::Journal;
 use crate::error::{Result, UpdaterError};
 
@@ -34,18 +37,51 @@ impl Layout {
     /// Promote the complete staging release `incoming`: journal it, sync
     /// once, swap it into `active` atomically, keep the old one as
     /// `active.old`, and point `current` at `releases/active`.
+    ///
+    /// An `Err` means nothing rotated: a step after the exchange that fails
+    /// (a full disk, say) is undone before returning, so a 507 or a 500
+    /// never leaves the pushed release live.
     pub fn flip_in(&self, incoming: &Manifest) -> Result<()> {
         self.journal_flip(incoming)?;
         sync_fs(&self.releases)?;
         remove_tree(&self.old())?;
-        if self.active().is_dir() {
+        let swapped = self.active().is_dir();
+        if swapped {
             exchange(&self.staging(), &self.active())?;
-            rename(&self.staging(), &self.old())?;
         } else {
             rename(&self.staging(), &self.active())?;
         }
-        fsync_dir(&self.releases)?;
-        self.point_current()
+        crate::crashpoint::at("flip-exchanged");
+        let finish = || -> Result<()> {
+            if swapped {
+                rename(&self.staging(), &self.old())?;
+            }
+            fsync_dir(&self.releases)?;
+            self.point_current()
+        };
+        if let Err(e) = finish() {
+            if let Err(undo) = self.unflip(swapped) {
+                tracing::error!("undoing a failed flip: {undo}; the repair finishes it");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Put the release that was live before a failed [`Layout::flip_in`]
+    /// back in `active` (renames only: it must work on a full disk).
+    fn unflip(&self, swapped: bool) -> Result<()> {
+        if swapped {
+            if self.old().is_dir() {
+                rename(&self.old(), &self.staging())?;
+            }
+            exchange(&self.staging(), &self.active())?;
+        } else {
+            rename(&self.active(), &self.staging())?;
+            remove_file(&self.current())?;
+        }
+        self.remove_journal()?;
+        fsync_dir(&self.releases)
     }
 
     /// The release in `active` is healthy: the one it replaced becomes
@@ -73,7 +109,7 @@ impl Layout {
             rename(&self.old(), &self.prev())?;
             fsync_dir(&self.releases)?;
         }
-        remove_file(&self.journal())?;
+        self.remove_journal()?;
         fsync_dir(&self.releases)?;
         Ok(trash)
     }
@@ -82,19 +118,28 @@ impl Layout {
     /// it replaced back. Returns the name under `failed/` and whether a
     /// release was restored (false on a first install: `current` is removed).
     ///
-    /// The journal is marked `reverting` (durably) first, so a crash between
-    /// the exchange and the move to `failed/` is finished by [`Layout::repair`]
-    /// instead of being mistaken for a flip to roll forward.
+    /// The journal is marked `reverting` first ([`Layout::mark_reverting`],
+    /// a rename: it needs no free space), so a crash between the exchange
+    /// and the move to `failed/` is finished by [`Layout::repair`] instead
+    /// of being mistaken for a flip to roll forward.
     pub fn revert(&self, manifest: &Manifest) -> Result<(String, bool)> {
         self.ensure_dirs()?;
-        self.write_journal_durable(&Journal {
-            manifest: manifest.clone(),
-            reverting: true,
-        })?;
+        if self.read_journal().is_none() {
+            write_json_durable(
+                &self.reverting_journal(),
+                &Journal {
+                    manifest: manifest.clone(),
+                    reverting: true,
+                },
+            )?;
+        }
+        self.mark_reverting()?;
+        crate::crashpoint::at("revert-marked");
         let name = self.failed_name(manifest);
         let dest = self.failed().join(&name);
         let restored = if self.old().is_dir() {
             exchange(&self.active(), &self.old())?;
+            crate::crashpoint::at("revert-exchanged");
             rename(&self.old(), &dest)?;
             true
         } else {
@@ -102,7 +147,7 @@ impl Layout {
             remove_file(&self.current())?;
             false
         };
-        remove_file(&self.journal())?;
+        self.remove_journal()?;
         fsync_dir(&self.releases)?;
         fsync_dir(&self.root)?;
         self.prune_failed();
@@ -184,7 +229,12 @@ impl Layout {
 
     /// Atomically (re)point `current` at `releases/active`: a temp symlink
     /// renamed over it, then the install dir fsynced.
+    /// Nothing is written when it points there already (a full disk has
+    /// no room for the temp link, and nothing would change).
     pub(crate) fn point_current(&self) -> Result<()> {
+        if fs::read_link(self.current()).ok().as_deref() == Some(Path::new("releases/active")) {
+            return Ok(());
+        }
         let tmp = temp_sibling(&self.current());
         let _ = fs::remove_file(&tmp);
         std::os::unix::fs::symlink("releases/active", &tmp)

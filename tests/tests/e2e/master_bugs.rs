@@ -3,146 +3,22 @@
 //! as the culprit after a real TLS handshake (#8), and a push interrupted
 //! by Ctrl-C keeps every host that answered in `swarm history` (#9).
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::net::TcpListener;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pki::{Bundle, HostName, IssuedLeaf};
-use serde_json::Value;
-use tempfile::TempDir;
-use tests::worker::{Worker, WorkerOptions, toml_array};
-use tests::{ChildGuard, WorkerBundles, bin, eventually, free_port};
-
-/// A fresh master home with a CA, and a scratch dir for bundles and trees.
-struct Swarm {
-    home: TempDir,
-    scratch: TempDir,
-}
-
-impl Swarm {
-    fn new() -> Swarm {
-        let s = Swarm {
-            home: tempfile::tempdir().expect("tempdir"),
-            scratch: tempfile::tempdir().expect("tempdir"),
-        };
-        s.ok(&["ca", "init"]);
-        s
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(bin("swarm"));
-        cmd.args(args)
-            .env("SWARM_HOME", self.home.path())
-            .env("NO_COLOR", "1");
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run swarm")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "swarm {args:?}: {}", show(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str], code: i32) -> Value {
-        let out = self.run(args);
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "swarm {args:?}: {}",
-            show(&out)
-        );
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", show(&out)))
-    }
-
-    /// `swarm enroll` `host` at 127.0.0.1 with these ports.
-    fn enroll(&self, host: &str, updater_port: u16, agent_port: u16) -> WorkerBundles {
-        let out_dir = self.scratch.path().join(host);
-        self.ok(&[
-            "enroll",
-            "--host",
-            host,
-            "--address",
-            "127.0.0.1",
-            "--updater-port",
-            &updater_port.to_string(),
-            "--agent-port",
-            &agent_port.to_string(),
-            "--updater",
-            "--out-dir",
-            out_dir.to_str().expect("utf-8 path"),
-        ]);
-        let updater_dir = self.scratch.path().join(format!("{host}-updater"));
-        WorkerBundles {
-            host: HostName::new(host).expect("host"),
-            agent: leaf(&out_dir, "worker"),
-            updater: leaf(&updater_dir, "updater"),
-            agent_dir: out_dir,
-            updater_dir,
-        }
-    }
-
-    /// Enroll `host` and start its real updater with the enrolled bundles.
-    fn worker(&self, host: &str) -> Worker {
-        let (port, agent_port) = (free_port(), free_port());
-        let bundles = self.enroll(host, port, agent_port);
-        let options = WorkerOptions {
-            agent_port: Some(agent_port),
-            ..WorkerOptions::default()
-        };
-        let w = Worker::start_with(bundles, SocketAddr::from(([127, 0, 0, 1], port)), options);
-        std::fs::write(
-            w.install_dir.join(".env.local"),
-            format!("AGENT_PORT={}\n", w.agent_port),
-        )
-        .expect("write .env.local");
-        w
-    }
-
-    fn tree(&self, name: &str) -> PathBuf {
-        let dir = self.scratch.path().join("trees").join(name);
-        std::fs::create_dir_all(&dir).expect("mkdir tree");
-        dir
-    }
-}
-
-fn leaf(dir: &Path, stem: &str) -> IssuedLeaf {
-    let bundle = Bundle::load(dir).expect("bundle");
-    let info = bundle.info().expect("cert info");
-    IssuedLeaf {
-        cert_pem: std::fs::read_to_string(dir.join(format!("{stem}.crt"))).expect("crt"),
-        key_pem: std::fs::read_to_string(dir.join(format!("{stem}.key"))).expect("key"),
-        fingerprint: bundle.fingerprint(),
-        not_after: info.not_after,
-    }
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// A port nothing listens on (bound, then released).
-fn closed_port() -> u16 {
-    free_port()
-}
+use pki::Bundle;
+use tests::release::toml_array;
+use tests::{Daemon, Swarm, bin, eventually};
 
 /// Issue 9 #6: every command that prints ends quietly on a closed stdout
 /// (it used to panic in `println!`, exit 101).
 #[test]
 fn a_closed_stdout_ends_every_command_quietly() {
     let s = Swarm::new();
-    s.enroll("w1", closed_port(), closed_port());
+    // Nothing listens on the enrolled ports.
+    let _w1 = s.enroll("w1");
     let tree = s.tree("app");
     std::fs::write(tree.join("VERSION"), "1").expect("write");
     let root = tree.to_str().expect("utf-8");
@@ -159,7 +35,8 @@ fn a_closed_stdout_ends_every_command_quietly() {
         let (read, write) = nix::unistd::pipe().expect("pipe");
         drop(read); // the reader is gone before swarm writes a byte
         let out = s
-            .command(args)
+            .command()
+            .args(args)
             .stdout(Stdio::from(write))
             .stderr(Stdio::piped())
             .output()
@@ -197,10 +74,9 @@ impl rustls::time_provider::TimeProvider for SkewedClock {
 #[test]
 fn a_worker_with_a_wrong_clock_is_named_as_the_culprit() {
     let s = Swarm::new();
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let bundles = s.enroll("w1", port, closed_port());
-    let updater = Bundle::load(&bundles.updater_dir).expect("updater bundle");
+    let w1 = s.enroll("w1");
+    let listener = TcpListener::bind(w1.listen).expect("bind the enrolled updater port");
+    let updater = Bundle::load(&w1.bundles.updater_dir).expect("updater bundle");
 
     // A real rustls server with the enrolled updater identity, whose
     // client verifier believes it is 20 years from now.
@@ -286,7 +162,8 @@ fn an_interrupted_push_keeps_the_hosts_that_answered_in_history() {
         .expect("chmod");
 
     let root = tree.to_str().expect("utf-8");
-    let mut cmd = s.command(&[
+    let mut cmd = s.command();
+    cmd.args([
         "update",
         "--all",
         "--root",
@@ -296,10 +173,10 @@ fn an_interrupted_push_keeps_the_hosts_that_answered_in_history() {
         "120",
     ]);
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
-    let mut push = ChildGuard::spawn(&mut cmd);
+    let mut push = Daemon::start(&mut cmd);
 
     // Both agents' outcomes reach the inventory while the push still runs.
-    let db = s.home.path().join("inventory.db");
+    let db = s.home().join("inventory.db");
     let hosts = eventually(
         Duration::from_secs(60),
         "both agent outcomes recorded",
@@ -318,15 +195,12 @@ fn an_interrupted_push_keeps_the_hosts_that_answered_in_history() {
     );
     assert_eq!(hosts, ["w1", "w2"]);
     assert!(
-        push.0.try_wait().expect("try_wait").is_none(),
+        push.try_wait().is_none(),
         "the push must still be waiting for the updaters"
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(push.pid()).expect("pid")),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .expect("SIGINT");
-    let status = push.0.wait().expect("wait");
+    push.signal(nix::sys::signal::Signal::SIGINT)
+        .expect("SIGINT");
+    let status = push.wait(Duration::from_secs(60)).expect("wait");
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(nix::sys::signal::Signal::SIGINT as i32),

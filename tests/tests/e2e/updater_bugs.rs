@@ -9,7 +9,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use pki::wire::OpStatus;
-use tests::worker::{ReleaseTree, Worker, WorkerOptions};
+use tests::release::ReleaseTree;
+use tests::worker::{Worker, WorkerOptions};
 use tests::{TestPki, bin, eventually_async};
 
 /// `worker-updater --check` with these bundle dirs and a fresh install dir.
@@ -88,7 +89,7 @@ async fn a_busy_answer_says_busy_once() {
     let pki = TestPki::new();
     let w = Worker::start(&pki, "w1", WorkerOptions::default());
     let client = w.master_client(&pki);
-    let gate = w.tmp.path().join("install-gate");
+    let gate = w.dir().join("install-gate");
     let hook = format!(
         "[install]\ncommand = [\"sh\", \"-c\", \"while [ ! -e '{}' ]; do sleep 0.02; done\"]\n",
         gate.display()
