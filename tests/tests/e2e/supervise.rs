@@ -11,7 +11,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use pki::wire::{AgentState, OpStatus, SupervisedAgent, WorkerHistory};
 use tests::process::alive;
-use tests::release::{ReleaseTree, sha256_hex};
+use tests::release::{ReleaseTree, sha256_hex, toml_array};
 use tests::worker::{Worker, WorkerOptions};
 use tests::{TestPki, bin, eventually_async};
 
@@ -58,6 +58,11 @@ async fn get_status(client: &reqwest::Client, url: &str) -> u16 {
 /// `serve_secs` and then dies with status 7, every time it is started;
 /// with `once`, only its first run serves and every later one exits at once.
 fn crashing_agent(w: &Worker, tag: &str, serve_secs: u32, once: bool) -> Vec<u8> {
+    crashing_agent_with(w, tag, serve_secs, once, "")
+}
+
+/// [`crashing_agent`] with more `[agent]` settings.
+fn crashing_agent_with(w: &Worker, tag: &str, serve_secs: u32, once: bool, extra: &str) -> Vec<u8> {
     let agent = format!(
         "{} --listen 127.0.0.1:{}",
         bin("worker-agent").display(),
@@ -73,9 +78,14 @@ fn crashing_agent(w: &Worker, tag: &str, serve_secs: u32, once: bool) -> Vec<u8>
     } else {
         format!("{serve}; echo crashing-{tag}; exit 7")
     };
+    let toml = format!(
+        "[agent]\ncommand = {}\nhealth_url = \"https://127.0.0.1:{}/health\"\n{extra}",
+        toml_array(&["sh".into(), "-c".into(), script]),
+        w.agent_port
+    );
     ReleaseTree::new()
         .file("VERSION", tag.as_bytes())
-        .agent_command(&["sh".into(), "-c".into(), script], w.agent_port)
+        .file("swarm.toml", toml.as_bytes())
         .tarball()
 }
 
@@ -186,6 +196,38 @@ async fn a_crash_loop_right_after_a_push_reverts_to_prev() {
     })
     .await;
     assert_eq!(s.restarts, 0);
+}
+
+#[tokio::test]
+async fn outside_its_rollback_window_a_crash_loop_only_stops() {
+    let pki = TestPki::new();
+    let w = Worker::start(&pki, "w1", WorkerOptions::default());
+    let client = w.master_client(&pki);
+    let a = push_ok(&w, &client, &good("a")).await;
+    w.wait_agent_release(&a).await;
+    let tgz = crashing_agent_with(&w, "b", 1, true, "rollback_window_secs = 0\n");
+    let b = push_ok(&w, &client, &tgz).await;
+    let h = eventually_async(
+        Duration::from_secs(60),
+        "the crash loop journaled",
+        || async {
+            let h = history(&w, &client).await;
+            h.entries.iter().any(|e| e.op == "crash-loop").then_some(h)
+        },
+    )
+    .await;
+    assert!(!h.entries.iter().any(|e| e.op == "revert"), "{h:?}");
+    let s = agent(&w, &client).await;
+    assert_eq!((s.state, s.restarts), (AgentState::CrashLoop, 5));
+    assert_eq!(w.slot_sha("active").as_deref(), Some(b.as_str()));
+    assert_eq!(w.slot_sha("prev").as_deref(), Some(a.as_str()));
+    // A rollback by hand still works, and leaves the crash loop.
+    let (code, body) = w.rollback(&client).await;
+    assert_eq!(code, 200, "{body:?}");
+    w.wait_agent_release(&a).await;
+    let s = agent(&w, &client).await;
+    assert_eq!(s.restarts, 0);
+    assert_ne!(s.state, AgentState::CrashLoop);
 }
 
 #[tokio::test]

@@ -248,6 +248,7 @@ impl Watch {
             if i.recent.len() >= LOOP_RESTARTS {
                 i.enter(AgentState::CrashLoop);
                 let revert = i.revert_armed
+                    && !i.window.is_zero()
                     && i.live_since
                         .is_some_and(|t| now.saturating_duration_since(t) <= i.window);
                 return Some(Decision::CrashLoop {
