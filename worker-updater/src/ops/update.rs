@@ -122,7 +122,11 @@ pub async fn update(
     let mut probes = vec![forward];
     let previous_manifest = previous.manifest.clone();
     let (release, error) = if restored {
+        // The restored release went live long ago: its crash loop is not
+        // reverted by itself (its `prev` is older still).
+        d.watch.set_reverting(true);
         let (back, _) = restart_and_probe(&d, "rollback", &previous).await;
+        d.watch.set_reverting(false);
         let mut error = format!(
             "release {} failed its health probe ({why}); rolled back to {} (the failed tree is in releases/failed/{failed_name})",
             short(&manifest.sha256),
