@@ -321,9 +321,33 @@ async fn the_active_release_pushed_again_is_unchanged() {
             ("update", "updated"),
             ("update", "updated"),
             ("unchanged", "unchanged")
-        ]
+        ],
+        "{h:?}"
     );
     assert!(h.entries.iter().all(|e| e.by == "master"));
+    // A curl push of the same file is unchanged too.
+    let m = pki.path().join("master");
+    let file = w.dir().join("tree.tgz");
+    std::fs::write(&file, &tgz).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--cert"])
+        .arg(m.join("master.crt"))
+        .arg("--key")
+        .arg(m.join("master.key"))
+        .arg("--cacert")
+        .arg(m.join("ca.crt"))
+        .args(["-w", "\n%{http_code}", "-F"])
+        .arg(format!("sha256={b}"))
+        .arg("-F")
+        .arg(format!("tarball=@{}", file.display()))
+        .arg(w.url("/update"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.ends_with("\n200"), "{text}");
+    assert!(text.contains(r#""status":"unchanged""#), "{text}");
+    assert_eq!(w.slot_sha("prev").as_deref(), Some(a.as_str()));
+    assert_eq!(w.agent_pid(), pid);
     // Rollback still has its target.
     let (code, _) = w.rollback(&client).await;
     assert_eq!(code, 200);
