@@ -129,9 +129,10 @@ fn one_line(s: &str, max: usize) -> String {
 /// journal records an operation, it never decides one.
 pub async fn record(journal: &Journal, entry: JournalEntry) {
     let j = journal.clone();
-    let r = crate::state::blocking(move || j.append(&entry)).await;
-    if let Err(e) = r {
-        tracing::error!("writing the journal: {e}");
+    match tokio::task::spawn_blocking(move || j.append(&entry)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("writing the journal: {e}"),
+        Err(e) => tracing::error!("writing the journal: {e}"),
     }
 }
 

@@ -2,16 +2,19 @@
 //! safely, rotates A/B slots with an atomic flip, restarts and probes the
 //! agent, and rolls back on its own when the probe fails.
 //!
-//! Code map (arrows only downward: `http` → `ops`/`selfupdate` → `release`,
-//! `receive`, `slots`, `agent`, `probe`; `selfupdate` → `ops::stage`, never
-//! the reverse): [`config`] (flags → validated [`Config`], the stash),
-//! [`http`] (router, handlers), [`state`] (the [`Daemon`] and its operation
+//! Code map (arrows only downward: `http` → `views` → `ops`/`selfupdate` →
+//! `release`, `receive`, `slots`, `agent`, `probe`, `journal`, `logs`;
+//! `selfupdate` → `ops::stage`, never the reverse): [`config`] (flags →
+//! validated [`Config`], the stash), [`http`] (router, handlers),
+//! [`views`] (`/history`, `/logs`, `/agent/restart`, journaling an
+//! answer), [`journal`] (the operation journal), [`logs`] (tail, follow
+//! and rotation of `agent.spawn.log`), [`state`] (the [`Daemon`] and its operation
 //! guard), [`install`] (the install dir's own files), [`receive`]
 //! (streamed, validated extraction), [`release`] (a [`release::ReleaseSpec`]
 //! parsed once), [`slots`] (slots, flip, journal, repair, filesystem
-//! primitives), [`agent`] (supervisor, pidfile, `/proc`, terminate),
-//! [`probe`] (mTLS health checks), [`ops`] (stage, update, rollback,
-//! reconcile, hook), [`selfupdate`] (trial, watchdog, hand-over), [`error`],
+//! primitives), [`agent`] (supervisor, pidfile, `/proc`, terminate, the
+//! supervision state machine), [`probe`] (mTLS health checks), [`ops`]
+//! (stage, update, rollback, reconcile, hook, the caretaker), [`selfupdate`] (trial, watchdog, hand-over), [`error`],
 //! [`crashpoint`] (test-only crash steps, debug builds).
 //!
 //! Invariants: only this crate touches release symlinks and agent

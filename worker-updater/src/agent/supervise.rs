@@ -16,8 +16,6 @@ use std::time::{Duration, Instant};
 
 use pki::wire::{AgentState, SupervisedAgent};
 
-use crate::release::AgentRun;
-
 /// The first restart's delay.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// The longest delay between restarts.
@@ -51,6 +49,15 @@ impl Origin {
             _ => Origin::Manual,
         }
     }
+}
+
+/// How to check the running agent's health: its release's `health_url`,
+/// the request timeout, and the release it should report.
+#[derive(Clone, Debug)]
+pub struct HealthCheck {
+    pub url: String,
+    pub timeout: Duration,
+    pub sha256: Option<String>,
 }
 
 /// The probe phase of the supervisor's own restarts.
@@ -95,7 +102,7 @@ struct Inner {
     /// Set while a revert runs, so the release it restores is not armed.
     reverting: bool,
     /// How to probe the current agent, and the release it should report.
-    run: Option<(AgentRun, Option<String>)>,
+    check: Option<HealthCheck>,
     window: Duration,
 }
 
@@ -116,7 +123,7 @@ impl Default for Watch {
                 backoff: FIRST_BACKOFF,
                 revert_armed: false,
                 reverting: false,
-                run: None,
+                check: None,
                 window: Duration::ZERO,
             }),
         }
@@ -165,7 +172,7 @@ impl Watch {
             i.generation += 1;
             i.pid = None;
             i.healthy = None;
-            i.run = None;
+            i.check = None;
             i.enter(AgentState::Stopped);
         });
     }
@@ -176,7 +183,7 @@ impl Watch {
         &self,
         pid: i32,
         origin: Origin,
-        run: Option<(AgentRun, Option<String>)>,
+        check: Option<HealthCheck>,
         window: Duration,
     ) -> u64 {
         self.with(|i| {
@@ -184,7 +191,7 @@ impl Watch {
             i.pid = Some(pid);
             i.healthy = None;
             i.spawned_at = Instant::now();
-            i.run = run;
+            i.check = check;
             i.window = window;
             if origin != Origin::Restart {
                 i.restarts = 0;
@@ -215,10 +222,10 @@ impl Watch {
     }
 
     /// How to probe the current agent, when it should be running.
-    pub fn probe_target(&self) -> Option<(u64, AgentRun, Option<String>)> {
-        self.with(|i| match (&i.run, i.state) {
-            (Some((run, sha)), AgentState::Running | AgentState::Starting) => {
-                Some((i.generation, run.clone(), sha.clone()))
+    pub fn probe_target(&self) -> Option<(u64, HealthCheck)> {
+        self.with(|i| match (&i.check, i.state) {
+            (Some(check), AgentState::Running | AgentState::Starting) => {
+                Some((i.generation, check.clone()))
             }
             _ => None,
         })

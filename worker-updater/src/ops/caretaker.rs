@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use super::{OpResult, restart_current};
 use crate::agent::Spawned;
-use crate::agent::supervise::{Decision, LOOP_WINDOW, Origin, RESTART_PHASE};
+use crate::agent::supervise::{Decision, HealthCheck, LOOP_WINDOW, Origin, RESTART_PHASE};
 use crate::journal::{entry, record};
 use crate::release::ReleaseSpec;
 use crate::short;
@@ -37,15 +37,15 @@ const PROC_POLL: Duration = Duration::from_millis(200);
 /// Watch `spawned`, started from `spec` for probe phase `phase`; returns
 /// its generation.
 pub fn adopt(d: &Arc<Daemon>, spawned: &Spawned, spec: &ReleaseSpec, phase: &str) -> u64 {
-    let run = spec
-        .agent
-        .as_ref()
-        .ok()
-        .map(|r| (r.clone(), spec.sha256().map(str::to_owned)));
+    let check = spec.agent.as_ref().ok().map(|r| HealthCheck {
+        url: r.health_url.clone(),
+        timeout: r.probe.timeout,
+        sha256: spec.sha256().map(str::to_owned),
+    });
     let generation = d.watch.adopt(
         spawned.pid,
         Origin::of_phase(phase),
-        run,
+        check,
         spec.rollback_window(),
     );
     tokio::spawn(on_exit(d.clone(), generation, spawned.exited.clone()));
@@ -103,15 +103,14 @@ pub fn start(d: Arc<Daemon>) {
             if d.busy().is_some() {
                 continue;
             }
-            let Some((generation, run, sha)) = d.watch.probe_target() else {
+            let Some((generation, check)) = d.watch.probe_target() else {
                 continue;
             };
             // One try of the update probe's request, cut at the tick; only
             // a change is logged, not every tick of an unhealthy agent.
-            let timeout = run.probe.timeout.min(TICK);
-            let healthy = match crate::probe::once(&d.probe_client, &run.health_url, timeout).await
-            {
-                Ok(got) => match (sha.as_deref(), got.as_deref()) {
+            let timeout = check.timeout.min(TICK);
+            let healthy = match crate::probe::once(&d.probe_client, &check.url, timeout).await {
+                Ok(got) => match (check.sha256.as_deref(), got.as_deref()) {
                     (Some(want), Some(got)) if want != got => Err(format!(
                         "the agent answering reports release {got}, not {want}"
                     )),
@@ -122,7 +121,7 @@ pub fn start(d: Arc<Daemon>) {
             let was = d.watch.snapshot().and_then(|s| s.healthy);
             match &healthy {
                 Err(e) if was != Some(false) => {
-                    tracing::warn!(url = %run.health_url, "the running agent is unhealthy: {e}");
+                    tracing::warn!(url = %check.url, "the running agent is unhealthy: {e}");
                 }
                 Ok(()) if was == Some(false) => {
                     tracing::info!("the running agent is healthy again")

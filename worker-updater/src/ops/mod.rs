@@ -1,7 +1,8 @@
 //! The operations on the agent's release: [`update`](update::update)
 //! (stage → restart → probe → confirm or revert), [`rollback`](rollback::rollback)
 //! (swap with `prev` → restart → probe → undo if unhealthy), and the
-//! start-up [`reconcile`](reconcile::reconcile). [`stage`](stage::stage) is
+//! start-up [`reconcile`](reconcile::reconcile), and the [`caretaker`] that
+//! restarts, reports and reverts a crashing agent. [`stage`](stage::stage) is
 //! the prologue `/update` and `/update-self` share (receive → discard on
 //! error → read the previous release → flip). One at a time per worker:
 //! each holds the [`OpGuard`](crate::state::OpGuard).
