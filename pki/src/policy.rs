@@ -15,6 +15,12 @@ pub enum Endpoint {
     Update,
     UpdateSelf,
     Rollback,
+    /// `GET /history` (the updater's journal).
+    History,
+    /// `GET /logs` (the agent's output).
+    Logs,
+    /// `POST /agent/restart`.
+    AgentRestart,
 }
 
 impl Endpoint {
@@ -29,6 +35,9 @@ impl Endpoint {
             (&Method::POST, "/update") => Endpoint::Update,
             (&Method::POST, "/update-self") => Endpoint::UpdateSelf,
             (&Method::POST, "/rollback") => Endpoint::Rollback,
+            (_, "/history") if read => Endpoint::History,
+            (_, "/logs") if read => Endpoint::Logs,
+            (&Method::POST, "/agent/restart") => Endpoint::AgentRestart,
             _ => return None,
         })
     }
@@ -39,7 +48,13 @@ impl Endpoint {
 pub fn authorize(who: &Identity, endpoint: Endpoint) -> Result<(), String> {
     match endpoint {
         Endpoint::Health | Endpoint::Status => Ok(()),
-        Endpoint::Releases | Endpoint::Update | Endpoint::UpdateSelf | Endpoint::Rollback => {
+        Endpoint::Releases
+        | Endpoint::Update
+        | Endpoint::UpdateSelf
+        | Endpoint::Rollback
+        | Endpoint::History
+        | Endpoint::Logs
+        | Endpoint::AgentRestart => {
             if *who == Identity::Master {
                 Ok(())
             } else {

@@ -19,6 +19,9 @@ pub const MAX_BYTES: u64 = 1 << 20;
 /// The longest `[agent] probe_deadline_secs`: the worker is held (and the
 /// master waits) for the whole probe.
 pub const MAX_PROBE_DEADLINE_SECS: u64 = 3600;
+/// The longest `[agent] rollback_window_secs`: a week (0 turns the
+/// automatic revert off).
+pub const MAX_ROLLBACK_WINDOW_SECS: u64 = 7 * 24 * 3600;
 
 /// `swarm.toml` at a release root. Unknown sections are ignored so newer
 /// trees still install on older updaters; unknown keys inside a known
@@ -45,6 +48,9 @@ pub struct AgentSection {
     /// How long the probe of this release's agent may last, when it needs
     /// more (or less) than the updater's `--probe-deadline-ms`.
     pub probe_deadline_secs: Option<u64>,
+    /// A crash loop this soon (seconds) after the release went live reverts
+    /// to `prev` by itself (issue 11; default 600).
+    pub rollback_window_secs: Option<u64>,
 }
 
 /// `[install]`.
@@ -121,6 +127,13 @@ impl SwarmToml {
                 "[agent] probe_deadline_secs = {secs}: give 1 to {MAX_PROBE_DEADLINE_SECS} seconds"
             )));
         }
+        if let Some(secs) = parsed.agent.rollback_window_secs
+            && secs > MAX_ROLLBACK_WINDOW_SECS
+        {
+            return Err(PkiError::SwarmToml(format!(
+                "[agent] rollback_window_secs = {secs}: give 0 (never revert by itself) to {MAX_ROLLBACK_WINDOW_SECS} seconds"
+            )));
+        }
         if let Some(bin) = &parsed.updater.binary {
             crate::release::check_updater_binary(bin).map_err(PkiError::SwarmToml)?;
         }
@@ -158,10 +171,13 @@ mod tests {
         assert_eq!(t.install.timeout_secs, Some(5));
         assert_eq!(t.release.include, ["a.key"]);
         assert_eq!(t.updater_binary(), "bin/worker-updater");
+        let w = SwarmToml::parse("[agent]\nrollback_window_secs = 0\n").unwrap();
+        assert_eq!(w.agent.rollback_window_secs, Some(0));
         for bad in [
             "[agent]\ncommand=[]\n",
             "[agent]\ncomand=[\"x\"]\n",
             "[agent]\nprobe_deadline_secs = 0\n",
+            "[agent]\nrollback_window_secs = 604801\n",
             "[updater]\nbinary = \"../x\"\n",
         ] {
             assert!(SwarmToml::parse(bad).is_err(), "{bad}");

@@ -91,6 +91,66 @@ pub struct UpdaterHealth {
     /// The operation running now, if any (`update`, `rollback`, `update-self`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub busy: Option<String>,
+    /// The agent this updater supervises, as the updater sees it (issue 11).
+    /// Absent from older updaters' answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<SupervisedAgent>,
+}
+
+/// What the supervisor is doing with the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentState {
+    /// Spawned and not yet seen healthy since its (re)start.
+    Starting,
+    Running,
+    /// Exited unexpectedly; a restart is scheduled.
+    Backoff,
+    /// Too many unexpected exits in a short time: no more restarts until
+    /// the next update, rollback or `POST /agent/restart`.
+    CrashLoop,
+    /// Not running and not to be restarted (no release, or stopped on purpose).
+    Stopped,
+}
+
+/// The `agent` object of the updater's `/health`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupervisedAgent {
+    pub state: AgentState,
+    pub pid: Option<u32>,
+    /// Unexpected exits restarted since the release went live.
+    pub restarts: u32,
+    /// The updater's own probe of the running release's `health_url`, at
+    /// most a few seconds old; `None` before the first probe or while stopped.
+    pub healthy: Option<bool>,
+    /// How the last unexpected exit ended (`exit status 1`, `signal 9`).
+    pub last_exit: Option<String>,
+    /// RFC 3339: when the agent entered `state`.
+    pub since: String,
+}
+
+/// One line of the updater's own journal (`GET /history`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// RFC 3339.
+    pub time: String,
+    /// `update`, `unchanged`, `rollback`, `revert` (automatic), `crash-loop`,
+    /// `restart`, `update-self`.
+    pub op: String,
+    /// The caller's certificate CN (`updater` for what the updater did by itself).
+    pub by: String,
+    /// The release (sha256) the operation ended on, when there is one.
+    pub release: Option<String>,
+    /// `updated`, `unchanged`, `rolled-back`, `error`, …
+    pub outcome: String,
+    /// One line: what happened and why.
+    pub detail: String,
+}
+
+/// `GET /history?limit=N` on the updater: newest last.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerHistory {
+    pub entries: Vec<JournalEntry>,
 }
 
 /// One health probe of an agent: how many tries, how long, what it saw.
@@ -113,6 +173,8 @@ pub struct Probe {
 #[serde(rename_all = "kebab-case")]
 pub enum OpStatus {
     Updated,
+    /// The pushed release already is the active one: nothing changed.
+    Unchanged,
     RolledBack,
     Busy,
     Error,
@@ -152,6 +214,10 @@ pub struct OpResponse {
     pub stderr: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timings: Option<Timings>,
+    /// On a 409 (rolled back) or a failed first install: the last ≤ 20
+    /// lines the failed agent printed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
 }
 
 /// A release kept in `failed/`.

@@ -54,6 +54,9 @@ mod self_update;
 /// A CLI that fits a shell: usage errors, an unreadable home, `--json`, colour, path rule.
 #[path = "e2e/shell.rs"]
 mod shell;
+/// Issue 11 on the worker: supervision, crash-loop revert, unchanged, journal, logs.
+#[path = "e2e/supervise.rs"]
+mod supervise;
 /// The tar header guard against hostile extension headers (issue 10).
 #[path = "e2e/tar_guard.rs"]
 mod tar_guard;

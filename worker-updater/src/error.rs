@@ -139,6 +139,7 @@ impl IntoResponse for AppError {
             probes: Vec::new(),
             stderr,
             timings: None,
+            log_tail: Vec::new(),
         };
         (code, Json(body)).into_response()
     }

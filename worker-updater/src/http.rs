@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use crate::error::{AppError, UpdaterError};
 use crate::receive::form::{Form, FormRejection};
 use crate::state::{Daemon, blocking};
-use crate::{ops, selfupdate};
+use crate::{ops, selfupdate, views};
 
 /// The updater's routes (the auth policy is applied by [`pki::serve()`]).
 pub fn router(app: Arc<Daemon>) -> Router {
@@ -28,6 +28,9 @@ pub fn router(app: Arc<Daemon>) -> Router {
         .route("/releases", get(releases))
         .route("/update", post(update).layer(DefaultBodyLimit::disable()))
         .route("/rollback", post(rollback))
+        .route("/history", get(views::history))
+        .route("/logs", get(views::logs))
+        .route("/agent/restart", post(views::agent_restart))
         .route(
             "/update-self",
             post(update_self).layer(DefaultBodyLimit::disable()),
@@ -45,6 +48,7 @@ async fn health(State(app): State<Arc<Daemon>>) -> Json<UpdaterHealth> {
         release: app.own_release.clone(),
         pid: std::process::id(),
         busy: app.busy(),
+        agent: app.watch.snapshot(),
     })
 }
 
@@ -66,19 +70,26 @@ async fn update(
     })?;
     // Run detached so a client that hangs up cannot cancel the operation
     // half-way through a rotation.
-    let task = tokio::spawn(async move { ops::update::update(app, form, who.cn(), guard).await });
-    let (code, body) = task
+    let d = app.clone();
+    let by = who.cn();
+    let task = tokio::spawn(async move { ops::update::update(d, form, by, guard).await });
+    let result = task
         .await
-        .map_err(|e| UpdaterError::Internal(format!("update task: {e}")))??;
+        .map_err(|e| UpdaterError::Internal(format!("update task: {e}")))?;
+    views::journal_op(&app, "update", &who.cn(), &result).await;
+    let (code, body) = result?;
     Ok((code, Json(body)).into_response())
 }
 
-async fn rollback(State(app): State<Arc<Daemon>>) -> Result<Response, AppError> {
+async fn rollback(State(app): State<Arc<Daemon>>, Peer(who): Peer) -> Result<Response, AppError> {
     let guard = app.try_begin("rollback")?;
-    let task = tokio::spawn(async move { ops::rollback::rollback(app, guard).await });
-    let (code, body) = task
+    let d = app.clone();
+    let task = tokio::spawn(async move { ops::rollback::rollback(d, guard).await });
+    let result = task
         .await
-        .map_err(|e| UpdaterError::Internal(format!("rollback task: {e}")))??;
+        .map_err(|e| UpdaterError::Internal(format!("rollback task: {e}")))?;
+    views::journal_op(&app, "rollback", &who.cn(), &result).await;
+    let (code, body) = result?;
     Ok((code, Json(body)).into_response())
 }
 
@@ -97,8 +108,15 @@ async fn update_self(
     })?;
     // Detached like `/update`; the guard travels with the operation and
     // then with the exec, so nothing else starts in between.
+    let by = who.cn();
     let task = tokio::spawn(async move {
-        let (body, handoff) = selfupdate::update_self(app.clone(), form, who.cn()).await?;
+        let result = selfupdate::update_self(app.clone(), form, by.clone()).await;
+        let journaled = result
+            .as_ref()
+            .map(|(body, _)| (StatusCode::OK, body.clone()))
+            .map_err(|e| UpdaterError::Internal(e.to_string()));
+        views::journal_op(&app, "update-self", &by, &journaled).await;
+        let (body, handoff) = result?;
         let (sent, on_sent) = tokio::sync::oneshot::channel();
         handoff.exec_after(app, on_sent, guard);
         Ok::<_, UpdaterError>((body, sent))

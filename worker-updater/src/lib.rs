@@ -2,16 +2,19 @@
 //! safely, rotates A/B slots with an atomic flip, restarts and probes the
 //! agent, and rolls back on its own when the probe fails.
 //!
-//! Code map (arrows only downward: `http` → `ops`/`selfupdate` → `release`,
-//! `receive`, `slots`, `agent`, `probe`; `selfupdate` → `ops::stage`, never
-//! the reverse): [`config`] (flags → validated [`Config`], the stash),
-//! [`http`] (router, handlers), [`state`] (the [`Daemon`] and its operation
+//! Code map (arrows only downward: `http` → `views` → `ops`/`selfupdate` →
+//! `release`, `receive`, `slots`, `agent`, `probe`, `journal`, `logs`;
+//! `selfupdate` → `ops::stage`, never the reverse): [`config`] (flags →
+//! validated [`Config`], the stash), [`http`] (router, handlers),
+//! [`views`] (`/history`, `/logs`, `/agent/restart`, journaling an
+//! answer), [`journal`] (the operation journal), [`logs`] (tail, follow
+//! and rotation of `agent.spawn.log`), [`state`] (the [`Daemon`] and its operation
 //! guard), [`install`] (the install dir's own files), [`receive`]
 //! (streamed, validated extraction), [`release`] (a [`release::ReleaseSpec`]
 //! parsed once), [`slots`] (slots, flip, journal, repair, filesystem
-//! primitives), [`agent`] (supervisor, pidfile, `/proc`, terminate),
-//! [`probe`] (mTLS health checks), [`ops`] (stage, update, rollback,
-//! reconcile, hook), [`selfupdate`] (trial, watchdog, hand-over), [`error`],
+//! primitives), [`agent`] (supervisor, pidfile, `/proc`, terminate, the
+//! supervision state machine), [`probe`] (mTLS health checks), [`ops`]
+//! (stage, update, rollback, reconcile, hook, the caretaker), [`selfupdate`] (trial, watchdog, hand-over), [`error`],
 //! [`crashpoint`] (test-only crash steps, debug builds).
 //!
 //! Invariants: only this crate touches release symlinks and agent
@@ -26,6 +29,8 @@ pub mod crashpoint;
 pub mod error;
 pub mod http;
 pub mod install;
+pub mod journal;
+pub mod logs;
 pub mod ops;
 pub mod probe;
 pub mod receive;
@@ -33,6 +38,7 @@ pub mod release;
 pub mod selfupdate;
 pub mod slots;
 pub mod state;
+pub mod views;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -85,7 +91,10 @@ pub async fn run(
     // start-up restart gets 409 busy instead of racing it.
     if let Some(reconcile) = ops::reconcile::start_up(&app, &repair).await {
         tokio::spawn(reconcile);
+    } else {
+        ops::caretaker::adopt_running(&app).await;
     }
+    ops::caretaker::start(app.clone());
     selfupdate::reap_watchdog(&app.updater_layout);
     // Serve until `shutdown`, or until a self-update asks to hand over:
     // then the server stops accepting and drains its connections (the
@@ -118,6 +127,8 @@ pub async fn run(
             .await
             .map_err(|e| anyhow::anyhow!("binding {addr} again after a failed exec: {e}"))?;
     }
+    // Stopping is deliberate: whatever the agent does now is no crash.
+    app.watch.retire();
     // An operation in flight runs in its own task: give it a bounded time
     // to finish so a restart does not leave work for the start-up repair.
     let deadline = tokio::time::Instant::now() + OP_DRAIN;

@@ -165,7 +165,7 @@ async fn agent_gone(agent: Option<&Spawned>) -> Option<String> {
 }
 
 /// One request: `Ok(reported release sha)` on 2xx.
-async fn once(
+pub(crate) async fn once(
     client: &reqwest::Client,
     url: &str,
     timeout: Duration,

@@ -8,10 +8,13 @@ use std::sync::{Arc, Mutex};
 
 use pki::wire::Manifest;
 
+use crate::agent::supervise::Watch;
 use crate::agent::{Matcher, Supervisor};
 use crate::config::Config;
 use crate::error::{Result, UpdaterError};
 use crate::install::Install;
+use crate::journal::Journal;
+use crate::logs::SpawnLog;
 use crate::release::{HostEnv, ReleaseSpec};
 use crate::slots::Layout;
 
@@ -25,6 +28,12 @@ pub struct Daemon {
     /// The updater's own slots (`updater/`), touched only by `/update-self`.
     pub updater_layout: Layout,
     pub supervisor: Supervisor,
+    /// What the supervisor knows of the agent (issue 11).
+    pub watch: Watch,
+    /// The operation journal (`GET /history`).
+    pub journal: Journal,
+    /// The agent's output (`GET /logs`, `log_tail`).
+    pub spawn_log: SpawnLog,
     pub probe_client: reqwest::Client,
     /// The updater's own release (the slot it runs from), read at start.
     pub own_release: Option<Manifest>,
@@ -91,12 +100,17 @@ impl Daemon {
         {
             programs.insert(name.to_string_lossy().into_owned());
         }
+        let journal = Journal::new(crate::journal::path_in(&config.install_dir));
+        let spawn_log = SpawnLog::new(install.spawn_log());
         Ok(Daemon {
             config,
             install,
             layout,
             updater_layout,
             supervisor,
+            watch: Watch::default(),
+            journal,
+            spawn_log,
             probe_client,
             own_release,
             programs: Mutex::new(programs),

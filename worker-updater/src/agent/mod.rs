@@ -1,7 +1,8 @@
 //! The agent processes: [`supervisor`] finds, stops and spawns them,
 //! [`pidfile`] records the one spawned, [`proc`] reads `/proc` and holds
-//! the one SIGTERM → grace → SIGKILL → wait ([`proc::terminate`]), and
-//! [`port`] says who holds the agent's port.
+//! the one SIGTERM → grace → SIGKILL → wait ([`proc::terminate`]),
+//! [`port`] says who holds the agent's port, and [`supervise`] is the
+//! restart/crash-loop state machine (issue 11).
 //!
 //! An agent we spawn leads its own process group; stopping it signals the
 //! whole group and waits until the group is empty, so a wrapper script's
@@ -10,6 +11,7 @@
 pub mod pidfile;
 pub mod port;
 pub mod proc;
+pub mod supervise;
 pub mod supervisor;
 
 pub use pidfile::PidFile;

@@ -1,13 +1,15 @@
 //! The operations on the agent's release: [`update`](update::update)
 //! (stage → restart → probe → confirm or revert), [`rollback`](rollback::rollback)
 //! (swap with `prev` → restart → probe → undo if unhealthy), and the
-//! start-up [`reconcile`](reconcile::reconcile). [`stage`](stage::stage) is
+//! start-up [`reconcile`](reconcile::reconcile), and the [`caretaker`] that
+//! restarts, reports and reverts a crashing agent. [`stage`](stage::stage) is
 //! the prologue `/update` and `/update-self` share (receive → discard on
 //! error → read the previous release → flip). One at a time per worker:
 //! each holds the `OpGuard`.
 //!
 //! `ops` never imports `selfupdate`; `selfupdate` uses [`stage`] and [`hook`].
 
+pub mod caretaker;
 pub mod hook;
 pub mod reconcile;
 pub mod rollback;
@@ -36,6 +38,8 @@ pub async fn restart_and_probe(
     phase: &str,
     spec: &ReleaseSpec,
 ) -> (Probe, Option<Spawned>) {
+    // A deliberate stop: the exit of what runs now is no crash.
+    d.watch.retire();
     let daemon = d.clone();
     let found = blocking(move || Ok(daemon.supervisor.find(&daemon.matcher())))
         .await
@@ -96,6 +100,7 @@ pub async fn restart_and_probe(
         }
         Err(e) => return (failed(e.to_string()), None),
     };
+    let generation = caretaker::adopt(d, &spawned, spec, phase);
     let p = probe(
         &d.probe_client,
         &run.health_url,
@@ -105,6 +110,7 @@ pub async fn restart_and_probe(
         Some(&spawned),
     )
     .await;
+    d.watch.probed(generation, p.healthy);
     (p, Some(spawned))
 }
 

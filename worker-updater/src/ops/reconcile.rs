@@ -153,6 +153,8 @@ async fn undo_rollback(d: &Arc<Daemon>, spawned: Option<Spawned>) {
 }
 
 async fn stop_spawned(d: &Daemon, spawned: Option<Spawned>) {
+    // A deliberate stop: no crash for the supervisor.
+    d.watch.retire();
     if let Some(s) = spawned {
         let stopped = d
             .supervisor

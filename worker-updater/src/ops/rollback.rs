@@ -57,6 +57,7 @@ pub async fn rollback(d: Arc<Daemon>, guard: OpGuard) -> OpResult {
                 probes: vec![p],
                 stderr: None,
                 timings: None,
+                log_tail: Vec::new(),
             },
         ));
     }
@@ -68,6 +69,9 @@ pub async fn rollback(d: Arc<Daemon>, guard: OpGuard) -> OpResult {
         return Err(e);
     }
     crate::crashpoint::at("rollback-undoing");
+    let log_tail = super::caretaker::failed_tail(&d).await;
+    // A deliberate stop: no crash for the supervisor.
+    d.watch.retire();
     if let Some(s) = &spawned {
         let stopped = d
             .supervisor
@@ -110,6 +114,7 @@ pub async fn rollback(d: Arc<Daemon>, guard: OpGuard) -> OpResult {
             probes: vec![p, back],
             stderr: None,
             timings: None,
+            log_tail,
         },
     ))
 }

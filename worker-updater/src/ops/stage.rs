@@ -33,6 +33,15 @@ pub enum StageError {
     Before(UpdaterError),
     /// The flip itself failed: the slots need a repair (the caller's).
     Flip(UpdaterError),
+    /// An agent release whose sha256 is the active one's: staging was
+    /// discarded before the hook, nothing changed (issue 11).
+    Unchanged(Box<pki::wire::Manifest>),
+}
+
+/// What [`prepare`] made of a push.
+enum Prepared {
+    Ready(Box<Staged>),
+    Unchanged(Box<pki::wire::Manifest>),
 }
 
 /// Receive `form` into `layout`'s staging, check and hook it, flip it in.
@@ -50,14 +59,13 @@ pub async fn stage(
         .map_err(StageError::Before)?;
     let prepared = prepare(d, layout, form, &staging, pushed_by, purpose, timings).await;
     let staged = match prepared {
-        Ok(s) => s,
+        Ok(Prepared::Ready(s)) => *s,
+        Ok(Prepared::Unchanged(m)) => {
+            discard(layout).await;
+            return Err(StageError::Unchanged(m));
+        }
         Err(e) => {
-            let l = layout.clone();
-            let _ = blocking(move || {
-                l.discard_staging();
-                Ok(())
-            })
-            .await;
+            discard(layout).await;
             return Err(StageError::Before(e));
         }
     };
@@ -77,6 +85,16 @@ pub async fn stage(
     Ok(staged)
 }
 
+/// Remove `layout`'s staging dir.
+async fn discard(layout: &Layout) {
+    let l = layout.clone();
+    let _ = blocking(move || {
+        l.discard_staging();
+        Ok(())
+    })
+    .await;
+}
+
 /// Receive, write the manifest, parse the spec (the agent command for an
 /// update, `confirm_self` and the updater binary for a self-update), read
 /// the previous release, run the install hook.
@@ -88,7 +106,7 @@ async fn prepare(
     pushed_by: String,
     purpose: Purpose,
     timings: &mut Timings,
-) -> Result<Staged> {
+) -> Result<Prepared> {
     let t = Instant::now();
     let received = receive::receive(form, staging, &d.config.caps).await?;
     if purpose == Purpose::Updater && received.confirm_self.as_deref() != Some("true") {
@@ -119,10 +137,16 @@ async fn prepare(
         Ok(Staged { spec, previous })
     })
     .await?;
+    if purpose == Purpose::Agent
+        && let Some(m) = &staged.previous.manifest
+        && staged.spec.sha256() == Some(m.sha256.as_str())
+    {
+        return Ok(Prepared::Unchanged(Box::new(m.clone())));
+    }
     let t = Instant::now();
     if let Some(hook) = staged.spec.hook()? {
         run_install(&hook, layout).await?;
     }
     timings.install_ms = crate::ms(t);
-    Ok(staged)
+    Ok(Prepared::Ready(Box::new(staged)))
 }

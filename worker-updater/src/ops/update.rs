@@ -26,6 +26,7 @@ pub async fn update(d: Arc<Daemon>, form: Form, pushed_by: String, guard: OpGuar
     let Staged { spec, previous } = match staged {
         Ok(s) => s,
         Err(StageError::Before(e)) => return Err(e),
+        Err(StageError::Unchanged(m)) => return Ok(unchanged(*m, timings, t0)),
         Err(StageError::Flip(e)) => {
             recover(&d, guard, "a failed flip").await;
             return Err(e);
@@ -67,6 +68,7 @@ pub async fn update(d: Arc<Daemon>, form: Form, pushed_by: String, guard: OpGuar
                 probes: vec![forward],
                 stderr: None,
                 timings: Some(timings),
+                log_tail: Vec::new(),
             },
         ));
     }
@@ -92,6 +94,8 @@ pub async fn update(d: Arc<Daemon>, form: Form, pushed_by: String, guard: OpGuar
         return Err(e);
     }
     crate::crashpoint::at("update-marked");
+    let log_tail = crate::ops::caretaker::failed_tail(&d).await;
+    d.watch.retire();
     if let Some(s) = &spawned {
         tracing::info!(
             "{}",
@@ -113,7 +117,11 @@ pub async fn update(d: Arc<Daemon>, form: Form, pushed_by: String, guard: OpGuar
     let mut probes = vec![forward];
     let previous_manifest = previous.manifest.clone();
     let (release, error) = if restored {
+        // The restored release went live long ago: its crash loop is not
+        // reverted by itself (its `prev` is older still).
+        d.watch.set_reverting(true);
         let (back, _) = restart_and_probe(&d, "rollback", &previous).await;
+        d.watch.set_reverting(false);
         let mut error = format!(
             "release {} failed its health probe ({why}); rolled back to {} (the failed tree is in releases/failed/{failed_name})",
             short(&manifest.sha256),
@@ -150,6 +158,30 @@ pub async fn update(d: Arc<Daemon>, form: Form, pushed_by: String, guard: OpGuar
             probes,
             stderr: None,
             timings: Some(timings),
+            log_tail,
         },
     ))
+}
+
+/// The 200 of a push of the release that already is active: nothing changed.
+fn unchanged(
+    manifest: pki::wire::Manifest,
+    mut timings: Timings,
+    t0: Instant,
+) -> (StatusCode, OpResponse) {
+    timings.total_ms = ms(t0);
+    tracing::info!(sha256 = %manifest.sha256, "the pushed release is the active one: unchanged");
+    (
+        StatusCode::OK,
+        OpResponse {
+            status: OpStatus::Unchanged,
+            release: Some(manifest),
+            rolled_back: false,
+            error: None,
+            probes: Vec::new(),
+            stderr: None,
+            timings: Some(timings),
+            log_tail: Vec::new(),
+        },
+    )
 }

@@ -19,6 +19,9 @@ use crate::config::Config;
 use crate::error::{Result, UpdaterError};
 use crate::probe::ProbeSettings;
 
+/// `[agent] rollback_window_secs` when a release does not say (issue 11).
+pub const DEFAULT_ROLLBACK_WINDOW: Duration = Duration::from_secs(600);
+
 /// Which slots a tree is for, so which parts of `swarm.toml` must hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Purpose {
@@ -130,6 +133,15 @@ impl ReleaseSpec {
             toml,
             agent,
         }
+    }
+
+    /// How soon after going live a crash loop reverts to `prev` by itself
+    /// (`[agent] rollback_window_secs`, default [`DEFAULT_ROLLBACK_WINDOW`]).
+    pub fn rollback_window(&self) -> Duration {
+        self.toml
+            .agent
+            .rollback_window_secs
+            .map_or(DEFAULT_ROLLBACK_WINDOW, Duration::from_secs)
     }
 
     /// The sha of its manifest, if it has one.

@@ -100,6 +100,12 @@ pub async fn update_self(
     let Staged { spec, previous } = match staged {
         Ok(s) => s,
         Err(StageError::Before(e)) => return Err(e),
+        // Only agent releases are compared with the active one.
+        Err(StageError::Unchanged(_)) => {
+            return Err(UpdaterError::Internal(
+                "a self-update staged as unchanged".into(),
+            ));
+        }
         Err(StageError::Flip(e)) => {
             let l = layout.clone();
             let repaired = blocking(move || {
@@ -179,6 +185,7 @@ pub async fn update_self(
         probes: Vec::new(),
         stderr: None,
         timings: Some(timings),
+        log_tail: Vec::new(),
     };
     let handoff = Handoff {
         exe,
