@@ -85,7 +85,14 @@ pub(crate) fn enroll(home: &Home, cmd: EnrollCommand) -> Result<()> {
     enroll::enroll(home, &args)?;
     let host = HostName::new(&args.host)?;
     let bundle_dir = std::path::absolute(&args.out_dir).map_err(|e| Error::io(&args.out_dir, e))?;
-    build(home, &host, &bundle_dir, &bins, &out).map_err(|e| {
+    // `--json` keeps stdout one document (enroll's); the package line goes
+    // to stderr then.
+    let report = if args.json {
+        Report::Stderr
+    } else {
+        Report::Text
+    };
+    build(home, &host, &bundle_dir, &bins, &out, report).map_err(|e| {
         Error::State(format!(
             "{host} is enrolled and its bundles are in {dir}, but the package was not written: {e}; \
              once fixed: swarm package --host {host} --bundle-dir {dir} --out {out}",
@@ -103,7 +110,36 @@ pub(crate) fn package(home: &Home, args: &PackageArgs) -> Result<()> {
         std::path::absolute(&args.bundle_dir).map_err(|e| Error::io(&args.bundle_dir, e))?;
     let bins = Binaries::find(args.bin_dir.as_deref())?;
     archive::ensure_new(&out)?;
-    build(home, &host, &bundle_dir, &bins, &out)
+    let report = if args.json {
+        Report::Json
+    } else {
+        Report::Text
+    };
+    build(home, &host, &bundle_dir, &bins, &out, report)
+}
+
+/// How `build` reports the package it wrote.
+#[derive(Clone, Copy, Debug)]
+enum Report {
+    /// Lines on stdout.
+    Text,
+    /// One JSON document on stdout (`swarm package --json`).
+    Json,
+    /// The lines on stderr (`swarm enroll --package --json`: stdout holds
+    /// enroll's document).
+    Stderr,
+}
+
+/// `swarm package --json`.
+#[derive(Debug, serde::Serialize)]
+struct PackageDoc {
+    host: String,
+    package: String,
+    size_bytes: u64,
+    mode: &'static str,
+    holds_private_keys: bool,
+    binaries_from: String,
+    install: String,
 }
 
 /// The enrolled, active host with an updater certificate.
@@ -248,6 +284,7 @@ fn build(
     bundle_dir: &Path,
     bins: &Binaries,
     out: &Path,
+    report: Report,
 ) -> Result<()> {
     let rec = enrolled(home, host)?;
     let ca = home.master_bundle()?.ca;
@@ -325,17 +362,43 @@ fn build(
         src: bins.agent.clone(),
     });
     let size = archive::write(out, &entries)?;
-    outln!(
-        "package for {host}: {} ({:.1} MiB, mode 0600, HOLDS PRIVATE KEYS: copy it only to {host})",
-        out.display(),
-        size as f64 / (1024.0 * 1024.0)
-    )?;
-    outln!("  binaries from {}", parent_display(&bins.updater))?;
-    outln!(
-        "install: scp {} {addr}: && ssh {addr} 'tar xzf {name} && sudo ./{top}/install.sh'",
+    let install = format!(
+        "scp {} {addr}: && ssh {addr} 'tar xzf {name} && sudo ./{top}/install.sh'",
         out.display(),
         addr = rec.address
-    )
+    );
+    let lines = [
+        format!(
+            "package for {host}: {} ({:.1} MiB, mode 0600, HOLDS PRIVATE KEYS: copy it only to {host})",
+            out.display(),
+            size as f64 / (1024.0 * 1024.0)
+        ),
+        format!("  binaries from {}", parent_display(&bins.updater)),
+        format!("install: {install}"),
+    ];
+    match report {
+        Report::Text => {
+            for l in &lines {
+                outln!("{l}")?;
+            }
+            Ok(())
+        }
+        Report::Stderr => {
+            for l in &lines {
+                eprintln!("{l}");
+            }
+            Ok(())
+        }
+        Report::Json => crate::output::json(&PackageDoc {
+            host: host.to_string(),
+            package: out.display().to_string(),
+            size_bytes: size,
+            mode: "0600",
+            holds_private_keys: true,
+            binaries_from: parent_display(&bins.updater),
+            install,
+        }),
+    }
 }
 
 fn parent_display(p: &Path) -> String {

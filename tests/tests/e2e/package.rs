@@ -797,6 +797,41 @@ fn package_of_an_enrolled_host_checks_the_pins() {
         );
     }
 
+    // `--json`: one document on stdout naming what was written.
+    let out = swarm(
+        &home,
+        &[
+            "package",
+            "--host",
+            "wa",
+            "--bundle-dir",
+            &p("a"),
+            "--out",
+            &p("wa2.tgz"),
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(doc["host"], "wa", "{doc}");
+    assert_eq!(doc["package"], p("wa2.tgz").as_str(), "{doc}");
+    assert_eq!(doc["mode"], "0600", "{doc}");
+    assert_eq!(doc["holds_private_keys"], true, "{doc}");
+    let size = std::fs::metadata(root.join("wa2.tgz"))
+        .expect("package")
+        .len();
+    assert_eq!(doc["size_bytes"].as_u64(), Some(size), "{doc}");
+    assert!(
+        doc["install"]
+            .as_str()
+            .is_some_and(|i| i.contains("install.sh")),
+        "{doc}"
+    );
+
     // enroll --package onto an existing file is refused before anything is
     // enrolled or written.
     let out = swarm(
