@@ -125,7 +125,9 @@ pub(crate) fn history(home: &Home, args: &HistoryArgs) -> Result<u8> {
     let mut t = Table::new(vec!["AT", "HOST", "OP", "RELEASE", "OUTCOME", "DETAIL"]);
     for r in &records {
         let color = match (r.outcome, r.operation) {
-            (Outcome::Updated, _) | (Outcome::RolledBack, Op::Rollback) => Color::Green,
+            (Outcome::Updated | Outcome::Unchanged, _) | (Outcome::RolledBack, Op::Rollback) => {
+                Color::Green
+            }
             (Outcome::RolledBack, Op::Update) => Color::Yellow,
             (Outcome::Error, _) => Color::Red,
         };

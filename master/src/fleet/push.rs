@@ -156,7 +156,7 @@ async fn push_one(
             // The agent's outcome is history now, whatever happens next.
             recorder.record(&mut r);
             if let Some(wait) = self_wait
-                && r.agent == Outcome::Updated
+                && matches!(r.agent, Outcome::Updated | Outcome::Unchanged)
             {
                 bar.reset();
                 let (outcome, detail) =

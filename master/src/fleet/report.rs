@@ -93,7 +93,10 @@ impl HostResult {
     /// Whether this row counts as success for `op`.
     pub(crate) fn ok(&self, op: Op) -> bool {
         match op {
-            Op::Update => self.agent == Outcome::Updated && self.self_update != SelfOutcome::Failed,
+            Op::Update => {
+                matches!(self.agent, Outcome::Updated | Outcome::Unchanged)
+                    && self.self_update != SelfOutcome::Failed
+            }
             Op::Rollback => self.agent == Outcome::RolledBack,
         }
     }
@@ -212,6 +215,13 @@ pub(super) fn interpret(
                 expect_sha.map(short).unwrap_or("").to_owned(),
             ),
         },
+        (Op::Update, OpStatus::Unchanged, true) => (
+            Outcome::Unchanged,
+            match &resp.release {
+                Some(m) => format!("{} already active; nothing changed", short(&m.sha256)),
+                None => "already active; nothing changed".to_owned(),
+            },
+        ),
         (Op::Update, OpStatus::RolledBack, _) => (
             Outcome::RolledBack,
             if message.is_empty() {

@@ -34,6 +34,8 @@ impl Op {
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum Outcome {
     Updated,
+    /// The pushed release already was the active one: nothing changed.
+    Unchanged,
     RolledBack,
     Error,
 }
@@ -42,6 +44,7 @@ impl Outcome {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Updated => "updated",
+            Outcome::Unchanged => "unchanged",
             Outcome::RolledBack => "rolled-back",
             Outcome::Error => "error",
         }
@@ -78,7 +81,12 @@ impl ToSql for Outcome {
 
 impl FromSql for Outcome {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let all = [Outcome::Updated, Outcome::RolledBack, Outcome::Error];
+        let all = [
+            Outcome::Updated,
+            Outcome::Unchanged,
+            Outcome::RolledBack,
+            Outcome::Error,
+        ];
         from_text(value, &all.map(|v| (v, v.as_str())))
     }
 }

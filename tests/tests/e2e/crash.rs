@@ -307,7 +307,18 @@ async fn block_in_hook(w: &Worker, client: &reqwest::Client) {
         eventually_async(
             Duration::from_secs(15),
             "the hook and its writers",
-            || async { (hook_pids(w, "h").len() == 3).then_some(()) },
+            // All three started, and the setsid writer really left the
+            // hook's process group (its pid is written before it calls
+            // setsid(): a kill in between would take it with the group).
+            || async {
+                let pids = hook_pids(w, "h");
+                let left = pids.len() == 3
+                    && matches!(
+                        (tests::process::stat(pids[1]), tests::process::stat(pids[2])),
+                        (Some(a), Some(b)) if a.pgrp != b.pgrp
+                    );
+                left.then_some(())
+            },
         )
         .await;
     };

@@ -111,7 +111,9 @@ fn update_all_updates_every_worker_and_ships_only_the_tree() {
         assert_eq!(manifest["pushed_by"], "master");
     }
 
-    // The same tree again, as JSON: it parses and says what the table said.
+    // The same tree again, as JSON: it parses and says what the table said,
+    // except that every host is now `unchanged` (issue 11: a push of the
+    // active release changes nothing).
     let doc = s.json(
         &[
             "update",
@@ -132,9 +134,14 @@ fn update_all_updates_every_worker_and_ships_only_the_tree() {
     for (h, row) in hosts.iter().zip(&table) {
         assert_eq!(h["host"], row[0].as_str());
         assert_eq!(h["address"], row[1].as_str());
-        assert_eq!(h["agent"], row[2].as_str());
+        assert_eq!(row[2], "updated");
+        assert_eq!(h["agent"], "unchanged", "{doc}");
         assert_eq!(h["self"], row[3].as_str());
-        assert_eq!(h["detail"], row[4].as_str());
+        assert_eq!(
+            h["detail"],
+            format!("{} already active; nothing changed", row[4]),
+            "{doc}"
+        );
         assert_eq!(h["release"]["sha256"], sha);
     }
 
@@ -142,10 +149,22 @@ fn update_all_updates_every_worker_and_ships_only_the_tree() {
     let history = s.json(&["history", "--json"], 0);
     let entries = history["history"].as_array().expect("history");
     assert_eq!(entries.len(), 6);
-    assert!(
-        entries
-            .iter()
-            .all(|e| e["outcome"] == "updated" && e["release_sha256"] == sha)
+    assert!(entries.iter().all(|e| e["release_sha256"] == sha));
+    let outcomes: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["outcome"].as_str())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "updated",
+            "updated",
+            "updated",
+            "unchanged",
+            "unchanged",
+            "unchanged"
+        ],
+        "{history}"
     );
     let w1 = s.json(&["history", "--host", "w1", "--json"], 0);
     assert_eq!(w1["history"].as_array().unwrap().len(), 2);
@@ -513,8 +532,10 @@ fn update_include_self_updates_the_updater_after_its_agent() {
         &["update", "--host", "w1", "--root", root, "--include-self"],
         0,
     );
+    // The same tree again: the agent's release is unchanged (issue 11), the
+    // updater is still pushed and switches again.
     let table = update_rows(&out);
-    assert_eq!(table[0][2..4], ["updated", "ok"], "{out}");
+    assert_eq!(table[0][2..4], ["unchanged", "ok"], "{out}");
     trial_confirmed(w1);
 }
 
