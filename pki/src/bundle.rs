@@ -56,8 +56,17 @@ pub struct Bundle {
     pub dir: PathBuf,
     pub kind: BundleKind,
     pub ca: CertificateDer<'static>,
-    pub chain: Vec<CertificateDer<'static>>,
+    /// Never empty (checked by [`Bundle::load`], the only constructor):
+    /// the leaf first. Private so that invariant holds.
+    chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
+}
+
+impl Bundle {
+    /// Our certificate chain, leaf first (never empty).
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
 }
 
 impl std::fmt::Debug for Bundle {

@@ -28,7 +28,7 @@ pub fn server_config(bundle: &Bundle) -> Result<Arc<ServerConfig>, PkiError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(bundle.chain.clone(), bundle.key.clone_key())?;
+        .with_single_cert(bundle.chain().to_vec(), bundle.key.clone_key())?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -138,7 +138,7 @@ pub fn client_config(bundle: &Bundle, expect: ServerExpectation) -> Result<Clien
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(bundle.chain.clone(), bundle.key.clone_key())?;
+        .with_client_auth_cert(bundle.chain().to_vec(), bundle.key.clone_key())?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }

@@ -95,7 +95,7 @@ fn a_worker_with_a_wrong_clock_is_named_as_the_culprit() {
             .with_safe_default_protocol_versions()
             .expect("versions")
             .with_client_cert_verifier(verifier)
-            .with_single_cert(updater.chain.clone(), updater.key.clone_key())
+            .with_single_cert(updater.chain().to_vec(), updater.key.clone_key())
             .expect("server config");
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let config = Arc::new(config);
