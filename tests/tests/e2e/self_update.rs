@@ -12,7 +12,7 @@ use pki::wire::{OpResponse, OpStatus, UpdaterHealth};
 use tests::process::{alive, cmdline};
 use tests::release::{ReleaseTree, release_form, sha256_hex, shippable_updater};
 use tests::worker::{Worker, WorkerOptions};
-use tests::{TestPki, eventually_async, free_port};
+use tests::{TestPki, free_port};
 
 /// How long a switch (or a revert) may take to show on `/health`.
 const SWITCH: Duration = Duration::from_secs(40);
@@ -96,10 +96,26 @@ async fn wait_health(
     what: &str,
     f: impl Fn(&UpdaterHealth) -> bool,
 ) -> UpdaterHealth {
-    eventually_async(SWITCH, what, || async {
-        health(w, client).await.filter(|h| f(h))
-    })
-    .await
+    // Polled here rather than with `eventually_async` so that a timeout
+    // shows the updater's log and the last health seen (a flake seen once
+    // under the full suite's load left nothing to read).
+    let deadline = std::time::Instant::now() + SWITCH;
+    let mut last = None;
+    loop {
+        let h = health(w, client).await;
+        if let Some(h) = h.as_ref().filter(|h| f(h)) {
+            return h.clone();
+        }
+        if h.is_some() {
+            last = h;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {SWITCH:?} waiting for {what}; last health: {last:?}\nupdater log:\n{}",
+            w.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The settings given at the first start are in the argv of `pid`.
