@@ -165,13 +165,7 @@ async fn watch(config: &Config, trial: &Trial) -> std::result::Result<(), String
             Ok(resp) => last = format!("HTTP {}", resp.status()),
             Err(e) => last = pki::error_chain(&e),
         }
-        // An exec from a thread other than the main one briefly hides the
-        // pid while the kernel makes that thread the leader (the start time
-        // is kept): "gone" must hold on a second look before it counts, or
-        // a healthy hand-over is reverted under it.
-        if !same_process(trial.updater_pid, trial.updater_start_time)
-            && !still_gone(trial.updater_pid, trial.updater_start_time).await
-        {
+        if !same_process(trial.updater_pid, trial.updater_start_time) {
             return Err(format!(
                 "the new updater (pid {}) exited before answering /health with its release (last: {last})",
                 trial.updater_pid
@@ -186,24 +180,6 @@ async fn watch(config: &Config, trial: &Trial) -> std::result::Result<(), String
         tokio::time::sleep(POLL).await;
     }
 }
-
-/// Whether `pid` (started at `start`) is still not there after
-/// [`GONE_CONFIRM`]: looked at several times, so a transient miss during an
-/// exec is not taken for an exit.
-async fn still_gone(pid: i32, start: Option<u64>) -> bool {
-    for _ in 0..GONE_LOOKS {
-        tokio::time::sleep(GONE_CONFIRM / GONE_LOOKS).await;
-        if same_process(pid, start) {
-            return false;
-        }
-    }
-    true
-}
-
-/// How long a vanished updater must stay vanished before it counts as exited.
-const GONE_CONFIRM: Duration = Duration::from_millis(500);
-/// How many looks that takes.
-const GONE_LOOKS: u32 = 5;
 
 /// Stop the new updater `pid` — only while it is still the process that
 /// started at `start` (a recycled pid is never signalled).
