@@ -121,7 +121,12 @@ pub async fn run(
             break;
         };
         tracing::info!("connections drained; handing over to the new updater");
-        let _ = tokio::task::spawn_blocking(exec).await;
+        // On this thread, the main one (`run` is driven by `block_on` in
+        // main.rs): an exec from a pool thread makes the kernel turn the
+        // thread-group leader into a zombie for a moment, which the
+        // watchdog reads as "the new updater exited" and reverts a healthy
+        // self-update under it.
+        tokio::task::block_in_place(exec);
         let addr = app.config.stash.listen().unwrap_or(app.config.listen);
         listener = TcpListener::bind(addr)
             .await
