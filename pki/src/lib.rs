@@ -23,6 +23,7 @@ mod error;
 pub mod identity;
 pub mod policy;
 pub mod release;
+pub mod rollout;
 #[cfg(feature = "server")]
 pub mod serve;
 pub mod swarm_toml;
