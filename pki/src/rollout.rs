@@ -205,7 +205,12 @@ mod tests {
         assert_eq!(t.soak, Some(Duration::from_secs(5)));
         assert_eq!(t.revert_on_halt, Some(true));
         assert!(!t.is_empty());
-        for bad in ["batch = \"0%\"", "soak = \"100ms\"", "bach = 1", "canary = -1"] {
+        for bad in [
+            "batch = \"0%\"",
+            "soak = \"100ms\"",
+            "bach = 1",
+            "canary = -1",
+        ] {
             assert!(toml::from_str::<RolloutSection>(bad).is_err(), "{bad}");
         }
     }

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::cli::{
-    DemoArgs, EnrollArgs, HistoryArgs, OptionalTargets, RollbackArgs, StatusArgs, Targets,
-    UpdateArgs,
+    DemoArgs, EnrollArgs, HistoryArgs, OptionalTargets, RollbackArgs, RolloutArgs, StatusArgs,
+    Targets, UpdateArgs,
 };
 use crate::error::{EXIT_FAILED, Error, Result};
 use crate::home::Home;
@@ -191,6 +191,7 @@ fn drive(
                 updater_port,
                 updater: true,
                 updater_only: false,
+                tags: Vec::new(),
                 out_dir: bundle,
                 json,
             },
@@ -239,6 +240,7 @@ fn drive(
             &UpdateArgs {
                 targets: Targets {
                     hosts: Vec::new(),
+                    tags: Vec::new(),
                     all: true,
                 },
                 root: tree,
@@ -248,6 +250,7 @@ fn drive(
                 include_self: false,
                 self_timeout: 30,
                 json,
+                rollout: RolloutArgs::default(),
             },
         )?;
         expect(&format!("swarm update ({name})"), code, want, &mut failures);
@@ -260,6 +263,7 @@ fn drive(
         &RollbackArgs {
             targets: Targets {
                 hosts: Vec::new(),
+                tags: Vec::new(),
                 all: true,
             },
             parallel: 8,
@@ -274,6 +278,7 @@ fn drive(
         &StatusArgs {
             targets: OptionalTargets {
                 hosts: Vec::new(),
+                tags: Vec::new(),
                 all: false,
             },
             json,
@@ -286,6 +291,7 @@ fn drive(
         home,
         &HistoryArgs {
             host: Some("worker-01".to_owned()),
+            tags: Vec::new(),
             limit: 50,
             json,
         },

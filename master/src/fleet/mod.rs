@@ -33,9 +33,9 @@ use futures_util::stream::FuturesUnordered;
 use pki::HostName;
 use tokio::sync::Semaphore;
 
-use crate::cli::Targets;
+use crate::cli::{OptionalTargets, Targets};
 use crate::error::{Error, Result};
-use crate::inventory::{HostRecord, HostStatus, Inventory};
+use crate::inventory::{HostRecord, HostStatus, Inventory, Tag};
 
 pub(crate) use history::history;
 pub(crate) use push::update;
@@ -53,8 +53,45 @@ fn elapsed_ms(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Resolve `--host …`/`--all` to active inventory rows (usage errors: 2).
-fn resolve(inv: &Inventory, hosts: &[String], all: bool) -> Result<Vec<HostRecord>> {
+/// The target flags of a command: [`Targets`] (one required) and
+/// [`OptionalTargets`] (none means every active host).
+pub(crate) trait TargetFlags {
+    fn hosts(&self) -> &[String];
+    fn tags(&self) -> &[String];
+    fn all(&self) -> bool;
+}
+
+impl TargetFlags for Targets {
+    fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+    fn tags(&self) -> &[String] {
+        &self.tags
+    }
+    fn all(&self) -> bool {
+        self.all
+    }
+}
+
+impl TargetFlags for OptionalTargets {
+    fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+    fn tags(&self) -> &[String] {
+        &self.tags
+    }
+    fn all(&self) -> bool {
+        self.all
+    }
+}
+
+/// Resolve `--host …`/`--tag …`/`--all` to active inventory rows (usage
+/// errors: 2).
+fn resolve(inv: &Inventory, targets: &impl TargetFlags) -> Result<Vec<HostRecord>> {
+    let (hosts, all) = (targets.hosts(), targets.all());
+    if !targets.tags().is_empty() {
+        return tagged(inv, &Tag::parse_all(targets.tags())?);
+    }
     if all || hosts.is_empty() {
         return inv.active_hosts();
     }
@@ -82,8 +119,36 @@ fn resolve(inv: &Inventory, hosts: &[String], all: bool) -> Result<Vec<HostRecor
     Ok(out)
 }
 
+/// The active hosts that carry every one of `tags`; a tag no active host
+/// carries is a usage error that lists the known ones.
+pub(crate) fn tagged(inv: &Inventory, tags: &[Tag]) -> Result<Vec<HostRecord>> {
+    let known = inv.known_tags()?;
+    if let Some(unknown) = tags.iter().find(|t| !known.iter().any(|k| k == t.as_str())) {
+        return Err(Error::usage(if known.is_empty() {
+            format!(
+                "unknown tag {unknown}: no host has a tag yet (add one with `swarm tag --host H --add {unknown}`)"
+            )
+        } else {
+            format!("unknown tag {unknown}: known tags are {}", known.join(", "))
+        }));
+    }
+    let hosts: Vec<HostRecord> = inv
+        .active_hosts()?
+        .into_iter()
+        .filter(|h| tags.iter().all(|t| h.tags.contains(t)))
+        .collect();
+    if hosts.is_empty() {
+        let list: Vec<&str> = tags.iter().map(Tag::as_str).collect();
+        return Err(Error::usage(format!(
+            "no active host carries every tag of --tag {} (see `swarm list`)",
+            list.join(",")
+        )));
+    }
+    Ok(hosts)
+}
+
 fn resolve_required(inv: &Inventory, targets: &Targets) -> Result<Vec<HostRecord>> {
-    let hosts = resolve(inv, &targets.hosts, targets.all)?;
+    let hosts = resolve(inv, targets)?;
     if hosts.is_empty() {
         return Err(Error::usage(
             "no active hosts to target: enroll one with `swarm enroll` (see `swarm list`)",
@@ -175,6 +240,7 @@ pub(crate) mod tests {
             enrolled_at: t,
             status: HostStatus::Active,
             decommissioned_at: None,
+            tags: vec![],
         }
     }
 

@@ -63,6 +63,9 @@ pub(crate) struct HostResult {
     /// The updater's own per-phase timings, when it sent them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) timings: Option<Timings>,
+    /// The host's wave in the rollout (1-based; update only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) wave: Option<u32>,
     /// The audit-trail row this result was written to, once it was.
     #[serde(skip)]
     pub(super) recorded: Option<i64>,
@@ -86,6 +89,7 @@ impl HostResult {
             probes: Vec::new(),
             elapsed_ms: elapsed_ms(started),
             timings: None,
+            wave: None,
             recorded: None,
         }
     }
@@ -274,6 +278,7 @@ pub(super) fn interpret(
         probes: resp.probes,
         elapsed_ms: elapsed_ms(started),
         timings: resp.timings,
+        wave: None,
         recorded: None,
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::client::{Master, STATUS_TIMEOUT, get_json};
 use super::said::{HEALTH_CAP, RELEASES_CAP};
 use super::{fan_out, resolve, runtime, short};
-use crate::cli::{OptionalTargets, StatusArgs};
+use crate::cli::StatusArgs;
 use crate::clock;
 use crate::error::{EXIT_FAILED, Result};
 use crate::home::Home;
@@ -137,8 +137,7 @@ fn brief(r: &Option<ReleaseBrief>) -> String {
 /// `swarm status`.
 pub(crate) fn status(home: &Home, args: &StatusArgs) -> Result<u8> {
     let inv = home.inventory()?;
-    let OptionalTargets { hosts, all } = &args.targets;
-    let hosts = resolve(&inv, hosts, *all)?;
+    let hosts = resolve(&inv, &args.targets)?;
     let master = Arc::new(Master::new(home.master_bundle()?)?);
     let rows = status_rows(hosts, |rec| status_one(master.clone(), rec))?;
     print_status(&rows, args.json)?;

@@ -38,6 +38,11 @@ pub(crate) enum Outcome {
     Unchanged,
     RolledBack,
     Error,
+    /// A staged rollout halted (or was interrupted) before this host's
+    /// wave: nothing was sent to it.
+    Skipped,
+    /// A halted rollout put the host back on the release it ran before.
+    Reverted,
 }
 
 impl Outcome {
@@ -47,6 +52,8 @@ impl Outcome {
             Outcome::Unchanged => "unchanged",
             Outcome::RolledBack => "rolled-back",
             Outcome::Error => "error",
+            Outcome::Skipped => "skipped",
+            Outcome::Reverted => "reverted",
         }
     }
 }
@@ -86,6 +93,8 @@ impl FromSql for Outcome {
             Outcome::Unchanged,
             Outcome::RolledBack,
             Outcome::Error,
+            Outcome::Skipped,
+            Outcome::Reverted,
         ];
         from_text(value, &all.map(|v| (v, v.as_str())))
     }
@@ -104,6 +113,12 @@ pub(crate) struct PushRecord {
     pub(crate) git_dirty: Option<bool>,
     pub(crate) outcome: Outcome,
     pub(crate) detail: String,
+    /// The staged rollout this line belongs to (issue 13), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) rollout: Option<String>,
+    /// The host's wave in that rollout (1-based).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) wave: Option<u32>,
 }
 
 impl Inventory {
@@ -113,9 +128,9 @@ impl Inventory {
         self.conn
             .execute(
                 "INSERT INTO pushes (at, operation, host, release_sha256, git_commit, git_dirty,
-                                     outcome, detail)
+                                     outcome, detail, rollout, wave)
                  VALUES (:at, :operation, :host, :release_sha256, :git_commit, :git_dirty,
-                         :outcome, :detail)",
+                         :outcome, :detail, :rollout, :wave)",
                 rusqlite::named_params! {
                     ":at": rfc3339(rec.at),
                     ":operation": rec.operation,
@@ -125,19 +140,21 @@ impl Inventory {
                     ":git_dirty": rec.git_dirty,
                     ":outcome": rec.outcome,
                     ":detail": rec.detail,
+                    ":rollout": rec.rollout,
+                    ":wave": rec.wave,
                 },
             )
             .map_err(|e| self.db(e))?;
         Ok(self.conn.last_insert_rowid())
     }
 
-    /// Replace the detail of line `id` (a host's self-update finished after
-    /// its agent's outcome was recorded).
-    pub(crate) fn amend_push(&self, id: i64, detail: &str) -> Result<()> {
+    /// Replace the outcome and detail of line `id` (a host that updated
+    /// and then failed its soak).
+    pub(crate) fn amend_outcome(&self, id: i64, outcome: Outcome, detail: &str) -> Result<()> {
         self.conn
             .execute(
-                "UPDATE pushes SET detail = :detail WHERE id = :id",
-                rusqlite::named_params! { ":id": id, ":detail": detail },
+                "UPDATE pushes SET outcome = :outcome, detail = :detail WHERE id = :id",
+                rusqlite::named_params! { ":id": id, ":outcome": outcome, ":detail": detail },
             )
             .map_err(|e| self.db(e))?;
         Ok(())
@@ -149,7 +166,8 @@ impl Inventory {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT at, operation, host, release_sha256, git_commit, git_dirty, outcome, detail
+                "SELECT at, operation, host, release_sha256, git_commit, git_dirty, outcome, detail,
+                        rollout, wave
                  FROM (SELECT * FROM pushes WHERE ?1 IS NULL OR host = ?1 ORDER BY id DESC LIMIT ?2)
                  ORDER BY id",
             )
@@ -172,6 +190,8 @@ impl Inventory {
                     git_dirty: row.get("git_dirty")?,
                     outcome: row.get("outcome")?,
                     detail: row.get("detail")?,
+                    rollout: row.get("rollout")?,
+                    wave: row.get("wave")?,
                 })
             })()
             .map_err(|e| self.db(e))?;
