@@ -21,6 +21,7 @@ mod progress;
 mod push;
 mod report;
 mod rollback;
+mod rollout;
 mod said;
 mod status;
 
