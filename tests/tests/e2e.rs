@@ -48,6 +48,9 @@ mod packer;
 /// The updater's receive path under hostile uploads (issue 10).
 #[path = "e2e/receive.rs"]
 mod receive;
+/// Staged rollouts and host tags (issue 13): canary, waves, soak, halt, revert.
+#[path = "e2e/rollout.rs"]
+mod rollout;
 /// `POST /update-self`: switch, keep flags, refuse, revert.
 #[path = "e2e/self_update.rs"]
 mod self_update;

@@ -79,7 +79,16 @@ fn say(json: bool, msg: &str) {
 /// wave order, and what the rollout did.
 pub(crate) async fn run(pusher: &Pusher, plan: &Plan, id: &str) -> (Vec<HostResult>, RolloutDoc) {
     let stop = pusher.stop.clone();
-    tokio::spawn(watch_ctrl_c(stop.clone(), pusher.json));
+    // Registered before the first push, so no Ctrl-C is missed.
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
+        Ok(sigint) => {
+            tokio::spawn(watch_ctrl_c(sigint, stop.clone(), pusher.json));
+        }
+        Err(e) => say(
+            pusher.json,
+            &format!("warning: cannot catch Ctrl-C ({e}); it will end swarm at once"),
+        ),
+    }
     let sha = pusher.release.1.sha256.clone();
     let n = plan.waves.len();
     let mut rows: Vec<HostResult> = Vec::new();
@@ -297,8 +306,8 @@ async fn confirm(rows: &[HostResult], hosts: usize, waves: usize, stop: &AtomicB
 
 /// Ctrl-C during a rollout: the first sets `stop` (the pushes in flight
 /// finish, no new one starts), a second quits at once.
-async fn watch_ctrl_c(stop: Arc<AtomicBool>, json: bool) {
-    if tokio::signal::ctrl_c().await.is_err() {
+async fn watch_ctrl_c(mut sigint: tokio::signal::unix::Signal, stop: Arc<AtomicBool>, json: bool) {
+    if sigint.recv().await.is_none() {
         return;
     }
     stop.store(true, Ordering::SeqCst);
@@ -306,7 +315,7 @@ async fn watch_ctrl_c(stop: Arc<AtomicBool>, json: bool) {
         json,
         "interrupted: letting the pushes in flight finish, then stopping (Ctrl-C again quits at once)",
     );
-    if tokio::signal::ctrl_c().await.is_ok() {
+    if sigint.recv().await.is_some() {
         std::process::exit(i32::from(EXIT_INTERRUPTED));
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use pki::wire::Releases;
+use pki::wire::{OpResponse, OpStatus, Releases};
 
 use super::super::client::get_json;
 use super::super::push::Pusher;
@@ -15,6 +15,9 @@ use crate::inventory::{HostRecord, Op, Outcome};
 
 /// Whole-request limit for the `/rollback` (restart plus probes).
 const REVERT_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a `busy` updater is asked again, and how often.
+const BUSY_LIMIT: Duration = Duration::from_secs(60);
+const BUSY_RETRY: Duration = Duration::from_millis(250);
 
 /// Revert `rec` to `before` (its release before the rollout; `pushed` is
 /// the rollout's); `r` is its row, returned amended and recorded.
@@ -75,18 +78,30 @@ async fn attempt(
         );
     }
     let started = Instant::now();
-    let resp = match client.post(rec.updater_url("/rollback")).send().await {
-        Ok(r) => r,
-        Err(e) => {
-            return (
-                Outcome::Error,
-                format!("revert failed: {}", master.describe(&e, REVERT_TIMEOUT)),
-            );
+    // The supervisor may be restarting the crashed agent right now: a
+    // `busy` answer is retried until it is done, within a deadline.
+    let deadline = started + BUSY_LIMIT;
+    let row = loop {
+        let resp = match client.post(rec.updater_url("/rollback")).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    Outcome::Error,
+                    format!("revert failed: {}", master.describe(&e, REVERT_TIMEOUT)),
+                );
+            }
+        };
+        let (status, body) = match said::read_answer(resp, ANSWER_CAP).await {
+            Ok(answer) => answer,
+            Err(e) => return (Outcome::Error, format!("revert failed: {e}")),
+        };
+        let busy =
+            serde_json::from_slice::<OpResponse>(&body).is_ok_and(|r| r.status == OpStatus::Busy);
+        if busy && Instant::now() < deadline {
+            tokio::time::sleep(BUSY_RETRY).await;
+            continue;
         }
-    };
-    let row = match said::read_answer(resp, ANSWER_CAP).await {
-        Ok((status, body)) => interpret(Op::Rollback, rec, status, &body, None, started),
-        Err(e) => return (Outcome::Error, format!("revert failed: {e}")),
+        break interpret(Op::Rollback, rec, status, &body, None, started);
     };
     match (row.agent, row.release.as_ref().map(|m| m.sha256.as_str())) {
         (Outcome::RolledBack, Some(now)) if now == before => {
