@@ -256,9 +256,11 @@ fn a_400_mib_answer_is_refused_with_bounded_memory() {
             }),
         )
     };
-    // The agent answers only when told: `swarm status` stays alive after
-    // it refused the updater's answer, so its peak memory can be read.
-    let agent = {
+    // A second host whose updater answers only when told: `swarm status`
+    // stays alive after it refused w1's answer, so its peak memory can be
+    // read.
+    let e2 = s.enroll("w2");
+    let slow = {
         let release = release.clone();
         Router::new().route(
             "/health",
@@ -268,14 +270,15 @@ fn a_400_mib_answer_is_refused_with_bounded_memory() {
                     let _ = tokio::time::timeout(Duration::from_secs(8), release.notified()).await;
                     json_answer(
                         StatusCode::OK,
-                        json!({"status": "ok", "role": "agent", "host": "w1",
-                               "release": null, "pid": 1, "uptime_secs": 1}),
+                        json!({"status": "ok", "role": "updater", "host": "w2",
+                               "version": "1", "release": null, "pid": 1}),
                     )
                 }
             }),
         )
     };
-    let _evil = Hostile::start(&e, updater, agent);
+    let _slow = Hostile::start(&e2, slow, Router::new());
+    let _evil = Hostile::start(&e, updater, Router::new());
 
     let mut cmd = s.command();
     cmd.args(["status", "--json"])
