@@ -1,6 +1,7 @@
 //! Fleet operations over pinned mTLS: `swarm update` ([`push`]),
-//! `rollback` ([`rollback`]), `status` ([`status`]) and `history`
-//! ([`history`]). [`client`] builds the pinned clients and words their
+//! `rollback` ([`rollback`]), `status` ([`status`]), `history`
+//! ([`history`]; `--worker`: [`journal`]), `restart` ([`restart`]) and
+//! `logs` ([`logs`]). [`client`] builds the pinned clients and words their
 //! failures, [`said`] reads and cleans what a worker answers, [`report`]
 //! turns answers into rows, [`progress`] draws bars.
 //!
@@ -17,9 +18,12 @@
 
 mod client;
 mod history;
+mod journal;
+mod logs;
 mod progress;
 mod push;
 mod report;
+mod restart;
 mod rollback;
 mod rollout;
 mod said;
@@ -39,7 +43,9 @@ use crate::error::{Error, Result};
 use crate::inventory::{HostRecord, HostStatus, Inventory, Tag};
 
 pub(crate) use history::history;
+pub(crate) use logs::logs;
 pub(crate) use push::update;
+pub(crate) use restart::restart;
 pub(crate) use rollback::rollback;
 pub(crate) use status::status;
 
@@ -118,6 +124,25 @@ fn resolve(inv: &Inventory, targets: &impl TargetFlags) -> Result<Vec<HostRecord
         }
     }
     Ok(out)
+}
+
+/// The active row of the one host `host` (usage errors: 2).
+fn resolve_host(inv: &Inventory, host: &HostName) -> Result<HostRecord> {
+    struct One(Vec<String>);
+    impl TargetFlags for One {
+        fn hosts(&self) -> &[String] {
+            &self.0
+        }
+        fn tags(&self) -> &[String] {
+            &[]
+        }
+        fn all(&self) -> bool {
+            false
+        }
+    }
+    resolve(inv, &One(vec![host.to_string()]))?
+        .pop()
+        .ok_or_else(|| Error::usage(format!("unknown host {host}")))
 }
 
 /// The active hosts that carry every one of `tags`; a tag no active host

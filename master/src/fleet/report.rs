@@ -10,7 +10,7 @@ use super::said::{self, Clean};
 use super::{elapsed_ms, short};
 use crate::error::{EXIT_FAILED, Result};
 use crate::inventory::{HostRecord, Op, Outcome};
-use crate::output::{self, Cell, Color, Table};
+use crate::output::{self, Cell, Color, Table, outln};
 use crate::pack::ReleaseInfo;
 
 /// What happened to the updater itself (`--include-self`): `ok` once its
@@ -66,6 +66,10 @@ pub(crate) struct HostResult {
     /// The host's wave in the rollout (1-based; update only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) wave: Option<u32>,
+    /// The last lines the failed agent printed (a rolled-back update or a
+    /// failed first install), cleaned.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) log_tail: Vec<String>,
     /// The audit-trail row this result was written to, once it was.
     #[serde(skip)]
     pub(super) recorded: Option<i64>,
@@ -90,6 +94,7 @@ impl HostResult {
             elapsed_ms: elapsed_ms(started),
             timings: None,
             wave: None,
+            log_tail: Vec::new(),
             recorded: None,
         }
     }
@@ -99,6 +104,17 @@ impl HostResult {
         HostResult {
             agent: Outcome::Skipped,
             ..HostResult::error(rec, why, Instant::now())
+        }
+    }
+
+    /// The row of a host whose active release, `active`, already is the
+    /// one being pushed: nothing was sent.
+    pub(super) fn unchanged(rec: &HostRecord, active: Manifest, started: Instant) -> HostResult {
+        HostResult {
+            agent: Outcome::Unchanged,
+            detail: format!("{} already active; nothing changed", short(&active.sha256)),
+            release: Some(active),
+            ..HostResult::error(rec, String::new(), started)
         }
     }
 
@@ -247,15 +263,22 @@ impl FleetReport {
         t
     }
 
-    /// Print as a table (with a staged rollout's summary line), or as one
-    /// JSON document.
+    /// Print as a table (each failed agent's last output under it), or
+    /// as one JSON document.
     pub(super) fn print(&self, json: bool) -> Result<()> {
         if json {
             return output::json(self);
         }
         output::table(&self.table())?;
+        for r in self.hosts.iter().filter(|r| !r.log_tail.is_empty()) {
+            outln!()?;
+            outln!("{}: the failed agent's last output:", r.host)?;
+            for line in &r.log_tail {
+                outln!("  | {line}")?;
+            }
+        }
         match &self.rollout {
-            Some(r) if r.staged => output::outln!("{}", r.summary()),
+            Some(r) if r.staged => outln!("{}", r.summary()),
             _ => Ok(()),
         }
     }
@@ -374,6 +397,7 @@ pub(super) fn interpret(
         elapsed_ms: elapsed_ms(started),
         timings: resp.timings,
         wave: None,
+        log_tail: resp.log_tail,
         recorded: None,
     }
 }
