@@ -691,3 +691,60 @@ fn ctrl_c_stops_a_rollout_after_the_pushes_in_flight_and_exits_130() {
         ]
     );
 }
+
+/// `swarm update ARGS` on a terminal (util-linux `script` gives it one),
+/// with `answer` typed ahead; its exit code and everything it printed.
+fn on_a_terminal(s: &Swarm, args: &[&str], answer: &str) -> (Option<i32>, String) {
+    let mut line = vec![s.bins.swarm.display().to_string()];
+    line.extend(args.iter().map(|a| (*a).to_owned()));
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qefc", &line.join(" "), "/dev/null"])
+        .env("SWARM_HOME", s.home())
+        .env_remove("HOME")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("script");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::io::Write::write_all(&mut stdin, answer.as_bytes()).expect("type the answer");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut text).expect("read");
+    let status = child.wait().expect("wait");
+    drop(stdin);
+    (status.code(), text)
+}
+
+#[test]
+fn pause_after_canary_asks_on_the_terminal_and_a_no_halts() {
+    let s = Swarm::new();
+    let workers = s.fleet(&["w1", "w2", "w3"]);
+    let v1 = tree_with(&s, "v1", &[]);
+    let plan = ["--canary", "1", "--pause-after-canary"];
+    let mut args = vec!["update", "--all", "--root", &v1];
+    args.extend(plan);
+    let (code, out) = on_a_terminal(&s, &args, "n\n");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("go on with the 2 remaining host(s) in 1 wave(s)? [y/N]"),
+        "{out}"
+    );
+    assert!(
+        out.contains("halted: the operator stopped it after the canary wave"),
+        "{out}"
+    );
+    assert!(workers[0].slot_sha("active").is_some());
+    assert!(workers[1].slot_sha("active").is_none());
+    assert!(workers[2].slot_sha("active").is_none());
+    // Yes: the rest follows (the canary answers `unchanged`).
+    let (code, out) = on_a_terminal(&s, &args, "y\n");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(": 3 updated, 0 failed, 0 skipped, 0 reverted"),
+        "{out}"
+    );
+    for w in &workers {
+        assert!(w.slot_sha("active").is_some());
+    }
+}
