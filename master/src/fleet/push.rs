@@ -490,18 +490,7 @@ struct DryRun<'a> {
     dry_run: bool,
     release: &'a ReleaseInfo,
     targets: Vec<DryTarget>,
-    rollout: DryPlan,
-}
-
-/// The plan, as `--dry-run` shows it.
-#[derive(Serialize)]
-struct DryPlan {
-    waves: Vec<Vec<String>>,
-    canary: Option<rollout::CanaryFrom>,
-    soak_secs: f64,
-    max_fail: usize,
-    revert_on_halt: bool,
-    pause_after_canary: bool,
+    rollout: rollout::PlanDoc,
 }
 
 #[derive(Serialize)]
@@ -525,14 +514,7 @@ fn dry_run(release: &Release, plan: &rollout::Plan, json: bool) -> Result<u8> {
             dry_run: true,
             release: &release.info,
             targets,
-            rollout: DryPlan {
-                waves: plan.wave_names(),
-                canary: plan.canary,
-                soak_secs: plan.soak.as_secs_f64(),
-                max_fail: plan.max_fail,
-                revert_on_halt: plan.revert_on_halt,
-                pause_after_canary: plan.pause_after_canary,
-            },
+            rollout: plan.doc(),
         })?;
         return Ok(0);
     }
@@ -555,7 +537,7 @@ fn dry_run(release: &Release, plan: &rollout::Plan, json: bool) -> Result<u8> {
         outln!("  {}  {}", t.host, t.address)?;
     }
     if plan.staged {
-        print_plan(plan)?;
+        plan.print()?;
     }
     Ok(0)
 }
@@ -583,40 +565,6 @@ fn print_release(info: &ReleaseInfo) -> Result<()> {
             info.skipped_secrets.len(),
             info.skipped_secrets.join(", ")
         )?;
-    }
-    Ok(())
-}
-
-/// The waves, soak and budget of a staged plan (`--dry-run`).
-fn print_plan(plan: &rollout::Plan) -> Result<()> {
-    let soak = if plan.soak.is_zero() {
-        "none".to_owned()
-    } else {
-        format!("{}s per wave", plan.soak.as_secs_f64())
-    };
-    outln!(
-        "plan     {} wave(s); soak {soak}; halt when more than {} host(s) fail{}{}",
-        plan.waves.len(),
-        plan.max_fail,
-        if plan.revert_on_halt {
-            "; revert on halt"
-        } else {
-            ""
-        },
-        if plan.pause_after_canary {
-            "; pause after the canary"
-        } else {
-            ""
-        }
-    )?;
-    for (i, wave) in plan.waves.iter().enumerate() {
-        let canary = match (i, plan.canary) {
-            (0, Some(rollout::CanaryFrom::Tag)) => " (canary: tagged canary)",
-            (0, Some(rollout::CanaryFrom::First)) => " (canary)",
-            _ => "",
-        };
-        let names: Vec<&str> = wave.iter().map(|h| h.host.as_str()).collect();
-        outln!("  wave {}{canary}: {}", i + 1, names.join(" "))?;
     }
     Ok(())
 }

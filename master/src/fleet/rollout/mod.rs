@@ -30,7 +30,7 @@ use super::said::RELEASES_CAP;
 use super::short;
 use crate::inventory::{HostRecord, Outcome};
 
-pub(crate) use plan::{CanaryFrom, Interaction, Plan, plan};
+pub(crate) use plan::{CanaryFrom, Interaction, Plan, PlanDoc, plan};
 
 /// Exit code of a rollout stopped by Ctrl-C (the shell's 128 + SIGINT).
 pub(crate) const EXIT_INTERRUPTED: u8 = 130;

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::cli::RolloutArgs;
 use crate::error::{Error, Result};
 use crate::inventory::{HostRecord, Tag};
+use crate::output::outln;
 
 /// The tag that makes a host a canary.
 pub(super) const CANARY_TAG: &str = "canary";
@@ -172,7 +173,63 @@ pub(crate) fn plan(
     })
 }
 
+/// The plan, as `--dry-run --json` shows it.
+#[derive(Serialize)]
+pub(crate) struct PlanDoc {
+    waves: Vec<Vec<String>>,
+    canary: Option<CanaryFrom>,
+    soak_secs: f64,
+    max_fail: usize,
+    revert_on_halt: bool,
+    pause_after_canary: bool,
+}
+
 impl Plan {
+    pub(crate) fn doc(&self) -> PlanDoc {
+        PlanDoc {
+            waves: self.wave_names(),
+            canary: self.canary,
+            soak_secs: self.soak.as_secs_f64(),
+            max_fail: self.max_fail,
+            revert_on_halt: self.revert_on_halt,
+            pause_after_canary: self.pause_after_canary,
+        }
+    }
+
+    /// The waves, soak and budget, as `--dry-run` prints them.
+    pub(crate) fn print(&self) -> Result<()> {
+        let soak = if self.soak.is_zero() {
+            "none".to_owned()
+        } else {
+            format!("{}s per wave", self.soak.as_secs_f64())
+        };
+        outln!(
+            "plan     {} wave(s); soak {soak}; halt when more than {} host(s) fail{}{}",
+            self.waves.len(),
+            self.max_fail,
+            if self.revert_on_halt {
+                "; revert on halt"
+            } else {
+                ""
+            },
+            if self.pause_after_canary {
+                "; pause after the canary"
+            } else {
+                ""
+            }
+        )?;
+        for (i, wave) in self.waves.iter().enumerate() {
+            let canary = match (i, self.canary) {
+                (0, Some(CanaryFrom::Tag)) => " (canary: tagged canary)",
+                (0, Some(CanaryFrom::First)) => " (canary)",
+                _ => "",
+            };
+            let names: Vec<&str> = wave.iter().map(|h| h.host.as_str()).collect();
+            outln!("  wave {}{canary}: {}", i + 1, names.join(" "))?;
+        }
+        Ok(())
+    }
+
     /// The hosts of each wave, by name.
     pub(crate) fn wave_names(&self) -> Vec<Vec<String>> {
         self.waves
