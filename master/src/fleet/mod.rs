@@ -1,4 +1,5 @@
-//! Fleet operations over pinned mTLS: `swarm update` ([`push`]),
+//! Fleet operations over pinned mTLS: `swarm update` ([`push`]; a staged
+//! rollout in waves: [`rollout`]),
 //! `rollback` ([`rollback`]), `status` ([`status`]), `history`
 //! ([`history`]; `--worker`: [`journal`]), `restart` ([`restart`]) and
 //! `logs` ([`logs`]). [`client`] builds the pinned clients and words their
@@ -14,7 +15,8 @@
 //! rollback lands in the inventory's audit trail as each host's outcome
 //! arrives, so a run cut short by Ctrl-C keeps what it learnt; every body
 //! a worker sends is read under a cap and every string in it sanitised
-//! before it is printed or stored ([`said`]).
+//! before it is printed or stored ([`said`]); targets are named hosts,
+//! tagged hosts (every tag given) or all active ones ([`resolve`]).
 
 mod client;
 mod history;

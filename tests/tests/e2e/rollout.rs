@@ -51,12 +51,13 @@ fn tree_with(s: &Swarm, name: &str, extra: &[&str]) -> String {
     dir.to_str().expect("utf-8").to_owned()
 }
 
-/// A release that passes its probe and crashes (exit 7) 2 s later, every
-/// time it is started.
+/// A release that passes its probe and crashes (exit 7) some 2 s later (3 s
+/// after it starts: a slow start on a loaded machine still passes the
+/// updater's 2.5 s probe deadline first), every time it is started.
 fn crashing_tree(s: &Swarm) -> String {
     let dir = s.tree("crashing");
     write(&dir, "VERSION", "crashing");
-    let script = format!("{} & a=$!; sleep 2; kill -9 $a; exit 7", agent_cmd());
+    let script = format!("{} & a=$!; sleep 3; kill -9 $a; exit 7", agent_cmd());
     write(
         &dir,
         "swarm.toml",
