@@ -749,3 +749,58 @@ fn pause_after_canary_asks_on_the_terminal_and_a_no_halts() {
         assert!(w.slot_sha("active").is_some());
     }
 }
+
+#[test]
+fn an_unreachable_host_counts_as_failed_and_halts_the_next_wave() {
+    let s = Swarm::new();
+    let mut workers = s.fleet(&["w1", "w2", "w3"]);
+    workers[1].kill_updater();
+    let tree = tree_with(&s, "app", &[]);
+    let doc = s.json(
+        &["update", "--all", "--root", &tree, "--batch", "1", "--json"],
+        1,
+    );
+    assert_eq!(
+        outcomes(&doc),
+        rows(&[
+            ("w1", "updated", 1),
+            ("w2", "error", 2),
+            ("w3", "skipped", 3)
+        ]),
+        "{doc}"
+    );
+    assert!(
+        str_of(&doc["hosts"][1]["detail"]).contains("cannot connect"),
+        "{doc}"
+    );
+    assert!(
+        str_of(&doc["rollout"]["reason"]).contains("first: w2"),
+        "{doc}"
+    );
+    assert!(workers[2].slot_sha("active").is_none());
+    // With a budget of one, the same rollout goes on past it.
+    let doc = s.json(
+        &[
+            "update",
+            "--all",
+            "--root",
+            &tree,
+            "--batch",
+            "1",
+            "--max-fail",
+            "1",
+            "--json",
+        ],
+        1,
+    );
+    assert_eq!(
+        outcomes(&doc),
+        rows(&[
+            ("w1", "unchanged", 1),
+            ("w2", "error", 2),
+            ("w3", "updated", 3)
+        ]),
+        "{doc}"
+    );
+    assert_eq!(doc["rollout"]["halted"], false, "{doc}");
+}
