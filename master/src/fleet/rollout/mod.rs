@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use futures_util::future::join_all;
 use pki::wire::Releases;
 
@@ -185,7 +186,11 @@ pub(crate) async fn run(pusher: &Pusher, plan: &Plan, id: &str) -> (Vec<HostResu
             let r = rows[t.row].clone();
             revert::revert(pusher, &t.rec, t.before.as_deref(), r, &sha)
         });
-        let done = join_all(reverts).await;
+        // At most --parallel at once, like the pushes; in order.
+        let done: Vec<HostResult> = futures_util::stream::iter(reverts)
+            .buffered(pusher.parallel.max(1))
+            .collect()
+            .await;
         for (t, r) in touched.iter().zip(done) {
             rows[t.row] = r;
         }
@@ -233,7 +238,10 @@ async fn releases_before(pusher: &Pusher, wave: &[HostRecord]) -> Vec<Option<Str
         .ok()?;
         r.active.map(|m| m.sha256)
     });
-    join_all(looks).await
+    futures_util::stream::iter(looks)
+        .buffered(pusher.parallel.max(1))
+        .collect()
+        .await
 }
 
 /// Soak the hosts `updated` of `wave` at once; a host that fails its soak
