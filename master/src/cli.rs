@@ -492,8 +492,18 @@ pub struct RestartArgs {
 #[derive(Debug, Args)]
 pub struct LogsArgs {
     /// The host whose agent output to show.
-    #[arg(long, value_name = "HOST")]
-    pub host: String,
+    #[arg(
+        long,
+        value_name = "HOST",
+        required_unless_present = "tags",
+        conflicts_with = "tags"
+    )]
+    pub host: Option<String>,
+    /// Or every active host that carries all of these tags (repeat, or comma
+    /// separate): each host's lines under a `==> HOST <==` header, or, with
+    /// -f, each line prefixed `HOST | `.
+    #[arg(long = "tag", value_name = "TAG", value_delimiter = ',')]
+    pub tags: Vec<String>,
     /// How many of the last lines to show (1-10000).
     #[arg(short = 'n', long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub lines: u32,

@@ -322,7 +322,8 @@ fn drive(
         let code = fleet::logs(
             home,
             &LogsArgs {
-                host: "worker-01".to_owned(),
+                host: Some("worker-01".to_owned()),
+                tags: Vec::new(),
                 lines: 5,
                 follow: false,
             },

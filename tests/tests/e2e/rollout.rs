@@ -588,6 +588,14 @@ fn tags_target_hosts_and_an_unknown_tag_lists_the_known_ones() {
         .map(|h| str_of(&h["host"]))
         .collect();
     assert_eq!(hosts, ["w1", "w2"]);
+    // Logs of every tagged host, one after the other under a header.
+    let logs = s.ok(&["logs", "--tag", "web", "-n", "5"]);
+    let w1 = logs.find("==> w1 <==").unwrap_or_else(|| panic!("{logs}"));
+    let w2 = logs.find("==> w2 <==").unwrap_or_else(|| panic!("{logs}"));
+    assert!(w1 < w2, "{logs}");
+    assert!(logs.contains("agent listening"), "{logs}");
+    s.fails(&["logs"], 2, "--host");
+    s.fails(&["logs", "--tag", "nope"], 2, "unknown tag nope");
     let history = s.json(&["history", "--tag", "eu", "--json"], 0);
     let hosts: Vec<&str> = history["history"]
         .as_array()
