@@ -424,7 +424,7 @@ pub(crate) fn list(home: &Home, json: bool) -> Result<()> {
             updater.into(),
             status,
             clock::rfc3339(h.enrolled_at).into(),
-            clock::days_left(h.cert_not_after()).to_string().into(),
+            output::expiry_cell(clock::days_left(h.cert_not_after())),
             tag_list(&h.tags).into(),
         ]);
     }

@@ -270,16 +270,6 @@ async fn status_one(
     row
 }
 
-/// Days until the host's first certificate expires: yellow under 30,
-/// red once expired.
-fn cert_days(days: i64) -> Cell {
-    match days {
-        ..0 => Cell::colored(format!("{days} (expired)"), Color::Red),
-        0..30 => Cell::colored(days.to_string(), Color::Yellow),
-        _ => Cell::from(days.to_string()),
-    }
-}
-
 fn brief(r: &Option<ReleaseBrief>) -> String {
     match r {
         Some(r) => format!("{} {}", short(&r.sha256), r.pushed_at),
@@ -377,7 +367,7 @@ fn print_status(rows: &[HostStatusRow], json: bool) -> Result<()> {
             brief(&r.active).into(),
             r.desired.as_deref().map(short).unwrap_or("-").into(),
             drift,
-            cert_days(r.cert_days_left),
+            output::expiry_cell(r.cert_days_left),
             r.detail().into(),
         ]);
     }
