@@ -80,7 +80,10 @@ impl Sockets {
             if slots.len() == SLOTS {
                 let contiguous = contiguous(&slots);
                 let held: Vec<_> = slots.iter().filter_map(|(_, a)| *a).collect();
-                tracing::info!(?held, "took the held sockets over from the previous updater");
+                tracing::info!(
+                    ?held,
+                    "took the held sockets over from the previous updater"
+                );
                 return Sockets {
                     inner: Mutex::new(Inner {
                         slots,
@@ -194,8 +197,9 @@ impl Sockets {
                         .ok_or_else(|| {
                             UpdaterError::Agent(format!("the listen socket {addr} is not held"))
                         })?;
-                    fd.try_clone()
-                        .map_err(|e| UpdaterError::Agent(format!("duplicating the socket {addr}: {e}")))
+                    fd.try_clone().map_err(|e| {
+                        UpdaterError::Agent(format!("duplicating the socket {addr}: {e}"))
+                    })
                 })
                 .collect()
         })
@@ -337,7 +341,10 @@ mod tests {
         // `b` taken by a stranger without SO_REUSEPORT: nothing is bound.
         let stranger = std::net::TcpListener::bind(b).unwrap();
         let e = s.ensure(&[a, b]).unwrap_err().to_string();
-        assert!(e.contains(&b.to_string()) && e.contains("another process"), "{e}");
+        assert!(
+            e.contains(&b.to_string()) && e.contains("another process"),
+            "{e}"
+        );
         assert!(s.held().is_empty());
         drop(stranger);
         s.ensure(&[a, b]).unwrap();
