@@ -47,7 +47,10 @@ impl Load {
                     (ok.clone(), failed.clone(), errors.clone(), stop.clone());
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
-                        let outcome = match client.get(&url).send().await {
+                        // `Connection: close`: a new user each time, never a
+                        // kept-alive connection handed from one loop to the other.
+                        let req = client.get(&url).header("connection", "close");
+                        let outcome = match req.send().await {
                             Ok(r) if r.status().is_success() => r
                                 .bytes()
                                 .await
@@ -65,7 +68,10 @@ impl Load {
                                 if let Ok(mut v) = errors.lock()
                                     && v.len() < KEPT_ERRORS
                                 {
-                                    v.push(e);
+                                    let at = time::OffsetDateTime::now_utc()
+                                        .format(&time::format_description::well_known::Rfc3339)
+                                        .unwrap_or_default();
+                                    v.push(format!("{at}: {e}"));
                                 }
                             }
                         }

@@ -35,7 +35,12 @@ fn broken(w: &Worker, tag: &str, mode: &str) -> Vec<u8> {
 }
 
 fn worker(pki: &TestPki, host: &str) -> Worker {
-    Worker::start(pki, host, WorkerOptions::default())
+    let mut o = WorkerOptions::default();
+    o.env = vec![(
+        "RUST_LOG".into(),
+        "info,worker_updater=debug,pki=debug".into(),
+    )];
+    Worker::start(pki, host, o)
 }
 
 /// The load: two loops of fresh connections to the agent's `/health`.
@@ -61,10 +66,11 @@ fn assert_no_failure(t: &Tally, w: &Worker) {
     assert_eq!(
         t.failed,
         0,
-        "{} of {} requests failed: {:?}\nupdater log:\n{}",
+        "{} of {} requests failed: {:?}\nagent log:\n{}\nupdater log:\n{}",
         t.failed,
         t.ok + t.failed,
         t.errors,
+        w.agent_log(),
         w.log()
     );
 }
