@@ -45,6 +45,7 @@ fn main() -> ExitCode {
         }
     };
     pki::daemon::init_tracing();
+    worker_updater::agent::sockets::Sockets::global().log_start();
     let (check, watchdog) = (args.check, args.watchdog);
     let mut config = match worker_updater::Config::from_args(args) {
         Ok(c) => c,

@@ -50,6 +50,8 @@ struct Inner {
     contiguous: bool,
     /// Whether the sockets came through a self-update's exec.
     inherited: bool,
+    /// What the reservation has to say, logged by [`Sockets::log_start`].
+    notes: Vec<String>,
 }
 
 static GLOBAL: OnceLock<Sockets> = OnceLock::new();
@@ -64,6 +66,8 @@ impl Sockets {
     /// Take the slots a self-update's exec passed ([`HELD_VAR`] and
     /// `LISTEN_FDS`), else reserve fresh ones.
     fn reserve() -> Sockets {
+        // Said once tracing is up ([`Sockets::log_start`]): this runs first.
+        let mut notes = Vec::new();
         if std::env::var_os(HELD_VAR).is_some() && std::env::var_os("LISTEN_FDS").is_some() {
             let mut fds = listenfd::ListenFd::from_env();
             let mut slots = Vec::new();
@@ -74,43 +78,34 @@ impl Sockets {
                         slots.push((OwnedFd::from(l), addr));
                     }
                     Ok(None) => {}
-                    Err(e) => tracing::warn!("an inherited socket slot: {e}"),
+                    Err(e) => notes.push(format!("an inherited socket slot: {e}")),
                 }
             }
             if slots.len() == SLOTS {
                 let contiguous = contiguous(&slots);
                 let held: Vec<_> = slots.iter().filter_map(|(_, a)| *a).collect();
-                tracing::info!(
-                    ?held,
-                    "took the held sockets over from the previous updater"
-                );
+                notes.push(format!(
+                    "took the held sockets {held:?} over from the previous updater"
+                ));
                 return Sockets {
                     inner: Mutex::new(Inner {
                         slots,
                         contiguous,
                         inherited: true,
+                        notes,
                     }),
                 };
             }
-            tracing::warn!(
+            notes.push(format!(
                 "the previous updater passed {} socket slots, not {SLOTS}; binding again",
                 slots.len()
-            );
+            ));
         }
-        let mut slots = Vec::new();
-        for _ in 0..SLOTS {
-            match placeholder() {
-                Ok(fd) => slots.push((fd, None)),
-                Err(e) => {
-                    tracing::error!("reserving socket slots: {e}");
-                    break;
-                }
-            }
-        }
-        let contiguous = slots.len() == SLOTS && contiguous(&slots);
+        let slots = contiguous_placeholders();
+        let contiguous = slots.len() == SLOTS;
         if !contiguous {
-            tracing::warn!(
-                "the socket slots are not contiguous descriptors: a self-update binds the listen sockets again"
+            notes.push(
+                "no run of free descriptors for the socket slots: a self-update binds the listen sockets again".into(),
             );
         }
         Sockets {
@@ -118,6 +113,7 @@ impl Sockets {
                 slots,
                 contiguous,
                 inherited: false,
+                notes,
             }),
         }
     }
@@ -128,6 +124,16 @@ impl Sockets {
             .lock()
             .map_err(|_| UpdaterError::Internal("socket holder lock poisoned".into()))?;
         f(&mut inner)
+    }
+
+    /// Log what the reservation (before tracing was set up) had to say.
+    pub fn log_start(&self) {
+        let _ = self.with(|i| {
+            for n in i.notes.drain(..) {
+                tracing::info!("socket slots: {n}");
+            }
+            Ok(())
+        });
     }
 
     /// Whether the held sockets came through a self-update's exec.
@@ -317,6 +323,40 @@ fn cloexec(fd: &OwnedFd) -> Result<()> {
     fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
         .map(|_| ())
         .map_err(|e| UpdaterError::Internal(format!("setting FD_CLOEXEC: {e}")))
+}
+
+/// [`SLOTS`] placeholders on consecutive descriptors: opened one after
+/// the other (each takes the lowest free number) until a run is long
+/// enough, stepping over descriptors someone left open for us (a
+/// jobserver pipe, say); the ones outside the run are closed again.
+/// Fewer when no run was found within a bounded number of tries.
+fn contiguous_placeholders() -> Vec<(OwnedFd, Option<SocketAddr>)> {
+    let mut opened: Vec<OwnedFd> = Vec::new();
+    let mut run_start = 0;
+    for _ in 0..SLOTS * 8 {
+        let Ok(fd) = placeholder() else {
+            break;
+        };
+        if opened
+            .last()
+            .is_some_and(|last| last.as_raw_fd() + 1 != fd.as_raw_fd())
+        {
+            run_start = opened.len();
+        }
+        opened.push(fd);
+        if opened.len() - run_start == SLOTS {
+            return opened
+                .into_iter()
+                .skip(run_start)
+                .map(|fd| (fd, None))
+                .collect();
+        }
+    }
+    opened
+        .into_iter()
+        .take(SLOTS)
+        .map(|fd| (fd, None))
+        .collect()
 }
 
 fn contiguous(slots: &[(OwnedFd, Option<SocketAddr>)]) -> bool {
