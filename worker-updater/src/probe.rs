@@ -78,7 +78,23 @@ pub async fn probe(
         attempts += 1;
         let left = deadline.saturating_duration_since(Instant::now());
         let timeout = settings.timeout.min(left.max(LAST_TRY));
-        match once(client, url, timeout).await {
+        // An agent that exits while the request waits (queued in the
+        // backlog of a held socket nobody accepts on) ends the try at once.
+        let answer = match exited.as_mut() {
+            Some(rx) => {
+                let gone = async {
+                    if rx.wait_for(Option::is_some).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    a = once(client, url, timeout) => a,
+                    () = gone => Err("no answer before the agent exited".to_owned()),
+                }
+            }
+            None => once(client, url, timeout).await,
+        };
+        match answer {
             Ok(Answer { sha, pid }) => {
                 reported = sha.clone();
                 let other = match (settings.require_pid, agent) {

@@ -33,14 +33,22 @@ enum Mode {
 }
 
 impl Mode {
-    fn tree(self, port: u16, tag: &str, broken: bool) -> Vec<u8> {
+    /// A release of the reference agent `agent` on `port` (or, `broken`,
+    /// one whose agent exits at once).
+    fn tree(self, agent: &std::path::Path, port: u16, tag: &str, broken: bool) -> Vec<u8> {
         let t = ReleaseTree::new().file("VERSION", tag.as_bytes());
-        let exits = ["sh", "-c", "exit 3"].map(str::to_owned);
-        match (self, broken) {
-            (Mode::Baseline, false) => t.reference_agent(port, &[]),
-            (Mode::Baseline, true) => t.agent_command(&exits, port),
-            (Mode::Listen(m), false) => t.activated_agent(port, m, &[]),
-            (Mode::Listen(m), true) => t.activated_command(&exits, port, m),
+        let cmd: Vec<String> = if broken {
+            ["sh", "-c", "exit 3"].map(str::to_owned).to_vec()
+        } else {
+            vec![
+                agent.display().to_string(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+            ]
+        };
+        match self {
+            Mode::Baseline => t.agent_command(&cmd, port),
+            Mode::Listen(m) => t.activated_command(&cmd, port, m),
         }
         .tarball()
     }
@@ -90,7 +98,7 @@ pub(crate) async fn zero_section(bins: &Bins, report: &mut Report) -> anyhow::Re
         )?;
         let client = w.master_client(&pki);
         let port = w.agent_port;
-        let (code, body) = push(&w, &client, &mode.tree(port, "v0", false)).await?;
+        let (code, body) = push(&w, &client, &mode.tree(&bins.agent, port, "v0", false)).await?;
         ensure!(code == 200, "{key}: the first install failed: {body:?}");
         let bundle = pki::Bundle::load(&w.bundles.updater_dir)?;
         let load = Load::start(
@@ -105,7 +113,7 @@ pub(crate) async fn zero_section(bins: &Bins, report: &mut Report) -> anyhow::Re
             let (code, body) = push(
                 &w,
                 &client,
-                &mode.tree(port, &format!("v{}", i + 1), broken),
+                &mode.tree(&bins.agent, port, &format!("v{}", i + 1), broken),
             )
             .await?;
             let want = if broken { 409 } else { 200 };
