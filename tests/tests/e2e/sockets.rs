@@ -310,3 +310,32 @@ async fn an_agent_that_binds_its_address_itself_fails_its_probe_and_says_why() {
     );
     w.wait_agent_release(&sha256_hex(&v1)).await;
 }
+
+#[tokio::test]
+async fn an_agent_moves_to_socket_activation_on_its_own_port_and_back() {
+    let pki = TestPki::new();
+    let w = worker(&pki, "zd-move");
+    let client = w.master_client(&pki);
+    // Today's release: the agent binds the port itself.
+    let own = ReleaseTree::new()
+        .file("VERSION", b"own")
+        .reference_agent(w.agent_port, &[])
+        .tarball();
+    let (code, body) = w.push(&client, &own).await;
+    assert_eq!(code, 200, "{body:?}\n{}", w.log());
+    // The same port, now held by the updater: bound once the old agent
+    // (which holds it itself) has stopped — not a bind failure.
+    let held = good(&w, "held", "start-first");
+    let (code, body) = w.push(&client, &held).await;
+    assert_eq!(code, 200, "{body:?}\n{}", w.log());
+    w.wait_agent_release(&sha256_hex(&held)).await;
+    // And back: the held socket is closed before the agent that binds the
+    // port itself starts.
+    let again = ReleaseTree::new()
+        .file("VERSION", b"own-again")
+        .reference_agent(w.agent_port, &[])
+        .tarball();
+    let (code, body) = w.push(&client, &again).await;
+    assert_eq!(code, 200, "{body:?}\n{}", w.log());
+    w.wait_agent_release(&sha256_hex(&again)).await;
+}

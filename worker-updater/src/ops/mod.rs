@@ -60,12 +60,12 @@ pub async fn restart_and_probe(
         release_sha256: None,
         error: Some(error),
     };
-    if let Ok(run) = &spec.agent
-        && let Err(e) = d.sockets.ensure(&run.listen)
-    {
-        // Nothing was stopped: what runs keeps running.
-        return (failed(e.to_string()), None);
-    }
+    // Bound before anything is stopped; an address the running agent
+    // holds itself (moving to socket activation) only once it has stopped.
+    let held = match &spec.agent {
+        Ok(run) => d.sockets.ensure(&run.listen),
+        Err(_) => Ok(()),
+    };
     // A deliberate stop: the exit of what runs now is no crash.
     d.watch.retire();
     let daemon = d.clone();
@@ -78,8 +78,15 @@ pub async fn restart_and_probe(
     if let Ok(run) = &spec.agent
         && run.start_first()
         && !found.is_empty()
+        && held.is_ok()
     {
         return restart::start_first(d, phase, spec, run, found).await;
+    }
+    if let Err(e) = &held
+        && found.is_empty()
+    {
+        // Nothing was stopped: what runs keeps running.
+        return (failed(e.to_string()), None);
     }
     let stopped = d.supervisor.stop_all(found).await;
     for s in &stopped {
@@ -103,6 +110,14 @@ pub async fn restart_and_probe(
             );
         }
     };
+    if held.is_err()
+        && let Err(e) = d.sockets.ensure(&run.listen)
+    {
+        return (failed(e.to_string()), None);
+    }
+    // The old agent is gone: close what the new one does not use before it
+    // starts (it may bind such an address itself).
+    d.sockets.retain(&run.listen);
     let spawned = match restart::spawn(d, &run).await {
         Ok(s) => s,
         Err(e) => return (failed(e), None),
@@ -118,10 +133,7 @@ pub async fn restart_and_probe(
     )
     .await;
     d.watch.probed(generation, p.healthy);
-    if p.healthy {
-        // The old agent is gone: close what no running release uses.
-        d.sockets.retain(&run.listen);
-    } else {
+    if !p.healthy {
         restart::explain(d, &run, &mut p).await;
     }
     (p, Some(spawned))

@@ -43,6 +43,45 @@ pub async fn spawn(d: &Arc<Daemon>, run: &AgentRun) -> Result<Spawned, String> {
     })
 }
 
+/// Bind `run`'s new `[agent] listen` addresses before the flip. An
+/// address only the running agent of ours holds (it binds it itself: a
+/// release without `listen`, moving to socket activation on the same port)
+/// is left for the restart, which binds it once that agent has stopped.
+/// Any other failure is the error (a 500, nothing rotated).
+pub async fn bind_before_flip(d: &Arc<Daemon>, run: &AgentRun) -> crate::error::Result<()> {
+    let daemon = d.clone();
+    let listen = run.listen.clone();
+    blocking(move || {
+        if daemon.sockets.ensure(&listen).is_ok() {
+            return Ok(());
+        }
+        let agents: Vec<i32> = daemon
+            .supervisor
+            .find(&daemon.matcher())
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        for addr in &listen {
+            let Err(e) = daemon.sockets.ensure(&[*addr]) else {
+                continue;
+            };
+            let holders = crate::agent::port::holders_of(*addr);
+            let ours = !holders.is_empty()
+                && holders.iter().all(|h| {
+                    agents
+                        .iter()
+                        .any(|a| h == a || proc::descends_from(*h, *a))
+                });
+            if !ours {
+                return Err(e);
+            }
+            tracing::info!(%addr, "the running agent binds this address itself; it is bound once that agent has stopped");
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// `start-first`: spawn the new agent while `old` keeps serving from the
 /// same sockets, probe the new one; healthy → stop `old` (sparing the new
 /// one); unhealthy → stop the new one, and `old` serves on untouched,

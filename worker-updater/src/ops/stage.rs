@@ -148,7 +148,7 @@ async fn prepare(
     if purpose == Purpose::Agent
         && let Ok(run) = &staged.spec.agent
     {
-        d.sockets.ensure(&run.listen)?;
+        super::restart::bind_before_flip(d, run).await?;
     }
     let t = Instant::now();
     if let Some(hook) = staged.spec.hook()? {
