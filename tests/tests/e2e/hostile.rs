@@ -276,23 +276,58 @@ fn huge_body(done: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> Body {
     Body::from_stream(stream)
 }
 
+/// A 400 MiB flood and what it tells: `done` once the reader hung up (or
+/// it was all sent), `sent` the bytes handed to the connection so far.
+#[derive(Clone, Default)]
+struct Flood {
+    done: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+}
+
+impl Flood {
+    /// A GET `path` answering the flood.
+    fn get(&self, path: &str) -> Router {
+        let f = self.clone();
+        Router::new().route(
+            path,
+            get(move || {
+                let f = f.clone();
+                async move { (StatusCode::OK, huge_body(f.done, f.sent)) }
+            }),
+        )
+    }
+
+    /// A POST `path` taking the whole request body, then answering the flood.
+    fn post(&self, path: &str) -> Router {
+        let f = self.clone();
+        Router::new().route(
+            path,
+            post(move |body: Body| {
+                let f = f.clone();
+                async move {
+                    let _ = axum::body::to_bytes(body, 64 << 20).await;
+                    (StatusCode::OK, huge_body(f.done, f.sent))
+                }
+            }),
+        )
+    }
+
+    fn done(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
+}
+
 #[test]
 fn a_400_mib_answer_is_refused_with_bounded_memory() {
     let s = Swarm::new();
     let e = s.enroll("w1");
-    let done = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
+    let flood = Flood::default();
     let release = Arc::new(tokio::sync::Notify::new());
-    let updater = {
-        let (done, sent) = (done.clone(), sent.clone());
-        Router::new().route(
-            "/health",
-            get(move || {
-                let (done, sent) = (done.clone(), sent.clone());
-                async move { (StatusCode::OK, huge_body(done, sent)) }
-            }),
-        )
-    };
+    let updater = flood.get("/health");
     // A second host whose updater answers only when told: `swarm status`
     // stays alive after it refused w1's answer, so its peak memory can be
     // read.
@@ -323,7 +358,7 @@ fn a_400_mib_answer_is_refused_with_bounded_memory() {
         .stderr(Stdio::piped());
     let mut status = Daemon::start(&mut cmd);
     eventually(Duration::from_secs(30), "the master to hang up", || {
-        done.load(Ordering::SeqCst).then_some(())
+        flood.done().then_some(())
     });
     let hwm = tests::process::status_bytes(status.pid(), "VmHWM").expect("VmHWM of swarm");
     eprintln!(
@@ -334,7 +369,7 @@ fn a_400_mib_answer_is_refused_with_bounded_memory() {
     let code = status
         .wait(Duration::from_secs(30))
         .expect("swarm status ends");
-    let sent = sent.load(Ordering::SeqCst);
+    let sent = flood.sent();
     assert!(
         hwm < 64 << 20,
         "swarm status peaked at {} MiB reading a 400 MiB answer ({} MiB sent)",
@@ -400,27 +435,14 @@ fn a_push_killed_mid_upload_leaves_no_temp_file() {
 fn a_400_mib_update_answer_is_refused_under_the_cap() {
     let s = Swarm::new();
     let e = s.enroll("w1");
-    let done = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let updater = {
-        let (done, sent) = (done.clone(), sent.clone());
-        Router::new().route(
-            "/update",
-            post(move |body: Body| {
-                let (done, sent) = (done.clone(), sent.clone());
-                async move {
-                    let _ = axum::body::to_bytes(body, 64 << 20).await;
-                    (StatusCode::OK, huge_body(done, sent))
-                }
-            }),
-        )
-    };
+    let flood = Flood::default();
+    let updater = flood.post("/update");
     let _evil = Hostile::start(&e, updater, Router::new());
     let tree = s.tree("v1");
     write(&tree, "VERSION", "1");
     let root = tree.to_str().expect("utf-8 path");
     let out = s.run(&["update", "--all", "--root", root, "--json"]);
-    let sent = sent.load(Ordering::SeqCst);
+    let sent = flood.sent();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -438,18 +460,8 @@ fn a_400_mib_update_answer_is_refused_under_the_cap() {
 fn a_400_mib_log_answer_is_cut_off_under_the_cap() {
     let s = Swarm::new();
     let e = s.enroll("w1");
-    let done = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let updater = {
-        let (done, sent) = (done.clone(), sent.clone());
-        Router::new().route(
-            "/logs",
-            get(move || {
-                let (done, sent) = (done.clone(), sent.clone());
-                async move { (StatusCode::OK, huge_body(done, sent)) }
-            }),
-        )
-    };
+    let flood = Flood::default();
+    let updater = flood.get("/logs");
     let _evil = Hostile::start(&e, updater, Router::new());
     let out = s
         .command()
@@ -462,8 +474,8 @@ fn a_400_mib_log_answer_is_cut_off_under_the_cap() {
     assert!(err.contains("more than 16 MiB"), "{err}");
     assert_inert("swarm logs stderr", &out.stderr);
     eventually(Duration::from_secs(30), "the master to hang up", || {
-        done.load(Ordering::SeqCst).then_some(())
+        flood.done().then_some(())
     });
-    let sent = sent.load(Ordering::SeqCst);
+    let sent = flood.sent();
     assert!(sent < 200 << 20, "the master read {} MiB", sent >> 20);
 }
