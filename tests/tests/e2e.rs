@@ -48,6 +48,9 @@ mod packer;
 /// The updater's receive path under hostile uploads (issue 10).
 #[path = "e2e/receive.rs"]
 mod receive;
+/// Issue 12: release_id, the kept index, zstd, kept releases, verify.
+#[path = "e2e/releases.rs"]
+mod releases;
 /// `POST /update-self`: switch, keep flags, refuse, revert.
 #[path = "e2e/self_update.rs"]
 mod self_update;

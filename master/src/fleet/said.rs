@@ -86,6 +86,7 @@ impl Clean for Manifest {
             git_commit: self.git_commit.map(field),
             pushed_at: field(self.pushed_at),
             pushed_by: field(self.pushed_by),
+            release_id: self.release_id.map(field),
             ..self
         }
     }

@@ -40,6 +40,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use pki::index::{INDEX_FILE, IndexEntry, TreeIndex};
 use pki::wire::MANIFEST_FILE;
 
 use link_rule::check_link;
@@ -66,6 +67,9 @@ pub(crate) struct ReleaseInfo {
     pub(crate) root: PathBuf,
     /// SHA-256 (hex) of the gzip.
     pub(crate) sha256: String,
+    /// SHA-256 of the tree's canonical index ([`pki::index`]): what the
+    /// updater computes as it extracts, whatever the compression.
+    pub(crate) release_id: String,
     pub(crate) size_bytes: u64,
     /// Regular files in the tarball.
     pub(crate) files: u64,
@@ -161,11 +165,12 @@ impl<'a> PackProgress<'a> {
 
 /// Reads exactly `remaining` bytes or fails: a file that shrinks while it
 /// is packed must not produce a corrupt tarball. Counts what it reads into
-/// `progress`.
+/// `progress` and hashes it (the file's index entry).
 struct Exact<'p, 'a, R> {
     inner: R,
     remaining: u64,
     progress: &'p PackProgress<'a>,
+    hasher: Sha256,
 }
 
 impl<R: Read> Read for Exact<'_, '_, R> {
@@ -185,6 +190,7 @@ impl<R: Read> Read for Exact<'_, '_, R> {
         }
         self.remaining -= n as u64;
         self.progress.bytes(n as u64);
+        self.hasher.update(&buf[..n]);
         Ok(n)
     }
 }
@@ -271,6 +277,7 @@ pub(crate) fn pack_reporting(opts: &PackOptions, progress: &PackProgress<'_>) ->
     let mut ships_updater = false;
     let mut files = 0u64;
     let mut skipped_secrets = Vec::new();
+    let mut index = Vec::new();
     for entry in walker {
         let entry = entry.map_err(|e| pack_err(&root, e.to_string()))?;
         if entry.depth() == 0 {
@@ -298,18 +305,20 @@ pub(crate) fn pack_reporting(opts: &PackOptions, progress: &PackProgress<'_>) ->
             let mut h = header(tar::EntryType::Directory, 0o755, meta.mtime(), 0);
             tar.append_data(&mut h, format!("{rel_str}/"), io::empty())
                 .map_err(io_err)?;
+            index.push(IndexEntry::dir(rel_str, 0o755));
         } else if ft.is_symlink() {
             let target = fs::read_link(path).map_err(io_err)?;
-            check_link(&root, &rel, &target)?;
+            let created = check_link(&root, &rel, &target)?;
             let mut h = header(tar::EntryType::Symlink, 0o777, meta.mtime(), 0);
             tar.append_link(&mut h, rel_str, &target).map_err(io_err)?;
+            index.push(IndexEntry::link(rel_str, &created.to_string_lossy()));
             ships_updater |= rel_str == updater_binary;
         } else if ft.is_file() {
-            if entry.depth() == 1 && name == MANIFEST_FILE {
+            if entry.depth() == 1 && (name == MANIFEST_FILE || name == INDEX_FILE) {
                 return Err(pack_err(
                     &root,
                     format!(
-                        "{MANIFEST_FILE} at the root is reserved: each updater writes it; \
+                        "{name} at the root is reserved: each updater writes it; \
                          remove it (or exclude it) and push again"
                     ),
                 ));
@@ -332,12 +341,16 @@ pub(crate) fn pack_reporting(opts: &PackOptions, progress: &PackProgress<'_>) ->
                 0o644
             };
             let mut h = header(tar::EntryType::Regular, mode, meta.mtime(), len);
-            let reader = Exact {
+            let mut reader = Exact {
                 inner: f,
                 remaining: len,
                 progress,
+                hasher: Sha256::new(),
             };
-            tar.append_data(&mut h, rel_str, reader).map_err(io_err)?;
+            tar.append_data(&mut h, rel_str, &mut reader)
+                .map_err(io_err)?;
+            let sha = hex::encode(reader.hasher.finalize());
+            index.push(IndexEntry::file(rel_str, mode, len, sha));
             files += 1;
             progress.file();
             ships_updater |= rel_str == updater_binary && mode == 0o755;
@@ -354,6 +367,7 @@ pub(crate) fn pack_reporting(opts: &PackOptions, progress: &PackProgress<'_>) ->
         .into_inner()
         .map_err(|e| Error::io(&path, e.into_error()))?;
     let git_commit = git::git_commit(&root);
+    let index = TreeIndex::new(index).map_err(|why| pack_err(&root, why))?;
     progress.tick(true);
     Ok(Release {
         file,
@@ -362,6 +376,7 @@ pub(crate) fn pack_reporting(opts: &PackOptions, progress: &PackProgress<'_>) ->
             git_commit,
             root,
             sha256,
+            release_id: index.release_id(),
             size_bytes,
             files,
             skipped_secrets,
@@ -505,6 +520,19 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("reserved"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), INDEX_FILE, "x");
+        let err = pack(&PackOptions {
+            root: dir.path().to_owned(),
+            excludes: vec![],
+        })
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("reserved") && err.contains(INDEX_FILE),
+            "{err}"
+        );
         // Deeper down it is an ordinary file.
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), &format!("sub/{MANIFEST_FILE}"), "{}");

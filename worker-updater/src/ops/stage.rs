@@ -12,7 +12,7 @@ use pki::wire::Timings;
 use super::hook::run_install;
 use crate::error::{Result, UpdaterError};
 use crate::receive;
-use crate::release::{Purpose, ReleaseSpec, write_manifest};
+use crate::release::{Purpose, ReleaseSpec, write_index, write_manifest};
 use crate::slots::Layout;
 use crate::state::{Daemon, blocking};
 
@@ -33,8 +33,9 @@ pub enum StageError {
     Before(UpdaterError),
     /// The flip itself failed: the slots need a repair (the caller's).
     Flip(UpdaterError),
-    /// An agent release whose sha256 is the active one's: staging was
-    /// discarded before the hook, nothing changed (issue 11).
+    /// An agent release that is the active one (the same `release_id`,
+    /// or for an old manifest the same sha256): staging was discarded
+    /// before the hook, nothing changed (issues 11, 12).
     Unchanged(Box<pki::wire::Manifest>),
 }
 
@@ -124,7 +125,9 @@ async fn prepare(
         "release received"
     );
     let (daemon, l, dir) = (d.clone(), layout.clone(), staging.to_owned());
+    let index = received.extracted.index;
     let staged = blocking(move || {
+        write_index(&dir, &index)?;
         write_manifest(&dir, &manifest)?;
         let host = daemon.host_env()?;
         let live = l.live_dir();
@@ -139,7 +142,11 @@ async fn prepare(
     .await?;
     if purpose == Purpose::Agent
         && let Some(m) = &staged.previous.manifest
-        && staged.spec.sha256() == Some(m.sha256.as_str())
+        && staged
+            .spec
+            .manifest
+            .as_ref()
+            .is_some_and(|n| n.same_release(m))
     {
         return Ok(Prepared::Unchanged(Box::new(m.clone())));
     }

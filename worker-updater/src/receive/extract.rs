@@ -10,7 +10,7 @@
 //! The policy (also in `wiki/security.md`, "Extraction"):
 //! - paths: UTF-8, relative, no `..`, no NUL, at most `max_path_bytes` bytes,
 //!   255 bytes per component and `max_path_depth` components; `.` and empty
-//!   components are dropped; the root manifest name is reserved;
+//!   components are dropped; the root manifest and index names are reserved;
 //! - types: regular files and directories; symbolic links only when their
 //!   target is relative, of the form `../../a/b` (all `..` first, then names)
 //!   and does not climb above the release root from where the link sits;
@@ -25,6 +25,10 @@
 //!   `TarGuard`, before tar-rs would buffer it whole;
 //! - modes: files `mode & 0o755 | 0o600`, directories `mode & 0o755 | 0o700`
 //!   (no setuid/setgid/sticky, nothing writable by others, exec bits kept).
+//!
+//! As it writes, it builds the tree's canonical index ([`pki::index`]):
+//! every file's content is hashed as it is received, so the `release_id`
+//! costs no second read.
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
@@ -34,7 +38,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use pki::index::{INDEX_FILE, IndexEntry, TreeIndex};
 use pki::wire::MANIFEST_FILE;
+use sha2::{Digest, Sha256};
 use tar::EntryType;
 
 use super::guard::{CapReader, TarGuard, quote};
@@ -78,6 +84,8 @@ pub struct Extracted {
     pub files: u64,
     /// Bytes of regular file contents written.
     pub file_bytes: u64,
+    /// The canonical index of the tree written.
+    pub index: TreeIndex,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +131,7 @@ pub fn extract(reader: impl Read, dest: &Path, caps: &Caps) -> Result<Extracted>
         explicit: HashSet::new(),
         out: Extracted::default(),
         entries: 0,
+        index: Vec::new(),
     };
     let entries = archive
         .entries()
@@ -159,7 +168,9 @@ pub fn extract(reader: impl Read, dest: &Path, caps: &Caps) -> Result<Extracted>
     if let Some(mut raw) = decoded.into_inner().inner.into_inner() {
         io::copy(&mut raw, &mut io::sink()).map_err(|e| stream_error(e, "reading the upload"))?;
     }
-    Ok(x.out)
+    let mut out = x.out;
+    out.index = TreeIndex::new(x.index).map_err(UpdaterError::BadUpload)?;
+    Ok(out)
 }
 
 /// The gzip members of a stream, one after the other, as `gzip -d` and
@@ -255,6 +266,8 @@ struct Extractor<'a> {
     explicit: HashSet<String>,
     out: Extracted,
     entries: u64,
+    /// The index entries so far, in tar order.
+    index: Vec<IndexEntry>,
 }
 
 impl Extractor<'_> {
@@ -312,10 +325,10 @@ impl Extractor<'_> {
             };
         }
         let key = comps.join("/");
-        if key == MANIFEST_FILE {
+        if key == MANIFEST_FILE || key == INDEX_FILE {
             return Err(UpdaterError::unsafe_entry(
                 shown,
-                "reserved name: the updater writes the release manifest itself",
+                "reserved name: the updater writes the release manifest and index itself",
             ));
         }
         if !self.explicit.insert(key.clone()) {
@@ -329,12 +342,21 @@ impl Extractor<'_> {
             .map_err(|e| UpdaterError::BadUpload(format!("{shown:?}: bad mode: {e}")))?;
         match kind {
             Kind::Dir => {
-                match self.kinds.get(&key) {
-                    Some(Kind::Dir) => {}
+                let implied = match self.kinds.get(&key) {
+                    Some(Kind::Dir) => true,
                     Some(_) => return Err(UpdaterError::unsafe_entry(shown, "duplicate path")),
-                    None => mkdir(&path)?,
+                    None => {
+                        mkdir(&path)?;
+                        false
+                    }
+                };
+                let mode = mode & 0o755 | 0o700;
+                set_mode(&path, mode)?;
+                match implied.then(|| self.index.iter_mut().rev().find(|e| e.path == key)) {
+                    // An implied directory named by its own entry later.
+                    Some(Some(e)) => e.mode = mode,
+                    _ => self.index.push(IndexEntry::dir(key.clone(), mode)),
                 }
-                set_mode(&path, mode & 0o755 | 0o700)?;
                 self.kinds.insert(key, Kind::Dir);
             }
             Kind::File => {
@@ -348,17 +370,24 @@ impl Extractor<'_> {
                     .open(&path)
                     .map_err(|e| UpdaterError::io(&path, e))?;
                 let mut limited = (&mut entry).take(size);
-                let mut writer = io::BufWriter::with_capacity(256 * 1024, &file);
+                let mut writer = HashingWriter {
+                    inner: io::BufWriter::with_capacity(256 * 1024, &file),
+                    hasher: Sha256::new(),
+                };
                 let copied =
                     io::copy(&mut limited, &mut writer).map_err(|e| UpdaterError::io(&path, e))?;
-                drop(writer);
+                io::Write::flush(&mut writer).map_err(|e| UpdaterError::io(&path, e))?;
+                let sha256 = hex::encode(writer.hasher.finalize());
                 if copied != size {
                     return Err(UpdaterError::BadUpload(format!(
                         "{shown:?}: the tarball ends inside this file"
                     )));
                 }
-                file.set_permissions(fs::Permissions::from_mode(mode & 0o755 | 0o600))
+                let mode = mode & 0o755 | 0o600;
+                file.set_permissions(fs::Permissions::from_mode(mode))
                     .map_err(|e| UpdaterError::io(&path, e))?;
+                self.index
+                    .push(IndexEntry::file(key.clone(), mode, size, sha256));
                 self.out.files += 1;
                 self.out.file_bytes += size;
                 self.kinds.insert(key, Kind::File);
@@ -377,6 +406,9 @@ impl Extractor<'_> {
                     .map_err(|why| UpdaterError::unsafe_entry(&shown, why))?;
                 std::os::unix::fs::symlink(&target, &path)
                     .map_err(|e| UpdaterError::io(&path, e))?;
+                // Checked UTF-8 by check_link_target.
+                self.index
+                    .push(IndexEntry::link(key.clone(), &target.to_string_lossy()));
                 self.kinds.insert(key, Kind::Link);
             }
         }
@@ -428,11 +460,29 @@ impl Extractor<'_> {
                     let dir = self.dest.join(&prefix);
                     mkdir(&dir)?;
                     set_mode(&dir, 0o755)?;
+                    self.index.push(IndexEntry::dir(prefix.clone(), 0o755));
                     self.kinds.insert(prefix, Kind::Dir);
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// A writer that hashes what it writes (a file's content, as received).
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: io::Write> io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -583,12 +633,37 @@ mod tests {
             entry(b"a/self", b'2', b"", 0o777, b"."),
         ]);
         let out = r.unwrap();
+        assert_eq!((out.files, out.file_bytes), (2, 15));
+        // The index, built as it extracted: implied `a` and `a/b` included.
+        let paths: Vec<_> = out
+            .index
+            .entries()
+            .iter()
+            .map(|e| e.path.as_str())
+            .collect();
         assert_eq!(
-            out,
-            Extracted {
-                files: 2,
-                file_bytes: 15
-            }
+            paths,
+            [
+                "a",
+                "a/b",
+                "a/b/c.txt",
+                "a/link",
+                "a/self",
+                "bin",
+                "bin/run"
+            ]
+        );
+        let c = out.index.get("a/b/c.txt").unwrap();
+        assert_eq!((c.mode, c.size), (0o600, 5));
+        assert_eq!(
+            c.sha256.as_deref(),
+            Some(pki::index::sha256_hex(b"hello").as_str())
+        );
+        assert_eq!(out.index.get("bin").unwrap().mode, 0o755);
+        assert_eq!(out.index.get("bin/run").unwrap().mode, 0o755);
+        assert_eq!(
+            out.index.get("a/link").unwrap().sha256.as_deref(),
+            Some(pki::index::sha256_hex(b"../bin/run").as_str())
         );
         let d = tmp.path().join("stage");
         let mode = |p: &str| {
@@ -659,6 +734,10 @@ mod tests {
         rejected(
             &[entry(MANIFEST_FILE.as_bytes(), b'0', b"{}", 0o644, b"")],
             MANIFEST_FILE,
+        );
+        rejected(
+            &[entry(INDEX_FILE.as_bytes(), b'0', b"x", 0o644, b"")],
+            INDEX_FILE,
         );
     }
 

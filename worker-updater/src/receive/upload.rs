@@ -57,6 +57,7 @@ impl Received {
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
             pushed_by,
+            release_id: Some(self.extracted.index.release_id()),
         }
     }
 }

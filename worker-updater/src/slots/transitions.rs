@@ -306,5 +306,6 @@ pub(crate) fn unknown_manifest() -> Manifest {
         git_commit: None,
         pushed_at: String::new(),
         pushed_by: String::new(),
+        release_id: None,
     }
 }

@@ -1,0 +1,167 @@
+//! Issue 12: content-addressed releases. The `release_id` (the SHA-256 of
+//! the canonical tree index) names a tree however it was compressed; the
+//! updater keeps the index beside the manifest; zstd and gzip uploads.
+//! Real updaters, real agents, real tarballs.
+
+use std::io::Write;
+use std::path::Path;
+
+use pki::index::{INDEX_FILE, TreeIndex};
+use pki::wire::{MANIFEST_FILE, Manifest, OpStatus};
+use tests::release::{ReleaseTree, raw, sha256_hex, toml_array};
+use tests::worker::{Worker, WorkerOptions};
+use tests::{Swarm, TestPki, bin};
+
+/// The same files as [`ReleaseTree::tarball`], gzip-compressed at `level`.
+fn tgz_at(tree: &ReleaseTree, level: u32) -> Vec<u8> {
+    let tar = gunzip(&tree.tarball());
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+    gz.write_all(&tar).unwrap();
+    gz.finish().unwrap()
+}
+
+fn gunzip(tgz: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(tgz), &mut out).unwrap();
+    out
+}
+
+fn manifest(dir: &Path) -> Manifest {
+    Manifest::read(dir).unwrap_or_else(|| panic!("no manifest in {}", dir.display()))
+}
+
+#[tokio::test]
+async fn one_tree_compressed_twice_is_one_release() {
+    let pki = TestPki::new();
+    let w = Worker::start(&pki, "w1", WorkerOptions::default());
+    let client = w.master_client(&pki);
+    let tree = ReleaseTree::new()
+        .file("VERSION", b"1")
+        .file("dir/data.txt", &b"0123456789".repeat(1000));
+    let fast = tgz_at(&tree, 1);
+    let best = tgz_at(&tree, 9);
+    assert_ne!(
+        sha256_hex(&fast),
+        sha256_hex(&best),
+        "two different uploads"
+    );
+
+    let (code, body) = w.push(&client, &fast).await;
+    assert_eq!(code, 200, "{body:?}\n{}", w.log());
+    let pushed = body.release.expect("a manifest");
+    let id = pushed
+        .release_id
+        .clone()
+        .expect("the manifest has a release_id");
+    assert_eq!(
+        pushed.sha256,
+        sha256_hex(&fast),
+        "sha256 stays the upload's"
+    );
+
+    // The index is kept beside the manifest, and names the release.
+    let active = w.install_dir.join("releases/active");
+    let bytes = std::fs::read(active.join(INDEX_FILE)).expect(".swarm-index");
+    assert_eq!(sha256_hex(&bytes), id);
+    let index = TreeIndex::parse(&bytes, 1000).unwrap();
+    let paths: Vec<_> = index.entries().iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["VERSION", "dir", "dir/data.txt"],
+        "manifest and index are no entries"
+    );
+    let data = index.get("dir/data.txt").unwrap();
+    assert_eq!(
+        data.sha256.as_deref(),
+        Some(sha256_hex(&b"0123456789".repeat(1000)).as_str())
+    );
+    assert_eq!(manifest(&active).release_id.as_deref(), Some(id.as_str()));
+
+    // The same tree, compressed otherwise: the same release, unchanged.
+    let (code, body) = w.push(&client, &best).await;
+    assert_eq!(code, 200, "{body:?}");
+    assert_eq!(body.status, OpStatus::Unchanged, "{body:?}");
+    assert_eq!(body.release.and_then(|m| m.release_id), Some(id.clone()));
+    // One byte more: another release.
+    let other = tree.clone().file("VERSION2", b"2").tarball();
+    let (code, body) = w.push(&client, &other).await;
+    assert_eq!((code, body.status), (200, OpStatus::Updated), "{body:?}");
+    assert_ne!(body.release.and_then(|m| m.release_id), Some(id));
+}
+
+#[tokio::test]
+async fn an_index_or_manifest_in_the_upload_is_refused() {
+    let pki = TestPki::new();
+    let w = Worker::start(&pki, "w1", WorkerOptions::default());
+    let client = w.master_client(&pki);
+    for name in [INDEX_FILE, MANIFEST_FILE] {
+        let tgz = raw::tgz(&[
+            raw::file(b"VERSION", b"1"),
+            raw::file(name.as_bytes(), b"x"),
+        ]);
+        let (code, body) = w.push(&client, &tgz).await;
+        assert_eq!(code, 400, "{name}: {body:?}");
+        let why = body.error.unwrap_or_default();
+        assert!(why.contains("reserved"), "{why}");
+        assert!(!w.install_dir.join("releases/active.new").exists());
+        assert!(w.current_target().is_none(), "nothing rotated");
+    }
+}
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    std::fs::write(p, text).expect("write");
+}
+
+fn agent_toml() -> String {
+    let cmd = vec![
+        bin("worker-agent").display().to_string(),
+        "--listen".to_owned(),
+        "127.0.0.1:${AGENT_PORT}".to_owned(),
+    ];
+    format!(
+        "[agent]\ncommand = {}\nhealth_url = \"https://127.0.0.1:${{AGENT_PORT}}/health\"\n",
+        toml_array(&cmd)
+    )
+}
+
+#[test]
+fn the_master_and_the_updater_compute_the_same_release_id() {
+    let s = Swarm::new();
+    let w = s.worker("w1");
+    let tree = s.tree("app");
+    write(&tree, "swarm.toml", &agent_toml());
+    write(&tree, "VERSION", "1");
+    write(&tree, "deep/er/file.txt", "hello");
+    std::os::unix::fs::symlink("./er/file.txt", tree.join("deep/link")).unwrap();
+    let root = tree.to_str().unwrap();
+    let dry = s.json(
+        &[
+            "update",
+            "--host",
+            "w1",
+            "--root",
+            root,
+            "--dry-run",
+            "--json",
+        ],
+        0,
+    );
+    let want = dry["release"]["release_id"]
+        .as_str()
+        .expect("dry run shows release_id")
+        .to_owned();
+    assert_eq!(want.len(), 64);
+    s.ok(&["update", "--host", "w1", "--root", root]);
+    let active = manifest(&w.install_dir.join("releases/active"));
+    assert_eq!(
+        active.release_id.as_deref(),
+        Some(want.as_str()),
+        "{}",
+        std::fs::read_to_string(w.install_dir.join("releases/active").join(INDEX_FILE)).unwrap()
+    );
+    // The agent's /health reports it too.
+    let h = w.wait_agent_release_blocking(&active.sha256);
+    assert_eq!(h.release.and_then(|m| m.release_id), Some(want));
+}
