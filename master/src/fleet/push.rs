@@ -200,8 +200,8 @@ async fn release_form(
         reqwest::Body::wrap_stream(stream),
         info.size_bytes,
     )
-    .file_name("release.tar.gz")
-    .mime_str("application/gzip")
+    .file_name("release.tar.zst")
+    .mime_str("application/zstd")
     .map_err(|e| e.to_string())?;
     let mut form = reqwest::multipart::Form::new().text("sha256", info.sha256.clone());
     if let Some(commit) = &info.git_commit {

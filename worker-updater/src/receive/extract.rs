@@ -1,6 +1,9 @@
-//! Safe extraction of a gzip tarball into an empty staging directory.
-//! Every gzip member is read (`Members`), as `tar xzf` does; after the
-//! end-of-archive blocks only zeros may follow.
+//! Safe extraction of a gzip or zstd tarball into an empty staging
+//! directory, told apart by their magic numbers (`1f 8b`, `28 b5 2f fd`).
+//! Every gzip member is read (`Members`), as `tar xzf` does, and every zstd
+//! frame, as `zstd -d` does; after the end-of-archive blocks only zeros may
+//! follow. A zstd frame may ask for a window of at most
+//! [`ZSTD_WINDOW_LOG_MAX`] (the decoder's memory is bounded by it).
 //!
 //! tar-rs is used only to *parse* the stream; every entry is validated here,
 //! from its raw path bytes and header, before anything is written, and every
@@ -48,6 +51,14 @@ use crate::error::{Result, UpdaterError};
 
 /// Longest single path component (NAME_MAX).
 const MAX_COMPONENT_BYTES: usize = 255;
+
+/// The largest zstd window accepted, as a power of two: 8 MiB (`zstd -19`
+/// uses that; `--long` and `--ultra` frames that need more are refused, so
+/// a hostile frame cannot make the decoder allocate up to 2 GiB).
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+/// The first bytes of a zstd frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 /// Limits applied to every upload.
 #[derive(Clone, Debug)]
@@ -98,10 +109,23 @@ enum Kind {
 /// Extract the gzip tarball read from `reader` into `dest`, which must be an
 /// existing empty directory. On error, `dest` may hold a partial tree: the
 /// caller removes it. Nothing is ever written outside `dest`.
-pub fn extract(reader: impl Read, dest: &Path, caps: &Caps) -> Result<Extracted> {
+pub fn extract(mut reader: impl Read, dest: &Path, caps: &Caps) -> Result<Extracted> {
     let tripped = Rc::new(Cell::new(false));
+    // Up to 4 bytes, however the upload was chunked, to tell the format.
+    let mut head = Vec::with_capacity(4);
+    (&mut reader)
+        .take(4)
+        .read_to_end(&mut head)
+        .map_err(|e| UpdaterError::BadUpload(format!("reading the upload: {e}")))?;
+    let zstd = head == ZSTD_MAGIC;
+    let buffered = io::BufReader::with_capacity(64 * 1024, io::Cursor::new(head).chain(reader));
+    let decoder = if zstd {
+        Decoder::zstd(buffered)?
+    } else {
+        Decoder::Gzip(Members::new(buffered))
+    };
     let decoded = CapReader {
-        inner: Members::new(io::BufReader::with_capacity(64 * 1024, reader)),
+        inner: decoder,
         read: 0,
         cap: caps.max_unpacked,
         tripped: tripped.clone(),
@@ -120,7 +144,9 @@ pub fn extract(reader: impl Read, dest: &Path, caps: &Caps) -> Result<Extracted>
         } else if tripped.get() {
             cap_error()
         } else {
-            UpdaterError::BadUpload(format!("{what}: {e} (send a gzip-compressed tar)"))
+            UpdaterError::BadUpload(format!(
+                "{what}: {e} (send a gzip- or zstd-compressed tar)"
+            ))
         }
     };
     let mut archive = tar::Archive::new(guard);
@@ -171,6 +197,41 @@ pub fn extract(reader: impl Read, dest: &Path, caps: &Caps) -> Result<Extracted>
     let mut out = x.out;
     out.index = TreeIndex::new(x.index).map_err(UpdaterError::BadUpload)?;
     Ok(out)
+}
+
+/// The decompressor, by the upload's magic number.
+enum Decoder<R: io::BufRead> {
+    Gzip(Members<R>),
+    /// Reads every frame to the end of the stream.
+    Zstd(zstd::stream::read::Decoder<'static, R>),
+}
+
+impl<R: io::BufRead> Decoder<R> {
+    fn zstd(inner: R) -> Result<Self> {
+        let mut d = zstd::stream::read::Decoder::with_buffer(inner)
+            .map_err(|e| UpdaterError::Internal(format!("zstd decoder: {e}")))?;
+        d.window_log_max(ZSTD_WINDOW_LOG_MAX)
+            .map_err(|e| UpdaterError::Internal(format!("zstd decoder: {e}")))?;
+        Ok(Decoder::Zstd(d))
+    }
+
+    /// The reader past the compressed stream (gzip: its trailing bytes
+    /// unread; zstd reads to the end itself).
+    fn into_inner(self) -> Option<R> {
+        match self {
+            Decoder::Gzip(m) => m.into_inner(),
+            Decoder::Zstd(d) => Some(d.finish()),
+        }
+    }
+}
+
+impl<R: io::BufRead> Read for Decoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoder::Gzip(m) => m.read(buf),
+            Decoder::Zstd(d) => d.read(buf),
+        }
+    }
 }
 
 /// The gzip members of a stream, one after the other, as `gzip -d` and
@@ -914,6 +975,60 @@ mod tests {
                     why.contains("data after the end of its tar archive"),
                     "{why}"
                 )
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn zstd_of(entries: &[Vec<u8>], window_log: Option<u32>) -> Vec<u8> {
+        let mut tar = entries.concat();
+        tar.resize(tar.len() + 1024, 0);
+        let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        if let Some(log) = window_log {
+            z.window_log(log).unwrap();
+        }
+        z.write_all(&tar).unwrap();
+        z.finish().unwrap()
+    }
+
+    #[test]
+    fn zstd_is_told_from_gzip_by_its_magic() {
+        let entries = [
+            entry(b"a/b.txt", b'0', b"hello", 0o644, b""),
+            entry(b"c", b'0', &vec![9u8; 100_000], 0o755, b""),
+        ];
+        let (tmp, r) = extract_bytes(&zstd_of(&entries, None));
+        let out = r.unwrap();
+        assert_eq!((out.files, out.file_bytes), (2, 100_005));
+        let d = tmp.path().join("stage");
+        assert_eq!(fs::read_to_string(d.join("a/b.txt")).unwrap(), "hello");
+        // The same tree by gzip: the same index, so the same release_id.
+        let (_t, g) = extract_bytes(&tgz(&entries));
+        assert_eq!(g.unwrap().index.release_id(), out.index.release_id());
+        // Two frames, one after the other, are one stream.
+        let first = {
+            let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+            z.write_all(&entry(b"one", b'0', b"1", 0o644, b"")).unwrap();
+            z.finish().unwrap()
+        };
+        let second = zstd_of(&[entry(b"two", b'0', b"2", 0o644, b"")], None);
+        let joined = [first, second].concat();
+        assert_eq!(extract_bytes(&joined).1.unwrap().files, 2);
+    }
+
+    #[test]
+    fn truncated_or_greedy_zstd_is_refused() {
+        let entries = [entry(b"f", b'0', &vec![1u8; 50_000], 0o644, b"")];
+        let mut cut = zstd_of(&entries, None);
+        cut.truncate(cut.len() / 2);
+        let (_t, r) = extract_bytes(&cut);
+        assert!(matches!(r, Err(UpdaterError::BadUpload(_))), "{r:?}");
+        // A frame that asks for a 128 MiB window: refused, not allocated.
+        let greedy = zstd_of(&entries, Some(27));
+        let (_t, r) = extract_bytes(&greedy);
+        match r {
+            Err(UpdaterError::BadUpload(why)) => {
+                assert!(why.contains("too much memory"), "{why}")
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
