@@ -160,6 +160,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Show the audit trail of pushes and rollbacks.
     History(HistoryArgs),
+    /// Re-hash each target's live and previous release against its index;
+    /// exit 1 when anything was changed on the worker.
+    Verify(VerifyArgs),
     /// Run a throwaway three-worker fleet on loopback and drive it.
     Demo(DemoArgs),
     /// Write the install package of an enrolled host from its bundles.
@@ -337,6 +340,18 @@ pub struct RollbackArgs {
     #[command(flatten)]
     pub targets: Targets,
     /// How many hosts to roll back at once.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: u16,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub targets: Targets,
+    /// How many hosts to verify at once.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub parallel: u16,
     /// Print one JSON document.

@@ -63,6 +63,7 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
         Command::Rollback(args) => fleet::rollback(&home, &args),
         Command::Status(args) => fleet::status(&home, &args),
         Command::History(args) => fleet::history(&home, &args),
+        Command::Verify(args) => fleet::verify(&home, &args),
         Command::Demo(args) => demo::run(&args),
         Command::Package(args) => package::package(&home, &args).map(|()| 0),
         // Answered above.

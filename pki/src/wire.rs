@@ -256,6 +256,34 @@ pub struct Releases {
     pub failed: Vec<FailedRelease>,
 }
 
+/// One release slot as `POST /verify` found it on disk (issue 12).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotVerify {
+    /// `active` or `prev`.
+    pub slot: String,
+    pub release: Option<Manifest>,
+    /// Nothing differs from the index kept with the release.
+    pub clean: bool,
+    /// Paths whose type, mode, size or content differ from the index.
+    pub modified: Vec<String>,
+    /// Paths on disk that the index does not have.
+    pub added: Vec<String>,
+    /// Paths of the index that are not on disk.
+    pub missing: Vec<String>,
+    /// Why the slot could not be checked (no index kept with it, an
+    /// index that is not the manifest's `release_id`, …); never clean then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /verify`: the live release and `prev`, re-hashed against their
+/// indexes. `clean` only when every slot that exists is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub clean: bool,
+    pub slots: Vec<SlotVerify>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use pki::Peer;
-use pki::wire::{ErrorBody, Releases, UpdaterHealth};
+use pki::wire::{ErrorBody, Releases, UpdaterHealth, VerifyReport};
 use tokio::sync::oneshot;
 
 use crate::error::{AppError, UpdaterError};
@@ -31,6 +31,7 @@ pub fn router(app: Arc<Daemon>) -> Router {
         .route("/history", get(views::history))
         .route("/logs", get(views::logs))
         .route("/agent/restart", post(views::agent_restart))
+        .route("/verify", post(verify))
         .route(
             "/update-self",
             post(update_self).layer(DefaultBodyLimit::disable()),
@@ -79,6 +80,13 @@ async fn update(
     views::journal_op(&app, "update", &who.cn(), &result).await;
     let (code, body) = result?;
     Ok((code, Json(body)).into_response())
+}
+
+/// `POST /verify`: 200 with the report, clean or not (the master decides
+/// what a difference means); 409 while another operation runs.
+async fn verify(State(app): State<Arc<Daemon>>) -> Result<Json<VerifyReport>, AppError> {
+    let guard = app.try_begin("verify")?;
+    Ok(Json(crate::verify::verify(app.clone(), guard).await?))
 }
 
 async fn rollback(State(app): State<Arc<Daemon>>, Peer(who): Peer) -> Result<Response, AppError> {

@@ -23,6 +23,7 @@ mod report;
 mod rollback;
 mod said;
 mod status;
+mod verify;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ pub(crate) use history::history;
 pub(crate) use push::update;
 pub(crate) use rollback::rollback;
 pub(crate) use status::status;
+pub(crate) use verify::verify;
 
 /// How many hex digits of a sha256 tables show.
 const SHORT: usize = 12;

@@ -165,3 +165,71 @@ fn the_master_and_the_updater_compute_the_same_release_id() {
     let h = w.wait_agent_release_blocking(&active.sha256);
     assert_eq!(h.release.and_then(|m| m.release_id), Some(want));
 }
+
+#[test]
+fn verify_reports_a_file_changed_by_hand_on_the_worker() {
+    let s = Swarm::new();
+    let w = s.worker("w1");
+    let tree = s.tree("app");
+    write(&tree, "swarm.toml", &agent_toml());
+    write(&tree, "VERSION", "1");
+    write(&tree, "lib/code.txt", "original");
+    let root = tree.to_str().unwrap();
+    s.ok(&["update", "--host", "w1", "--root", root]);
+    write(&tree, "VERSION", "2");
+    s.ok(&["update", "--host", "w1", "--root", root]);
+
+    let clean = s.json(&["verify", "--host", "w1", "--json"], 0);
+    assert_eq!(clean["clean"], true, "{clean}");
+    let slots: Vec<_> = clean["hosts"][0]["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["slot"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(slots, ["active", "prev"]);
+
+    // By hand on the worker: one file changed in the live release, one
+    // added, one removed from prev.
+    let active = w.install_dir.join("releases/active");
+    std::fs::write(active.join("lib/code.txt"), "tampered").unwrap();
+    std::fs::write(active.join("dropped.txt"), "new").unwrap();
+    std::fs::remove_file(w.install_dir.join("releases/prev/VERSION")).unwrap();
+    let dirty = s.json(&["verify", "--host", "w1", "--json"], 1);
+    assert_eq!(dirty["clean"], false, "{dirty}");
+    let a = &dirty["hosts"][0]["slots"][0];
+    assert_eq!(a["slot"], "active");
+    assert_eq!(a["modified"], serde_json::json!(["lib/code.txt"]), "{a}");
+    assert_eq!(a["added"], serde_json::json!(["dropped.txt"]), "{a}");
+    let p = &dirty["hosts"][0]["slots"][1];
+    assert_eq!(p["missing"], serde_json::json!(["VERSION"]), "{p}");
+    // The table says it too, and exits 1.
+    let out = s.code(&["verify", "--all"], 1);
+    assert!(
+        out.contains("differs") && out.contains("lib/code.txt"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn only_the_master_may_verify() {
+    let pki = TestPki::new();
+    let w = Worker::start(&pki, "w1", WorkerOptions::default());
+    let resp = w
+        .agent_identity_client()
+        .post(w.url("/verify"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    // Nothing installed yet: a clean, empty report.
+    let resp = w
+        .master_client(&pki)
+        .post(w.url("/verify"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let r: pki::wire::VerifyReport = resp.json().await.unwrap();
+    assert!(r.slots.is_empty());
+}

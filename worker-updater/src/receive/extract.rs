@@ -144,9 +144,7 @@ pub fn extract(mut reader: impl Read, dest: &Path, caps: &Caps) -> Result<Extrac
         } else if tripped.get() {
             cap_error()
         } else {
-            UpdaterError::BadUpload(format!(
-                "{what}: {e} (send a gzip- or zstd-compressed tar)"
-            ))
+            UpdaterError::BadUpload(format!("{what}: {e} (send a gzip- or zstd-compressed tar)"))
         }
     };
     let mut archive = tar::Archive::new(guard);
