@@ -158,8 +158,13 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Show updater, agent, releases and certificate expiry per host.
     Status(StatusArgs),
-    /// Show the audit trail of pushes and rollbacks.
+    /// Show the audit trail of pushes and rollbacks (or, with --worker, a
+    /// host's own journal).
     History(HistoryArgs),
+    /// Restart targets' agents through their updaters (probed; ends a crash loop).
+    Restart(RestartArgs),
+    /// Print a host's agent output, as its updater keeps it.
+    Logs(LogsArgs),
     /// Re-hash each target's live and previous release against its index;
     /// exit 1 when anything was changed on the worker.
     Verify(VerifyArgs),
@@ -363,6 +368,9 @@ pub struct VerifyArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub targets: OptionalTargets,
+    /// How many hosts to ask at once.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: u16,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
@@ -371,14 +379,44 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
     /// Only this host.
-    #[arg(long, value_name = "HOST")]
+    #[arg(long, value_name = "HOST", required_if_eq("worker", "true"))]
     pub host: Option<String>,
-    /// Show at most the last N entries.
+    /// Show at most the last N entries (at most 1000 with --worker).
     #[arg(long, value_name = "N", default_value_t = 50)]
     pub limit: usize,
+    /// Ask the host's updater for its own journal (every operation it ran,
+    /// curl pushes and automatic reverts included, with the caller's name)
+    /// instead of showing the master's audit trail. Needs --host.
+    #[arg(long)]
+    pub worker: bool,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    #[command(flatten)]
+    pub targets: Targets,
+    /// How many hosts to restart at once.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: u16,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The host whose agent output to show.
+    #[arg(long, value_name = "HOST")]
+    pub host: String,
+    /// How many of the last lines to show (1-10000).
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub lines: u32,
+    /// Keep printing new lines as the agent writes them, until interrupted.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
 }
 
 #[derive(Debug, Args)]

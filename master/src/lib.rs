@@ -5,7 +5,7 @@
 //! the raw arguments the commands take), so there is no cycle:
 //! - [`cli`]: the command line as clap sees it (raw values).
 //! - `demo`: the local three-worker fleet, driven through the commands below.
-//! - `fleet`: update/rollback/status/history over pinned mTLS.
+//! - `fleet`: update/rollback/status/history/restart/logs over pinned mTLS.
 //! - `package`: worker packages (bundles, binaries, unit, install.sh) from
 //!   the bundles `enroll` wrote.
 //! - `shell`: shell completions and man pages, generated from `cli`.
@@ -63,6 +63,8 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
         Command::Rollback(args) => fleet::rollback(&home, &args),
         Command::Status(args) => fleet::status(&home, &args),
         Command::History(args) => fleet::history(&home, &args),
+        Command::Restart(args) => fleet::restart(&home, &args),
+        Command::Logs(args) => fleet::logs(&home, &args),
         Command::Verify(args) => fleet::verify(&home, &args),
         Command::Demo(args) => demo::run(&args),
         Command::Package(args) => package::package(&home, &args).map(|()| 0),

@@ -33,6 +33,9 @@ mod hostile;
 /// Hostile connections: idle floods, trickled and stalled uploads, accept failures.
 #[path = "e2e/hostile_conn.rs"]
 mod hostile_conn;
+/// Issue 11 from the master: status from the updaters, drift, restart, logs, the worker journal.
+#[path = "e2e/keep.rs"]
+mod keep;
 /// Issue 9's master bugs: a closed stdout, a worker's wrong clock, Ctrl-C mid-push.
 #[path = "e2e/master_bugs.rs"]
 mod master_bugs;

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::cli::{
-    DemoArgs, EnrollArgs, HistoryArgs, OptionalTargets, RollbackArgs, StatusArgs, Targets,
-    UpdateArgs,
+    DemoArgs, EnrollArgs, HistoryArgs, LogsArgs, OptionalTargets, RollbackArgs, StatusArgs,
+    Targets, UpdateArgs,
 };
 use crate::error::{EXIT_FAILED, Error, Result};
 use crate::home::Home;
@@ -276,6 +276,7 @@ fn drive(
                 hosts: Vec::new(),
                 all: false,
             },
+            parallel: 32,
             json,
         },
     )?;
@@ -287,10 +288,40 @@ fn drive(
         &HistoryArgs {
             host: Some("worker-01".to_owned()),
             limit: 50,
+            worker: false,
             json,
         },
     )?;
     output::capture_exit(0);
+
+    say("swarm history --host worker-01 --worker")?;
+    outln!("# the worker's own journal: every operation its updater ran, and who asked")?;
+    let code = fleet::history(
+        home,
+        &HistoryArgs {
+            host: Some("worker-01".to_owned()),
+            limit: 50,
+            worker: true,
+            json,
+        },
+    )?;
+    expect("swarm history --worker", code, 0, &mut failures);
+
+    // `swarm logs` prints the agent's lines, not a document: not a step
+    // of `--json`.
+    if !json {
+        say("swarm logs --host worker-01 -n 5")?;
+        outln!("# the agent's last lines of output, as its updater keeps them")?;
+        let code = fleet::logs(
+            home,
+            &LogsArgs {
+                host: "worker-01".to_owned(),
+                lines: 5,
+                follow: false,
+            },
+        )?;
+        expect("swarm logs", code, 0, &mut failures);
+    }
 
     output::capture_step("swarm demo");
     if failures.is_empty() {

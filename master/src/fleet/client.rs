@@ -1,4 +1,4 @@
-//! Pinned mTLS clients for updaters and agents, and reqwest failures in
+//! Pinned mTLS clients for updaters, and reqwest failures in
 //! words an operator can act on (a worker whose clock is wrong included).
 
 use std::time::Duration;
@@ -41,12 +41,7 @@ impl Master {
         rec: &HostRecord,
         timeout: Duration,
     ) -> std::result::Result<reqwest::Client, String> {
-        let fp = rec.updater_fingerprint.ok_or_else(|| {
-            format!(
-                "no updater certificate enrolled: run `swarm enroll --host {} --updater-only --out-dir DIR`",
-                rec.host
-            )
-        })?;
+        let fp = rec.updater_fingerprint.ok_or_else(|| no_updater(rec))?;
         pki::http_client(
             &self.bundle,
             ServerExpectation::pinned(rec.host.updater_cn(), fp),
@@ -58,18 +53,21 @@ impl Master {
         .map_err(|e| format!("HTTP client: {}", pki::error_chain(&e)))
     }
 
-    /// A client for `rec`'s agent, pinned to its CN and recorded fingerprint.
-    pub(super) fn agent_client(
+    /// A client for a stream from `rec`'s updater that lasts as long as
+    /// the reader wants (`swarm logs -f`): the connect is bounded, the
+    /// whole request is not; TCP keepalive notices a peer that vanished.
+    pub(super) fn updater_stream_client(
         &self,
         rec: &HostRecord,
     ) -> std::result::Result<reqwest::Client, String> {
+        let fp = rec.updater_fingerprint.ok_or_else(|| no_updater(rec))?;
         pki::http_client(
             &self.bundle,
-            ServerExpectation::pinned(rec.host.to_string(), rec.agent_fingerprint),
+            ServerExpectation::pinned(rec.host.updater_cn(), fp),
         )
         .map_err(|e| e.to_string())?
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(STATUS_TIMEOUT)
+        .tcp_keepalive(Duration::from_secs(30))
         .build()
         .map_err(|e| format!("HTTP client: {}", pki::error_chain(&e)))
     }
@@ -119,6 +117,14 @@ impl Master {
             )
         })
     }
+}
+
+/// Why a host enrolled without an updater bundle cannot be asked.
+fn no_updater(rec: &HostRecord) -> String {
+    format!(
+        "no updater certificate enrolled: run `swarm enroll --host {} --updater-only --out-dir DIR`",
+        rec.host
+    )
 }
 
 /// Whether the error chain holds the TLS alert a peer sends when it finds

@@ -100,6 +100,14 @@ struct HistoryDoc<'a> {
 
 /// `swarm history`.
 pub(crate) fn history(home: &Home, args: &HistoryArgs) -> Result<u8> {
+    if args.worker {
+        let Some(host) = &args.host else {
+            return Err(Error::usage(
+                "--worker asks one host's updater: say --host HOST",
+            ));
+        };
+        return super::journal::worker_history(home, host, args.limit, args.json);
+    }
     let inv = home.inventory()?;
     let host = args.host.as_deref().map(HostName::new).transpose()?;
     // Lines are cleaned before they are stored; a trail written by an older

@@ -1,6 +1,7 @@
 //! Fleet operations over pinned mTLS: `swarm update` ([`push`]),
-//! `rollback` ([`rollback`]), `status` ([`status`]) and `history`
-//! ([`history`]). [`client`] builds the pinned clients and words their
+//! `rollback` ([`rollback`]), `status` ([`status`]), `history`
+//! ([`history`]; `--worker`: [`journal`]), `restart` ([`restart`]) and
+//! `logs` ([`logs`]). [`client`] builds the pinned clients and words their
 //! failures, [`said`] reads and cleans what a worker answers, [`report`]
 //! turns answers into rows, [`progress`] draws bars.
 //!
@@ -17,9 +18,12 @@
 
 mod client;
 mod history;
+mod journal;
+mod logs;
 mod progress;
 mod push;
 mod report;
+mod restart;
 mod rollback;
 mod said;
 mod status;
@@ -39,7 +43,9 @@ use crate::error::{Error, Result};
 use crate::inventory::{HostRecord, HostStatus, Inventory};
 
 pub(crate) use history::history;
+pub(crate) use logs::logs;
 pub(crate) use push::update;
+pub(crate) use restart::restart;
 pub(crate) use rollback::rollback;
 pub(crate) use status::status;
 pub(crate) use verify::verify;

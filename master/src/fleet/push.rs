@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use indicatif::{HumanBytes, ProgressBar};
-use pki::wire::UpdaterHealth;
+use pki::wire::{Releases, UpdaterHealth};
 use serde::Serialize;
 
-use super::client::Master;
+use super::client::{Master, STATUS_TIMEOUT};
 use super::history::Recorder;
 use super::progress::{Bars, packing_spinner, show_progress};
 use super::report::{FleetReport, HostResult, SelfOutcome, interpret};
-use super::said::{self, ANSWER_CAP, HEALTH_CAP};
+use super::said::{self, ANSWER_CAP, HEALTH_CAP, RELEASES_CAP};
 use super::{elapsed_ms, fan_out, resolve_required, runtime, short};
 use crate::cli::UpdateArgs;
 use crate::error::{Error, Result};
@@ -301,6 +301,10 @@ async fn push_agent(
     started: Instant,
 ) -> HostResult {
     let info = &release.1;
+    bar.set_message("checking");
+    if let Some(r) = already_active(client, rec, info, started).await {
+        return r;
+    }
     bar.set_message("uploading");
     let form = match release_form(release, bar, &[]).await {
         Ok(f) => f,
@@ -339,6 +343,27 @@ async fn push_agent(
             r
         }
     }
+}
+
+/// The `unchanged` row of a host whose active release already is the one
+/// being pushed (asked on `/releases`: nothing is uploaded, nothing
+/// restarts). `None` when it is not, or when the host could not say: the
+/// push goes ahead, and an updater that has it answers `unchanged` itself.
+async fn already_active(
+    client: &reqwest::Client,
+    rec: &HostRecord,
+    info: &ReleaseInfo,
+    started: Instant,
+) -> Option<HostResult> {
+    let resp = client
+        .get(rec.updater_url("/releases"))
+        .timeout(STATUS_TIMEOUT)
+        .send()
+        .await
+        .ok()?;
+    let releases: Releases = said::read_json(resp, RELEASES_CAP).await.ok()?;
+    let active = releases.active.filter(|m| m.sha256 == info.sha256)?;
+    Some(HostResult::unchanged(rec, active, started))
 }
 
 /// Whether the connection broke under our upload (the peer closed or

@@ -10,7 +10,7 @@ use super::said::{self, Clean};
 use super::{elapsed_ms, short};
 use crate::error::{EXIT_FAILED, Result};
 use crate::inventory::{HostRecord, Op, Outcome};
-use crate::output::{self, Cell, Color, Table};
+use crate::output::{self, Cell, Color, Table, outln};
 use crate::pack::ReleaseInfo;
 
 /// What happened to the updater itself (`--include-self`): `ok` once its
@@ -63,6 +63,10 @@ pub(crate) struct HostResult {
     /// The updater's own per-phase timings, when it sent them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) timings: Option<Timings>,
+    /// The last lines the failed agent printed (a rolled-back update or a
+    /// failed first install), cleaned.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) log_tail: Vec<String>,
     /// The audit-trail row this result was written to, once it was.
     #[serde(skip)]
     pub(super) recorded: Option<i64>,
@@ -86,7 +90,19 @@ impl HostResult {
             probes: Vec::new(),
             elapsed_ms: elapsed_ms(started),
             timings: None,
+            log_tail: Vec::new(),
             recorded: None,
+        }
+    }
+
+    /// The row of a host whose active release, `active`, already is the
+    /// one being pushed: nothing was sent.
+    pub(super) fn unchanged(rec: &HostRecord, active: Manifest, started: Instant) -> HostResult {
+        HostResult {
+            agent: Outcome::Unchanged,
+            detail: format!("{} already active; nothing changed", short(&active.sha256)),
+            release: Some(active),
+            ..HostResult::error(rec, String::new(), started)
         }
     }
 
@@ -152,13 +168,21 @@ impl FleetReport {
         t
     }
 
-    /// Print as a table, or as one JSON document.
+    /// Print as a table (each failed agent's last output under it), or
+    /// as one JSON document.
     pub(super) fn print(&self, json: bool) -> Result<()> {
         if json {
-            output::json(self)
-        } else {
-            output::table(&self.table())
+            return output::json(self);
         }
+        output::table(&self.table())?;
+        for r in self.hosts.iter().filter(|r| !r.log_tail.is_empty()) {
+            outln!()?;
+            outln!("{}: the failed agent's last output:", r.host)?;
+            for line in &r.log_tail {
+                outln!("  | {line}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -274,6 +298,7 @@ pub(super) fn interpret(
         probes: resp.probes,
         elapsed_ms: elapsed_ms(started),
         timings: resp.timings,
+        log_tail: resp.log_tail,
         recorded: None,
     }
 }

@@ -12,8 +12,8 @@
 
 use pki::text::sanitize;
 use pki::wire::{
-    AgentHealth, FailedRelease, Manifest, OpResponse, Probe, Releases, SlotVerify, UpdaterHealth,
-    VerifyReport,
+    AgentHealth, FailedRelease, JournalEntry, Manifest, OpResponse, Probe, Releases, SlotVerify,
+    SupervisedAgent, UpdaterHealth, VerifyReport, WorkerHistory,
 };
 use serde::de::DeserializeOwned;
 
@@ -21,6 +21,9 @@ use serde::de::DeserializeOwned;
 pub(super) const HEALTH_CAP: usize = 64 * 1024;
 /// Cap on a `/releases` answer (three manifests and a few failed ones).
 pub(super) const RELEASES_CAP: usize = 1 << 20;
+/// Cap on a `/history` answer (at most 1000 journal lines of a few
+/// hundred bytes).
+pub(super) const HISTORY_CAP: usize = 4 << 20;
 /// Cap on an `/update`, `/update-self` or `/rollback` answer (a manifest,
 /// probes and at most the tail of an install hook's stderr).
 pub(super) const ANSWER_CAP: usize = 1 << 20;
@@ -38,6 +41,19 @@ const STDERR_LINES: usize = 20;
 /// `s` as one safe line of at most `max` characters (see [`sanitize`]).
 pub(super) fn line(s: &str, max: usize) -> String {
     sanitize(s, max)
+}
+
+/// Lines of a failed agent's output kept (`log_tail`), as the updater
+/// promises; a worker sending more has the last ones kept.
+const LOG_TAIL_LINES: usize = 20;
+
+/// The last [`LOG_TAIL_LINES`] lines of an agent's output, each one safe.
+fn log_tail(lines: Vec<String>) -> Vec<String> {
+    let from = lines.len().saturating_sub(LOG_TAIL_LINES);
+    lines[from..]
+        .iter()
+        .map(|l| sanitize(l, DETAIL_CHARS))
+        .collect()
 }
 
 /// The tail of a multi-line text, each line sanitised on its own, so the
@@ -141,6 +157,7 @@ impl Clean for OpResponse {
             error: self.error.map(detail),
             probes: self.probes.clean(),
             stderr: self.stderr.as_deref().map(tail_lines),
+            log_tail: log_tail(self.log_tail),
             ..self
         }
     }
@@ -155,7 +172,39 @@ impl Clean for UpdaterHealth {
             version: field(self.version),
             release: self.release.clean(),
             busy: self.busy.map(field),
+            agent: self.agent.clean(),
             ..self
+        }
+    }
+}
+
+impl Clean for SupervisedAgent {
+    fn clean(self) -> Self {
+        SupervisedAgent {
+            last_exit: self.last_exit.map(detail),
+            since: field(self.since),
+            ..self
+        }
+    }
+}
+
+impl Clean for JournalEntry {
+    fn clean(self) -> Self {
+        JournalEntry {
+            time: field(self.time),
+            op: field(self.op),
+            by: field(self.by),
+            release: self.release.map(field),
+            outcome: field(self.outcome),
+            detail: detail(self.detail),
+        }
+    }
+}
+
+impl Clean for WorkerHistory {
+    fn clean(self) -> Self {
+        WorkerHistory {
+            entries: self.entries.clean(),
         }
     }
 }
@@ -246,6 +295,7 @@ mod tests {
             "probes": [{"phase": esc, "url": esc, "healthy": false, "attempts": 1,
                         "elapsed_ms": 1, "release_sha256": esc, "error": esc}],
             "stderr": format!("first {esc}\nlast {esc}\n"),
+            "log_tail": (0..30).map(|i| format!("line {i} {esc}")).collect::<Vec<_>>(),
         });
         let resp: OpResponse = serde_json::from_value(body).unwrap();
         let clean = resp.clean();
@@ -270,6 +320,13 @@ mod tests {
                 );
             }
         }
+        // The agent's output keeps its last 20 lines, each clean.
+        assert_eq!(clean.log_tail.len(), 20);
+        assert!(
+            clean.log_tail[19].starts_with("line 29 "),
+            "{:?}",
+            clean.log_tail
+        );
         // The stderr tail keeps its lines, each clean.
         let stderr = clean.stderr.clone().unwrap();
         assert_eq!(stderr.lines().count(), 2, "{stderr:?}");
@@ -287,5 +344,37 @@ mod tests {
         }
         .clean();
         assert!(long.error.unwrap().len() < DETAIL_CHARS + 40);
+    }
+
+    #[test]
+    fn a_hostile_health_and_journal_come_out_clean() {
+        let esc = "\u{1b}]52;c;cm0gLXJm\u{7}\u{202e}";
+        let health: UpdaterHealth = serde_json::from_value(serde_json::json!({
+            "status": "ok", "role": "updater", "host": "w1", "version": "1", "pid": 1,
+            "release": null,
+            "agent": {"state": "crash-loop", "pid": null, "restarts": 6, "healthy": false,
+                      "last_exit": esc, "since": esc},
+        }))
+        .unwrap();
+        let agent = health.clean().agent.unwrap();
+        for s in [agent.last_exit.unwrap(), agent.since] {
+            assert!(
+                !s.chars().any(|c| c.is_control() || c == '\u{202e}'),
+                "{s:?}"
+            );
+        }
+        let history: WorkerHistory = serde_json::from_value(serde_json::json!({
+            "entries": [{"time": esc, "op": esc, "by": esc, "release": esc,
+                         "outcome": esc, "detail": esc}],
+        }))
+        .unwrap();
+        let e = history.clean().entries.remove(0);
+        let release = e.release.clone().unwrap();
+        for s in [&e.time, &e.op, &e.by, &release, &e.outcome, &e.detail] {
+            assert!(
+                !s.chars().any(|c| c.is_control() || c == '\u{202e}'),
+                "{s:?}"
+            );
+        }
     }
 }

@@ -1,9 +1,12 @@
-//! `swarm status`: each target's updater, agent, releases and certificate
-//! expiry, asked concurrently.
+//! `swarm status`: each target as its updater sees it (the supervised
+//! agent's state, health and restarts, the releases) against the release
+//! the inventory says it should run (drift), and certificate expiry; every
+//! host asked concurrently, one connection each.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use pki::wire::{AgentHealth, Manifest, Releases, UpdaterHealth};
+use pki::wire::{AgentState, Manifest, Releases, SupervisedAgent, UpdaterHealth};
 use serde::Serialize;
 
 use super::client::{Master, STATUS_TIMEOUT, get_json};
@@ -34,16 +37,92 @@ impl From<&Manifest> for ReleaseBrief {
     }
 }
 
-/// One host's row of `swarm status`.
+/// Whether the host's updater answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum UpdaterVerdict {
+    Ok,
+    Unreachable,
+}
+
+/// The agent as its updater sees it, in one word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum AgentVerdict {
+    /// Running, and the updater's own probe of its `health_url` passes.
+    Healthy,
+    /// Running (or being restarted) and failing its probe.
+    Unhealthy,
+    /// Exited too often: the updater stopped restarting it.
+    CrashLoop,
+    /// Not running and not to be restarted (no release yet, or stopped).
+    Stopped,
+    /// The updater could not be asked, predates supervision, or has not
+    /// probed the agent yet.
+    Unknown,
+}
+
+impl AgentVerdict {
+    fn of(agent: &SupervisedAgent) -> AgentVerdict {
+        match (agent.state, agent.healthy) {
+            (AgentState::CrashLoop, _) => AgentVerdict::CrashLoop,
+            (AgentState::Stopped, _) => AgentVerdict::Stopped,
+            (AgentState::Backoff, _) | (_, Some(false)) => AgentVerdict::Unhealthy,
+            (_, Some(true)) => AgentVerdict::Healthy,
+            (_, None) => AgentVerdict::Unknown,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            AgentVerdict::Healthy => "healthy",
+            AgentVerdict::Unhealthy => "unhealthy",
+            AgentVerdict::CrashLoop => "crash-loop",
+            AgentVerdict::Stopped => "stopped",
+            AgentVerdict::Unknown => "unknown",
+        }
+    }
+
+    fn color(self) -> Color {
+        match self {
+            AgentVerdict::Healthy => Color::Green,
+            AgentVerdict::Unknown | AgentVerdict::Stopped => Color::Yellow,
+            AgentVerdict::Unhealthy | AgentVerdict::CrashLoop => Color::Red,
+        }
+    }
+}
+
+/// One host's row of `swarm status`: everything comes from its updater
+/// (the master never probes an agent itself: the release's own
+/// `health_url` may be loopback-only or plain HTTP) and the inventory
+/// (the desired release).
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct HostStatusRow {
     host: String,
     address: String,
+    updater: UpdaterVerdict,
+    agent: AgentVerdict,
+    /// The supervisor's own state (`running`, `backoff`, …), when known.
+    agent_state: Option<AgentState>,
+    /// The agent's pid, when running.
+    pid: Option<u32>,
+    /// Unexpected exits the updater restarted since the release went live.
+    restarts: Option<u32>,
+    /// How the last unexpected exit ended.
+    last_exit: Option<String>,
+    /// The active release's sha256.
+    release: Option<String>,
+    /// The release the inventory says this host should run.
+    desired: Option<String>,
+    /// The active release differs from the desired one.
+    drift: bool,
+    /// The operation the updater is running now, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    busy: Option<String>,
     updater_reachable: bool,
     updater_version: Option<String>,
     updater_error: Option<String>,
     agent_healthy: bool,
-    agent_error: Option<String>,
     active: Option<ReleaseBrief>,
     prev: Option<ReleaseBrief>,
     failed: usize,
@@ -54,15 +133,24 @@ pub(crate) struct HostStatusRow {
 }
 
 impl HostStatusRow {
-    fn new(rec: &HostRecord) -> HostStatusRow {
+    fn new(rec: &HostRecord, desired: Option<String>) -> HostStatusRow {
         HostStatusRow {
             host: rec.host.to_string(),
             address: rec.updater_addr(),
+            updater: UpdaterVerdict::Unreachable,
+            agent: AgentVerdict::Unknown,
+            agent_state: None,
+            pid: None,
+            restarts: None,
+            last_exit: None,
+            release: None,
+            desired,
+            drift: false,
+            busy: None,
             updater_reachable: false,
             updater_version: None,
             updater_error: None,
             agent_healthy: false,
-            agent_error: None,
             active: None,
             prev: None,
             failed: 0,
@@ -75,56 +163,121 @@ impl HostStatusRow {
     fn lost(rec: &HostRecord, why: String) -> HostStatusRow {
         HostStatusRow {
             error: Some(why),
-            ..HostStatusRow::new(rec)
+            ..HostStatusRow::new(rec, None)
         }
     }
 
     fn ok(&self) -> bool {
-        self.updater_reachable && self.agent_healthy && self.error.is_none()
+        self.updater == UpdaterVerdict::Ok
+            && self.agent == AgentVerdict::Healthy
+            && !self.drift
+            && self.error.is_none()
+    }
+
+    /// Fill in what the updater said about itself and its agent.
+    fn health(&mut self, health: UpdaterHealth) {
+        self.updater = UpdaterVerdict::Ok;
+        self.updater_reachable = true;
+        self.updater_version = Some(health.version);
+        self.busy = health.busy;
+        if let Some(a) = health.agent {
+            self.agent = AgentVerdict::of(&a);
+            self.agent_healthy = self.agent == AgentVerdict::Healthy;
+            self.agent_state = Some(a.state);
+            self.pid = a.pid;
+            self.restarts = Some(a.restarts);
+            self.last_exit = a.last_exit;
+        }
+    }
+
+    /// Fill in the releases, and whether the active one is the desired one.
+    fn releases(&mut self, r: Releases) {
+        self.active = r.active.as_ref().map(ReleaseBrief::from);
+        self.prev = r.prev.as_ref().map(ReleaseBrief::from);
+        self.failed = r.failed.len();
+        self.release = r.active.map(|m| m.sha256);
+        self.drift = self
+            .desired
+            .as_ref()
+            .is_some_and(|want| self.release.as_ref() != Some(want));
+    }
+
+    /// What the DETAIL column says.
+    fn detail(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        parts.extend(self.error.clone());
+        parts.extend(self.updater_error.clone());
+        if let Some(b) = &self.busy {
+            parts.push(format!("{b} in progress"));
+        }
+        match self.agent {
+            AgentVerdict::CrashLoop => parts.push(
+                "restarting stopped: `swarm restart`, an update or a rollback starts it again"
+                    .to_owned(),
+            ),
+            AgentVerdict::Unknown if self.updater == UpdaterVerdict::Ok => {
+                parts.push(match self.agent_state {
+                    None => "the updater does not report its agent (an older updater)".to_owned(),
+                    Some(_) => "not probed yet".to_owned(),
+                })
+            }
+            _ => {}
+        }
+        if let Some(e) = &self.last_exit
+            && self.agent != AgentVerdict::Healthy
+        {
+            parts.push(format!("last exit: {e}"));
+        }
+        if self.drift {
+            parts.push(match &self.desired {
+                Some(d) => format!(
+                    "drift: should run {} (`swarm update` of that tree converges it)",
+                    short(d)
+                ),
+                None => "drift".to_owned(),
+            });
+        }
+        parts.join("; ")
     }
 }
 
-async fn status_one(master: Arc<Master>, rec: HostRecord) -> HostStatusRow {
-    let mut row = HostStatusRow::new(&rec);
-    let agent = async {
-        let client = master.agent_client(&rec)?;
-        let health: AgentHealth =
-            get_json(&master, &client, rec.agent_url("/health"), HEALTH_CAP).await?;
-        if health.status == "ok" {
-            Ok(())
-        } else {
-            Err(format!("agent reports {}", health.status))
+/// Ask one host's updater (one connection: `/health`, then `/releases`).
+async fn status_one(
+    master: Arc<Master>,
+    rec: HostRecord,
+    desired: Option<String>,
+) -> HostStatusRow {
+    let mut row = HostStatusRow::new(&rec, desired);
+    let client = match master.updater_client(&rec, STATUS_TIMEOUT) {
+        Ok(c) => c,
+        Err(e) => {
+            row.updater_error = Some(e);
+            return row;
         }
     };
-    let updater = async {
-        let client = master.updater_client(&rec, STATUS_TIMEOUT)?;
-        let health: UpdaterHealth =
-            get_json(&master, &client, rec.updater_url("/health"), HEALTH_CAP).await?;
-        let releases: std::result::Result<Releases, String> =
-            get_json(&master, &client, rec.updater_url("/releases"), RELEASES_CAP).await;
-        Ok::<_, String>((health, releases))
-    };
-    let (agent, updater) = tokio::join!(agent, updater);
-    match agent {
-        Ok(()) => row.agent_healthy = true,
-        Err(e) => row.agent_error = Some(e),
+    match get_json::<UpdaterHealth>(&master, &client, rec.updater_url("/health"), HEALTH_CAP).await
+    {
+        Ok(h) => row.health(h),
+        Err(e) => {
+            row.updater_error = Some(e);
+            return row;
+        }
     }
-    match updater {
-        Ok((health, releases)) => {
-            row.updater_reachable = true;
-            row.updater_version = Some(health.version);
-            match releases {
-                Ok(r) => {
-                    row.active = r.active.as_ref().map(ReleaseBrief::from);
-                    row.prev = r.prev.as_ref().map(ReleaseBrief::from);
-                    row.failed = r.failed.len();
-                }
-                Err(e) => row.updater_error = Some(format!("releases: {e}")),
-            }
-        }
-        Err(e) => row.updater_error = Some(e),
+    match get_json::<Releases>(&master, &client, rec.updater_url("/releases"), RELEASES_CAP).await {
+        Ok(r) => row.releases(r),
+        Err(e) => row.updater_error = Some(format!("releases: {e}")),
     }
     row
+}
+
+/// Days until the host's first certificate expires: yellow under 30,
+/// red once expired.
+fn cert_days(days: i64) -> Cell {
+    match days {
+        ..0 => Cell::colored(format!("{days} (expired)"), Color::Red),
+        0..30 => Cell::colored(days.to_string(), Color::Yellow),
+        _ => Cell::from(days.to_string()),
+    }
 }
 
 fn brief(r: &Option<ReleaseBrief>) -> String {
@@ -139,8 +292,16 @@ pub(crate) fn status(home: &Home, args: &StatusArgs) -> Result<u8> {
     let inv = home.inventory()?;
     let OptionalTargets { hosts, all } = &args.targets;
     let hosts = resolve(&inv, hosts, *all)?;
+    let mut desired = HashMap::new();
+    for h in &hosts {
+        desired.insert(h.host.clone(), inv.desired_release(&h.host, h.enrolled_at)?);
+    }
+    drop(inv);
     let master = Arc::new(Master::new(home.master_bundle()?)?);
-    let rows = status_rows(hosts, |rec| status_one(master.clone(), rec))?;
+    let rows = status_rows(hosts, usize::from(args.parallel), |rec| {
+        let want = desired.get(&rec.host).cloned().flatten();
+        status_one(master.clone(), rec, want)
+    })?;
     print_status(&rows, args.json)?;
     Ok(if rows.iter().all(HostStatusRow::ok) {
         0
@@ -149,15 +310,18 @@ pub(crate) fn status(home: &Home, args: &StatusArgs) -> Result<u8> {
     })
 }
 
-/// Ask every host at once with `task`; every host gets a row, an error
-/// row when its task died.
-fn status_rows<F, Fut>(hosts: Vec<HostRecord>, task: F) -> Result<Vec<HostStatusRow>>
+/// Ask every host with `task`, at most `parallel` at once; every host
+/// gets a row, an error row when its task died.
+fn status_rows<F, Fut>(
+    hosts: Vec<HostRecord>,
+    parallel: usize,
+    task: F,
+) -> Result<Vec<HostStatusRow>>
 where
     F: FnMut(HostRecord) -> Fut,
     Fut: std::future::Future<Output = HostStatusRow> + Send + 'static,
 {
-    let all = hosts.len();
-    Ok(runtime()?.block_on(fan_out(hosts, all, task, HostStatusRow::lost, |_| {})))
+    Ok(runtime()?.block_on(fan_out(hosts, parallel, task, HostStatusRow::lost, |_| {})))
 }
 
 #[derive(Serialize)]
@@ -180,45 +344,42 @@ fn print_status(rows: &[HostStatusRow], json: bool) -> Result<()> {
         "HOST",
         "UPDATER",
         "AGENT",
-        "ACTIVE",
-        "PREV",
-        "FAILED",
+        "RESTARTS",
+        "RELEASE",
+        "DESIRED",
+        "DRIFT",
         "CERT DAYS",
         "DETAIL",
     ]);
     for r in rows {
-        let updater = match (&r.error, r.updater_reachable) {
+        let updater = match (&r.error, r.updater) {
             (Some(_), _) => Cell::colored("error", Color::Red),
-            (None, true) => Cell::colored(
+            (None, UpdaterVerdict::Ok) => Cell::colored(
                 format!("ok {}", r.updater_version.as_deref().unwrap_or("")),
                 Color::Green,
             ),
-            (None, false) => Cell::colored("unreachable", Color::Red),
+            (None, UpdaterVerdict::Unreachable) => Cell::colored("unreachable", Color::Red),
         };
-        let agent = match (&r.error, r.agent_healthy) {
-            (Some(_), _) => Cell::colored("error", Color::Red),
-            (None, true) => Cell::colored("healthy", Color::Green),
-            (None, false) => Cell::colored("unhealthy", Color::Red),
+        let restarts = match r.restarts {
+            Some(0) => Cell::from("0"),
+            Some(n) => Cell::colored(n.to_string(), Color::Yellow),
+            None => Cell::from("-"),
         };
-        let detail = [
-            r.error.as_deref(),
-            r.updater_error.as_deref(),
-            r.agent_error.as_deref(),
-        ]
-        .iter()
-        .flatten()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>()
-        .join("; ");
+        let drift = match (r.drift, r.updater) {
+            (true, _) => Cell::colored("yes", Color::Yellow),
+            (false, UpdaterVerdict::Ok) => Cell::from("no"),
+            (false, UpdaterVerdict::Unreachable) => Cell::from("-"),
+        };
         t.row(vec![
             r.host.clone().into(),
             updater,
-            agent,
+            Cell::colored(r.agent.as_str(), r.agent.color()),
+            restarts,
             brief(&r.active).into(),
-            brief(&r.prev).into(),
-            r.failed.to_string().into(),
-            r.cert_days_left.to_string().into(),
-            detail.into(),
+            r.desired.as_deref().map(short).unwrap_or("-").into(),
+            drift,
+            cert_days(r.cert_days_left),
+            r.detail().into(),
         ]);
     }
     output::table(&t)
@@ -234,14 +395,14 @@ mod tests {
     #[test]
     fn a_host_whose_query_panics_gets_an_error_row_and_fails_the_run() {
         let hosts = vec![record("w1"), record("w2")];
-        let rows = status_rows(hosts, |rec| async move {
+        let rows = status_rows(hosts, 2, |rec| async move {
             if rec.host.as_str() == "w2" {
                 panic!("w2 went wrong");
             }
             HostStatusRow {
-                updater_reachable: true,
-                agent_healthy: true,
-                ..HostStatusRow::new(&rec)
+                updater: UpdaterVerdict::Ok,
+                agent: AgentVerdict::Healthy,
+                ..HostStatusRow::new(&rec, None)
             }
         })
         .unwrap();

@@ -143,6 +143,34 @@ impl Inventory {
         Ok(())
     }
 
+    /// The release `host` should run (issue 11, "desired state"): the
+    /// release of the last `update` or `rollback` that targeted it since it
+    /// was enrolled, where the operator's intent stands — an update that
+    /// updated, found it unchanged, or could not reach the host (it should
+    /// still get it: that is drift), or a rollback that rolled back (to the
+    /// release it answered with). An update the host itself rolled back
+    /// (its probe failed there) leaves the intent where it was. `None`:
+    /// nothing was ever pushed to this enrollment.
+    pub(crate) fn desired_release(
+        &self,
+        host: &HostName,
+        since: OffsetDateTime,
+    ) -> Result<Option<String>> {
+        use rusqlite::OptionalExtension;
+        self.conn
+            .query_row(
+                "SELECT release_sha256 FROM pushes
+                 WHERE host = ?1 AND at >= ?2 AND release_sha256 IS NOT NULL
+                   AND ((operation = 'update' AND outcome IN ('updated', 'unchanged', 'error'))
+                        OR (operation = 'rollback' AND outcome = 'rolled-back'))
+                 ORDER BY id DESC LIMIT 1",
+                rusqlite::params![host.as_str(), rfc3339(since)],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .map_err(|e| self.db(e))
+    }
+
     /// The audit trail, newest last, optionally for one host, at most `limit` lines.
     pub(crate) fn history(&self, host: Option<&HostName>, limit: usize) -> Result<Vec<PushRecord>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -178,5 +206,62 @@ impl Inventory {
             out.push(rec);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(
+        op: Op,
+        host: &str,
+        sha: Option<&str>,
+        outcome: Outcome,
+        at: OffsetDateTime,
+    ) -> PushRecord {
+        PushRecord {
+            at,
+            operation: op,
+            host: host.to_owned(),
+            release_sha256: sha.map(str::to_owned),
+            git_commit: None,
+            git_dirty: None,
+            outcome,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_desired_release_follows_the_operators_intent() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = Inventory::open(&dir.path().join("inv.db")).unwrap();
+        let w1 = HostName::new("w1").unwrap();
+        let t0 = clock::now();
+        let desired = |since| inv.desired_release(&w1, since).unwrap();
+        assert_eq!(desired(t0), None);
+        let push = |op, sha, outcome| inv.record_push(&line(op, "w1", sha, outcome, t0)).unwrap();
+        push(Op::Update, Some("a"), Outcome::Updated);
+        assert_eq!(desired(t0).as_deref(), Some("a"));
+        // Another host's pushes are not ours.
+        inv.record_push(&line(Op::Update, "w2", Some("z"), Outcome::Updated, t0))
+            .unwrap();
+        assert_eq!(desired(t0).as_deref(), Some("a"));
+        // Rolled back by the host's own probe: the intent stays on "a".
+        push(Op::Update, Some("b"), Outcome::RolledBack);
+        assert_eq!(desired(t0).as_deref(), Some("a"));
+        // The host was down: it should still get "c".
+        push(Op::Update, Some("c"), Outcome::Error);
+        assert_eq!(desired(t0).as_deref(), Some("c"));
+        push(Op::Update, Some("c"), Outcome::Unchanged);
+        assert_eq!(desired(t0).as_deref(), Some("c"));
+        // A rollback that failed changes nothing; one that worked moves it.
+        push(Op::Rollback, None, Outcome::Error);
+        assert_eq!(desired(t0).as_deref(), Some("c"));
+        push(Op::Rollback, Some("a"), Outcome::RolledBack);
+        assert_eq!(desired(t0).as_deref(), Some("a"));
+        // A later enrollment of the same name starts with no intent.
+        let later = t0 + time::Duration::seconds(5);
+        assert_eq!(desired(later), None);
     }
 }

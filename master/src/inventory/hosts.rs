@@ -85,10 +85,6 @@ impl HostRecord {
         format!("https://{}{path}", self.authority(self.updater_port))
     }
 
-    pub(crate) fn agent_url(&self, path: &str) -> String {
-        format!("https://{}{path}", self.authority(self.agent_port))
-    }
-
     /// `address:port` of the updater, as the tables show it.
     pub(crate) fn updater_addr(&self) -> String {
         self.authority(self.updater_port)

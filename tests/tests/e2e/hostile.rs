@@ -85,7 +85,9 @@ fn evil_apps() -> (Router, Router) {
                 json_answer(
                     StatusCode::OK,
                     json!({"status": "ok", "role": "updater", "host": EVIL, "version": EVIL,
-                           "release": evil_manifest(), "pid": 1}),
+                           "release": evil_manifest(), "pid": 1, "busy": EVIL,
+                           "agent": {"state": "backoff", "pid": 7, "restarts": 3,
+                                     "healthy": false, "last_exit": EVIL, "since": EVIL}}),
                 )
             }),
         )
@@ -111,6 +113,35 @@ fn evil_apps() -> (Router, Router) {
                     json!({"status": "rolled-back", "rolled_back": true, "error": EVIL,
                            "release": evil_manifest(), "probes": [probe.clone(), probe],
                            "stderr": format!("{EVIL}\n{EVIL}")}),
+                )
+            }),
+        )
+        .route(
+            "/logs",
+            get(|| async {
+                (
+                    StatusCode::OK,
+                    [("content-type", "text/plain")],
+                    format!("{EVIL}\n{EVIL}\r\nno newline at the end {EVIL}"),
+                )
+                    .into_response()
+            }),
+        )
+        .route(
+            "/history",
+            get(|| async {
+                let e = json!({"time": EVIL, "op": EVIL, "by": EVIL, "release": EVIL,
+                               "outcome": EVIL, "detail": EVIL});
+                json_answer(StatusCode::OK, json!({"entries": [e.clone(), e]}))
+            }),
+        )
+        .route(
+            "/agent/restart",
+            post(|| async {
+                json_answer(
+                    StatusCode::CONFLICT,
+                    json!({"status": "error", "error": EVIL, "release": evil_manifest(),
+                           "probes": [], "log_tail": [EVIL, EVIL]}),
                 )
             }),
         )
@@ -171,9 +202,15 @@ fn nothing_a_hostile_worker_says_reaches_the_terminal_or_the_inventory() {
     write(&tree, "VERSION", "1");
     let root = tree.to_str().expect("utf-8");
 
-    let runs: [(&[&str], i32); 8] = [
+    let runs: [(&[&str], i32); 14] = [
         (&["status"], 1),
         (&["status", "--json"], 1),
+        (&["logs", "--host", "w1"], 0),
+        (&["logs", "--host", "w1", "-f"], 0),
+        (&["history", "--host", "w1", "--worker"], 0),
+        (&["history", "--host", "w1", "--worker", "--json"], 0),
+        (&["restart", "--all"], 1),
+        (&["restart", "--all", "--json"], 1),
         (&["update", "--all", "--root", root], 1),
         (&["update", "--all", "--root", root, "--json"], 1),
         (&["rollback", "--all"], 0),
@@ -256,9 +293,11 @@ fn a_400_mib_answer_is_refused_with_bounded_memory() {
             }),
         )
     };
-    // The agent answers only when told: `swarm status` stays alive after
-    // it refused the updater's answer, so its peak memory can be read.
-    let agent = {
+    // A second host whose updater answers only when told: `swarm status`
+    // stays alive after it refused w1's answer, so its peak memory can be
+    // read.
+    let e2 = s.enroll("w2");
+    let slow = {
         let release = release.clone();
         Router::new().route(
             "/health",
@@ -268,14 +307,15 @@ fn a_400_mib_answer_is_refused_with_bounded_memory() {
                     let _ = tokio::time::timeout(Duration::from_secs(8), release.notified()).await;
                     json_answer(
                         StatusCode::OK,
-                        json!({"status": "ok", "role": "agent", "host": "w1",
-                               "release": null, "pid": 1, "uptime_secs": 1}),
+                        json!({"status": "ok", "role": "updater", "host": "w2",
+                               "version": "1", "release": null, "pid": 1}),
                     )
                 }
             }),
         )
     };
-    let _evil = Hostile::start(&e, updater, agent);
+    let _slow = Hostile::start(&e2, slow, Router::new());
+    let _evil = Hostile::start(&e, updater, Router::new());
 
     let mut cmd = s.command();
     cmd.args(["status", "--json"])
@@ -388,5 +428,42 @@ fn a_400_mib_update_answer_is_refused_under_the_cap() {
         "the row names the cap: {}",
         show(&out)
     );
+    assert!(sent < 200 << 20, "the master read {} MiB", sent >> 20);
+}
+
+/// `swarm logs` without `-f` reads at most 16 MiB (10,000 lines never
+/// need more) and says so; the flood's newline-free lines are printed in
+/// bounded pieces, escaped, never buffered whole.
+#[test]
+fn a_400_mib_log_answer_is_cut_off_under_the_cap() {
+    let s = Swarm::new();
+    let e = s.enroll("w1");
+    let done = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let updater = {
+        let (done, sent) = (done.clone(), sent.clone());
+        Router::new().route(
+            "/logs",
+            get(move || {
+                let (done, sent) = (done.clone(), sent.clone());
+                async move { (StatusCode::OK, huge_body(done, sent)) }
+            }),
+        )
+    };
+    let _evil = Hostile::start(&e, updater, Router::new());
+    let out = s
+        .command()
+        .args(["logs", "--host", "w1"])
+        .stdout(Stdio::null())
+        .output()
+        .expect("run swarm logs");
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("more than 16 MiB"), "{err}");
+    assert_inert("swarm logs stderr", &out.stderr);
+    eventually(Duration::from_secs(30), "the master to hang up", || {
+        done.load(Ordering::SeqCst).then_some(())
+    });
+    let sent = sent.load(Ordering::SeqCst);
     assert!(sent < 200 << 20, "the master read {} MiB", sent >> 20);
 }

@@ -223,7 +223,13 @@ fn the_demo_has_json() {
     assert_eq!(count("swarm update "), 3, "{commands:?}");
     assert_eq!(count("swarm rollback"), 1, "{commands:?}");
     assert_eq!(count("swarm status"), 1, "{commands:?}");
-    assert_eq!(count("swarm history"), 1, "{commands:?}");
+    assert_eq!(count("swarm history"), 2, "{commands:?}");
+    assert_eq!(
+        count("swarm history --host worker-01 --worker"),
+        1,
+        "{commands:?}"
+    );
+    assert_eq!(count("swarm logs"), 0, "{commands:?}");
     for step in steps.iter().filter(|s| s["command"] != "swarm demo") {
         assert!(step["output"].is_object(), "no JSON for {step}");
         assert!(step["exit_code"].is_u64(), "no exit code for {step}");

@@ -1,0 +1,186 @@
+//! `swarm logs --host H [-n N] [-f]`: the agent's output as its updater
+//! keeps it (`GET /logs`), each line made safe before it is printed.
+//!
+//! Invariants: a line is printed only once it is whole (or once it
+//! reaches [`LINE_CAP`] bytes), sanitised; without `--follow` the whole
+//! answer is bounded by [`BODY_CAP`] and by a deadline; with it, only the
+//! connect and the answer's headers are, and the stream runs until the
+//! operator interrupts it or the updater hangs up.
+
+use std::time::Duration;
+
+use super::client::{Master, STATUS_TIMEOUT};
+use super::said;
+use crate::cli::LogsArgs;
+use crate::error::{EXIT_FAILED, Error, Result};
+use crate::home::Home;
+use crate::output::outln;
+use pki::HostName;
+
+/// Longest line kept whole; a longer one is printed in pieces this big.
+const LINE_CAP: usize = 64 * 1024;
+/// Characters of one line printed (the rest is marked as cut).
+const LINE_CHARS: usize = 8 * 1024;
+/// Cap on a `/logs` answer without `--follow` (10,000 lines of ~1.6 KiB).
+const BODY_CAP: usize = 16 << 20;
+/// Whole-request limit without `--follow`.
+const LOGS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `swarm logs`.
+pub(crate) fn logs(home: &Home, args: &LogsArgs) -> Result<u8> {
+    let inv = home.inventory()?;
+    let host = HostName::new(args.host.trim())?;
+    let rec = super::resolve(&inv, &[host.to_string()], false)?
+        .pop()
+        .ok_or_else(|| Error::usage(format!("unknown host {host}")))?;
+    drop(inv);
+    let master = Master::new(home.master_bundle()?)?;
+    let client = if args.follow {
+        master.updater_stream_client(&rec)
+    } else {
+        master.updater_client(&rec, LOGS_TIMEOUT)
+    };
+    let url = rec.updater_url(&format!(
+        "/logs?lines={}{}",
+        args.lines,
+        if args.follow { "&follow=true" } else { "" }
+    ));
+    let run = async {
+        let client = client.map_err(LogsFailure::Peer)?;
+        let sent = tokio::time::timeout(STATUS_TIMEOUT, client.get(url).send())
+            .await
+            .map_err(|_| format!("no answer within {}s", STATUS_TIMEOUT.as_secs()))?;
+        let resp = sent.map_err(|e| master.describe(&e, LOGS_TIMEOUT))?;
+        if !resp.status().is_success() {
+            // The refusal's own words, read under the cap.
+            return Err(LogsFailure::Peer(
+                said::read_json::<Ignored>(resp, said::HEALTH_CAP)
+                    .await
+                    .err()
+                    .unwrap_or_else(|| "unexpected answer".to_owned()),
+            ));
+        }
+        print_stream(resp, args.follow, &master).await
+    };
+    match super::runtime()?.block_on(run) {
+        Ok(()) => Ok(0),
+        Err(LogsFailure::Out(e)) => Err(e),
+        Err(LogsFailure::Peer(why)) => {
+            eprintln!("error: {}: {why}", rec.host);
+            Ok(EXIT_FAILED)
+        }
+    }
+}
+
+/// Why `swarm logs` stopped early.
+enum LogsFailure {
+    /// The updater refused, broke off or sent too much (already safe text).
+    Peer(String),
+    /// Our own stdout went away.
+    Out(Error),
+}
+
+impl From<String> for LogsFailure {
+    fn from(s: String) -> Self {
+        LogsFailure::Peer(s)
+    }
+}
+
+/// An answer we only want the error of.
+#[derive(serde::Deserialize)]
+struct Ignored {}
+
+impl said::Clean for Ignored {
+    fn clean(self) -> Self {
+        self
+    }
+}
+
+/// Print `resp`'s body line by line as it arrives.
+async fn print_stream(
+    mut resp: reqwest::Response,
+    follow: bool,
+    master: &Master,
+) -> std::result::Result<(), LogsFailure> {
+    let mut lines = LineSplitter::default();
+    let mut total = 0usize;
+    loop {
+        let chunk = match resp.chunk().await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => return Err(master.describe(&e, LOGS_TIMEOUT).into()),
+        };
+        total = total.saturating_add(chunk.len());
+        if !follow && total > BODY_CAP {
+            return Err(format!(
+                "the updater sent more than {} MiB for the lines asked; stopped",
+                BODY_CAP >> 20
+            )
+            .into());
+        }
+        for line in lines.push(&chunk) {
+            outln!("{line}").map_err(LogsFailure::Out)?;
+        }
+    }
+    if let Some(rest) = lines.finish() {
+        outln!("{rest}").map_err(LogsFailure::Out)?;
+    }
+    Ok(())
+}
+
+/// Bytes in, whole safe lines out.
+#[derive(Default)]
+struct LineSplitter {
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// The lines `chunk` completes (a line longer than [`LINE_CAP`] comes
+    /// out in pieces), each sanitised.
+    fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        for &b in chunk {
+            if b == b'\n' {
+                out.push(safe(&std::mem::take(&mut self.partial)));
+            } else {
+                self.partial.push(b);
+                if self.partial.len() >= LINE_CAP {
+                    out.push(safe(&std::mem::take(&mut self.partial)));
+                }
+            }
+        }
+        out
+    }
+
+    /// What is left after the last newline, if anything.
+    fn finish(self) -> Option<String> {
+        (!self.partial.is_empty()).then(|| safe(&self.partial))
+    }
+}
+
+fn safe(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line);
+    said::line(text.strip_suffix('\r').unwrap_or(&text), LINE_CHARS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_come_out_whole_safe_and_bounded() {
+        let mut s = LineSplitter::default();
+        assert!(s.push(b"hal").is_empty());
+        assert_eq!(s.push(b"f\nsecond\r\nthi"), ["half", "second"]);
+        let evil = s.push(b"rd \x1b]52;c;x\x07\n");
+        assert_eq!(evil.len(), 1);
+        assert!(evil[0].starts_with("third "), "{evil:?}");
+        assert!(!evil[0].contains('\u{1b}') && !evil[0].contains('\u{7}'));
+        // A newline-free flood is cut into capped pieces, not buffered whole.
+        let flood = vec![b'x'; 3 * LINE_CAP + 5];
+        let pieces = s.push(&flood);
+        assert_eq!(pieces.len(), 3);
+        assert!(s.partial.len() < LINE_CAP);
+        assert_eq!(s.finish().as_deref(), Some("xxxxx"));
+    }
+}
