@@ -215,6 +215,10 @@ pub struct Timings {
     #[serde(default)]
     pub confirm_ms: u64,
     pub total_ms: u64,
+    /// Bytes of the upload received (the `tarball` field; issue 12's
+    /// `wire_bytes`). Absent from older updaters' answers.
+    #[serde(default)]
+    pub received_bytes: u64,
 }
 
 /// The body of every state-changing response.

@@ -17,6 +17,7 @@
 //! before it is printed or stored ([`said`]).
 
 mod client;
+mod delta;
 mod history;
 mod journal;
 mod logs;

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use indicatif::{HumanBytes, ProgressBar};
-use pki::wire::{Releases, UpdaterHealth};
+use pki::wire::{Manifest, Releases, UpdaterHealth};
 use serde::Serialize;
 
 use super::client::{Master, STATUS_TIMEOUT};
+use super::delta::Deltas;
 use super::history::Recorder;
 use super::progress::{Bars, packing_spinner, show_progress};
 use super::report::{FleetReport, HostResult, SelfOutcome, interpret};
@@ -48,6 +49,7 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
         &PackOptions {
             root: args.root.clone(),
             excludes: args.exclude.clone(),
+            delta: None,
         },
         &pack::PackProgress::new(&report),
     );
@@ -68,6 +70,7 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
     let self_wait = args
         .include_self
         .then(|| Duration::from_secs(args.self_timeout));
+    let deltas = Arc::new(Deltas::new(home, &args.root, &args.exclude, &release));
     let mut report = push(
         inv,
         master,
@@ -76,6 +79,7 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
         usize::from(args.parallel),
         args.json,
         self_wait,
+        deltas,
     )?;
     report.pack_ms = Some(pack_ms);
     if !args.json {
@@ -96,6 +100,7 @@ fn push(
     parallel: usize,
     json: bool,
     self_wait: Option<Duration>,
+    deltas: Arc<Deltas>,
 ) -> Result<FleetReport> {
     let width = hosts
         .iter()
@@ -118,6 +123,7 @@ fn push(
                 bar,
                 self_wait,
                 recorder.clone(),
+                deltas.clone(),
             )
         },
         |rec, why| HostResult::error(rec, why, started),
@@ -147,12 +153,16 @@ async fn push_one(
     bar: ProgressBar,
     self_wait: Option<Duration>,
     recorder: Arc<Recorder>,
+    deltas: Arc<Deltas>,
 ) -> HostResult {
     let started = Instant::now();
     let timeout = upload_timeout(&release.1);
     let r = match master.updater_client(&rec, timeout) {
         Ok(client) => {
-            let mut r = push_agent(&master, &client, &rec, &release, &bar, timeout, started).await;
+            let mut r = push_agent(
+                &master, &client, &rec, &release, &deltas, &bar, timeout, started,
+            )
+            .await;
             // The agent's outcome is history now, whatever happens next.
             recorder.record(&mut r);
             if let Some(wait) = self_wait
@@ -183,7 +193,7 @@ async fn push_one(
 async fn release_form(
     release: &(PathBuf, ReleaseInfo),
     bar: &ProgressBar,
-    extra: &[(&'static str, &'static str)],
+    extra: &[(&'static str, String)],
 ) -> std::result::Result<reqwest::multipart::Form, String> {
     let (path, info) = (&release.0, &release.1);
     let file = tokio::fs::File::open(path)
@@ -208,7 +218,7 @@ async fn release_form(
         form = form.text("git_commit", commit.clone());
     }
     for (k, v) in extra {
-        form = form.text(*k, *v);
+        form = form.text(*k, v.clone());
     }
     Ok(form.part("tarball", part))
 }
@@ -228,7 +238,7 @@ async fn push_self(
 ) -> (SelfOutcome, String) {
     let info = &release.1;
     bar.set_message("uploading the updater");
-    let form = match release_form(release, bar, &[("confirm_self", "true")]).await {
+    let form = match release_form(release, bar, &[("confirm_self", "true".to_owned())]).await {
         Ok(f) => f,
         Err(e) => return (SelfOutcome::Failed, e),
     };
@@ -290,23 +300,86 @@ async fn push_self(
     )
 }
 
-/// `POST /update` with the release file.
+/// `POST /update` with the release file: only a delta when the host's
+/// live release is one the master kept the index of (issue 12), the whole
+/// release otherwise or when the host refuses the delta's base (412).
+#[allow(clippy::too_many_arguments)]
 async fn push_agent(
     master: &Master,
     client: &reqwest::Client,
     rec: &HostRecord,
     release: &(PathBuf, ReleaseInfo),
+    deltas: &Deltas,
     bar: &ProgressBar,
     timeout: Duration,
     started: Instant,
 ) -> HostResult {
     let info = &release.1;
     bar.set_message("checking");
-    if let Some(r) = already_active(client, rec, info, started).await {
-        return r;
+    let live = live_release(client, rec).await;
+    if let Some(active) = live
+        .clone()
+        .filter(|m| m.sha256 == info.sha256 || m.release_id.as_deref() == Some(&info.release_id))
+    {
+        return HostResult::unchanged(rec, active, started);
     }
+    let mut refused = None;
+    if let Some(base) = live.and_then(|m| m.release_id)
+        && let Some(d) = deltas.for_base(&base).await
+    {
+        bar.set_message("uploading a delta");
+        bar.set_length(d.shared.1.size_bytes);
+        let extra = [
+            ("base", base),
+            ("index", d.index_text.clone()),
+            ("release_sha256", info.sha256.clone()),
+        ];
+        let mut r = upload(
+            master, client, rec, &d.shared, &extra, info, bar, timeout, started,
+        )
+        .await;
+        if r.http_status != Some(412) {
+            r.delta = true;
+            return r;
+        }
+        refused = Some(r.detail);
+        bar.reset();
+        bar.set_length(info.size_bytes);
+    }
+    let mut r = upload(
+        master,
+        client,
+        rec,
+        release,
+        &[],
+        info,
+        bar,
+        timeout,
+        started,
+    )
+    .await;
+    if let Some(why) = refused {
+        r.detail = format!("{} (sent whole: the delta was refused: {why})", r.detail);
+    }
+    r
+}
+
+/// Upload `release` (the whole one, or a delta with its `extra` fields) to
+/// `/update`; `info` is the whole release the host should end up on.
+#[allow(clippy::too_many_arguments)]
+async fn upload(
+    master: &Master,
+    client: &reqwest::Client,
+    rec: &HostRecord,
+    release: &(PathBuf, ReleaseInfo),
+    extra: &[(&'static str, String)],
+    info: &ReleaseInfo,
+    bar: &ProgressBar,
+    timeout: Duration,
+    started: Instant,
+) -> HostResult {
     bar.set_message("uploading");
-    let form = match release_form(release, bar, &[]).await {
+    let form = match release_form(release, bar, extra).await {
         Ok(f) => f,
         Err(e) => return HostResult::error(rec, e, started),
     };
@@ -345,16 +418,12 @@ async fn push_agent(
     }
 }
 
-/// The `unchanged` row of a host whose active release already is the one
-/// being pushed (asked on `/releases`: nothing is uploaded, nothing
-/// restarts). `None` when it is not, or when the host could not say: the
-/// push goes ahead, and an updater that has it answers `unchanged` itself.
-async fn already_active(
-    client: &reqwest::Client,
-    rec: &HostRecord,
-    info: &ReleaseInfo,
-    started: Instant,
-) -> Option<HostResult> {
+/// The host's live release, asked on `/releases`: when it already is the
+/// one being pushed (the same sha256, or the same tree: `release_id`),
+/// nothing is uploaded and nothing restarts; else it may be the base of a
+/// delta. `None` when the host could not say: the push goes ahead whole,
+/// and an updater that has it answers `unchanged` itself.
+async fn live_release(client: &reqwest::Client, rec: &HostRecord) -> Option<Manifest> {
     let resp = client
         .get(rec.updater_url("/releases"))
         .timeout(STATUS_TIMEOUT)
@@ -362,8 +431,7 @@ async fn already_active(
         .await
         .ok()?;
     let releases: Releases = said::read_json(resp, RELEASES_CAP).await.ok()?;
-    let active = releases.active.filter(|m| m.sha256 == info.sha256)?;
-    Some(HostResult::unchanged(rec, active, started))
+    releases.active
 }
 
 /// Whether the connection broke under our upload (the peer closed or

@@ -67,6 +67,13 @@ pub(crate) struct HostResult {
     /// failed first install), cleaned.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) log_tail: Vec<String>,
+    /// Bytes of the upload the updater received for this host (issue 12):
+    /// a delta's, or the whole release's; 0 when nothing was sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) wire_bytes: Option<u64>,
+    /// Whether the upload was a delta against the host's live release.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) delta: bool,
     /// The audit-trail row this result was written to, once it was.
     #[serde(skip)]
     pub(super) recorded: Option<i64>,
@@ -91,6 +98,8 @@ impl HostResult {
             elapsed_ms: elapsed_ms(started),
             timings: None,
             log_tail: Vec::new(),
+            wire_bytes: None,
+            delta: false,
             recorded: None,
         }
     }
@@ -102,6 +111,7 @@ impl HostResult {
             agent: Outcome::Unchanged,
             detail: format!("{} already active; nothing changed", short(&active.sha256)),
             release: Some(active),
+            wire_bytes: Some(0),
             ..HostResult::error(rec, String::new(), started)
         }
     }
@@ -297,8 +307,14 @@ pub(super) fn interpret(
         release: resp.release,
         probes: resp.probes,
         elapsed_ms: elapsed_ms(started),
+        wire_bytes: resp
+            .timings
+            .as_ref()
+            .map(|t| t.received_bytes)
+            .filter(|b| *b > 0),
         timings: resp.timings,
         log_tail: resp.log_tail,
+        delta: false,
         recorded: None,
     }
 }

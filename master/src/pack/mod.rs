@@ -49,6 +49,28 @@ use secrets::{NEVER_SHIPPED, holds_private_key, is_secret_name};
 pub(crate) struct PackOptions {
     pub(crate) root: PathBuf,
     pub(crate) excludes: Vec<String>,
+    /// Pack a delta (issue 12): leave out the files a worker already has.
+    pub(crate) delta: Option<DeltaOf>,
+}
+
+/// What a delta leaves out: every file of `want` (the whole release, as
+/// the full pack indexed it) whose content and size the base has, while
+/// the file on disk still has the size indexed (the updater checks every
+/// byte against the index it is sent anyway).
+#[derive(Clone, Debug)]
+pub(crate) struct DeltaOf {
+    pub(crate) want: std::sync::Arc<TreeIndex>,
+    pub(crate) have: std::sync::Arc<std::collections::HashSet<(String, u64)>>,
+}
+
+impl DeltaOf {
+    /// The index entry of `rel` when its content need not be sent.
+    fn reuses(&self, rel: &str, len: u64) -> Option<&IndexEntry> {
+        let e = self.want.get(rel)?;
+        let sha = e.sha256.clone()?;
+        (e.kind == pki::index::EntryKind::File && e.size == len && self.have.contains(&(sha, len)))
+            .then_some(e)
+    }
 }
 
 /// A packed release, in an unlinked temp file that lives as long as this
@@ -57,6 +79,8 @@ pub(crate) struct PackOptions {
 pub(crate) struct Release {
     file: File,
     pub(crate) info: ReleaseInfo,
+    /// The tree's canonical index (a delta's: the whole release's).
+    pub(crate) index: TreeIndex,
 }
 
 /// What is known about a packed release.
@@ -327,6 +351,19 @@ pub(crate) fn pack_reporting(opts: &PackOptions, progress: &PackProgress<'_>) ->
                 skipped_secrets.push(rel_str.to_owned());
                 continue;
             }
+            if let Some(e) = opts
+                .delta
+                .as_ref()
+                .and_then(|d| d.reuses(rel_str, meta.len()))
+            {
+                // Shipped by the full pack (its secret checks passed), and
+                // the worker has the content: only the index names it.
+                index.push(e.clone());
+                files += 1;
+                progress.file();
+                ships_updater |= rel_str == updater_binary && e.mode == 0o755;
+                continue;
+            }
             // One handle: scanned whole for a private key, rewound, packed.
             let mut f = File::open(path).map_err(io_err)?;
             let len = f.metadata().map_err(io_err)?.len();
@@ -370,6 +407,7 @@ pub(crate) fn pack_reporting(opts: &PackOptions, progress: &PackProgress<'_>) ->
     progress.tick(true);
     Ok(Release {
         file,
+        index: index.clone(),
         info: ReleaseInfo {
             git_dirty: git_commit.as_ref().and_then(|_| git::git_dirty(&root)),
             git_commit,
@@ -418,6 +456,7 @@ mod tests {
             &PackOptions {
                 root: root.to_owned(),
                 excludes: vec![],
+                delta: None,
             },
             &PackProgress::new(&report),
         )
@@ -462,6 +501,7 @@ mod tests {
         let release = pack(&PackOptions {
             root: root.to_owned(),
             excludes: vec![],
+            delta: None,
         })
         .unwrap();
         let mut names = entries(&release);
@@ -518,6 +558,7 @@ mod tests {
         let err = pack(&PackOptions {
             root: dir.path().to_owned(),
             excludes: vec![],
+            delta: None,
         })
         .map(|_| ())
         .unwrap_err()
@@ -528,6 +569,7 @@ mod tests {
         let err = pack(&PackOptions {
             root: dir.path().to_owned(),
             excludes: vec![],
+            delta: None,
         })
         .map(|_| ())
         .unwrap_err()
@@ -543,6 +585,7 @@ mod tests {
             pack(&PackOptions {
                 root: dir.path().to_owned(),
                 excludes: vec![],
+                delta: None,
             })
             .is_ok()
         );
@@ -641,6 +684,7 @@ mod tests {
         let err = pack(&PackOptions {
             root: dir.path().to_owned(),
             excludes: vec![],
+            delta: None,
         })
         .unwrap_err();
         assert!(err.to_string().contains("a/bad"), "{err}");

@@ -233,3 +233,104 @@ async fn only_the_master_may_verify() {
     let r: pki::wire::VerifyReport = resp.json().await.unwrap();
     assert!(r.slots.is_empty());
 }
+
+/// `n` incompressible bytes, the same for the same `seed`.
+fn noise(seed: &str, n: usize) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut out = Vec::with_capacity(n + 32);
+    let mut i = 0u64;
+    while out.len() < n {
+        out.extend_from_slice(&Sha256::digest(format!("{seed}-{i}").as_bytes()));
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+/// A tree of 20 files of 100 KB of noise each, and an agent.
+fn large_tree(s: &Swarm) -> std::path::PathBuf {
+    let tree = s.tree("large");
+    write(&tree, "swarm.toml", &agent_toml());
+    write(&tree, "VERSION", "1");
+    for i in 0..20 {
+        let p = tree.join(format!("data/{}/blob-{i}.bin", i % 4));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, noise(&format!("blob{i}"), 100_000)).unwrap();
+    }
+    tree
+}
+
+#[test]
+fn one_changed_file_in_a_large_tree_is_a_small_upload() {
+    let s = Swarm::new();
+    let w = s.worker("w1");
+    let tree = large_tree(&s);
+    let root = tree.to_str().unwrap();
+    let first = s.json(&["update", "--host", "w1", "--root", root, "--json"], 0);
+    let full = first["hosts"][0]["wire_bytes"]
+        .as_u64()
+        .expect("wire_bytes");
+    assert!(full > 2_000_000, "the first push is whole: {first}");
+    assert_eq!(first["hosts"][0].get("delta"), None, "{first}");
+
+    write(&tree, "VERSION", "2");
+    let second = s.json(&["update", "--host", "w1", "--root", root, "--json"], 0);
+    let host = &second["hosts"][0];
+    assert_eq!(host["agent"], "updated", "{second}");
+    assert_eq!(host["delta"], true, "{second}");
+    let sent = host["wire_bytes"].as_u64().expect("wire_bytes");
+    assert!(
+        sent < 64 * 1024,
+        "one changed file sent {sent} bytes: {second}"
+    );
+    // The host runs the new release, whole, under the whole release's
+    // sha256 and release_id.
+    let sha = second["release"]["sha256"].as_str().unwrap();
+    let id = second["release"]["release_id"].as_str().unwrap();
+    let h = w.wait_agent_release_blocking(sha);
+    assert_eq!(h.release.and_then(|m| m.release_id).as_deref(), Some(id));
+    let active = w.install_dir.join("releases/active");
+    assert_eq!(
+        std::fs::read_to_string(active.join("VERSION")).unwrap(),
+        "2"
+    );
+    assert_eq!(
+        std::fs::read(active.join("data/3/blob-7.bin")).unwrap(),
+        noise("blob7", 100_000)
+    );
+    assert_eq!(
+        s.json(&["verify", "--host", "w1", "--json"], 0)["clean"],
+        true
+    );
+}
+
+#[test]
+fn a_tampered_kept_file_is_rehashed_not_reused() {
+    let s = Swarm::new();
+    let w = s.worker("w1");
+    let tree = large_tree(&s);
+    let root = tree.to_str().unwrap();
+    s.ok(&["update", "--host", "w1", "--root", root]);
+    // Changed on the worker, size kept: only its hash tells.
+    let kept = w.install_dir.join("releases/active/data/1/blob-5.bin");
+    let mut bytes = std::fs::read(&kept).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&kept, &bytes).unwrap();
+
+    write(&tree, "VERSION", "2");
+    let out = s.json(&["update", "--host", "w1", "--root", root, "--json"], 0);
+    let host = &out["hosts"][0];
+    assert_eq!(host["agent"], "updated", "{out}");
+    assert_eq!(host.get("delta"), None, "the delta was refused: {out}");
+    let detail = host["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("sent whole") && detail.contains("blob-5.bin"),
+        "{detail}"
+    );
+    assert!(host["wire_bytes"].as_u64().unwrap() > 2_000_000, "{out}");
+    let active = w.install_dir.join("releases/active");
+    assert_eq!(
+        std::fs::read(active.join("data/1/blob-5.bin")).unwrap(),
+        noise("blob5", 100_000)
+    );
+}

@@ -86,6 +86,40 @@ pub async fn stage(
     Ok(staged)
 }
 
+/// Complete a delta push in `staging` from the live release `live`,
+/// which must be `base`; the whole release's index (`index`, as sent).
+fn complete_delta(
+    staging: &std::path::Path,
+    got: &pki::index::TreeIndex,
+    base: &str,
+    index: &str,
+    live: &std::path::Path,
+    caps: &receive::Caps,
+) -> Result<pki::index::TreeIndex> {
+    let max = usize::try_from(caps.max_entries).unwrap_or(usize::MAX);
+    let live_id = pki::wire::Manifest::read(live).and_then(|m| m.release_id);
+    if live_id.as_deref() != Some(base) {
+        return Err(UpdaterError::NoBase(format!(
+            "this delta is against release {base}, but the live release here is {}: push the whole release",
+            live_id.as_deref().unwrap_or("none with a release_id")
+        )));
+    }
+    let Some(base_index) = crate::release::read_index(live, max)? else {
+        return Err(UpdaterError::NoBase(format!(
+            "the live release {base} has no kept index: push the whole release"
+        )));
+    };
+    let want = pki::index::TreeIndex::parse(index.as_bytes(), max)
+        .map_err(|why| UpdaterError::BadUpload(format!("field `index`: {why}")))?;
+    let reused = receive::delta::materialize(staging, got, &want, live, &base_index, caps)?;
+    tracing::info!(
+        base,
+        reused_bytes = reused,
+        "delta completed from the live release"
+    );
+    Ok(want)
+}
+
 /// Remove `layout`'s staging dir.
 async fn discard(layout: &Layout) {
     let l = layout.clone();
@@ -109,7 +143,25 @@ async fn prepare(
     timings: &mut Timings,
 ) -> Result<Prepared> {
     let t = Instant::now();
-    let received = receive::receive(form, staging, &d.config.caps).await?;
+    let mut received = receive::receive(form, staging, &d.config.caps).await?;
+    timings.received_bytes = received.size_bytes;
+    if let Some(delta) = received.delta.take() {
+        if purpose != Purpose::Agent {
+            return Err(UpdaterError::BadUpload(
+                "/update-self takes whole releases, not deltas".into(),
+            ));
+        }
+        let (live, dir, caps) = (layout.active(), staging.to_owned(), d.config.caps.clone());
+        let got = received.extracted.index.clone();
+        let (base, index) = (delta.base, delta.index);
+        let want =
+            blocking(move || complete_delta(&dir, &got, &base, &index, &live, &caps)).await?;
+        received.extracted.files = want.files();
+        received.extracted.index = want;
+        if let Some(sha) = delta.release_sha256 {
+            received.sha256 = sha;
+        }
+    }
     if purpose == Purpose::Updater && received.confirm_self.as_deref() != Some("true") {
         return Err(UpdaterError::BadUpload(
             "/update-self replaces the updater itself: send the field confirm_self=true to confirm"

@@ -556,7 +556,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 
 /// Check an entry path and split it into its components (`.` and empty ones
 /// dropped). An empty result is the release root.
-fn normalize(raw: &[u8], caps: &Caps) -> Result<Vec<String>, String> {
+pub(super) fn normalize(raw: &[u8], caps: &Caps) -> Result<Vec<String>, String> {
     if raw.len() > caps.max_path_bytes {
         return Err(format!(
             "path longer than {} bytes (--max-path-bytes)",
