@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use pki::index::{INDEX_FILE, TreeIndex};
+use pki::index::{INDEX_FILE, IndexEntry, TreeIndex};
 use pki::wire::{MANIFEST_FILE, Manifest, OpStatus};
 use tests::release::{ReleaseTree, raw, sha256_hex, toml_array};
 use tests::worker::{Worker, WorkerOptions};
@@ -333,4 +333,216 @@ fn a_tampered_kept_file_is_rehashed_not_reused() {
         std::fs::read(active.join("data/1/blob-5.bin")).unwrap(),
         noise("blob5", 100_000)
     );
+}
+
+/// Release A of the delta tests, pushed whole: `VERSION`, `keep/a.txt`,
+/// `keep/b.txt`, and the reference agent. Its release_id.
+async fn base_release(w: &Worker, client: &reqwest::Client) -> String {
+    let tgz = ReleaseTree::new()
+        .file("VERSION", b"A")
+        .file("keep/a.txt", &noise("a", 50_000))
+        .file("keep/b.txt", &noise("b", 50_000))
+        .reference_agent(w.agent_port, &[])
+        .tarball();
+    let (code, body) = w.push(client, &tgz).await;
+    assert_eq!(code, 200, "{body:?}\n{}", w.log());
+    w.wait_agent_release(&sha256_hex(&tgz)).await;
+    body.release.and_then(|m| m.release_id).expect("release_id")
+}
+
+/// The index of release B: A with `VERSION` = `version`, plus `extra`.
+fn index_b(w: &Worker, version: &[u8], extra: Vec<IndexEntry>) -> Vec<IndexEntry> {
+    let active = w.install_dir.join("releases/active");
+    let toml = std::fs::read(active.join("swarm.toml")).unwrap();
+    let mut e = vec![
+        IndexEntry::file("VERSION", 0o644, version.len() as u64, sha256_hex(version)),
+        IndexEntry::dir("keep", 0o755),
+        IndexEntry::file("keep/a.txt", 0o644, 50_000, sha256_hex(&noise("a", 50_000))),
+        IndexEntry::file("keep/b.txt", 0o644, 50_000, sha256_hex(&noise("b", 50_000))),
+        IndexEntry::file("swarm.toml", 0o644, toml.len() as u64, sha256_hex(&toml)),
+    ];
+    e.extend(extra);
+    e
+}
+
+/// The delta tarball: `VERSION` and the `keep/` directory.
+fn delta_tgz(version: &[u8]) -> Vec<u8> {
+    raw::tgz(&[
+        raw::entry(b"keep/", b'5', b"", 0o755, b""),
+        raw::file(b"VERSION", version),
+    ])
+}
+
+async fn push_delta(
+    w: &Worker,
+    client: &reqwest::Client,
+    tgz: &[u8],
+    base: &str,
+    index: &str,
+) -> (u16, pki::wire::OpResponse) {
+    let form =
+        tests::release::release_form(tgz, &sha256_hex(tgz), &[("base", base), ("index", index)]);
+    let resp = client
+        .post(w.url("/update"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let code = resp.status().as_u16();
+    (code, resp.json().await.unwrap())
+}
+
+fn text(entries: Vec<IndexEntry>) -> String {
+    String::from_utf8(TreeIndex::new(entries).unwrap().to_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn a_delta_is_completed_from_the_live_release_and_bad_ones_are_refused() {
+    let pki = TestPki::new();
+    let w = Worker::start(&pki, "w1", WorkerOptions::default());
+    let client = w.master_client(&pki);
+    let a = base_release(&w, &client).await;
+    let nothing_rotated = |what: &str| {
+        assert!(
+            !w.install_dir.join("releases/active.new").exists(),
+            "{what}: staging removed"
+        );
+        assert_eq!(
+            manifest(&w.install_dir.join("releases/active"))
+                .release_id
+                .as_deref(),
+            Some(a.as_str()),
+            "{what}: A still live"
+        );
+    };
+
+    // A base this worker does not have: 412, for the master to push whole.
+    let good = text(index_b(&w, b"B", vec![]));
+    let (code, body) = push_delta(&w, &client, &delta_tgz(b"B"), &"0".repeat(64), &good).await;
+    assert_eq!(code, 412, "{body:?}");
+    assert!(
+        body.error
+            .unwrap_or_default()
+            .contains("push the whole release")
+    );
+    nothing_rotated("unknown base");
+
+    // A file whose content differs from the index.
+    let (code, body) = push_delta(&w, &client, &delta_tgz(b"C"), &a, &good).await;
+    assert_eq!(code, 400, "{body:?}");
+    assert!(
+        body.error
+            .unwrap_or_default()
+            .contains("differs from the index")
+    );
+    nothing_rotated("hash differs");
+
+    // An entry missing from the upload and from every kept release.
+    let more = text(index_b(
+        &w,
+        b"B",
+        vec![IndexEntry::file("keep/z.txt", 0o644, 3, sha256_hex(b"zzz"))],
+    ));
+    let (code, body) = push_delta(&w, &client, &delta_tgz(b"B"), &a, &more).await;
+    assert_eq!(code, 400, "{body:?}");
+    assert!(
+        body.error
+            .unwrap_or_default()
+            .contains("missing from the upload and from every")
+    );
+    nothing_rotated("missing content");
+
+    // A duplicate path, an unsafe path, a setuid mode.
+    let dup = good.clone() + &good.lines().nth(1).unwrap().to_owned() + "\n";
+    let evil = |e: IndexEntry| text(index_b(&w, b"B", vec![e]));
+    for (what, index) in [
+        ("duplicate", dup),
+        (
+            "dot-dot",
+            evil(IndexEntry::file("keep/../../x", 0o644, 1, sha256_hex(b"x"))),
+        ),
+        (
+            "setuid",
+            evil(IndexEntry::file(
+                "keep/s",
+                0o4755,
+                50_000,
+                sha256_hex(&noise("a", 50_000)),
+            )),
+        ),
+    ] {
+        let (code, body) = push_delta(&w, &client, &delta_tgz(b"B"), &a, &index).await;
+        assert_eq!(code, 400, "{what}: {body:?}");
+        nothing_rotated(what);
+    }
+
+    // The good delta: only VERSION travelled, the rest came from A.
+    let tgz = delta_tgz(b"B");
+    let (code, body) = push_delta(&w, &client, &tgz, &a, &good).await;
+    assert_eq!(code, 200, "{body:?}\n{}", w.log());
+    assert_eq!(body.status, OpStatus::Updated);
+    let m = body.release.unwrap();
+    assert_eq!(
+        m.release_id,
+        Some(
+            TreeIndex::new(index_b(&w, b"B", vec![]))
+                .unwrap()
+                .release_id()
+        )
+    );
+    assert_eq!(m.files, 4);
+    assert_eq!(body.timings.unwrap().received_bytes, tgz.len() as u64);
+    w.wait_agent_release(&m.sha256).await;
+    let active = w.install_dir.join("releases/active");
+    assert_eq!(
+        std::fs::read(active.join("keep/b.txt")).unwrap(),
+        noise("b", 50_000)
+    );
+    assert_eq!(std::fs::read(active.join("VERSION")).unwrap(), b"B");
+}
+
+#[tokio::test]
+async fn kill_9_during_a_delta_push_is_repaired() {
+    for step in ["delta-copying", "delta-materialized"] {
+        let pki = TestPki::new();
+        let mut w = Worker::start(&pki, "w1", WorkerOptions::default());
+        let client = w.master_client(&pki);
+        let a = base_release(&w, &client).await;
+        let good = text(index_b(&w, b"B", vec![]));
+        w.options
+            .env
+            .push(("SWARM_UPDATER_CRASH_AT".into(), step.into()));
+        let pid = w.updater_pid() as i32;
+        w.restart();
+        tests::process::wait_dead(pid, "the previous updater");
+        let form = tests::release::release_form(
+            &delta_tgz(b"B"),
+            &sha256_hex(&delta_tgz(b"B")),
+            &[("base", &a), ("index", &good)],
+        );
+        let sent = client.post(w.url("/update")).multipart(form).send().await;
+        assert!(
+            sent.is_err() || !sent.unwrap().status().is_success(),
+            "{step}"
+        );
+        w.options.env.retain(|(k, _)| k != "SWARM_UPDATER_CRASH_AT");
+        let pid = w.updater_pid() as i32;
+        tests::process::wait_dead(pid, "the crashed updater");
+        w.restart();
+        // Repaired: A whole and live, staging gone, and the delta lands now.
+        let v = w
+            .master_client(&pki)
+            .post(w.url("/verify"))
+            .send()
+            .await
+            .unwrap();
+        let v: pki::wire::VerifyReport = v.json().await.unwrap();
+        assert!(v.clean, "{step}: {v:?}");
+        assert!(
+            !w.install_dir.join("releases/active.new").exists(),
+            "{step}"
+        );
+        let (code, body) = push_delta(&w, &client, &delta_tgz(b"B"), &a, &good).await;
+        assert_eq!(code, 200, "{step}: {body:?}\n{}", w.log());
+    }
 }

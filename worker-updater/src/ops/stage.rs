@@ -112,6 +112,7 @@ fn complete_delta(
     let want = pki::index::TreeIndex::parse(index.as_bytes(), max)
         .map_err(|why| UpdaterError::BadUpload(format!("field `index`: {why}")))?;
     let reused = receive::delta::materialize(staging, got, &want, live, &base_index, caps)?;
+    crate::crashpoint::at("delta-materialized");
     tracing::info!(
         base,
         reused_bytes = reused,

@@ -91,6 +91,9 @@ pub fn materialize(
             )));
         };
         copy_checked(&base_dir.join(from), &staging.join(&w.path), w)?;
+        if reused == 0 {
+            crate::crashpoint::at("delta-copying");
+        }
         reused += w.size;
     }
     Ok(reused)
