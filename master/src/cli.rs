@@ -158,6 +158,8 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Show updater, agent, releases and certificate expiry per host.
     Status(StatusArgs),
+    /// List the releases a host keeps (newest first), for `rollback --to`.
+    Releases(ReleasesArgs),
     /// Show the audit trail of pushes and rollbacks (or, with --worker, a
     /// host's own journal).
     History(HistoryArgs),
@@ -344,9 +346,22 @@ pub struct UpdateArgs {
 pub struct RollbackArgs {
     #[command(flatten)]
     pub targets: Targets,
+    /// Roll back to this kept release (an unambiguous prefix of its
+    /// release_id, see `swarm releases`) instead of the previous one.
+    #[arg(long, value_name = "ID")]
+    pub to: Option<String>,
     /// How many hosts to roll back at once.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub parallel: u16,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleasesArgs {
+    #[arg(long, value_name = "HOST")]
+    pub host: String,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,

@@ -258,6 +258,10 @@ pub struct Releases {
     pub active: Option<Manifest>,
     pub prev: Option<Manifest>,
     pub failed: Vec<FailedRelease>,
+    /// Every good release kept (issue 12), newest first: `active`, `prev`,
+    /// then those in `releases/kept/`. Absent from older updaters' answers.
+    #[serde(default)]
+    pub kept: Vec<Manifest>,
 }
 
 /// One release slot as `POST /verify` found it on disk (issue 12).

@@ -262,6 +262,7 @@ fn drive(
                 hosts: Vec::new(),
                 all: true,
             },
+            to: None,
             parallel: 8,
             json,
         },

@@ -123,7 +123,7 @@ impl HostResult {
                 matches!(self.agent, Outcome::Updated | Outcome::Unchanged)
                     && self.self_update != SelfOutcome::Failed
             }
-            Op::Rollback => self.agent == Outcome::RolledBack,
+            Op::Rollback => matches!(self.agent, Outcome::RolledBack | Outcome::Unchanged),
         }
     }
 }
@@ -262,6 +262,14 @@ pub(super) fn interpret(
                 "new release failed its health probe; previous release restored".to_owned()
             } else {
                 message
+            },
+        ),
+        // `rollback --to` the release that already is active (issue 12).
+        (Op::Rollback, OpStatus::Unchanged, true) => (
+            Outcome::Unchanged,
+            match &resp.release {
+                Some(m) => format!("{} already active; nothing changed", short(m.id())),
+                None => "already active; nothing changed".to_owned(),
             },
         ),
         (Op::Rollback, OpStatus::RolledBack, true) => (

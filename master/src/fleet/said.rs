@@ -236,6 +236,7 @@ impl Clean for Releases {
             active: self.active.clean(),
             prev: self.prev.clean(),
             failed: self.failed.clean(),
+            kept: self.kept.into_iter().take(1000).map(Clean::clean).collect(),
         }
     }
 }

@@ -444,6 +444,41 @@ mod tests {
     }
 
     #[test]
+    fn a_delta_leaves_out_what_the_base_has_and_names_the_same_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "same/a.txt", &"a".repeat(10_000));
+        write(root, "same/b.txt", "b");
+        write(root, "changed.txt", "new");
+        std::os::unix::fs::symlink("same/b.txt", root.join("link")).unwrap();
+        let opts = |delta| PackOptions {
+            root: root.to_owned(),
+            excludes: vec![],
+            delta,
+        };
+        let full = pack(&opts(None)).unwrap();
+        let have: std::collections::HashSet<(String, u64)> = ["same/a.txt", "same/b.txt"]
+            .iter()
+            .map(|p| {
+                let e = full.index.get(p).unwrap();
+                (e.sha256.clone().unwrap(), e.size)
+            })
+            .collect();
+        let delta = pack(&opts(Some(DeltaOf {
+            want: std::sync::Arc::new(full.index.clone()),
+            have: std::sync::Arc::new(have),
+        })))
+        .unwrap();
+        assert_eq!(delta.info.release_id, full.info.release_id);
+        assert_eq!(delta.index, full.index);
+        assert_eq!(delta.info.files, 3);
+        assert!(delta.info.size_bytes < full.info.size_bytes);
+        let mut names = entries(&delta);
+        names.sort();
+        assert_eq!(names, ["changed.txt", "link", "same/"], "dirs and links, no reused file");
+    }
+
+    #[test]
     fn progress_ends_on_the_files_and_bytes_packed() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
@@ -630,6 +665,7 @@ mod tests {
         let release = pack(&PackOptions {
             root: root.to_owned(),
             excludes: vec!["*.log".into()],
+            delta: None,
         })
         .unwrap();
         let names = entries(&release);
@@ -670,6 +706,7 @@ mod tests {
         let again = pack(&PackOptions {
             root: root.to_owned(),
             excludes: vec!["*.log".into()],
+            delta: None,
         })
         .unwrap();
         assert_eq!(again.info.sha256, release.info.sha256);

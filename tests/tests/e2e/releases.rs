@@ -546,3 +546,149 @@ async fn kill_9_during_a_delta_push_is_repaired() {
         assert_eq!(code, 200, "{step}: {body:?}\n{}", w.log());
     }
 }
+
+#[test]
+fn rollback_to_the_third_newest_kept_release_is_probed() {
+    let s = Swarm::new();
+    let w = s.worker("w1");
+    let tree = s.tree("app");
+    write(&tree, "swarm.toml", &agent_toml());
+    let root = tree.to_str().unwrap();
+    for v in 1..=4 {
+        write(&tree, "VERSION", &v.to_string());
+        s.ok(&["update", "--host", "w1", "--root", root]);
+    }
+    let r = s.json(&["releases", "--host", "w1", "--json"], 0);
+    let kept: Vec<String> = r["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["release_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kept.len(), 4, "{r}");
+    assert_eq!(r["active"]["release_id"].as_str(), Some(kept[0].as_str()));
+    assert_eq!(r["prev"]["release_id"].as_str(), Some(kept[1].as_str()));
+    let table = s.ok(&["releases", "--host", "w1"]);
+    assert!(
+        table.contains(&kept[2][..12]) && table.contains("kept"),
+        "{table}"
+    );
+
+    let target = &kept[2];
+    let out = s.json(
+        &["rollback", "--host", "w1", "--to", &target[..10], "--json"],
+        0,
+    );
+    let host = &out["hosts"][0];
+    assert_eq!(host["agent"], "rolled-back", "{out}");
+    assert!(
+        !host["probes"].as_array().unwrap().is_empty(),
+        "probed: {out}"
+    );
+    let sha = host["release"]["sha256"].as_str().unwrap();
+    let h = w.wait_agent_release_blocking(sha);
+    assert_eq!(
+        h.release.and_then(|m| m.release_id).as_deref(),
+        Some(target.as_str())
+    );
+    let active = w.install_dir.join("releases/active");
+    assert_eq!(
+        std::fs::read_to_string(active.join("VERSION")).unwrap(),
+        "2"
+    );
+    // The release that ran is prev now; nothing was lost.
+    let r = s.json(&["releases", "--host", "w1", "--json"], 0);
+    assert_eq!(
+        r["prev"]["release_id"].as_str(),
+        Some(kept[0].as_str()),
+        "{r}"
+    );
+    assert_eq!(r["kept"].as_array().unwrap().len(), 4, "{r}");
+    // To the active one: nothing to do.
+    let again = s.json(
+        &["rollback", "--host", "w1", "--to", &target[..10], "--json"],
+        0,
+    );
+    assert_eq!(again["hosts"][0]["agent"], "unchanged", "{again}");
+}
+
+#[tokio::test]
+async fn kept_releases_are_bounded_and_ids_must_be_unambiguous() {
+    let pki = TestPki::new();
+    let options = |keep: &str| WorkerOptions {
+        env: vec![("SWARM_UPDATER_KEEP_RELEASES".into(), keep.into())],
+        ..WorkerOptions::default()
+    };
+    // 17 releases kept: two of them share a first hex digit.
+    let w = Worker::start(&pki, "w1", options("17"));
+    let client = w.master_client(&pki);
+    let mut ids = Vec::new();
+    for v in 0..17 {
+        let tgz = ReleaseTree::new()
+            .file("VERSION", format!("{v}").as_bytes())
+            .tarball();
+        let (code, body) = w.push(&client, &tgz).await;
+        assert_eq!(code, 200, "{body:?}\n{}", w.log());
+        ids.push(body.release.and_then(|m| m.release_id).unwrap());
+    }
+    let r = w.releases(&client).await;
+    let kept: Vec<String> = r.kept.iter().filter_map(|m| m.release_id.clone()).collect();
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(kept, newest_first);
+    let rollback = |body: serde_json::Value| {
+        let client = client.clone();
+        let url = w.url("/rollback");
+        async move {
+            let resp = client.post(url).json(&body).send().await.unwrap();
+            let code = resp.status().as_u16();
+            let v: serde_json::Value = resp.json().await.unwrap();
+            (code, v["error"].as_str().unwrap_or_default().to_owned())
+        }
+    };
+    let c = (0..16u8)
+        .map(|d| format!("{d:x}"))
+        .find(|c| ids.iter().filter(|i| i.starts_with(c.as_str())).count() >= 2)
+        .expect("pigeonhole: 17 ids, 16 digits");
+    let (code, why) = rollback(serde_json::json!({ "release_id": c })).await;
+    assert_eq!(code, 400, "{why}");
+    assert!(why.contains("ambiguous"), "{why}");
+    for i in ids.iter().filter(|i| i.starts_with(c.as_str())) {
+        assert!(why.contains(i.as_str()), "candidates listed: {why}");
+    }
+    let unknown = (0..=0xffffu32)
+        .map(|n| format!("{n:04x}"))
+        .find(|p| !ids.iter().any(|i| i.starts_with(p.as_str())))
+        .unwrap();
+    let (code, why) = rollback(serde_json::json!({ "release_id": unknown })).await;
+    assert_eq!(code, 404, "{why}");
+    assert!(why.contains(&ids[0][..12]), "candidates listed: {why}");
+    // Neither changed anything.
+    let active = w.releases(&client).await.active.and_then(|m| m.release_id);
+    assert_eq!(active.as_deref(), Some(ids[16].as_str()));
+
+    // --keep-releases 3: active, prev and one in kept/; the rest deleted.
+    let w3 = Worker::start(&pki, "w3", options("3"));
+    let client3 = w3.master_client(&pki);
+    for v in 0..6 {
+        let tgz = ReleaseTree::new()
+            .file("VERSION", format!("{v}").as_bytes())
+            .tarball();
+        let (code, body) = w3.push(&client3, &tgz).await;
+        assert_eq!(code, 200, "{body:?}");
+    }
+    assert_eq!(w3.releases(&client3).await.kept.len(), 3);
+    let kept_dir = w3.install_dir.join("releases/kept");
+    tests::eventually(
+        std::time::Duration::from_secs(10),
+        "pruned kept releases deleted",
+        || {
+            let n = std::fs::read_dir(&kept_dir).ok()?.count();
+            let trash = std::fs::read_dir(w3.install_dir.join("releases"))
+                .ok()?
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".trash-"))
+                .count();
+            (n == 1 && trash == 0).then_some(())
+        },
+    );
+}
