@@ -475,7 +475,11 @@ mod tests {
         assert!(delta.info.size_bytes < full.info.size_bytes);
         let mut names = entries(&delta);
         names.sort();
-        assert_eq!(names, ["changed.txt", "link", "same/"], "dirs and links, no reused file");
+        assert_eq!(
+            names,
+            ["changed.txt", "link", "same/"],
+            "dirs and links, no reused file"
+        );
     }
 
     #[test]

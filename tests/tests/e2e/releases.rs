@@ -692,3 +692,124 @@ async fn kept_releases_are_bounded_and_ids_must_be_unambiguous() {
         },
     );
 }
+
+/// The release ids in `releases/kept/`, each dir whole (its manifest and
+/// index there, the index hashing to the manifest's id).
+fn kept_on_disk(w: &Worker) -> Vec<String> {
+    let mut ids = Vec::new();
+    let Ok(rd) = std::fs::read_dir(w.install_dir.join("releases/kept")) else {
+        return ids;
+    };
+    for e in rd {
+        let dir = e.unwrap().path();
+        let m = manifest(&dir);
+        let index = std::fs::read(dir.join(INDEX_FILE)).unwrap();
+        assert_eq!(
+            Some(sha256_hex(&index)),
+            m.release_id,
+            "{} whole",
+            dir.display()
+        );
+        ids.push(m.release_id.unwrap());
+    }
+    ids
+}
+
+#[tokio::test]
+async fn kill_9_during_garbage_collection_or_a_rollback_to_a_kept_release_is_repaired() {
+    let pki = TestPki::new();
+    let mut w = Worker::start(
+        &pki,
+        "w1",
+        WorkerOptions {
+            env: vec![("SWARM_UPDATER_KEEP_RELEASES".into(), "3".into())],
+            ..WorkerOptions::default()
+        },
+    );
+    let client = w.master_client(&pki);
+    let mut ids = Vec::new();
+    let port = w.agent_port;
+    let tree = |v: usize| {
+        ReleaseTree::new()
+            .file("VERSION", format!("{v}").as_bytes())
+            .reference_agent(port, &[])
+            .tarball()
+    };
+    for v in 0..3 {
+        let (code, body) = w.push(&client, &tree(v)).await;
+        assert_eq!(code, 200, "{body:?}");
+        ids.push(body.release.and_then(|m| m.release_id).unwrap());
+    }
+    assert_eq!(kept_on_disk(&w), [ids[0].clone()]);
+
+    // Killed right after the prune renamed release 0 to trash.
+    let restart = |w: &mut Worker, step: Option<&str>| {
+        w.options.env.retain(|(k, _)| k != "SWARM_UPDATER_CRASH_AT");
+        if let Some(s) = step {
+            w.options
+                .env
+                .push(("SWARM_UPDATER_CRASH_AT".into(), s.into()));
+        }
+        let pid = w.updater_pid() as i32;
+        w.restart();
+        tests::process::wait_dead(pid, "the previous updater");
+    };
+    restart(&mut w, Some("kept-pruned"));
+    let form = tests::release::release_form(&tree(3), &sha256_hex(&tree(3)), &[]);
+    assert!(
+        client
+            .post(w.url("/update"))
+            .multipart(form)
+            .send()
+            .await
+            .is_err()
+    );
+    let pid = w.updater_pid() as i32;
+    tests::process::wait_dead(pid, "the crashed updater");
+    restart(&mut w, None);
+    tests::eventually(
+        std::time::Duration::from_secs(10),
+        "trash swept at start-up",
+        || {
+            let trash = std::fs::read_dir(w.install_dir.join("releases"))
+                .ok()?
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().starts_with(".trash-"));
+            (!trash).then_some(())
+        },
+    );
+    assert_eq!(
+        kept_on_disk(&w),
+        [ids[1].clone()],
+        "the kept release whole, the pruned one gone"
+    );
+    let r = w.releases(&client).await;
+    assert_eq!(r.kept.len(), 3, "{r:?}");
+
+    // Killed between moving prev into kept/ and the kept release into prev.
+    restart(&mut w, Some("kept-demoted"));
+    let sent = client
+        .post(w.url("/rollback"))
+        .json(&serde_json::json!({ "release_id": &ids[1][..12] }))
+        .send()
+        .await;
+    assert!(sent.is_err(), "{sent:?}");
+    let pid = w.updater_pid() as i32;
+    tests::process::wait_dead(pid, "the crashed updater");
+    restart(&mut w, None);
+    let mut on_disk = kept_on_disk(&w);
+    on_disk.sort();
+    let mut both = vec![ids[1].clone(), ids[2].clone()];
+    both.sort();
+    assert_eq!(on_disk, both, "both releases whole in kept/");
+    // And the rollback to it works now.
+    let resp = client
+        .post(w.url("/rollback"))
+        .json(&serde_json::json!({ "release_id": &ids[1][..12] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", w.log());
+    let active = w.releases(&client).await.active.and_then(|m| m.release_id);
+    assert_eq!(active.as_deref(), Some(ids[1].as_str()));
+}
