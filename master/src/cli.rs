@@ -3,6 +3,9 @@
 //! one-line errors that say what to fix.
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use pki::rollout::{HostCount, parse_host_count, parse_soak};
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
@@ -144,6 +147,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Add or remove tags of an enrolled host (`--tag T` targets hosts by tag).
+    Tag(TagArgs),
     /// Stop targeting a host (its row is kept for the record).
     Decommission {
         #[arg(long, value_name = "HOST")]
@@ -218,6 +223,16 @@ pub struct EnrollArgs {
     /// Also issue the updater bundle into DIR-updater.
     #[arg(long, conflicts_with = "updater_only")]
     pub updater: bool,
+    /// Tag the host (repeat, or comma separate): `--tag web --tag eu`. Tags
+    /// are names like host names; `--tag T` on update, rollback, status and
+    /// history targets the hosts that carry every tag given.
+    #[arg(
+        long = "tag",
+        value_name = "TAG",
+        value_delimiter = ',',
+        conflicts_with = "updater_only"
+    )]
+    pub tags: Vec<String>,
     /// Only issue the updater bundle (DIR-updater) for a host enrolled without one.
     #[arg(long)]
     pub updater_only: bool,
@@ -249,6 +264,22 @@ pub struct EnrollPackageArgs {
     /// are (default: beside this swarm executable).
     #[arg(long, value_name = "DIR", requires = "package")]
     pub bin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// The enrolled host.
+    #[arg(long, value_name = "HOST")]
+    pub host: String,
+    /// Tags to add (repeat, or comma separate).
+    #[arg(long, value_name = "TAG", value_delimiter = ',')]
+    pub add: Vec<String>,
+    /// Tags to remove (repeat, or comma separate).
+    #[arg(long, value_name = "TAG", value_delimiter = ',')]
+    pub remove: Vec<String>,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -288,13 +319,18 @@ pub struct ManArgs {
     pub out_dir: Option<PathBuf>,
 }
 
-/// Which hosts an operation targets: named ones, or every active one.
+/// Which hosts an operation targets: named ones, tagged ones, or every
+/// active one.
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct Targets {
     /// Target these hosts (repeat, or comma separate).
     #[arg(long = "host", value_name = "HOST", value_delimiter = ',')]
     pub hosts: Vec<String>,
+    /// Target the active hosts that carry every one of these tags (repeat,
+    /// or comma separate); see `swarm tag`.
+    #[arg(long = "tag", value_name = "TAG", value_delimiter = ',')]
+    pub tags: Vec<String>,
     /// Target every active host.
     #[arg(long)]
     pub all: bool,
@@ -307,6 +343,10 @@ pub struct OptionalTargets {
     /// Only these hosts (repeat, or comma separate).
     #[arg(long = "host", value_name = "HOST", value_delimiter = ',')]
     pub hosts: Vec<String>,
+    /// Only the active hosts that carry every one of these tags (repeat,
+    /// or comma separate).
+    #[arg(long = "tag", value_name = "TAG", value_delimiter = ',')]
+    pub tags: Vec<String>,
     /// Every active host (the default).
     #[arg(long)]
     pub all: bool,
@@ -340,6 +380,55 @@ pub struct UpdateArgs {
     /// Print one JSON document instead of bars and a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
+}
+
+/// The rollout plan of `swarm update` (also settable in the `[rollout]`
+/// table of the tree's `swarm.toml`; a flag wins). Without any, every
+/// target is one wave, as before.
+#[derive(Clone, Debug, Default, Args)]
+pub struct RolloutArgs {
+    /// Update N hosts (or N% of the targets) first, as a wave of their own:
+    /// the targets tagged `canary` when there are any, else the first N by
+    /// host name.
+    #[arg(long, value_name = "N|N%", value_parser = parse_wave_size)]
+    pub canary: Option<HostCount>,
+    /// Then update the remaining targets in waves of N hosts (or N% of the
+    /// targets); default: one wave of them all. --parallel still bounds how
+    /// many hosts of a wave are pushed at once.
+    #[arg(long, value_name = "N|N%", value_parser = parse_wave_size)]
+    pub batch: Option<HostCount>,
+    /// The failure budget: halt the rollout (no further host is touched)
+    /// once more than N hosts (or N% of the targets) have failed their push
+    /// or their soak. Default 0: the first failure halts.
+    #[arg(long, value_name = "N|N%", value_parser = parse_host_count)]
+    pub max_fail: Option<HostCount>,
+    /// After each wave, watch every host it updated through its updater's
+    /// /health for DURATION (e.g. 30s, 5m, 1h; 1s to 24h, 0 for none): the
+    /// agent must stay healthy and must not restart, or the host fails.
+    #[arg(long, value_name = "DURATION", value_parser = parse_soak)]
+    pub soak: Option<Duration>,
+    /// When the rollout halts, put every host it updated back on the
+    /// release that host ran before (the probed rollback path), reported
+    /// `reverted`.
+    #[arg(long)]
+    pub revert_on_halt: bool,
+    /// After the canary wave and its soak, show the outcome and ask on the
+    /// terminal whether to go on (`y`); needs --canary, a terminal, and no --yes.
+    #[arg(long)]
+    pub pause_after_canary: bool,
+    /// Never ask anything (refuses --pause-after-canary).
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// A canary or batch size: a host count of at least 1, or a share.
+fn parse_wave_size(s: &str) -> Result<HostCount, String> {
+    match parse_host_count(s)? {
+        HostCount::Hosts(0) => Err("a wave of 0 hosts never ends; give 1 or more".to_owned()),
+        c => Ok(c),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -394,8 +483,17 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
     /// Only this host.
-    #[arg(long, value_name = "HOST", required_if_eq("worker", "true"))]
+    #[arg(
+        long,
+        value_name = "HOST",
+        required_if_eq("worker", "true"),
+        conflicts_with = "tags"
+    )]
     pub host: Option<String>,
+    /// Only the hosts that now carry every one of these tags (repeat, or
+    /// comma separate).
+    #[arg(long = "tag", value_name = "TAG", value_delimiter = ',')]
+    pub tags: Vec<String>,
     /// Show at most the last N entries (at most 1000 with --worker).
     #[arg(long, value_name = "N", default_value_t = 50)]
     pub limit: usize,
@@ -424,8 +522,18 @@ pub struct RestartArgs {
 #[derive(Debug, Args)]
 pub struct LogsArgs {
     /// The host whose agent output to show.
-    #[arg(long, value_name = "HOST")]
-    pub host: String,
+    #[arg(
+        long,
+        value_name = "HOST",
+        required_unless_present = "tags",
+        conflicts_with = "tags"
+    )]
+    pub host: Option<String>,
+    /// Or every active host that carries all of these tags (repeat, or comma
+    /// separate): each host's lines under a `==> HOST <==` header, or, with
+    /// -f, each line prefixed `HOST | `.
+    #[arg(long = "tag", value_name = "TAG", value_delimiter = ',')]
+    pub tags: Vec<String>,
     /// How many of the last lines to show (1-10000).
     #[arg(short = 'n', long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub lines: u32,

@@ -9,7 +9,7 @@
 //! - `package`: worker packages (bundles, binaries, unit, install.sh) from
 //!   the bundles `enroll` wrote.
 //! - `shell`: shell completions and man pages, generated from `cli`.
-//! - `enroll`: `ca init`, `enroll`, `list`, `decommission`.
+//! - `enroll`: `ca init`, `enroll`, `list`, `tag`, `decommission`.
 //! - `pack`: the release tarball, built once per push.
 //! - `keyscan`: private keys found by content (PEM, escaped PEM, DER).
 //! - `home`: the state directory; `inventory`: the SQLite database.
@@ -56,6 +56,7 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
         } => enroll::ca_init(&home, force, json).map(|()| 0),
         Command::Enroll(args) => package::enroll(&home, args).map(|()| 0),
         Command::List { json } => enroll::list(&home, json).map(|()| 0),
+        Command::Tag(args) => enroll::tag(&home, &args).map(|()| 0),
         Command::Decommission { host, json } => {
             enroll::decommission(&home, &host, json).map(|()| 0)
         }

@@ -24,6 +24,7 @@ pub mod identity;
 pub mod index;
 pub mod policy;
 pub mod release;
+pub mod rollout;
 #[cfg(feature = "server")]
 pub mod serve;
 pub mod swarm_toml;

@@ -1,6 +1,7 @@
 //! `swarm.toml`, the file at a release root that says how to run it: the
 //! schema (the master reads `[release]` and checks the rest before it packs,
-//! the updater runs `[agent]`, `[install]` and `[updater]`), parsed and
+//! the updater runs `[agent]`, `[install]` and `[updater]`; `[rollout]`,
+//! typed in [`crate::rollout`], is the master's too), parsed and
 //! checked in one place. The file is capped at [`MAX_BYTES`].
 
 use std::io::Read;
@@ -36,6 +37,9 @@ pub struct SwarmToml {
     pub updater: UpdaterSection,
     #[serde(default)]
     pub release: ReleaseSection,
+    /// `[rollout]`: the master's default rollout plan for this tree.
+    #[serde(default)]
+    pub rollout: crate::rollout::RolloutSection,
 }
 
 /// `[agent]`.
@@ -173,12 +177,16 @@ mod tests {
         assert_eq!(t.updater_binary(), "bin/worker-updater");
         let w = SwarmToml::parse("[agent]\nrollback_window_secs = 0\n").unwrap();
         assert_eq!(w.agent.rollback_window_secs, Some(0));
+        let r = SwarmToml::parse("[rollout]\nbatch = 2\nsoak = \"5s\"\n").unwrap();
+        assert_eq!(r.rollout.batch, Some(crate::rollout::HostCount::Hosts(2)));
         for bad in [
             "[agent]\ncommand=[]\n",
             "[agent]\ncomand=[\"x\"]\n",
             "[agent]\nprobe_deadline_secs = 0\n",
             "[agent]\nrollback_window_secs = 604801\n",
             "[updater]\nbinary = \"../x\"\n",
+            "[rollout]\nbatch = \"0%\"\n",
+            "[rollout]\nsoak = \"25h\"\n",
         ] {
             assert!(SwarmToml::parse(bad).is_err(), "{bad}");
         }

@@ -54,6 +54,9 @@ mod receive;
 /// Issue 12: release_id, the kept index, zstd, kept releases, verify.
 #[path = "e2e/releases.rs"]
 mod releases;
+/// Staged rollouts and host tags (issue 13): canary, waves, soak, halt, revert.
+#[path = "e2e/rollout.rs"]
+mod rollout;
 /// `POST /update-self`: switch, keep flags, refuse, revert.
 #[path = "e2e/self_update.rs"]
 mod self_update;

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::cli::{
-    DemoArgs, EnrollArgs, HistoryArgs, LogsArgs, OptionalTargets, RollbackArgs, StatusArgs,
-    Targets, UpdateArgs,
+    DemoArgs, EnrollArgs, HistoryArgs, LogsArgs, OptionalTargets, RollbackArgs, RolloutArgs,
+    StatusArgs, Targets, UpdateArgs,
 };
 use crate::error::{EXIT_FAILED, Error, Result};
 use crate::home::Home;
@@ -191,6 +191,7 @@ fn drive(
                 updater_port,
                 updater: true,
                 updater_only: false,
+                tags: Vec::new(),
                 out_dir: bundle,
                 json,
             },
@@ -239,6 +240,7 @@ fn drive(
             &UpdateArgs {
                 targets: Targets {
                     hosts: Vec::new(),
+                    tags: Vec::new(),
                     all: true,
                 },
                 root: tree,
@@ -248,6 +250,7 @@ fn drive(
                 include_self: false,
                 self_timeout: 30,
                 json,
+                rollout: RolloutArgs::default(),
             },
         )?;
         expect(&format!("swarm update ({name})"), code, want, &mut failures);
@@ -260,6 +263,7 @@ fn drive(
         &RollbackArgs {
             targets: Targets {
                 hosts: Vec::new(),
+                tags: Vec::new(),
                 all: true,
             },
             to: None,
@@ -275,6 +279,7 @@ fn drive(
         &StatusArgs {
             targets: OptionalTargets {
                 hosts: Vec::new(),
+                tags: Vec::new(),
                 all: false,
             },
             parallel: 32,
@@ -288,6 +293,7 @@ fn drive(
         home,
         &HistoryArgs {
             host: Some("worker-01".to_owned()),
+            tags: Vec::new(),
             limit: 50,
             worker: false,
             json,
@@ -301,6 +307,7 @@ fn drive(
         home,
         &HistoryArgs {
             host: Some("worker-01".to_owned()),
+            tags: Vec::new(),
             limit: 50,
             worker: true,
             json,
@@ -316,7 +323,8 @@ fn drive(
         let code = fleet::logs(
             home,
             &LogsArgs {
-                host: "worker-01".to_owned(),
+                host: Some("worker-01".to_owned()),
+                tags: Vec::new(),
                 lines: 5,
                 follow: false,
             },

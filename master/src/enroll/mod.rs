@@ -9,6 +9,7 @@
 
 mod place;
 mod report;
+mod tag;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -20,11 +21,12 @@ use crate::cli::EnrollArgs;
 use crate::clock::{self, whole_seconds};
 use crate::error::{Error, Result};
 use crate::home::Home;
-use crate::inventory::{HostRecord, HostStatus, NewHost};
+use crate::inventory::{HostRecord, HostStatus, NewHost, Tag};
 use crate::output::{self, Cell, Color, Table, outln};
 pub(crate) use place::sync_dir;
 use place::{Cleanup, place, rename_noreplace, temp_sibling};
 use report::{BundleDoc, CaInitDoc, DecommissionDoc, EnrollDoc};
+pub(crate) use tag::tag;
 
 /// `swarm ca init [--force]`.
 pub(crate) fn ca_init(home: &Home, force: bool, json: bool) -> Result<()> {
@@ -219,6 +221,7 @@ pub(crate) fn enroll(home: &Home, args: &EnrollArgs) -> Result<()> {
         .collect();
     let agent_spec = LeafSpec::agent(&host, address, &sans).map_err(bad_san)?;
     let updater_spec = LeafSpec::updater(&host, address, &sans).map_err(bad_san)?;
+    let tags = Tag::parse_all(&args.tags)?;
 
     let ca = home.ca()?;
     let mut inv = home.inventory()?;
@@ -259,6 +262,7 @@ pub(crate) fn enroll(home: &Home, args: &EnrollArgs) -> Result<()> {
         updater: updater_leaf
             .as_ref()
             .map(|l| (l.fingerprint, whole_seconds(l.not_after))),
+        tags: tags.clone(),
     };
     inv.insert_host_with(&new, || {
         place(&agent_tmp, &out_dir, &cleanup)?;
@@ -287,6 +291,7 @@ pub(crate) fn enroll(home: &Home, args: &EnrollArgs) -> Result<()> {
             cn: host.updater_cn(),
             fingerprint: leaf.fingerprint.to_string(),
         }),
+        tags: tags.iter().map(ToString::to_string).collect(),
         not_after: report::at(whole_seconds(agent_leaf.not_after)),
     }
     .print(args.json)
@@ -343,6 +348,7 @@ fn enroll_updater_only(home: &Home, host: &HostName, updater_dir: &Path, json: b
             cn: host.updater_cn(),
             fingerprint: leaf.fingerprint.to_string(),
         }),
+        tags: rec.tags.iter().map(ToString::to_string).collect(),
         not_after: report::at(whole_seconds(leaf.not_after)),
     }
     .print(json)
@@ -395,6 +401,7 @@ pub(crate) fn list(home: &Home, json: bool) -> Result<()> {
         "STATUS",
         "ENROLLED",
         "CERT DAYS",
+        "TAGS",
     ]);
     for h in &hosts {
         let updater = match h.updater_fingerprint {
@@ -417,8 +424,17 @@ pub(crate) fn list(home: &Home, json: bool) -> Result<()> {
             updater.into(),
             status,
             clock::rfc3339(h.enrolled_at).into(),
-            clock::days_left(h.cert_not_after()).to_string().into(),
+            output::expiry_cell(clock::days_left(h.cert_not_after())),
+            tag_list(&h.tags).into(),
         ]);
     }
     output::table(&t)
+}
+
+/// Tags as `swarm list` shows them: comma separated, `-` for none.
+fn tag_list(tags: &[Tag]) -> String {
+    if tags.is_empty() {
+        return "-".to_owned();
+    }
+    tags.iter().map(Tag::as_str).collect::<Vec<_>>().join(",")
 }

@@ -41,6 +41,8 @@ pub(super) struct EnrollDoc {
     pub(super) updater_port: Option<u16>,
     pub(super) agent: Option<BundleDoc>,
     pub(super) updater: Option<BundleDoc>,
+    /// The host's tags (`--tag`).
+    pub(super) tags: Vec<String>,
     /// RFC 3339: when the certificates issued now expire.
     pub(super) not_after: String,
 }
@@ -107,6 +109,9 @@ impl EnrollDoc {
             self.agent_port.unwrap_or(0),
             self.updater_port.unwrap_or(0)
         )?;
+        if !self.tags.is_empty() {
+            outln!("  tags            {}", self.tags.join(", "))?;
+        }
         outln!(
             "  agent bundle    {}  CN {}  sha256 {}",
             agent.dir.display(),

@@ -13,7 +13,7 @@ use crate::cli::HistoryArgs;
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::home::Home;
-use crate::inventory::{Inventory, Op, Outcome, PushRecord};
+use crate::inventory::{Inventory, Op, Outcome, PushRecord, Tag};
 use crate::output::{self, Cell, Color, Table, outln};
 use crate::pack::ReleaseInfo;
 
@@ -26,6 +26,8 @@ pub(super) struct Recorder {
     inv: Mutex<Inventory>,
     op: Op,
     release: Option<ReleaseInfo>,
+    /// The staged rollout the lines belong to (issue 13).
+    rollout: Option<String>,
     /// The first failure to write; reported once at the end.
     failed: Mutex<Option<Error>>,
 }
@@ -36,7 +38,37 @@ impl Recorder {
             inv: Mutex::new(inv),
             op,
             release,
+            rollout: None,
             failed: Mutex::new(None),
+        }
+    }
+
+    /// Tag every line with the rollout `id` (and each host's wave).
+    pub(super) fn with_rollout(mut self, id: &str) -> Recorder {
+        self.rollout = Some(id.to_owned());
+        self
+    }
+
+    /// Write a line of its own for a revert of `r`'s host back to `release`
+    /// (a halted rollout's `--revert-on-halt`).
+    pub(super) fn record_revert(&self, r: &HostResult, release: Option<&str>, outcome: Outcome) {
+        let line = PushRecord {
+            at: clock::now(),
+            operation: Op::Rollback,
+            host: r.host.clone(),
+            release_sha256: release.map(str::to_owned),
+            git_commit: None,
+            git_dirty: None,
+            outcome,
+            detail: r.detail.clone(),
+            rollout: self.rollout.clone(),
+            wave: r.wave,
+        };
+        let written = self.inv.lock().map(|inv| inv.record_push(&line));
+        if let Ok(Err(e)) = written
+            && let Ok(mut f) = self.failed.lock()
+        {
+            f.get_or_insert(e);
         }
     }
 
@@ -51,7 +83,7 @@ impl Recorder {
             return;
         };
         let written = match r.recorded {
-            Some(id) => inv.amend_push(id, &detail),
+            Some(id) => inv.amend_outcome(id, r.agent, &detail),
             None => {
                 let release = self.release.as_ref();
                 let line = PushRecord {
@@ -72,6 +104,8 @@ impl Recorder {
                     },
                     outcome: r.agent,
                     detail,
+                    rollout: self.rollout.clone(),
+                    wave: r.wave,
                 };
                 inv.record_push(&line).map(|id| r.recorded = Some(id))
             }
@@ -110,15 +144,29 @@ pub(crate) fn history(home: &Home, args: &HistoryArgs) -> Result<u8> {
     }
     let inv = home.inventory()?;
     let host = args.host.as_deref().map(HostName::new).transpose()?;
+    let records = if args.tags.is_empty() {
+        inv.history(host.as_ref(), args.limit)?
+    } else {
+        // The hosts that carry the tags now; their whole trail, then the
+        // last `limit` lines of it.
+        let hosts = super::tagged(&inv, &Tag::parse_all(&args.tags)?)?;
+        let mut lines: Vec<PushRecord> = inv
+            .history(None, usize::MAX)?
+            .into_iter()
+            .filter(|l| hosts.iter().any(|h| h.host.as_str() == l.host))
+            .collect();
+        lines.drain(..lines.len().saturating_sub(args.limit));
+        lines
+    };
     // Lines are cleaned before they are stored; a trail written by an older
     // master may not have been, so what is shown is cleaned again.
-    let records: Vec<PushRecord> = inv
-        .history(host.as_ref(), args.limit)?
+    let records: Vec<PushRecord> = records
         .into_iter()
         .map(|r| PushRecord {
             release_sha256: r.release_sha256.map(|s| said::line(&s, 200)),
             git_commit: r.git_commit.map(|s| said::line(&s, 200)),
             detail: said::line(&r.detail, 4 * said::DETAIL_CHARS),
+            rollout: r.rollout.map(|s| said::line(&s, 200)),
             ..r
         })
         .collect();
@@ -130,7 +178,9 @@ pub(crate) fn history(home: &Home, args: &HistoryArgs) -> Result<u8> {
         outln!("no pushes recorded yet")?;
         return Ok(0);
     }
-    let mut t = Table::new(vec!["AT", "HOST", "OP", "RELEASE", "OUTCOME", "DETAIL"]);
+    let mut t = Table::new(vec![
+        "AT", "HOST", "OP", "ROLLOUT", "RELEASE", "OUTCOME", "DETAIL",
+    ]);
     for r in &records {
         let color = match (r.outcome, r.operation) {
             (Outcome::Updated | Outcome::Unchanged, _) | (Outcome::RolledBack, Op::Rollback) => {
@@ -138,6 +188,13 @@ pub(crate) fn history(home: &Home, args: &HistoryArgs) -> Result<u8> {
             }
             (Outcome::RolledBack, Op::Update) => Color::Yellow,
             (Outcome::Error, _) => Color::Red,
+            (Outcome::Skipped, _) => Color::Dim,
+            (Outcome::Reverted, _) => Color::Yellow,
+        };
+        let rollout = match (&r.rollout, r.wave) {
+            (Some(id), Some(w)) => format!("{id}/w{w}"),
+            (Some(id), None) => id.clone(),
+            (None, _) => "-".to_owned(),
         };
         // A tree pushed with uncommitted changes says so next to its sha.
         let release = match (r.release_sha256.as_deref(), r.git_dirty) {
@@ -149,6 +206,7 @@ pub(crate) fn history(home: &Home, args: &HistoryArgs) -> Result<u8> {
             clock::rfc3339(r.at).into(),
             r.host.clone().into(),
             r.operation.as_str().into(),
+            rollout.into(),
             release.into(),
             Cell::colored(r.outcome.as_str(), color),
             r.detail.clone().into(),

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::client::{Master, STATUS_TIMEOUT, get_json};
 use super::said::HISTORY_CAP;
-use super::{resolve, runtime, short};
+use super::{resolve_host, runtime, short};
 use crate::clock;
 use crate::error::{EXIT_FAILED, Error, Result};
 use crate::home::Home;
@@ -33,9 +33,7 @@ pub(super) fn worker_history(home: &Home, host: &str, limit: usize, json: bool) 
     }
     let inv = home.inventory()?;
     let host = HostName::new(host.trim())?;
-    let rec = resolve(&inv, &[host.to_string()], false)?
-        .pop()
-        .ok_or_else(|| Error::usage(format!("unknown host {host}")))?;
+    let rec = resolve_host(&inv, &host)?;
     drop(inv);
     let master = Master::new(home.master_bundle()?)?;
     let asked = runtime()?.block_on(async {

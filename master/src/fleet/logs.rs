@@ -1,5 +1,7 @@
-//! `swarm logs --host H [-n N] [-f]`: the agent's output as its updater
-//! keeps it (`GET /logs`), each line made safe before it is printed.
+//! `swarm logs (--host H | --tag T…) [-n N] [-f]`: the agent's output as
+//! its updater keeps it (`GET /logs`), each line made safe before it is
+//! printed; several tagged hosts one after the other under a header, or,
+//! with `-f`, all at once, each line prefixed with its host.
 //!
 //! Invariants: a line is printed only once it is whole (or once it
 //! reaches [`LINE_CAP`] bytes), sanitised; without `--follow` the whole
@@ -14,7 +16,9 @@ use super::said;
 use crate::cli::LogsArgs;
 use crate::error::{EXIT_FAILED, Error, Result};
 use crate::home::Home;
+use crate::inventory::{HostRecord, Tag};
 use crate::output::outln;
+use futures_util::future::join_all;
 use pki::HostName;
 
 /// Longest line kept whole; a longer one is printed in pieces this big.
@@ -29,23 +33,70 @@ const LOGS_TIMEOUT: Duration = Duration::from_secs(60);
 /// `swarm logs`.
 pub(crate) fn logs(home: &Home, args: &LogsArgs) -> Result<u8> {
     let inv = home.inventory()?;
-    let host = HostName::new(args.host.trim())?;
-    let rec = super::resolve(&inv, &[host.to_string()], false)?
-        .pop()
-        .ok_or_else(|| Error::usage(format!("unknown host {host}")))?;
+    let recs = match &args.host {
+        Some(host) => vec![super::resolve_host(&inv, &HostName::new(host.trim())?)?],
+        None => super::tagged(&inv, &Tag::parse_all(&args.tags)?)?,
+    };
     drop(inv);
     let master = Master::new(home.master_bundle()?)?;
+    let many = recs.len() > 1;
+    let run = async {
+        if args.follow {
+            // Every host at once, each line marked with its host.
+            let mark = if many { Mark::Prefix } else { Mark::None };
+            join_all(recs.iter().map(|rec| logs_one(&master, rec, args, mark))).await
+        } else {
+            let mark = if many { Mark::Header } else { Mark::None };
+            let mut done = Vec::new();
+            for rec in &recs {
+                done.push(logs_one(&master, rec, args, mark).await);
+            }
+            done
+        }
+    };
+    let mut code = 0;
+    for (rec, r) in recs.iter().zip(super::runtime()?.block_on(run)) {
+        match r {
+            Ok(()) => {}
+            Err(LogsFailure::Out(e)) => return Err(e),
+            Err(LogsFailure::Peer(why)) => {
+                eprintln!("error: {}: {why}", rec.host);
+                code = EXIT_FAILED;
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// How a host's lines are told apart when several hosts are shown.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// One host: the lines as they are.
+    None,
+    /// `==> HOST <==` before them (one host after the other).
+    Header,
+    /// `HOST | ` before each (all hosts at once, `-f`).
+    Prefix,
+}
+
+/// Print one host's log.
+async fn logs_one(
+    master: &Master,
+    rec: &HostRecord,
+    args: &LogsArgs,
+    mark: Mark,
+) -> std::result::Result<(), LogsFailure> {
     let client = if args.follow {
-        master.updater_stream_client(&rec)
+        master.updater_stream_client(rec)
     } else {
-        master.updater_client(&rec, LOGS_TIMEOUT)
+        master.updater_client(rec, LOGS_TIMEOUT)
     };
     let url = rec.updater_url(&format!(
         "/logs?lines={}{}",
         args.lines,
         if args.follow { "&follow=true" } else { "" }
     ));
-    let run = async {
+    {
         let client = client.map_err(LogsFailure::Peer)?;
         let sent = tokio::time::timeout(STATUS_TIMEOUT, client.get(url).send())
             .await
@@ -60,15 +111,11 @@ pub(crate) fn logs(home: &Home, args: &LogsArgs) -> Result<u8> {
                     .unwrap_or_else(|| "unexpected answer".to_owned()),
             ));
         }
-        print_stream(resp, args.follow, &master).await
-    };
-    match super::runtime()?.block_on(run) {
-        Ok(()) => Ok(0),
-        Err(LogsFailure::Out(e)) => Err(e),
-        Err(LogsFailure::Peer(why)) => {
-            eprintln!("error: {}: {why}", rec.host);
-            Ok(EXIT_FAILED)
+        if mark == Mark::Header {
+            outln!("==> {} <==", rec.host).map_err(LogsFailure::Out)?;
         }
+        let prefix = (mark == Mark::Prefix).then(|| format!("{} | ", rec.host));
+        print_stream(resp, args.follow, master, prefix.as_deref().unwrap_or("")).await
     }
 }
 
@@ -101,6 +148,7 @@ async fn print_stream(
     mut resp: reqwest::Response,
     follow: bool,
     master: &Master,
+    prefix: &str,
 ) -> std::result::Result<(), LogsFailure> {
     let mut lines = LineSplitter::default();
     let mut total = 0usize;
@@ -119,11 +167,11 @@ async fn print_stream(
             .into());
         }
         for line in lines.push(&chunk) {
-            outln!("{line}").map_err(LogsFailure::Out)?;
+            outln!("{prefix}{line}").map_err(LogsFailure::Out)?;
         }
     }
     if let Some(rest) = lines.finish() {
-        outln!("{rest}").map_err(LogsFailure::Out)?;
+        outln!("{prefix}{rest}").map_err(LogsFailure::Out)?;
     }
     Ok(())
 }

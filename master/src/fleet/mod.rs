@@ -1,4 +1,5 @@
-//! Fleet operations over pinned mTLS: `swarm update` ([`push`]),
+//! Fleet operations over pinned mTLS: `swarm update` ([`push`]; a staged
+//! rollout in waves: [`rollout`]),
 //! `rollback` ([`rollback`]), `status` ([`status`]), `history`
 //! ([`history`]; `--worker`: [`journal`]), `restart` ([`restart`]) and
 //! `logs` ([`logs`]). [`client`] builds the pinned clients and words their
@@ -14,7 +15,8 @@
 //! rollback lands in the inventory's audit trail as each host's outcome
 //! arrives, so a run cut short by Ctrl-C keeps what it learnt; every body
 //! a worker sends is read under a cap and every string in it sanitised
-//! before it is printed or stored ([`said`]).
+//! before it is printed or stored ([`said`]); targets are named hosts,
+//! tagged hosts (every tag given) or all active ones ([`resolve`]).
 
 mod client;
 mod delta;
@@ -27,6 +29,7 @@ mod releases;
 mod report;
 mod restart;
 mod rollback;
+mod rollout;
 mod said;
 mod status;
 mod verify;
@@ -40,9 +43,9 @@ use futures_util::stream::FuturesUnordered;
 use pki::HostName;
 use tokio::sync::Semaphore;
 
-use crate::cli::Targets;
+use crate::cli::{OptionalTargets, Targets};
 use crate::error::{Error, Result};
-use crate::inventory::{HostRecord, HostStatus, Inventory};
+use crate::inventory::{HostRecord, HostStatus, Inventory, Tag};
 
 pub(crate) use history::history;
 pub(crate) use logs::logs;
@@ -64,8 +67,45 @@ fn elapsed_ms(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Resolve `--host …`/`--all` to active inventory rows (usage errors: 2).
-fn resolve(inv: &Inventory, hosts: &[String], all: bool) -> Result<Vec<HostRecord>> {
+/// The target flags of a command: [`Targets`] (one required) and
+/// [`OptionalTargets`] (none means every active host).
+pub(crate) trait TargetFlags {
+    fn hosts(&self) -> &[String];
+    fn tags(&self) -> &[String];
+    fn all(&self) -> bool;
+}
+
+impl TargetFlags for Targets {
+    fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+    fn tags(&self) -> &[String] {
+        &self.tags
+    }
+    fn all(&self) -> bool {
+        self.all
+    }
+}
+
+impl TargetFlags for OptionalTargets {
+    fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+    fn tags(&self) -> &[String] {
+        &self.tags
+    }
+    fn all(&self) -> bool {
+        self.all
+    }
+}
+
+/// Resolve `--host …`/`--tag …`/`--all` to active inventory rows (usage
+/// errors: 2).
+fn resolve(inv: &Inventory, targets: &impl TargetFlags) -> Result<Vec<HostRecord>> {
+    let (hosts, all) = (targets.hosts(), targets.all());
+    if !targets.tags().is_empty() {
+        return tagged(inv, &Tag::parse_all(targets.tags())?);
+    }
     if all || hosts.is_empty() {
         return inv.active_hosts();
     }
@@ -93,8 +133,55 @@ fn resolve(inv: &Inventory, hosts: &[String], all: bool) -> Result<Vec<HostRecor
     Ok(out)
 }
 
+/// The active row of the one host `host` (usage errors: 2).
+fn resolve_host(inv: &Inventory, host: &HostName) -> Result<HostRecord> {
+    struct One(Vec<String>);
+    impl TargetFlags for One {
+        fn hosts(&self) -> &[String] {
+            &self.0
+        }
+        fn tags(&self) -> &[String] {
+            &[]
+        }
+        fn all(&self) -> bool {
+            false
+        }
+    }
+    resolve(inv, &One(vec![host.to_string()]))?
+        .pop()
+        .ok_or_else(|| Error::usage(format!("unknown host {host}")))
+}
+
+/// The active hosts that carry every one of `tags`; a tag no active host
+/// carries is a usage error that lists the known ones.
+pub(crate) fn tagged(inv: &Inventory, tags: &[Tag]) -> Result<Vec<HostRecord>> {
+    let known = inv.known_tags()?;
+    if let Some(unknown) = tags.iter().find(|t| !known.iter().any(|k| k == t.as_str())) {
+        return Err(Error::usage(if known.is_empty() {
+            format!(
+                "unknown tag {unknown}: no host has a tag yet (add one with `swarm tag --host H --add {unknown}`)"
+            )
+        } else {
+            format!("unknown tag {unknown}: known tags are {}", known.join(", "))
+        }));
+    }
+    let hosts: Vec<HostRecord> = inv
+        .active_hosts()?
+        .into_iter()
+        .filter(|h| tags.iter().all(|t| h.tags.contains(t)))
+        .collect();
+    if hosts.is_empty() {
+        let list: Vec<&str> = tags.iter().map(Tag::as_str).collect();
+        return Err(Error::usage(format!(
+            "no active host carries every tag of --tag {} (see `swarm list`)",
+            list.join(",")
+        )));
+    }
+    Ok(hosts)
+}
+
 fn resolve_required(inv: &Inventory, targets: &Targets) -> Result<Vec<HostRecord>> {
-    let hosts = resolve(inv, &targets.hosts, targets.all)?;
+    let hosts = resolve(inv, targets)?;
     if hosts.is_empty() {
         return Err(Error::usage(
             "no active hosts to target: enroll one with `swarm enroll` (see `swarm list`)",
@@ -186,6 +273,7 @@ pub(crate) mod tests {
             enrolled_at: t,
             status: HostStatus::Active,
             decommissioned_at: None,
+            tags: vec![],
         }
     }
 

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -15,7 +16,9 @@ use super::client::{Master, STATUS_TIMEOUT};
 use super::delta::Deltas;
 use super::history::Recorder;
 use super::progress::{Bars, packing_spinner, show_progress};
+use super::report::RolloutDoc;
 use super::report::{FleetReport, HostResult, SelfOutcome, interpret};
+use super::rollout;
 use super::said::{self, ANSWER_CAP, HEALTH_CAP, RELEASES_CAP};
 use super::{elapsed_ms, fan_out, resolve_required, runtime, short};
 use crate::cli::UpdateArgs;
@@ -63,30 +66,82 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
             release.info.updater_binary
         )));
     }
+    let plan = rollout::plan(
+        &args.rollout,
+        &release.info.rollout,
+        hosts,
+        rollout::interaction(),
+    )?;
     if args.dry_run {
-        return dry_run(&release, &hosts, args.json);
+        return dry_run(&release, &plan, args.json);
     }
     let master = Arc::new(Master::new(home.master_bundle()?)?);
     let self_wait = args
         .include_self
         .then(|| Duration::from_secs(args.self_timeout));
     let deltas = Arc::new(Deltas::new(home, &args.root, &args.exclude, &release));
-    let mut report = push(
-        inv,
-        master,
-        hosts,
-        &release,
-        usize::from(args.parallel),
-        args.json,
-        self_wait,
-        deltas,
-    )?;
+    let (mut report, interrupted) = if plan.staged {
+        staged(inv, master, plan, &release, args, self_wait, deltas)?
+    } else {
+        let hosts = plan.waves.into_iter().flatten().collect::<Vec<_>>();
+        let waves = vec![hosts.iter().map(|h| h.host.to_string()).collect()];
+        let mut report = push(
+            inv,
+            master,
+            hosts,
+            &release,
+            usize::from(args.parallel),
+            args.json,
+            self_wait,
+            deltas,
+        )?;
+        for r in &mut report.hosts {
+            r.wave = Some(1);
+        }
+        report.rollout = Some(RolloutDoc::single(waves, &report.hosts));
+        (report, false)
+    };
     report.pack_ms = Some(pack_ms);
     if !args.json {
         print_release(&release.info)?;
     }
     report.print(args.json)?;
+    if interrupted {
+        return Ok(rollout::EXIT_INTERRUPTED);
+    }
     Ok(report.exit_code())
+}
+
+/// A staged rollout of `release` by `plan`: its report, and whether Ctrl-C
+/// stopped it.
+fn staged(
+    inv: Inventory,
+    master: Arc<Master>,
+    plan: rollout::Plan,
+    release: &Release,
+    args: &UpdateArgs,
+    self_wait: Option<Duration>,
+    deltas: Arc<Deltas>,
+) -> Result<(FleetReport, bool)> {
+    let id = rollout::new_id();
+    let pusher = Pusher {
+        master,
+        release: Arc::new((release.path().to_owned(), release.info.clone())),
+        recorder: Arc::new(
+            Recorder::new(inv, Op::Update, Some(release.info.clone())).with_rollout(&id),
+        ),
+        parallel: usize::from(args.parallel),
+        json: args.json,
+        self_wait,
+        stop: Arc::new(AtomicBool::new(false)),
+        deltas,
+    };
+    let (rows, doc) = runtime()?.block_on(rollout::run(&pusher, &plan, &id));
+    pusher.recorder.finish();
+    let mut report = FleetReport::new(Op::Update, Some(release.info.clone()), rows);
+    let interrupted = doc.interrupted;
+    report.rollout = Some(doc);
+    Ok((report, interrupted))
 }
 
 /// Push a packed release to `hosts`, recording each host's outcome as it
@@ -102,40 +157,18 @@ fn push(
     self_wait: Option<Duration>,
     deltas: Arc<Deltas>,
 ) -> Result<FleetReport> {
-    let width = hosts
-        .iter()
-        .map(|h| h.host.as_str().len())
-        .max()
-        .unwrap_or(0);
-    let bars = Bars::new(show_progress(json), width, release.info.size_bytes);
-    let shared = Arc::new((release.path().to_owned(), release.info.clone()));
-    let recorder = Arc::new(Recorder::new(inv, Op::Update, Some(release.info.clone())));
-    let started = Instant::now();
-    let results = runtime()?.block_on(fan_out(
-        hosts,
+    let pusher = Pusher {
+        master,
+        release: Arc::new((release.path().to_owned(), release.info.clone())),
+        recorder: Arc::new(Recorder::new(inv, Op::Update, Some(release.info.clone()))),
         parallel,
-        |rec| {
-            let bar = bars.add(rec.host.as_str());
-            push_one(
-                master.clone(),
-                rec,
-                shared.clone(),
-                bar,
-                self_wait,
-                recorder.clone(),
-                deltas.clone(),
-            )
-        },
-        |rec, why| HostResult::error(rec, why, started),
-        // A task that died before it could record its host.
-        |r| {
-            if r.recorded.is_none() {
-                recorder.record(r);
-            }
-        },
-    ));
-    bars.clear();
-    recorder.finish();
+        json,
+        self_wait,
+        stop: Arc::new(AtomicBool::new(false)),
+        deltas,
+    };
+    let results = runtime()?.block_on(pusher.wave(hosts, None));
+    pusher.recorder.finish();
     Ok(FleetReport::new(
         Op::Update,
         Some(release.info.clone()),
@@ -143,9 +176,72 @@ fn push(
     ))
 }
 
+/// Everything one push needs, once per run; a staged rollout
+/// (`super::rollout`) calls [`Pusher::wave`] once per wave.
+pub(super) struct Pusher {
+    pub(super) master: Arc<Master>,
+    pub(super) release: Arc<(PathBuf, ReleaseInfo)>,
+    pub(super) recorder: Arc<Recorder>,
+    pub(super) parallel: usize,
+    pub(super) json: bool,
+    pub(super) self_wait: Option<Duration>,
+    /// Set on Ctrl-C during a rollout: pushes not yet started are skipped.
+    pub(super) stop: Arc<AtomicBool>,
+    /// The deltas of this release, one per base (issue 12).
+    pub(super) deltas: Arc<Deltas>,
+}
+
+impl Pusher {
+    /// Push to `hosts` (at most `parallel` at once), recording each host's
+    /// outcome, tagged with `wave`, as it arrives; one result per host, in
+    /// target order.
+    pub(super) async fn wave(&self, hosts: Vec<HostRecord>, wave: Option<u32>) -> Vec<HostResult> {
+        let width = hosts
+            .iter()
+            .map(|h| h.host.as_str().len())
+            .max()
+            .unwrap_or(0);
+        let bars = Bars::new(show_progress(self.json), width, self.release.1.size_bytes);
+        let started = Instant::now();
+        let recorder = &self.recorder;
+        let results = fan_out(
+            hosts,
+            self.parallel,
+            |rec| {
+                let bar = bars.add(rec.host.as_str());
+                push_one(
+                    self.master.clone(),
+                    rec,
+                    self.release.clone(),
+                    bar,
+                    self.self_wait,
+                    self.recorder.clone(),
+                    (wave, self.stop.clone()),
+                    self.deltas.clone(),
+                )
+            },
+            |rec, why| {
+                let mut r = HostResult::error(rec, why, started);
+                r.wave = wave;
+                r
+            },
+            // A task that died before it could record its host.
+            |r| {
+                if r.recorded.is_none() {
+                    recorder.record(r);
+                }
+            },
+        )
+        .await;
+        bars.clear();
+        results
+    }
+}
+
 /// Push the release file to one host's `/update`, streaming it; then, with
 /// `self_wait` (`--include-self`) and only if the agent updated, to its
-/// `/update-self`.
+/// `/update-self`. Tagged with its wave; skipped when `stop` is set
+/// before it starts.
 async fn push_one(
     master: Arc<Master>,
     rec: HostRecord,
@@ -153,9 +249,17 @@ async fn push_one(
     bar: ProgressBar,
     self_wait: Option<Duration>,
     recorder: Arc<Recorder>,
+    (wave, stop): (Option<u32>, Arc<AtomicBool>),
     deltas: Arc<Deltas>,
 ) -> HostResult {
     let started = Instant::now();
+    if stop.load(Ordering::SeqCst) {
+        bar.finish_and_clear();
+        let mut r = HostResult::skipped(&rec, "interrupted (Ctrl-C) before its push started");
+        r.wave = wave;
+        recorder.record(&mut r);
+        return r;
+    }
     let timeout = upload_timeout(&release.1);
     let r = match master.updater_client(&rec, timeout) {
         Ok(client) => {
@@ -163,6 +267,7 @@ async fn push_one(
                 &master, &client, &rec, &release, &deltas, &bar, timeout, started,
             )
             .await;
+            r.wave = wave;
             // The agent's outcome is history now, whatever happens next.
             recorder.record(&mut r);
             if let Some(wait) = self_wait
@@ -180,6 +285,7 @@ async fn push_one(
         }
         Err(e) => {
             let mut r = HostResult::error(&rec, e, started);
+            r.wave = wave;
             recorder.record(&mut r);
             r
         }
@@ -457,6 +563,7 @@ struct DryRun<'a> {
     dry_run: bool,
     release: &'a ReleaseInfo,
     targets: Vec<DryTarget>,
+    rollout: rollout::PlanDoc,
 }
 
 #[derive(Serialize)]
@@ -465,9 +572,11 @@ struct DryTarget {
     address: String,
 }
 
-fn dry_run(release: &Release, hosts: &[HostRecord], json: bool) -> Result<u8> {
-    let targets: Vec<DryTarget> = hosts
+fn dry_run(release: &Release, plan: &rollout::Plan, json: bool) -> Result<u8> {
+    let targets: Vec<DryTarget> = plan
+        .waves
         .iter()
+        .flatten()
         .map(|h| DryTarget {
             host: h.host.to_string(),
             address: h.updater_addr(),
@@ -478,6 +587,7 @@ fn dry_run(release: &Release, hosts: &[HostRecord], json: bool) -> Result<u8> {
             dry_run: true,
             release: &release.info,
             targets,
+            rollout: plan.doc(),
         })?;
         return Ok(0);
     }
@@ -498,6 +608,9 @@ fn dry_run(release: &Release, hosts: &[HostRecord], json: bool) -> Result<u8> {
     outln!("targets  {}", targets.len())?;
     for t in &targets {
         outln!("  {}  {}", t.host, t.address)?;
+    }
+    if plan.staged {
+        plan.print()?;
     }
     Ok(0)
 }

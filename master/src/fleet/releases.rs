@@ -1,11 +1,12 @@
 //! `swarm releases --host H`: the releases a host keeps, newest first
 //! (`GET /releases`'s `kept`, issue 12), for `swarm rollback --to ID`.
 
+use pki::HostName;
 use pki::wire::Releases;
 
 use super::client::{Master, STATUS_TIMEOUT, get_json};
 use super::said::RELEASES_CAP;
-use super::{resolve, runtime, short};
+use super::{resolve_host, runtime, short};
 use crate::cli::ReleasesArgs;
 use crate::error::{Error, Result};
 use crate::home::Home;
@@ -14,10 +15,7 @@ use crate::output::{self, Table};
 /// `swarm releases`.
 pub(crate) fn releases(home: &Home, args: &ReleasesArgs) -> Result<u8> {
     let inv = home.inventory()?;
-    let rec = resolve(&inv, std::slice::from_ref(&args.host), false)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::usage("give --host H"))?;
+    let rec = resolve_host(&inv, &HostName::new(args.host.trim())?)?;
     let master = Master::new(home.master_bundle()?)?;
     let client = master
         .updater_client(&rec, STATUS_TIMEOUT)

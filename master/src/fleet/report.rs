@@ -63,6 +63,9 @@ pub(crate) struct HostResult {
     /// The updater's own per-phase timings, when it sent them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) timings: Option<Timings>,
+    /// The host's wave in the rollout (1-based; update only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) wave: Option<u32>,
     /// The last lines the failed agent printed (a rolled-back update or a
     /// failed first install), cleaned.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -97,10 +100,19 @@ impl HostResult {
             probes: Vec::new(),
             elapsed_ms: elapsed_ms(started),
             timings: None,
+            wave: None,
             log_tail: Vec::new(),
             wire_bytes: None,
             delta: false,
             recorded: None,
+        }
+    }
+
+    /// A host a staged rollout never sent anything to, and why.
+    pub(super) fn skipped(rec: &HostRecord, why: impl Into<String>) -> HostResult {
+        HostResult {
+            agent: Outcome::Skipped,
+            ..HostResult::error(rec, why, Instant::now())
         }
     }
 
@@ -138,7 +150,75 @@ pub(crate) struct FleetReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) pack_ms: Option<u64>,
     pub(crate) ok: bool,
+    /// The rollout's waves and what became of it (update only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) rollout: Option<RolloutDoc>,
     pub(crate) hosts: Vec<HostResult>,
+}
+
+/// `"rollout"` of `swarm update --json` (issue 13).
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct RolloutDoc {
+    /// The id the audit trail files its lines under (staged rollouts only).
+    pub(crate) id: Option<String>,
+    /// The hosts of each wave, in order.
+    pub(crate) waves: Vec<Vec<String>>,
+    /// How the canary wave (the first) was chosen, when there is one.
+    pub(crate) canary: Option<super::rollout::CanaryFrom>,
+    pub(crate) soak_secs: f64,
+    pub(crate) max_fail: usize,
+    pub(crate) revert_on_halt: bool,
+    pub(crate) halted: bool,
+    pub(crate) reason: Option<String>,
+    /// Stopped by Ctrl-C (exit 130).
+    pub(crate) interrupted: bool,
+    pub(crate) updated: usize,
+    pub(crate) failed: usize,
+    pub(crate) skipped: usize,
+    pub(crate) reverted: usize,
+    /// Whether a plan was given (the table then has a WAVE column).
+    #[serde(skip)]
+    pub(crate) staged: bool,
+}
+
+impl RolloutDoc {
+    /// The record of a plain update: one wave of every target.
+    pub(crate) fn single(waves: Vec<Vec<String>>, rows: &[HostResult]) -> RolloutDoc {
+        let is = |o: Outcome| rows.iter().filter(|r| r.agent == o).count();
+        let updated = rows.iter().filter(|r| r.ok(Op::Update)).count();
+        RolloutDoc {
+            id: None,
+            waves,
+            canary: None,
+            soak_secs: 0.0,
+            max_fail: 0,
+            revert_on_halt: false,
+            halted: false,
+            reason: None,
+            interrupted: false,
+            updated,
+            failed: rows.len() - updated - is(Outcome::Skipped) - is(Outcome::Reverted),
+            skipped: is(Outcome::Skipped),
+            reverted: is(Outcome::Reverted),
+            staged: false,
+        }
+    }
+
+    /// The summary line of a staged rollout.
+    pub(crate) fn summary(&self) -> String {
+        let mut s = format!(
+            "rollout {}: {} updated, {} failed, {} skipped, {} reverted",
+            self.id.as_deref().unwrap_or("-"),
+            self.updated,
+            self.failed,
+            self.skipped,
+            self.reverted
+        );
+        if let Some(why) = &self.reason {
+            s.push_str(&format!("; halted: {why}"));
+        }
+        s
+    }
 }
 
 impl FleetReport {
@@ -148,6 +228,7 @@ impl FleetReport {
             release,
             pack_ms: None,
             ok: hosts.iter().all(|r| r.ok(operation)),
+            rollout: None,
             hosts,
         }
     }
@@ -157,15 +238,28 @@ impl FleetReport {
     }
 
     pub(crate) fn table(&self) -> Table {
-        let mut t = Table::new(vec!["HOST", "ADDRESS", "AGENT", "SELF", "DETAIL"]);
+        let staged = self.rollout.as_ref().is_some_and(|r| r.staged);
+        let mut t = Table::new(if staged {
+            vec!["HOST", "WAVE", "ADDRESS", "AGENT", "SELF", "DETAIL"]
+        } else {
+            vec!["HOST", "ADDRESS", "AGENT", "SELF", "DETAIL"]
+        });
         for r in &self.hosts {
             let color = match (r.agent, self.operation) {
                 (Outcome::Error, _) => Color::Red,
-                (Outcome::RolledBack, Op::Update) => Color::Yellow,
+                (Outcome::RolledBack | Outcome::Reverted, Op::Update) => Color::Yellow,
+                (Outcome::Skipped, _) => Color::Dim,
                 _ => Color::Green,
             };
-            t.row(vec![
-                r.host.clone().into(),
+            let mut row: Vec<Cell> = vec![r.host.clone().into()];
+            if staged {
+                row.push(
+                    r.wave
+                        .map_or_else(|| "-".to_owned(), |w| w.to_string())
+                        .into(),
+                );
+            }
+            row.extend([
                 r.address.clone().into(),
                 Cell::colored(r.agent.as_str(), color),
                 Cell::colored(r.self_update.as_str(), r.self_update.color()),
@@ -174,6 +268,7 @@ impl FleetReport {
                     None => r.detail.clone().into(),
                 },
             ]);
+            t.row(row);
         }
         t
     }
@@ -192,7 +287,10 @@ impl FleetReport {
                 outln!("  | {line}")?;
             }
         }
-        Ok(())
+        match &self.rollout {
+            Some(r) if r.staged => outln!("{}", r.summary()),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -321,6 +419,7 @@ pub(super) fn interpret(
             .map(|t| t.received_bytes)
             .filter(|b| *b > 0),
         timings: resp.timings,
+        wave: None,
         log_tail: resp.log_tail,
         delta: false,
         recorded: None,

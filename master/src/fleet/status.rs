@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::client::{Master, STATUS_TIMEOUT, get_json};
 use super::said::{HEALTH_CAP, RELEASES_CAP};
 use super::{fan_out, resolve, runtime, short};
-use crate::cli::{OptionalTargets, StatusArgs};
+use crate::cli::StatusArgs;
 use crate::clock;
 use crate::error::{EXIT_FAILED, Result};
 use crate::home::Home;
@@ -270,16 +270,6 @@ async fn status_one(
     row
 }
 
-/// Days until the host's first certificate expires: yellow under 30,
-/// red once expired.
-fn cert_days(days: i64) -> Cell {
-    match days {
-        ..0 => Cell::colored(format!("{days} (expired)"), Color::Red),
-        0..30 => Cell::colored(days.to_string(), Color::Yellow),
-        _ => Cell::from(days.to_string()),
-    }
-}
-
 fn brief(r: &Option<ReleaseBrief>) -> String {
     match r {
         Some(r) => format!("{} {}", short(&r.sha256), r.pushed_at),
@@ -290,8 +280,7 @@ fn brief(r: &Option<ReleaseBrief>) -> String {
 /// `swarm status`.
 pub(crate) fn status(home: &Home, args: &StatusArgs) -> Result<u8> {
     let inv = home.inventory()?;
-    let OptionalTargets { hosts, all } = &args.targets;
-    let hosts = resolve(&inv, hosts, *all)?;
+    let hosts = resolve(&inv, &args.targets)?;
     let mut desired = HashMap::new();
     for h in &hosts {
         desired.insert(h.host.clone(), inv.desired_release(&h.host, h.enrolled_at)?);
@@ -378,7 +367,7 @@ fn print_status(rows: &[HostStatusRow], json: bool) -> Result<()> {
             brief(&r.active).into(),
             r.desired.as_deref().map(short).unwrap_or("-").into(),
             drift,
-            cert_days(r.cert_days_left),
+            output::expiry_cell(r.cert_days_left),
             r.detail().into(),
         ]);
     }

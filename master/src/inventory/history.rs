@@ -38,6 +38,11 @@ pub(crate) enum Outcome {
     Unchanged,
     RolledBack,
     Error,
+    /// A staged rollout halted (or was interrupted) before this host's
+    /// wave: nothing was sent to it.
+    Skipped,
+    /// A halted rollout put the host back on the release it ran before.
+    Reverted,
 }
 
 impl Outcome {
@@ -47,6 +52,8 @@ impl Outcome {
             Outcome::Unchanged => "unchanged",
             Outcome::RolledBack => "rolled-back",
             Outcome::Error => "error",
+            Outcome::Skipped => "skipped",
+            Outcome::Reverted => "reverted",
         }
     }
 }
@@ -86,6 +93,8 @@ impl FromSql for Outcome {
             Outcome::Unchanged,
             Outcome::RolledBack,
             Outcome::Error,
+            Outcome::Skipped,
+            Outcome::Reverted,
         ];
         from_text(value, &all.map(|v| (v, v.as_str())))
     }
@@ -104,6 +113,12 @@ pub(crate) struct PushRecord {
     pub(crate) git_dirty: Option<bool>,
     pub(crate) outcome: Outcome,
     pub(crate) detail: String,
+    /// The staged rollout this line belongs to (issue 13), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) rollout: Option<String>,
+    /// The host's wave in that rollout (1-based).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) wave: Option<u32>,
 }
 
 impl Inventory {
@@ -113,9 +128,9 @@ impl Inventory {
         self.conn
             .execute(
                 "INSERT INTO pushes (at, operation, host, release_sha256, git_commit, git_dirty,
-                                     outcome, detail)
+                                     outcome, detail, rollout, wave)
                  VALUES (:at, :operation, :host, :release_sha256, :git_commit, :git_dirty,
-                         :outcome, :detail)",
+                         :outcome, :detail, :rollout, :wave)",
                 rusqlite::named_params! {
                     ":at": rfc3339(rec.at),
                     ":operation": rec.operation,
@@ -125,19 +140,21 @@ impl Inventory {
                     ":git_dirty": rec.git_dirty,
                     ":outcome": rec.outcome,
                     ":detail": rec.detail,
+                    ":rollout": rec.rollout,
+                    ":wave": rec.wave,
                 },
             )
             .map_err(|e| self.db(e))?;
         Ok(self.conn.last_insert_rowid())
     }
 
-    /// Replace the detail of line `id` (a host's self-update finished after
-    /// its agent's outcome was recorded).
-    pub(crate) fn amend_push(&self, id: i64, detail: &str) -> Result<()> {
+    /// Replace the outcome and detail of line `id` (a host that updated
+    /// and then failed its soak).
+    pub(crate) fn amend_outcome(&self, id: i64, outcome: Outcome, detail: &str) -> Result<()> {
         self.conn
             .execute(
-                "UPDATE pushes SET detail = :detail WHERE id = :id",
-                rusqlite::named_params! { ":id": id, ":detail": detail },
+                "UPDATE pushes SET outcome = :outcome, detail = :detail WHERE id = :id",
+                rusqlite::named_params! { ":id": id, ":outcome": outcome, ":detail": detail },
             )
             .map_err(|e| self.db(e))?;
         Ok(())
@@ -148,8 +165,10 @@ impl Inventory {
     /// was enrolled, where the operator's intent stands — an update that
     /// updated, found it unchanged, or could not reach the host (it should
     /// still get it: that is drift), or a rollback that rolled back (to the
-    /// release it answered with). An update the host itself rolled back
-    /// (its probe failed there) leaves the intent where it was. `None`:
+    /// release it answered with), or a halted rollout's revert (issue 13:
+    /// back to the release the host ran before). An update the host itself
+    /// rolled back (its probe failed there), or a host a halted rollout
+    /// skipped, leaves the intent where it was. `None`:
     /// nothing was ever pushed to this enrollment.
     pub(crate) fn desired_release(
         &self,
@@ -162,7 +181,7 @@ impl Inventory {
                 "SELECT release_sha256 FROM pushes
                  WHERE host = ?1 AND at >= ?2 AND release_sha256 IS NOT NULL
                    AND ((operation = 'update' AND outcome IN ('updated', 'unchanged', 'error'))
-                        OR (operation = 'rollback' AND outcome = 'rolled-back'))
+                        OR (operation = 'rollback' AND outcome IN ('rolled-back', 'reverted')))
                  ORDER BY id DESC LIMIT 1",
                 rusqlite::params![host.as_str(), rfc3339(since)],
                 |r| r.get::<_, String>(0),
@@ -177,7 +196,8 @@ impl Inventory {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT at, operation, host, release_sha256, git_commit, git_dirty, outcome, detail
+                "SELECT at, operation, host, release_sha256, git_commit, git_dirty, outcome, detail,
+                        rollout, wave
                  FROM (SELECT * FROM pushes WHERE ?1 IS NULL OR host = ?1 ORDER BY id DESC LIMIT ?2)
                  ORDER BY id",
             )
@@ -200,6 +220,8 @@ impl Inventory {
                     git_dirty: row.get("git_dirty")?,
                     outcome: row.get("outcome")?,
                     detail: row.get("detail")?,
+                    rollout: row.get("rollout")?,
+                    wave: row.get("wave")?,
                 })
             })()
             .map_err(|e| self.db(e))?;
@@ -229,6 +251,8 @@ mod tests {
             git_dirty: None,
             outcome,
             detail: String::new(),
+            rollout: None,
+            wave: None,
         }
     }
 
@@ -259,6 +283,13 @@ mod tests {
         push(Op::Rollback, None, Outcome::Error);
         assert_eq!(desired(t0).as_deref(), Some("c"));
         push(Op::Rollback, Some("a"), Outcome::RolledBack);
+        assert_eq!(desired(t0).as_deref(), Some("a"));
+        // Issue 13: a host a halted rollout skipped keeps its intent; one
+        // it reverted is meant to run the release it went back to.
+        push(Op::Update, Some("d"), Outcome::Skipped);
+        assert_eq!(desired(t0).as_deref(), Some("a"));
+        push(Op::Update, Some("e"), Outcome::Updated);
+        push(Op::Rollback, Some("a"), Outcome::Reverted);
         assert_eq!(desired(t0).as_deref(), Some("a"));
         // A later enrollment of the same name starts with no intent.
         let later = t0 + time::Duration::seconds(5);

@@ -7,6 +7,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::Inventory;
+use super::tags::{TAGS_COLUMN, Tag, insert_tags};
 use crate::clock::{self, rfc3339};
 use crate::error::{Error, Result};
 
@@ -39,6 +40,8 @@ pub(crate) struct HostRecord {
     pub(crate) status: HostStatus,
     #[serde(serialize_with = "ser_opt_time")]
     pub(crate) decommissioned_at: Option<OffsetDateTime>,
+    /// Its tags, sorted (issue 13).
+    pub(crate) tags: Vec<Tag>,
 }
 
 fn ser_fp<S: serde::Serializer>(fp: &Fingerprint, s: S) -> Result<S::Ok, S::Error> {
@@ -102,6 +105,7 @@ pub(crate) struct NewHost {
     pub(crate) agent_fingerprint: Fingerprint,
     pub(crate) agent_not_after: OffsetDateTime,
     pub(crate) updater: Option<(Fingerprint, OffsetDateTime)>,
+    pub(crate) tags: Vec<Tag>,
 }
 
 const HOST_COLUMNS: &str = "name, address, sans, agent_port, updater_port, agent_fingerprint,
@@ -147,11 +151,12 @@ impl Inventory {
             enrolled_at: time(get("enrolled_at")?)?,
             status,
             decommissioned_at: get_opt("decommissioned_at")?.map(time).transpose()?,
+            tags: Tag::from_column(get_opt("tags")?),
         })
     }
 
     fn query_hosts(&self, filter: &str, args: impl rusqlite::Params) -> Result<Vec<HostRecord>> {
-        let sql = format!("SELECT {HOST_COLUMNS} FROM hosts {filter}");
+        let sql = format!("SELECT {HOST_COLUMNS}, {TAGS_COLUMN} FROM hosts {filter}");
         let mut stmt = self.conn.prepare(&sql).map_err(|e| self.db(e))?;
         let mut rows = stmt.query(args).map_err(|e| self.db(e))?;
         let mut out = Vec::new();
@@ -234,6 +239,7 @@ impl Inventory {
             }
             Err(e) => return Err(db(e)),
         }
+        insert_tags(&tx, tx.last_insert_rowid(), &new.tags).map_err(db)?;
         finish()?;
         tx.commit().map_err(db)
     }

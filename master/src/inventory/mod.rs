@@ -1,6 +1,6 @@
 //! The inventory: an embedded SQLite database of enrolled hosts (addresses,
-//! ports, pinned certificate fingerprints, expiry, status) and the audit
-//! trail of every push and rollback.
+//! ports, pinned certificate fingerprints, expiry, status, tags) and the
+//! audit trail of every push and rollback (with its rollout and wave).
 //!
 //! Invariants: at most one *active* row per host name (a partial unique
 //! index); decommissioned rows are kept for the record, so a name can be
@@ -11,6 +11,7 @@
 
 mod history;
 mod hosts;
+mod tags;
 
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
@@ -23,6 +24,7 @@ use crate::error::{Error, Result};
 
 pub(crate) use history::{Op, Outcome, PushRecord};
 pub(crate) use hosts::{HostRecord, HostStatus, NewHost};
+pub(crate) use tags::Tag;
 
 /// Every schema the inventory has had, oldest first. Version 1 is the
 /// schema swarm shipped before migrations were declared here, so existing
@@ -63,6 +65,19 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         // Issue 9: whether the pushed tree had uncommitted changes
         // (NULL: unknown, e.g. no git, or a row from before).
         M::up("ALTER TABLE pushes ADD COLUMN git_dirty INTEGER CHECK (git_dirty IN (0, 1));"),
+        // Issue 13: host tags (per enrolled row, so a re-enrolled name
+        // starts untagged), and which rollout and wave a push belonged to
+        // (NULL: a row from before, or a rollback by hand).
+        M::up(
+            "CREATE TABLE host_tags (
+                host_id INTEGER NOT NULL REFERENCES hosts (id),
+                tag     TEXT    NOT NULL,
+                PRIMARY KEY (host_id, tag)
+            );
+            CREATE INDEX host_tags_by_tag ON host_tags (tag);
+            ALTER TABLE pushes ADD COLUMN rollout TEXT;
+            ALTER TABLE pushes ADD COLUMN wave INTEGER CHECK (wave >= 1);",
+        ),
     ])
 });
 
@@ -126,7 +141,7 @@ impl Inventory {
 }
 
 /// How many migrations [`MIGRATIONS`] holds (the latest `user_version`).
-const MIGRATIONS_LEN: usize = 2;
+const MIGRATIONS_LEN: usize = 3;
 
 #[cfg(test)]
 mod tests {

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
-pub(crate) use table::{Cell, Color, Table, set_color, stdout_color};
+pub(crate) use table::{Cell, Color, Table, expiry_cell, set_color, stdout_color};
 
 /// `println!` that returns [`Error::BrokenPipe`] when stdout is closed.
 macro_rules! outln {

@@ -132,6 +132,16 @@ impl Table {
     }
 }
 
+/// Days until a certificate expires, as the tables show it: yellow under
+/// 30 days, red once expired.
+pub(crate) fn expiry_cell(days: i64) -> Cell {
+    match days {
+        ..0 => Cell::colored(format!("{days} (expired)"), Color::Red),
+        0..30 => Cell::colored(days.to_string(), Color::Yellow),
+        _ => Cell::from(days.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

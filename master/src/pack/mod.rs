@@ -113,6 +113,9 @@ pub(crate) struct ReleaseInfo {
     pub(crate) updater_binary: String,
     #[serde(skip)]
     pub(crate) ships_updater: bool,
+    /// `[rollout]` of the tree's `swarm.toml`: the plan's defaults.
+    #[serde(skip)]
+    pub(crate) rollout: pki::rollout::RolloutSection,
 }
 
 impl Release {
@@ -421,6 +424,7 @@ pub(crate) fn pack_reporting(opts: &PackOptions, progress: &PackProgress<'_>) ->
             probe_deadline_secs: config.agent.probe_deadline_secs,
             updater_binary,
             ships_updater,
+            rollout: config.rollout,
         },
     })
 }
