@@ -85,16 +85,7 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
     } else {
         let hosts = plan.waves.into_iter().flatten().collect::<Vec<_>>();
         let waves = vec![hosts.iter().map(|h| h.host.to_string()).collect()];
-        let mut report = push(
-            inv,
-            master,
-            hosts,
-            &release,
-            usize::from(args.parallel),
-            args.json,
-            self_wait,
-            deltas,
-        )?;
+        let mut report = push(inv, master, hosts, &release, args, self_wait, deltas)?;
         for r in &mut report.hosts {
             r.wave = Some(1);
         }
@@ -152,8 +143,7 @@ fn push(
     master: Arc<Master>,
     hosts: Vec<HostRecord>,
     release: &Release,
-    parallel: usize,
-    json: bool,
+    args: &UpdateArgs,
     self_wait: Option<Duration>,
     deltas: Arc<Deltas>,
 ) -> Result<FleetReport> {
@@ -161,8 +151,8 @@ fn push(
         master,
         release: Arc::new((release.path().to_owned(), release.info.clone())),
         recorder: Arc::new(Recorder::new(inv, Op::Update, Some(release.info.clone()))),
-        parallel,
-        json,
+        parallel: usize::from(args.parallel),
+        json: args.json,
         self_wait,
         stop: Arc::new(AtomicBool::new(false)),
         deltas,
@@ -216,8 +206,7 @@ impl Pusher {
                     bar,
                     self.self_wait,
                     self.recorder.clone(),
-                    (wave, self.stop.clone()),
-                    self.deltas.clone(),
+                    (wave, self.stop.clone(), self.deltas.clone()),
                 )
             },
             |rec, why| {
@@ -240,7 +229,8 @@ impl Pusher {
 
 /// Push the release file to one host's `/update`, streaming it; then, with
 /// `self_wait` (`--include-self`) and only if the agent updated, to its
-/// `/update-self`. Tagged with its wave; skipped when `stop` is set
+/// `/update-self`. Tagged with its wave (a delta when `deltas` has one for
+/// its base); skipped when `stop` is set
 /// before it starts.
 async fn push_one(
     master: Arc<Master>,
@@ -249,8 +239,7 @@ async fn push_one(
     bar: ProgressBar,
     self_wait: Option<Duration>,
     recorder: Arc<Recorder>,
-    (wave, stop): (Option<u32>, Arc<AtomicBool>),
-    deltas: Arc<Deltas>,
+    (wave, stop, deltas): (Option<u32>, Arc<AtomicBool>, Arc<Deltas>),
 ) -> HostResult {
     let started = Instant::now();
     if stop.load(Ordering::SeqCst) {

@@ -453,7 +453,7 @@ async fn a_delta_is_completed_from_the_live_release_and_bad_ones_are_refused() {
     nothing_rotated("missing content");
 
     // A duplicate path, an unsafe path, a setuid mode.
-    let dup = good.clone() + &good.lines().nth(1).unwrap().to_owned() + "\n";
+    let dup = good.clone() + good.lines().nth(1).unwrap() + "\n";
     let evil = |e: IndexEntry| text(index_b(&w, b"B", vec![e]));
     for (what, index) in [
         ("duplicate", dup),
