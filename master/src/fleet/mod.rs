@@ -2,14 +2,17 @@
 //! rollout in waves: [`rollout`]),
 //! `rollback` ([`rollback`]), `status` ([`status`]), `history`
 //! ([`history`]; `--worker`: [`journal`]), `restart` ([`restart`]) and
-//! `logs` ([`logs`]). [`client`] builds the pinned clients and words their
+//! `logs` ([`logs`]), `verify` ([`verify`]) and `releases` ([`releases`]).
+//! [`upload`] sends one release (whole or a delta) to one `/update`,
+//! [`delta`] keeps pushed indexes and packs deltas per base (issue 12).
+//! [`client`] builds the pinned clients and words their
 //! failures, [`said`] reads and cleans what a worker answers, [`report`]
 //! turns answers into rows, [`progress`] draws bars.
 //!
 //! Invariants: every connection presents the master identity, trusts only
 //! our CA and pins the updater's CN (`updater@<host>`) and the fingerprint
-//! recorded at enrollment; a release is packed once and streamed from its
-//! temp file to every host; one host's failure or silence never stalls the
+//! recorded at enrollment; a release is packed once (and a delta once per
+//! base) and streamed from its temp file to every host; one host's failure or silence never stalls the
 //! others (connect timeout, bounded concurrency); every target gets exactly
 //! one row, even when its task panics ([`fan_out`]); every push and
 //! rollback lands in the inventory's audit trail as each host's outcome
@@ -32,6 +35,7 @@ mod rollback;
 mod rollout;
 mod said;
 mod status;
+mod upload;
 mod verify;
 
 use std::collections::BTreeSet;

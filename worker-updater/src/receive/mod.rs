@@ -5,6 +5,7 @@
 //! [`delta`] completes a delta push's staging from the live release.
 //! Nothing is written outside staging, and nothing before it is validated.
 
+mod decode;
 pub mod delta;
 pub mod extract;
 pub mod form;
