@@ -368,6 +368,10 @@ pub struct UpdateArgs {
     /// Pack and show what would be pushed, without connecting to anyone.
     #[arg(long)]
     pub dry_run: bool,
+    /// Send the whole release to every host, never a delta against the
+    /// release it runs (issue 12).
+    #[arg(long)]
+    pub full: bool,
     /// Also update each host's updater, once its agent updated: the same
     /// tree goes to /update-self and the updater switches to the binary it
     /// ships (`[updater] binary` in swarm.toml, default bin/worker-updater).

@@ -247,6 +247,7 @@ fn drive(
                 exclude: Vec::new(),
                 parallel: 8,
                 dry_run: false,
+                full: false,
                 include_self: false,
                 self_timeout: 30,
                 json,

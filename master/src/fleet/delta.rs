@@ -44,13 +44,21 @@ pub(super) struct Deltas {
     excludes: Vec<String>,
     want: Arc<TreeIndex>,
     want_id: String,
+    /// `false` with `--full`: every host gets the whole release.
+    enabled: bool,
     cells: Mutex<HashMap<String, Cell>>,
 }
 
 impl Deltas {
     /// The deltas of `release` (packed from `root` with `excludes`); keeps
     /// its index for the pushes to come.
-    pub(super) fn new(home: &Home, root: &Path, excludes: &[String], release: &Release) -> Deltas {
+    pub(super) fn new(
+        home: &Home,
+        root: &Path,
+        excludes: &[String],
+        release: &Release,
+        enabled: bool,
+    ) -> Deltas {
         let dir = home.root().join("indexes");
         // Without the kept index the next push is a full one: not an error.
         let _ = store(&dir, &release.info.release_id, &release.index);
@@ -60,6 +68,7 @@ impl Deltas {
             excludes: excludes.to_vec(),
             want: Arc::new(release.index.clone()),
             want_id: release.info.release_id.clone(),
+            enabled,
             cells: Mutex::new(HashMap::new()),
         }
     }
@@ -67,7 +76,10 @@ impl Deltas {
     /// The delta against `base`, or `None` when the master has no index
     /// of it, the two share no content, or packing it failed.
     pub(super) async fn for_base(&self, base: &str) -> Option<Arc<Packed>> {
-        if base == self.want_id || base.len() != 64 || !base.bytes().all(|b| b.is_ascii_hexdigit())
+        if !self.enabled
+            || base == self.want_id
+            || base.len() != 64
+            || !base.bytes().all(|b| b.is_ascii_hexdigit())
         {
             return None;
         }

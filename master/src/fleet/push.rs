@@ -79,7 +79,13 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
     let self_wait = args
         .include_self
         .then(|| Duration::from_secs(args.self_timeout));
-    let deltas = Arc::new(Deltas::new(home, &args.root, &args.exclude, &release));
+    let deltas = Arc::new(Deltas::new(
+        home,
+        &args.root,
+        &args.exclude,
+        &release,
+        !args.full,
+    ));
     let (mut report, interrupted) = if plan.staged {
         staged(inv, master, plan, &release, args, self_wait, deltas)?
     } else {

@@ -302,6 +302,17 @@ fn one_changed_file_in_a_large_tree_is_a_small_upload() {
         s.json(&["verify", "--host", "w1", "--json"], 0)["clean"],
         true
     );
+    // --full: the whole release, never a delta.
+    write(&tree, "VERSION", "3");
+    let third = s.json(
+        &["update", "--host", "w1", "--root", root, "--full", "--json"],
+        0,
+    );
+    assert_eq!(third["hosts"][0].get("delta"), None, "{third}");
+    assert!(
+        third["hosts"][0]["wire_bytes"].as_u64().unwrap() > 2_000_000,
+        "{third}"
+    );
 }
 
 #[test]
