@@ -225,6 +225,83 @@ impl TreeIndex {
     }
 }
 
+/// The first line of an index patch.
+const PATCH_HEADER: &str = "swarm-index-patch v1";
+
+/// One line of an index patch: a path removed (entries added or changed
+/// are whole [`IndexEntry`] lines).
+#[derive(Serialize, Deserialize)]
+struct Removed {
+    removed: String,
+}
+
+impl TreeIndex {
+    /// What turns this (base) index into `want`: the line
+    /// `swarm-index-patch v1`, then every entry of `want` that is new or
+    /// differs, and `{"removed":PATH}` for every path `want` lacks. A delta
+    /// push sends this instead of the whole index, so a one-file change
+    /// costs one line, not one line per file.
+    pub fn patch_to(&self, want: &TreeIndex) -> String {
+        let mut out = String::from(PATCH_HEADER);
+        out.push('\n');
+        for e in want.entries() {
+            if self.get(&e.path) != Some(e)
+                && let Ok(line) = serde_json::to_string(e)
+            {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        for e in self.entries() {
+            if want.get(&e.path).is_none()
+                && let Ok(line) = serde_json::to_string(&Removed {
+                    removed: e.path.clone(),
+                })
+            {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// This index with `patch` ([`TreeIndex::patch_to`]) applied, at most
+    /// `max_entries` entries; a path set or removed twice is refused.
+    pub fn apply_patch(&self, patch: &str, max_entries: usize) -> Result<TreeIndex, String> {
+        let mut lines = patch.lines();
+        if lines.next() != Some(PATCH_HEADER) {
+            return Err(format!(
+                "the index patch does not start with {PATCH_HEADER:?}"
+            ));
+        }
+        let mut map: std::collections::BTreeMap<String, IndexEntry> = self
+            .entries
+            .iter()
+            .map(|e| (e.path.clone(), e.clone()))
+            .collect();
+        let mut touched = std::collections::HashSet::new();
+        for (n, line) in lines.enumerate() {
+            let path = if let Ok(r) = serde_json::from_str::<Removed>(line) {
+                map.remove(&r.removed);
+                r.removed
+            } else {
+                let e: IndexEntry = serde_json::from_str(line)
+                    .map_err(|err| format!("index patch line {}: {err}", n + 2))?;
+                let path = e.path.clone();
+                map.insert(path.clone(), e);
+                path
+            };
+            if !touched.insert(path.clone()) {
+                return Err(format!("index patch line {}: {path:?} twice", n + 2));
+            }
+            if map.len() > max_entries {
+                return Err(format!("the index has more than {max_entries} entries"));
+            }
+        }
+        TreeIndex::new(map.into_values().collect())
+    }
+}
+
 /// SHA-256 (hex) of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -290,6 +367,29 @@ mod tests {
         let mut lines: Vec<&str> = text.lines().collect();
         lines.swap(1, 2);
         assert!(TreeIndex::parse(lines.join("\n").as_bytes(), 100).is_err());
+    }
+
+    #[test]
+    fn a_patch_carries_only_what_changed_and_rebuilds_the_index() {
+        let base = TreeIndex::new(sample()).unwrap();
+        let mut w = sample();
+        w[0].sha256 = Some(sha256_hex(b"changed"));
+        w.retain(|e| e.path != "l");
+        w.push(IndexEntry::file("new", 0o644, 1, sha256_hex(b"x")));
+        let want = TreeIndex::new(w).unwrap();
+        let patch = base.patch_to(&want);
+        assert_eq!(
+            patch.lines().count(),
+            4,
+            "header, a/b, new, removed l: {patch}"
+        );
+        let got = base.apply_patch(&patch, 100).unwrap();
+        assert_eq!(got.release_id(), want.release_id());
+        assert_eq!(base.apply_patch(&base.patch_to(&base), 100).unwrap(), base);
+        assert!(base.apply_patch("nope\n", 100).is_err());
+        assert!(base.apply_patch(&patch, 3).is_err(), "cap");
+        let twice = format!("{patch}{}\n", patch.lines().nth(1).unwrap());
+        assert!(base.apply_patch(&twice, 100).unwrap_err().contains("twice"));
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! pushed (`$SWARM_HOME/indexes/<release_id>`, the newest
 //! [`KEEP_INDEXES`]); when a host's live release is one of them, it sends
 //! that host only the files whose content the live release lacks, with
-//! every directory and link, the whole new index (`index`), the base
-//! (`base`) and the whole release's digest (`release_sha256`). Hosts on the
+//! every directory and link, what turns the base's index into the new one
+//! (`index_patch`, one line per changed path) with the `release_id` it must
+//! give, the base (`base`) and the whole release's digest
+//! (`release_sha256`). Hosts on the
 //! same base share one packed delta. A host that refuses the base (412:
 //! it no longer has it, or a kept file changed) gets the whole release.
 
@@ -30,8 +32,9 @@ pub(super) struct Packed {
     /// Keeps the packed file alive.
     _release: Release,
     pub(super) shared: (PathBuf, ReleaseInfo),
-    /// The whole release's index, canonical text.
-    pub(super) index_text: String,
+    /// What turns the base's index into the release's
+    /// ([`TreeIndex::patch_to`]): one line per changed path.
+    pub(super) index_patch: String,
 }
 
 type Cell = Arc<OnceCell<Option<Arc<Packed>>>>;
@@ -133,7 +136,7 @@ fn pack_delta(
     if !shared {
         return None;
     }
-    let index_text = String::from_utf8(want.to_bytes()).ok()?;
+    let index_patch = base.patch_to(&want);
     let release = pack::pack_reporting(
         &PackOptions {
             root,
@@ -152,7 +155,7 @@ fn pack_delta(
     }
     Some(Packed {
         shared: (release.path(), release.info.clone()),
-        index_text,
+        index_patch,
         _release: release,
     })
 }

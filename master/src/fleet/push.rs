@@ -397,7 +397,8 @@ async fn push_agent(
         bar.set_length(d.shared.1.size_bytes);
         let extra = [
             ("base", base),
-            ("index", d.index_text.clone()),
+            ("index_patch", d.index_patch.clone()),
+            ("release_id", info.release_id.clone()),
             ("release_sha256", info.sha256.clone()),
         ];
         let mut r = upload(

@@ -487,6 +487,34 @@ async fn a_delta_is_completed_from_the_live_release_and_bad_ones_are_refused() {
         nothing_rotated(what);
     }
 
+    // An index patch that does not rebuild the release_id it claims.
+    let a_index = TreeIndex::parse(
+        &std::fs::read(w.install_dir.join("releases/active").join(INDEX_FILE)).unwrap(),
+        100,
+    )
+    .unwrap();
+    let want_b = TreeIndex::new(index_b(&w, b"B", vec![])).unwrap();
+    let patch = a_index.patch_to(&want_b);
+    assert_eq!(patch.lines().count(), 2, "one changed path: {patch}");
+    let tgz = delta_tgz(b"B");
+    let patched = |id: String| {
+        let form = tests::release::release_form(
+            &tgz,
+            &sha256_hex(&tgz),
+            &[
+                ("base", a.as_str()),
+                ("index_patch", patch.as_str()),
+                ("release_id", &id),
+            ],
+        );
+        client.post(w.url("/update")).multipart(form).send()
+    };
+    let resp = patched("f".repeat(64)).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let why: pki::wire::OpResponse = resp.json().await.unwrap();
+    assert!(why.error.unwrap_or_default().contains("gives release"));
+    nothing_rotated("a patch that gives another release");
+
     // The good delta: only VERSION travelled, the rest came from A.
     let tgz = delta_tgz(b"B");
     let (code, body) = push_delta(&w, &client, &tgz, &a, &good).await;
@@ -502,7 +530,11 @@ async fn a_delta_is_completed_from_the_live_release_and_bad_ones_are_refused() {
         )
     );
     assert_eq!(m.files, 4);
-    assert_eq!(body.timings.unwrap().received_bytes, tgz.len() as u64);
+    // The tarball and the index sent with it.
+    assert_eq!(
+        body.timings.unwrap().received_bytes,
+        (tgz.len() + good.len()) as u64
+    );
     w.wait_agent_release(&m.sha256).await;
     let active = w.install_dir.join("releases/active");
     assert_eq!(

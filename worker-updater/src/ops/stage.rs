@@ -92,7 +92,7 @@ fn complete_delta(
     staging: &std::path::Path,
     got: &pki::index::TreeIndex,
     base: &str,
-    index: &str,
+    index: &receive::IndexSent,
     live: &std::path::Path,
     caps: &receive::Caps,
 ) -> Result<pki::index::TreeIndex> {
@@ -109,8 +109,22 @@ fn complete_delta(
             "the live release {base} has no kept index: push the whole release"
         )));
     };
-    let want = pki::index::TreeIndex::parse(index.as_bytes(), max)
-        .map_err(|why| UpdaterError::BadUpload(format!("field `index`: {why}")))?;
+    let want = match index {
+        receive::IndexSent::Whole(text) => pki::index::TreeIndex::parse(text.as_bytes(), max)
+            .map_err(|why| UpdaterError::BadUpload(format!("field `index`: {why}")))?,
+        receive::IndexSent::Patch { patch, release_id } => {
+            let want = base_index
+                .apply_patch(patch, max)
+                .map_err(|why| UpdaterError::BadUpload(format!("field `index_patch`: {why}")))?;
+            if want.release_id() != *release_id {
+                return Err(UpdaterError::BadUpload(format!(
+                    "field `index_patch` applied to release {base} gives release {}, not {release_id}",
+                    want.release_id()
+                )));
+            }
+            want
+        }
+    };
     let reused = receive::delta::materialize(staging, got, &want, live, &base_index, caps)?;
     crate::crashpoint::at("delta-materialized");
     tracing::info!(
@@ -152,6 +166,7 @@ async fn prepare(
                 "/update-self takes whole releases, not deltas".into(),
             ));
         }
+        timings.received_bytes += delta.index.wire_len() as u64;
         let (live, dir, caps) = (layout.active(), staging.to_owned(), d.config.caps.clone());
         let got = received.extracted.index.clone();
         let (base, index) = (delta.base, delta.index);

@@ -1,7 +1,8 @@
 //! Delta pushes (issue 12): the tarball holds only the files the worker
-//! does not have, plus every directory and link; the `index` field is the
-//! whole new release's index and `base` the `release_id` of the live
-//! release the delta is against. [`materialize`] completes staging from
+//! does not have, plus every directory and link; the new release's index
+//! comes whole (`index`) or as a patch of the base's (`index_patch`, with
+//! the `release_id` it must give), and `base` is the `release_id` of the
+//! live release the delta is against. [`materialize`] completes staging from
 //! the live release, then the push goes through the same hook, flip,
 //! restart, probe and revert as any other.
 //!

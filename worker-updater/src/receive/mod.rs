@@ -14,4 +14,4 @@ pub mod upload;
 
 pub use extract::{Caps, Extracted};
 pub use form::Form;
-pub use upload::{DeltaFields, Received, receive};
+pub use upload::{DeltaFields, IndexSent, Received, receive};

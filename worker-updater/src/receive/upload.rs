@@ -49,13 +49,32 @@ pub struct Received {
     pub delta: Option<DeltaFields>,
 }
 
+/// How a delta push sent the new index.
+#[derive(Debug)]
+pub enum IndexSent {
+    Whole(String),
+    Patch { patch: String, release_id: String },
+}
+
+impl IndexSent {
+    /// Bytes it took on the wire.
+    pub fn wire_len(&self) -> usize {
+        match self {
+            IndexSent::Whole(s) => s.len(),
+            IndexSent::Patch { patch, release_id } => patch.len() + release_id.len(),
+        }
+    }
+}
+
 /// The fields of a delta push.
 #[derive(Debug)]
 pub struct DeltaFields {
     /// The `release_id` the tarball is a delta against (the live one).
     pub base: String,
-    /// The whole new release's index, canonical bytes.
-    pub index: String,
+    /// The whole new release's index (`index`, canonical bytes), or what
+    /// turns the base's index into it (`index_patch`) and the `release_id`
+    /// that must come out.
+    pub index: IndexSent,
     /// The digest of the whole release as the master packed it for hosts
     /// that get it whole: the manifest's `sha256`, so one release has one
     /// sha256 on every host (the delta's own digest is checked on receipt).
@@ -87,6 +106,8 @@ pub async fn receive(mut form: Form, staging: &Path, caps: &Caps) -> Result<Rece
     let mut base: Option<String> = None;
     let mut index: Option<String> = None;
     let mut release_sha256: Option<String> = None;
+    let mut index_patch: Option<String> = None;
+    let mut release_id: Option<String> = None;
     let mut tarball: Option<(String, u64, Extracted)> = None;
     let mut fields = 0;
     while let Some(field) = form.next_field().await.map_err(multipart_error)? {
@@ -133,6 +154,14 @@ pub async fn receive(mut form: Form, staging: &Path, caps: &Caps) -> Result<Rece
                 )
             }
             "index" => index = Some(text_raw(field, &name, MAX_INDEX_FIELD).await?),
+            "index_patch" => index_patch = Some(text_raw(field, &name, MAX_INDEX_FIELD).await?),
+            "release_id" => {
+                release_id = Some(
+                    text(field, &name, MAX_SHA256_FIELD)
+                        .await?
+                        .to_ascii_lowercase(),
+                )
+            }
             "release_sha256" => {
                 let v = text(field, &name, MAX_SHA256_FIELD)
                     .await?
@@ -159,7 +188,17 @@ pub async fn receive(mut form: Form, staging: &Path, caps: &Caps) -> Result<Rece
     if claimed != actual {
         return Err(UpdaterError::DigestMismatch { claimed, actual });
     }
-    let delta = match (base, index) {
+    let sent = match (index, index_patch, release_id) {
+        (Some(i), None, None) => Some(IndexSent::Whole(i)),
+        (None, Some(patch), Some(release_id)) => Some(IndexSent::Patch { patch, release_id }),
+        (None, None, None) => None,
+        _ => {
+            return Err(UpdaterError::BadUpload(
+                "a delta push sends `index`, or `index_patch` with `release_id`".into(),
+            ));
+        }
+    };
+    let delta = match (base, sent) {
         (Some(base), Some(index)) => Some(DeltaFields {
             base,
             index,
@@ -168,7 +207,8 @@ pub async fn receive(mut form: Form, staging: &Path, caps: &Caps) -> Result<Rece
         (None, None) => None,
         _ => {
             return Err(UpdaterError::BadUpload(
-                "a delta push sends both `base` and `index`, or neither".into(),
+                "a delta push sends `base` and its index (`index`, or `index_patch` and `release_id`), or neither"
+                    .into(),
             ));
         }
     };
