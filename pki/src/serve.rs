@@ -101,7 +101,10 @@ pub async fn serve_with(
     let acceptor = TlsAcceptor::from(tls);
     let app = app.layer(axum::middleware::from_fn(enforce_policy));
     let gate = Gate::new(&limits);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every connection task holds a receiver; the drain waits until all
+    // are dropped (what hyper_util's GracefulShutdown does, plus the first
+    // request of a fresh connection, see `drive`).
+    let (graceful, _) = tokio::sync::watch::channel(false);
     let mut errors = AcceptErrors::new(&limits);
     tokio::pin!(shutdown);
     loop {
@@ -130,7 +133,7 @@ pub async fn serve_with(
         tune_socket(&tcp, &limits);
         let acceptor = acceptor.clone();
         let app = app.clone();
-        let watcher = graceful.watcher();
+        let watcher = graceful.subscribe();
         let gate = Arc::clone(&gate);
         let limits = Arc::clone(&limits);
         tokio::spawn(async move {
@@ -174,7 +177,10 @@ pub async fn serve_with(
             tracing::debug!(%remote, peer = %identity, "connection");
             let peer = Peer(identity);
             let body_limits = Arc::clone(&limits);
+            let requested = Arc::new(tokio::sync::Notify::new());
+            let seen = Arc::clone(&requested);
             let svc = app.map_request(move |req: Request<hyper::body::Incoming>| {
+                seen.notify_one();
                 let mut req =
                     req.map(|b| axum::body::Body::new(body::TimedBody::new(b, &body_limits)));
                 req.extensions_mut().insert(peer.clone());
@@ -186,19 +192,67 @@ pub async fn serve_with(
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
                 .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
-            if let Err(e) = watcher.watch(conn).await {
+            if let Err(e) = drive(conn, watcher, &requested, limits.header_read_timeout).await {
                 tracing::debug!(%remote, "connection ended: {e}");
             }
         });
     }
     drop(listener);
+    let _ = graceful.send(true);
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = graceful.closed() => {}
         () = tokio::time::sleep(limits.shutdown_grace) => {
             tracing::warn!("shutdown grace of {:?} expired with connections still open", limits.shutdown_grace);
         }
     }
     Ok(())
+}
+
+/// Serve `conn` until it ends; once `stop` turns true, close it
+/// gracefully (the request in flight is answered, keep-alive ends). A
+/// connection that has not sent its first request yet gets up to
+/// `first_request` for it first: it was accepted before the shutdown (its
+/// TLS handshake may have finished just now), and hyper would close it
+/// unanswered, failing a client that did nothing wrong — the old agent of
+/// a zero-downtime restart drains exactly such connections (issue 14).
+async fn drive<C>(
+    conn: C,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    requested: &tokio::sync::Notify,
+    first_request: Duration,
+) -> hyper::Result<()>
+where
+    C: Future<Output = hyper::Result<()>> + GracefulConn,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => return r,
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    tokio::select! {
+        r = conn.as_mut() => return r,
+        _ = tokio::time::timeout(first_request, requested.notified()) => {}
+    }
+    conn.as_mut().shut_down();
+    conn.await
+}
+
+/// A connection that can be asked to finish gracefully.
+trait GracefulConn {
+    fn shut_down(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S> GracefulConn for hyper::server::conn::http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shut_down(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
 }
 
 /// No Nagle, and TCP keepalive so a peer that vanished is noticed.
@@ -320,5 +374,62 @@ mod tests {
         assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
         e.succeeded();
         assert_eq!(e.failed(&err), Duration::from_millis(10));
+    }
+
+    #[tokio::test]
+    async fn a_connection_accepted_before_shutdown_still_gets_its_first_request_answered() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tmp = tempfile::tempdir().expect("tmp");
+        let ca = crate::Ca::generate().expect("ca");
+        let host = crate::HostName::new("w1").expect("host");
+        let agent = ca
+            .issue(&crate::LeafSpec::agent(&host, "127.0.0.1", &[]).expect("spec"))
+            .expect("issue");
+        let master = ca.issue(&crate::LeafSpec::master()).expect("issue");
+        let (adir, mdir) = (tmp.path().join("a"), tmp.path().join("m"));
+        crate::Bundle::write(&adir, crate::BundleKind::Agent, ca.cert_pem(), &agent).expect("w");
+        crate::Bundle::write(&mdir, crate::BundleKind::Master, ca.cert_pem(), &master).expect("w");
+        let tls = crate::server_config(&crate::Bundle::load(&adir).expect("load")).expect("tls");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = Router::new().route("/health", axum::routing::get(|| async { "ok" }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_with(
+            listener,
+            tls,
+            app,
+            async {
+                let _ = stopped.await;
+            },
+            ServeLimits::default(),
+        ));
+        let client = crate::client_config(
+            &crate::Bundle::load(&mdir).expect("load"),
+            crate::ServerExpectation::cn("w1"),
+        )
+        .expect("client");
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let mut tls = connector.connect(name, tcp).await.expect("handshake");
+        // Shut down between the handshake and the request; wait until the
+        // server stopped accepting.
+        let _ = stop.send(());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).await.is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the server never stopped accepting"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tls.write_all(b"GET /health HTTP/1.1\r\nhost: w1\r\n\r\n")
+            .await
+            .expect("request");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "answer: {answer:?}");
+        server.await.expect("join").expect("serve");
     }
 }

@@ -23,6 +23,23 @@ pub const MAX_PROBE_DEADLINE_SECS: u64 = 3600;
 /// The longest `[agent] rollback_window_secs`: a week (0 turns the
 /// automatic revert off).
 pub const MAX_ROLLBACK_WINDOW_SECS: u64 = 7 * 24 * 3600;
+/// The most `[agent] listen` addresses (the updater holds each socket for
+/// the agent, issue 14).
+pub const MAX_LISTEN: usize = 16;
+
+/// `[agent] restart`: how an agent is replaced (issue 14).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartMode {
+    /// Stop the old agent, then start the new one (the default). With
+    /// `listen` the sockets stay bound meanwhile: connections wait in the
+    /// backlog instead of being refused.
+    #[default]
+    StopFirst,
+    /// Start the new agent beside the old one on the same sockets; stop the
+    /// old one only once the new one is healthy. Needs `listen`.
+    StartFirst,
+}
 
 /// `swarm.toml` at a release root. Unknown sections are ignored so newer
 /// trees still install on older updaters; unknown keys inside a known
@@ -55,6 +72,13 @@ pub struct AgentSection {
     /// A crash loop this soon (seconds) after the release went live reverts
     /// to `prev` by itself (issue 11; default 600).
     pub rollback_window_secs: Option<u64>,
+    /// TCP addresses (`host:port`, `${VAR}` expanded on the worker) the
+    /// updater binds and hands to every agent it spawns with the systemd
+    /// socket-activation protocol (issue 14).
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// `"stop-first"` (default) or `"start-first"` (needs `listen`).
+    pub restart: Option<RestartMode>,
 }
 
 /// `[install]`.
@@ -141,7 +165,13 @@ impl SwarmToml {
         if let Some(bin) = &parsed.updater.binary {
             crate::release::check_updater_binary(bin).map_err(PkiError::SwarmToml)?;
         }
+        check_listen(&parsed.agent)?;
         Ok(parsed)
+    }
+
+    /// `[agent] restart`, or the default (`stop-first`).
+    pub fn restart(&self) -> RestartMode {
+        self.agent.restart.unwrap_or_default()
     }
 
     /// `[updater] binary`, or the default.
@@ -160,6 +190,53 @@ impl SwarmToml {
     }
 }
 
+/// `[agent] listen` and `restart`: at most [`MAX_LISTEN`] addresses, each
+/// a `host:port` with a fixed port (once `${VAR}`s are expanded: see
+/// [`parse_listen`]), none twice; `start-first` only with `listen`.
+fn check_listen(agent: &AgentSection) -> Result<(), PkiError> {
+    if agent.listen.len() > MAX_LISTEN {
+        return Err(PkiError::SwarmToml(format!(
+            "[agent] listen has {} addresses; at most {MAX_LISTEN}",
+            agent.listen.len()
+        )));
+    }
+    if agent.restart == Some(RestartMode::StartFirst) && agent.listen.is_empty() {
+        return Err(PkiError::SwarmToml(
+            "[agent] restart = \"start-first\" needs [agent] listen: two agents can share a port only through sockets the updater holds (or use \"stop-first\")".into(),
+        ));
+    }
+    let mut seen = Vec::new();
+    for a in &agent.listen {
+        if a.contains("${") {
+            continue;
+        }
+        let addr = parse_listen(a).map_err(PkiError::SwarmToml)?;
+        if seen.contains(&addr) {
+            return Err(PkiError::SwarmToml(format!(
+                "[agent] listen names {addr} twice"
+            )));
+        }
+        seen.push(addr);
+    }
+    Ok(())
+}
+
+/// One `[agent] listen` address, expanded: `ip:port` (`[v6]:port`) with a
+/// port other than 0 (the health URL and the clients name a fixed port).
+pub fn parse_listen(a: &str) -> Result<std::net::SocketAddr, String> {
+    let addr: std::net::SocketAddr = a.trim().parse().map_err(|_| {
+        format!(
+            "[agent] listen {a:?} is not an address: give ip:port, e.g. \"0.0.0.0:8080\" or \"[::]:8080\""
+        )
+    })?;
+    if addr.port() == 0 {
+        return Err(format!(
+            "[agent] listen {a:?}: give a fixed port (port 0 would change at every bind)"
+        ));
+    }
+    Ok(addr)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +252,22 @@ mod tests {
         assert_eq!(t.install.timeout_secs, Some(5));
         assert_eq!(t.release.include, ["a.key"]);
         assert_eq!(t.updater_binary(), "bin/worker-updater");
+        assert_eq!(t.restart(), RestartMode::StopFirst);
+        let l = SwarmToml::parse(
+            "[agent]\nlisten = [\"127.0.0.1:8080\", \"[::1]:${PORT}\"]\nrestart = \"start-first\"\n",
+        )
+        .unwrap();
+        assert_eq!(l.agent.listen.len(), 2);
+        assert_eq!(l.restart(), RestartMode::StartFirst);
+        let many: Vec<String> = (1..=17).map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        let e = SwarmToml::parse(&format!("[agent]\nlisten = [{}]\n", many.join(",")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 16"), "{e}");
+        let e = SwarmToml::parse("[agent]\nrestart = \"start-first\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs [agent] listen"), "{e}");
         let w = SwarmToml::parse("[agent]\nrollback_window_secs = 0\n").unwrap();
         assert_eq!(w.agent.rollback_window_secs, Some(0));
         let r = SwarmToml::parse("[rollout]\nbatch = 2\nsoak = \"5s\"\n").unwrap();
@@ -187,6 +280,11 @@ mod tests {
             "[updater]\nbinary = \"../x\"\n",
             "[rollout]\nbatch = \"0%\"\n",
             "[rollout]\nsoak = \"25h\"\n",
+            "[agent]\nrestart = \"start-first\"\n",
+            "[agent]\nrestart = \"sideways\"\n",
+            "[agent]\nlisten = [\"localhost:80\"]\n",
+            "[agent]\nlisten = [\"127.0.0.1:0\"]\n",
+            "[agent]\nlisten = [\"127.0.0.1:80\", \"127.0.0.1:80\"]\n",
         ] {
             assert!(SwarmToml::parse(bad).is_err(), "{bad}");
         }

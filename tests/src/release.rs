@@ -64,6 +64,30 @@ impl ReleaseTree {
         self.agent_command(&cmd, port)
     }
 
+    /// Add a `swarm.toml` whose agent is the reference agent taking its
+    /// listener by socket activation: `[agent] listen` on `port` and
+    /// `restart = mode` (`"start-first"` or `"stop-first"`), `extra`
+    /// arguments for the agent.
+    pub fn activated_agent(self, port: u16, mode: &str, extra: &[&str]) -> ReleaseTree {
+        let mut cmd = vec![
+            bin("worker-agent").display().to_string(),
+            "--listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+        ];
+        cmd.extend(extra.iter().map(|s| (*s).to_owned()));
+        self.activated_command(&cmd, port, mode)
+    }
+
+    /// Add a `swarm.toml` running `command` with `[agent] listen` on
+    /// `port` and `restart = mode`, probed on `port`.
+    pub fn activated_command(self, command: &[String], port: u16, mode: &str) -> ReleaseTree {
+        let toml = format!(
+            "[agent]\ncommand = {}\nhealth_url = \"https://127.0.0.1:{port}/health\"\nlisten = [\"127.0.0.1:{port}\"]\nrestart = \"{mode}\"\n",
+            toml_array(command)
+        );
+        self.file("swarm.toml", toml.as_bytes())
+    }
+
     /// Add a `swarm.toml` running `command` as the agent, probed on `port`.
     pub fn agent_command(self, command: &[String], port: u16) -> ReleaseTree {
         let toml = format!(

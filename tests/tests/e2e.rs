@@ -63,6 +63,9 @@ mod self_update;
 /// A CLI that fits a shell: usage errors, an unreadable home, `--json`, colour, path rule.
 #[path = "e2e/shell.rs"]
 mod shell;
+/// Issue 14: held listen sockets, socket activation, start-first, zero downtime.
+#[path = "e2e/sockets.rs"]
+mod sockets;
 /// Issue 11 on the worker: supervision, crash-loop revert, unchanged, journal, logs.
 #[path = "e2e/supervise.rs"]
 mod supervise;

@@ -103,9 +103,12 @@ pub async fn main(config: Config) -> anyhow::Result<()> {
     // Register the handlers before announcing, so a SIGTERM that follows
     // the "listening" line is always a graceful stop.
     let shutdown = pki::daemon::shutdown_signal().context("installing signal handlers")?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener = match activated()? {
+        Some(l) => l,
+        None => TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?,
+    };
     let addr = listener.local_addr()?;
     {
         let mut out = std::io::stdout().lock();
@@ -114,6 +117,54 @@ pub async fn main(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(%addr, host = %config.host, "agent listening");
     run(listener, tls, config, shutdown).await
+}
+
+/// The listener passed by socket activation (systemd's protocol, as the
+/// updater speaks it for `[agent] listen`): `LISTEN_FDS` sockets from fd 3,
+/// meant for us only when `LISTEN_PID` is our pid. The first one is served
+/// (`--listen` is then ignored); none passed, or passed to another
+/// process, is `None`: bind `--listen` as usual.
+///
+/// `listenfd` does the taking: turning fd 3 into a listener needs
+/// `FromRawFd`, which is `unsafe` (forbidden in this workspace), and it
+/// checks the fd really is a TCP socket and marks it close-on-exec.
+fn activated() -> anyhow::Result<Option<TcpListener>> {
+    let Some(count) = std::env::var("LISTEN_FDS").ok() else {
+        return Ok(None);
+    };
+    let me = std::process::id().to_string();
+    match std::env::var("LISTEN_PID") {
+        Ok(pid) if pid == me => {}
+        Ok(pid) => {
+            tracing::warn!(
+                "LISTEN_FDS={count} is meant for pid {pid}, not this process ({me}); binding --listen"
+            );
+            return Ok(None);
+        }
+        Err(_) => {
+            tracing::warn!("LISTEN_FDS={count} without LISTEN_PID; binding --listen");
+            return Ok(None);
+        }
+    }
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() > 1 {
+        tracing::warn!(
+            "{} sockets passed (LISTEN_FDS); serving the first only",
+            fds.len()
+        );
+    }
+    let Some(listener) = fds
+        .take_tcp_listener(0)
+        .context("taking the socket passed as fd 3 (LISTEN_FDS)")?
+    else {
+        return Ok(None);
+    };
+    listener
+        .set_nonblocking(true)
+        .context("making the passed socket non-blocking")?;
+    let listener = TcpListener::from_std(listener).context("the passed socket")?;
+    tracing::info!("serving the socket passed by LISTEN_FDS");
+    Ok(Some(listener))
 }
 
 struct AppState {

@@ -244,6 +244,7 @@ impl Config {
                     args.probe_max_backoff_ms.max(args.probe_backoff_ms),
                 ),
                 timeout: Duration::from_millis(args.probe_timeout_ms),
+                require_pid: false,
             },
             caps: Caps {
                 max_compressed: args.max_upload_bytes,

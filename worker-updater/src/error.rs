@@ -62,6 +62,9 @@ pub enum UpdaterError {
         #[source]
         source: std::io::Error,
     },
+    /// An `[agent] listen` address cannot be bound (issue 14).
+    #[error("{0}")]
+    Bind(String),
     /// Starting or stopping the agent failed.
     #[error("agent: {0}")]
     Agent(String),
@@ -107,6 +110,7 @@ impl UpdaterError {
             | UpdaterError::SelfCheck { .. }
             | UpdaterError::Io { .. }
             | UpdaterError::Agent(_)
+            | UpdaterError::Bind(_)
             | UpdaterError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

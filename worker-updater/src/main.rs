@@ -22,6 +22,16 @@ fn main() -> ExitCode {
     {
         return worker_updater::ops::hook::hook_leader(argv.get(2..).unwrap_or_default());
     }
+    // A socket-activated agent's trampoline (spawned by the updater).
+    if argv
+        .get(1)
+        .is_some_and(|a| a == worker_updater::agent::supervisor::EXEC_AGENT)
+    {
+        return worker_updater::agent::supervisor::exec_agent(argv.get(2..).unwrap_or_default());
+    }
+    // Before anything opens a descriptor: the agent's listen sockets take
+    // the first ones (passed on by a self-update's exec, or reserved).
+    let _ = worker_updater::agent::sockets::Sockets::global();
     pki::daemon::unblock_shutdown_signals();
     let args = match worker_updater::Args::try_parse() {
         Ok(a) => a,
@@ -35,6 +45,7 @@ fn main() -> ExitCode {
         }
     };
     pki::daemon::init_tracing();
+    worker_updater::agent::sockets::Sockets::global().log_start();
     let (check, watchdog) = (args.check, args.watchdog);
     let mut config = match worker_updater::Config::from_args(args) {
         Ok(c) => c,

@@ -26,6 +26,10 @@ pub struct ProbeSettings {
     pub max_backoff: Duration,
     /// Timeout of one request (connect included).
     pub timeout: Duration,
+    /// Count an answer only when its `pid` is the probed agent's (or a
+    /// descendant's): with `start-first` the old agent answers on the same
+    /// sockets (issue 14).
+    pub require_pid: bool,
 }
 
 /// The largest health answer read: 64 KiB.
@@ -74,10 +78,36 @@ pub async fn probe(
         attempts += 1;
         let left = deadline.saturating_duration_since(Instant::now());
         let timeout = settings.timeout.min(left.max(LAST_TRY));
-        match once(client, url, timeout).await {
-            Ok(sha) => {
+        // An agent that exits while the request waits (queued in the
+        // backlog of a held socket nobody accepts on) ends the try at once.
+        let answer = match exited.as_mut() {
+            Some(rx) => {
+                let gone = async {
+                    if rx.wait_for(Option::is_some).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    a = once(client, url, timeout) => a,
+                    () = gone => Err("no answer before the agent exited".to_owned()),
+                }
+            }
+            None => once(client, url, timeout).await,
+        };
+        match answer {
+            Ok(Answer { sha, pid }) => {
                 reported = sha.clone();
+                let other = match (settings.require_pid, agent) {
+                    (true, Some(a)) => not_from(a.pid, pid).await,
+                    _ => None,
+                };
                 match (expect_sha, sha.as_deref()) {
+                    _ if other.is_some() => {
+                        last_error = other.unwrap_or_default();
+                        // The kernel hands each connection to one of the
+                        // agents sharing the socket: ask again soon.
+                        backoff = settings.backoff;
+                    }
                     (Some(want), Some(got)) if want != got => {
                         last_error = format!(
                             "the agent answering reports release {got}, not {want} (is an old agent still holding the port?)"
@@ -164,12 +194,40 @@ async fn agent_gone(agent: Option<&Spawned>) -> Option<String> {
     (!alive).then(|| format!("the agent (pid {pid}) is no longer running"))
 }
 
-/// One request: `Ok(reported release sha)` on 2xx.
+/// Why an answer from `pid` is not from the agent `want` (or one of its
+/// descendants: a wrapper script's server), if it is not.
+async fn not_from(want: i32, pid: Option<i64>) -> Option<String> {
+    let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) else {
+        return Some(
+            "its /health reports no \"pid\": with restart = \"start-first\" the old and the new agent answer on the same sockets, and only the pid tells the new one (add \"pid\" to the answer, or use stop-first)".to_owned(),
+        );
+    };
+    if pid == want {
+        return None;
+    }
+    let ours = tokio::task::spawn_blocking(move || crate::agent::proc::descends_from(pid, want))
+        .await
+        .unwrap_or(false);
+    (!ours).then(|| {
+        format!("answered by pid {pid}, not by the new agent {want} (the old agent still serves the shared sockets)")
+    })
+}
+
+/// What a 2xx health answer reported.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Answer {
+    /// `release.sha256`.
+    pub(crate) sha: Option<String>,
+    /// `pid`.
+    pub(crate) pid: Option<i64>,
+}
+
+/// One request: what the answer reported, on 2xx.
 pub(crate) async fn once(
     client: &reqwest::Client,
     url: &str,
     timeout: Duration,
-) -> Result<Option<String>, String> {
+) -> Result<Answer, String> {
     let resp = client
         .get(url)
         .timeout(timeout)
@@ -183,10 +241,12 @@ pub(crate) async fn once(
         let text: String = text.chars().take(300).collect();
         return Err(format!("HTTP {status}: {}", text.trim()));
     }
-    let sha = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
+    let v = serde_json::from_slice::<serde_json::Value>(&body).ok();
+    let sha = v
+        .as_ref()
         .and_then(|v| v.get("release")?.get("sha256")?.as_str().map(str::to_owned));
-    Ok(sha)
+    let pid = v.as_ref().and_then(|v| v.get("pid")?.as_i64());
+    Ok(Answer { sha, pid })
 }
 
 /// Read a health answer's body, at most [`MAX_HEALTH_BODY`] bytes: a
@@ -221,6 +281,7 @@ mod tests {
             backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(250),
             timeout: Duration::from_secs(3),
+            require_pid: false,
         }
     }
 

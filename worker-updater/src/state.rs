@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use pki::wire::Manifest;
 
+use crate::agent::sockets::Sockets;
 use crate::agent::supervise::Watch;
 use crate::agent::{Matcher, Supervisor};
 use crate::config::Config;
@@ -37,6 +38,11 @@ pub struct Daemon {
     pub probe_client: reqwest::Client,
     /// The updater's own release (the slot it runs from), read at start.
     pub own_release: Option<Manifest>,
+    /// The agent's listen sockets (issue 14).
+    pub sockets: &'static Sockets,
+    /// An old agent a failed start-first left serving: the restore of its
+    /// release takes it back instead of restarting it.
+    pub kept: Mutex<Option<Kept>>,
     /// Program names our agents run as (default, reference agent, and every
     /// release parsed since the start), for the `/proc` scan.
     programs: Mutex<BTreeSet<String>>,
@@ -45,6 +51,15 @@ pub struct Daemon {
     /// connections to finish ([`Daemon::request_handoff`]).
     handoff: Mutex<Option<HandoffFn>>,
     handoff_ready: tokio::sync::Notify,
+}
+
+/// An agent left running by a failed start-first restart.
+#[derive(Clone, Debug)]
+pub struct Kept {
+    pub pid: i32,
+    pub start_time: Option<u64>,
+    /// The release it runs.
+    pub sha256: Option<String>,
 }
 
 /// What runs once the server has stopped: the exec (it returns only when
@@ -91,6 +106,9 @@ impl Daemon {
             pki::ServerExpectation::cn(config.host.as_str()),
         )?
         .connect_timeout(config.probe.timeout)
+        // A fresh connection per probe: a kept-alive one would keep
+        // reaching the agent that accepted it (start-first, issue 14).
+        .pool_max_idle_per_host(0)
         .build()?;
         let updater_layout = Layout::updater(&config.install_dir, config.failed_keep);
         let mut programs = BTreeSet::from(["worker-agent".to_owned()]);
@@ -114,6 +132,8 @@ impl Daemon {
             spawn_log,
             probe_client,
             own_release,
+            sockets: Sockets::global(),
+            kept: Mutex::new(None),
             programs: Mutex::new(programs),
             busy: Mutex::new(None),
             handoff: Mutex::new(None),

@@ -28,6 +28,8 @@ mod settle;
 mod stats;
 #[path = "bench/tree.rs"]
 mod tree;
+#[path = "bench/zero.rs"]
+mod zero;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -70,6 +72,9 @@ enum Section {
     Fanout,
     /// The updater's peak RSS while it receives large uploads.
     Memory,
+    /// Failed requests of a load during pushes: today, stop-first and
+    /// start-first with `[agent] listen` (issue 14).
+    ZeroDowntime,
 }
 
 /// swarm's benchmark: push, rollback, fan-out and memory, against rsync
@@ -193,6 +198,7 @@ impl Plan {
                     Section::Rollback,
                     Section::Fanout,
                     Section::Memory,
+                    Section::ZeroDowntime,
                 ]
             } else {
                 args.only.clone()
@@ -452,6 +458,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         )
         .await?;
         let _ = std::fs::remove_dir_all(&fan.root);
+    }
+
+    if plan.has(Section::ZeroDowntime) {
+        zero::zero_section(&bins, &mut report).await?;
     }
 
     if plan.has(Section::Memory) {

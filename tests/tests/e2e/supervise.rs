@@ -276,6 +276,12 @@ async fn an_agent_that_always_exits_stops_after_five_restarts() {
     let again = agent(&w, &client).await;
     assert_eq!((again.state, again.restarts), (AgentState::CrashLoop, 5));
     assert_eq!(starts(&w), 6);
+    // The crash loop is journaled while the caretaker still holds the
+    // worker: wait until it lets go (else the restart is 409 busy).
+    eventually_async(LONG, "the worker free", || async {
+        w.health(&client).await.busy.is_none().then_some(())
+    })
+    .await;
     // POST /agent/restart leaves the crash loop; this agent fails its
     // probe, so the answer is 409 with its last line.
     let resp = client.post(w.url("/agent/restart")).send().await.unwrap();

@@ -10,6 +10,12 @@ const LISTEN: &str = "0A";
 
 /// The socket inodes listening on `port` (IPv4 and IPv6).
 fn listening_inodes(port: u16) -> Vec<u64> {
+    listening_inodes_where(port, |_| true)
+}
+
+/// The socket inodes listening on `port` whose local address, as
+/// `/proc/net/tcp{,6}` writes it (hex), passes `addr_ok`.
+fn listening_inodes_where(port: u16, addr_ok: impl Fn(&str) -> bool) -> Vec<u64> {
     let mut out = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
@@ -24,6 +30,7 @@ fn listening_inodes(port: u16) -> Vec<u64> {
                 .rsplit_once(':')
                 .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
             if p == Some(port)
+                && local.rsplit_once(':').is_some_and(|(a, _)| addr_ok(a))
                 && *state == LISTEN
                 && let Ok(inode) = inode.parse::<u64>()
                 && inode != 0
@@ -38,7 +45,28 @@ fn listening_inodes(port: u16) -> Vec<u64> {
 /// The processes holding a socket that listens on `port` (blocking: reads
 /// every process's fd table).
 pub fn holders(port: u16) -> Vec<i32> {
-    let inodes = listening_inodes(port);
+    holding(&listening_inodes(port))
+}
+
+/// The processes holding a listening socket that a bind of `addr` would
+/// collide with: same port, and the same IPv4 address or a wildcard on
+/// either side (an IPv6 `addr` matches on the port alone).
+pub fn holders_of(addr: std::net::SocketAddr) -> Vec<i32> {
+    let want = match addr.ip() {
+        std::net::IpAddr::V4(ip) if !ip.is_unspecified() => {
+            Some(format!("{:08X}", u32::from_le_bytes(ip.octets())))
+        }
+        _ => None,
+    };
+    let inodes = listening_inodes_where(addr.port(), |a| match &want {
+        Some(w) => a == w || a == "00000000" || a.chars().all(|c| c == '0'),
+        None => true,
+    });
+    holding(&inodes)
+}
+
+/// The processes holding any of the socket `inodes`.
+fn holding(inodes: &[u64]) -> Vec<i32> {
     if inodes.is_empty() {
         return Vec::new();
     }
@@ -101,6 +129,13 @@ mod tests {
         let me = std::process::id() as i32;
         assert!(holders(port).contains(&me));
         assert!(stray_note(port, Some(me)).is_none());
+        let on = |ip: [u8; 4]| holders_of(std::net::SocketAddr::from((ip, port)));
+        assert!(on([127, 0, 0, 1]).contains(&me));
+        assert!(on([0, 0, 0, 0]).contains(&me), "a wildcard collides");
+        assert!(
+            !on([127, 0, 0, 2]).contains(&me),
+            "another address does not"
+        );
         let note = stray_note(port, None).unwrap();
         assert!(note.contains(&format!("pid {me}")), "{note}");
     }

@@ -117,6 +117,53 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     pub release_dir: PathBuf,
     pub sha256: Option<String>,
+    /// `[agent] listen`: the held sockets it gets as `LISTEN_FDS`, in order.
+    pub listen: Vec<std::net::SocketAddr>,
+}
+
+/// The first argument that makes `worker-updater` the trampoline of a
+/// socket-activated agent: `worker-updater --exec-agent -- <argv…>` sets
+/// `LISTEN_PID` to its own pid and execs the agent (same pid), so
+/// `LISTEN_PID` is the agent's without a `pre_exec` of ours.
+pub const EXEC_AGENT: &str = "--exec-agent";
+
+/// The variables of the socket-activation protocol, removed from what an
+/// agent inherits and set anew when it gets sockets.
+const ACTIVATION_VARS: &[&str] = &[
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "LISTEN_FDS_FIRST_FD",
+    super::sockets::HELD_VAR,
+];
+
+/// `worker-updater --exec-agent -- <program> <args…>`: exec the agent with
+/// `LISTEN_PID` = this pid. Returns only when the exec failed.
+pub fn exec_agent(args: &[std::ffi::OsString]) -> std::process::ExitCode {
+    use std::os::unix::process::CommandExt;
+    let Some((program, rest)) = args
+        .split_first()
+        .filter(|(sep, _)| *sep == "--")
+        .and_then(|(_, a)| a.split_first())
+    else {
+        eprintln!("usage: worker-updater {EXEC_AGENT} -- <command…>");
+        return std::process::ExitCode::from(64);
+    };
+    let err = std::process::Command::new(program)
+        .args(rest)
+        .env("LISTEN_PID", std::process::id().to_string())
+        .exec();
+    eprintln!(
+        "cannot start the agent {}: {err}",
+        Path::new(program).display()
+    );
+    std::process::ExitCode::from(127)
+}
+
+/// The `LISTEN_FDNAMES` name of a held socket: its address with the
+/// protocol's separator `:` replaced (`127.0.0.1_8080`, `[__1]_8080`).
+pub fn fd_name(addr: &std::net::SocketAddr) -> String {
+    addr.to_string().replace(':', "_")
 }
 
 /// Starts and stops agents for one install dir. Children we spawned are
@@ -214,10 +261,26 @@ impl Supervisor {
     /// stray of theirs ([`strays`]): a listener that
     /// daemonized (setsid, double fork) must not keep the port.
     pub async fn stop_all(&self, agents: Vec<(i32, Option<u64>)>) -> Vec<Stopped> {
+        self.stop_all_but(agents, None).await
+    }
+
+    /// [`Supervisor::stop_all`], sparing `spare` and its descendants (the
+    /// new agent of a start-first restart, which carries the same marks).
+    pub async fn stop_all_but(
+        &self,
+        agents: Vec<(i32, Option<u64>)>,
+        spare: Option<i32>,
+    ) -> Vec<Stopped> {
         let find_strays = |agents: &[(i32, Option<u64>)]| {
             let pids: Vec<i32> = agents.iter().map(|(p, _)| *p).collect();
             let dir = self.install_dir.clone();
-            tokio::task::spawn_blocking(move || strays(&dir, &pids))
+            tokio::task::spawn_blocking(move || {
+                let mut found = strays(&dir, &pids);
+                if let Some(spare) = spare {
+                    found.retain(|(p, _)| *p != spare && !proc::descends_from(*p, spare));
+                }
+                found
+            })
         };
         let before = find_strays(&agents).await.unwrap_or_default();
         let mut stopped = Vec::new();
@@ -243,6 +306,17 @@ impl Supervisor {
             .unwrap_or_default();
         let _ = tokio::task::spawn_blocking(move || reap_adopted(&ours)).await;
         stopped
+    }
+
+    /// The agent `pid` as this process spawned it (its exit receiver), if
+    /// it did and it still runs.
+    pub fn child(&self, pid: i32) -> Option<Spawned> {
+        let c = self.children.lock().ok()?;
+        let child = c.get(&pid)?;
+        child.exited.borrow().is_none().then(|| Spawned {
+            pid,
+            exited: child.exited.clone(),
+        })
     }
 
     /// Whether any agent of this worker is running.
@@ -302,7 +376,7 @@ impl Supervisor {
     /// Start an agent: `cwd` = install dir, output appended to
     /// `agent.spawn.log`, its own process group (so a signal to the
     /// updater's terminal does not reach it), then the pidfile.
-    pub fn spawn(&self, launch: &Launch) -> Result<Spawned> {
+    pub fn spawn(&self, launch: &Launch, sockets: Vec<std::os::fd::OwnedFd>) -> Result<Spawned> {
         // On a full disk the log may not open: the agent starts all the same.
         let (out, err) = match std::fs::OpenOptions::new()
             .create(true)
@@ -331,7 +405,34 @@ impl Supervisor {
         let Some((program, args)) = launch.argv.split_first() else {
             return Err(UpdaterError::Agent("empty agent command".into()));
         };
-        let mut cmd = tokio::process::Command::new(program);
+        let mut cmd = if sockets.is_empty() {
+            tokio::process::Command::new(program)
+        } else {
+            // Through the trampoline, which sets LISTEN_PID to the pid the
+            // agent will have.
+            let mut c = tokio::process::Command::new("/proc/self/exe");
+            c.arg(EXEC_AGENT).arg("--").arg(program);
+            c
+        };
+        for var in ACTIVATION_VARS {
+            cmd.env_remove(var);
+        }
+        if !sockets.is_empty() {
+            use command_fds::{CommandFdExt, FdMapping};
+            let names: Vec<String> = launch.listen.iter().map(fd_name).collect();
+            cmd.env("LISTEN_FDS", sockets.len().to_string())
+                .env("LISTEN_FDNAMES", names.join(":"));
+            let mappings = sockets
+                .into_iter()
+                .zip(3..)
+                .map(|(parent_fd, child_fd)| FdMapping {
+                    parent_fd,
+                    child_fd,
+                })
+                .collect();
+            cmd.fd_mappings(mappings)
+                .map_err(|e| UpdaterError::Agent(format!("passing the listen sockets: {e}")))?;
+        }
         cmd.args(args)
             .current_dir(&self.install_dir)
             .envs(launch.env.iter().map(|(k, v)| (k, v)))
@@ -507,8 +608,9 @@ mod tests {
             env: vec![],
             release_dir: tmp.path().to_owned(),
             sha256: None,
+            listen: vec![],
         };
-        let s = sup.spawn(&launch).unwrap();
+        let s = sup.spawn(&launch, vec![]).unwrap();
         assert_eq!(sup.find(&matcher), vec![(s.pid, proc::start_time(s.pid))]);
         let note = sup.stop(&matcher).await;
         assert!(
@@ -554,12 +656,16 @@ mod tests {
         };
         let sup = new_sup();
         let s = sup
-            .spawn(&Launch {
-                argv: vec![script.display().to_string()],
-                env: vec![],
-                release_dir: tmp.path().to_owned(),
-                sha256: None,
-            })
+            .spawn(
+                &Launch {
+                    argv: vec![script.display().to_string()],
+                    env: vec![],
+                    release_dir: tmp.path().to_owned(),
+                    sha256: None,
+                    listen: vec![],
+                },
+                vec![],
+            )
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         let child = loop {

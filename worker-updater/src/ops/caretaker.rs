@@ -66,6 +66,14 @@ pub async fn adopt_running(d: &Arc<Daemon>) {
     let Ok((Some((pid, start_time)), spec)) = found else {
         return;
     };
+    let spawned = watch_foreign(pid, start_time);
+    adopt(d, &spawned, &spec, "adopt");
+    tracing::info!(pid, "supervising the agent that was already running");
+}
+
+/// An agent that is not our child (a previous updater started it): its
+/// exit is seen by polling `/proc`.
+pub fn watch_foreign(pid: i32, start_time: Option<u64>) -> Spawned {
     let (tx, exited) = watch::channel(None);
     tokio::spawn(async move {
         loop {
@@ -85,8 +93,7 @@ pub async fn adopt_running(d: &Arc<Daemon>) {
             }
         }
     });
-    adopt(d, &Spawned { pid, exited }, &spec, "adopt");
-    tracing::info!(pid, "supervising the agent that was already running");
+    Spawned { pid, exited }
 }
 
 /// Start the periodic probe and log rotation; ends with the runtime.
@@ -110,7 +117,7 @@ pub fn start(d: Arc<Daemon>) {
             // a change is logged, not every tick of an unhealthy agent.
             let timeout = check.timeout.min(TICK);
             let healthy = match crate::probe::once(&d.probe_client, &check.url, timeout).await {
-                Ok(got) => match (check.sha256.as_deref(), got.as_deref()) {
+                Ok(got) => match (check.sha256.as_deref(), got.sha.as_deref()) {
                     (Some(want), Some(got)) if want != got => Err(format!(
                         "the agent answering reports release {got}, not {want}"
                     )),

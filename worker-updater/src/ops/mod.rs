@@ -12,6 +12,7 @@
 pub mod caretaker;
 pub mod hook;
 pub mod reconcile;
+pub mod restart;
 pub mod rollback;
 pub mod stage;
 pub mod update;
@@ -32,24 +33,19 @@ pub type OpResult = Result<(StatusCode, OpResponse)>;
 
 /// Stop whatever agent of ours runs, start `spec`'s from `current`, probe
 /// it. The `/proc` scan and the fork run on the blocking pool; nothing is
-/// read from the release: `spec` was parsed once, before.
+/// read from the release: `spec` was parsed once, before. With `[agent]
+/// listen` the release's sockets are held first (and the ones no running
+/// release uses are closed once the old agent is gone); with
+/// `start-first` the old agent is stopped only after the new one proved
+/// healthy ([`restart::start_first`]). An old agent a failed start-first
+/// left serving this very release is taken back instead of restarted.
 pub async fn restart_and_probe(
     d: &Arc<Daemon>,
     phase: &str,
     spec: &ReleaseSpec,
 ) -> (Probe, Option<Spawned>) {
-    // A deliberate stop: the exit of what runs now is no crash.
-    d.watch.retire();
-    let daemon = d.clone();
-    let found = blocking(move || Ok(daemon.supervisor.find(&daemon.matcher())))
-        .await
-        .unwrap_or_else(|e| {
-            tracing::error!("looking for the running agent: {e}");
-            Vec::new()
-        });
-    let stopped = d.supervisor.stop_all(found).await;
-    for s in &stopped {
-        tracing::info!("{}", s.note);
+    if let Some(done) = restart::take_kept(d, phase, spec).await {
+        return done;
     }
     let url = spec
         .agent
@@ -64,6 +60,38 @@ pub async fn restart_and_probe(
         release_sha256: None,
         error: Some(error),
     };
+    // Bound before anything is stopped; an address the running agent
+    // holds itself (moving to socket activation) only once it has stopped.
+    let held = match &spec.agent {
+        Ok(run) => d.sockets.ensure(&run.listen),
+        Err(_) => Ok(()),
+    };
+    // A deliberate stop: the exit of what runs now is no crash.
+    d.watch.retire();
+    let daemon = d.clone();
+    let found = blocking(move || Ok(daemon.supervisor.find(&daemon.matcher())))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!("looking for the running agent: {e}");
+            Vec::new()
+        });
+    if let Ok(run) = &spec.agent
+        && run.start_first()
+        && !found.is_empty()
+        && held.is_ok()
+    {
+        return restart::start_first(d, phase, spec, run, found).await;
+    }
+    if let Err(e) = &held
+        && found.is_empty()
+    {
+        // Nothing was stopped: what runs keeps running.
+        return (failed(e.to_string()), None);
+    }
+    let stopped = d.supervisor.stop_all(found).await;
+    for s in &stopped {
+        tracing::info!("{}", s.note);
+    }
     if let Some(s) = stopped.iter().find(|s| s.survived) {
         return (
             failed(format!(
@@ -82,26 +110,20 @@ pub async fn restart_and_probe(
             );
         }
     };
-    let daemon = d.clone();
-    let launch = run.launch.clone();
-    let spawned = blocking(move || {
-        if daemon.layout.resolved_current().is_none() {
-            return Err(UpdaterError::Agent("no current release to start".into()));
-        }
-        // Forks and writes the pidfile; the reaper task it spawns finds
-        // the runtime from the blocking pool.
-        daemon.supervisor.spawn(&launch)
-    })
-    .await;
-    let spawned = match spawned {
+    if held.is_err()
+        && let Err(e) = d.sockets.ensure(&run.listen)
+    {
+        return (failed(e.to_string()), None);
+    }
+    // The old agent is gone: close what the new one does not use before it
+    // starts (it may bind such an address itself).
+    d.sockets.retain(&run.listen);
+    let spawned = match restart::spawn(d, &run).await {
         Ok(s) => s,
-        Err(UpdaterError::Agent(e)) if e == "no current release to start" => {
-            return (failed(e), None);
-        }
-        Err(e) => return (failed(e.to_string()), None),
+        Err(e) => return (failed(e), None),
     };
     let generation = caretaker::adopt(d, &spawned, spec, phase);
-    let p = probe(
+    let mut p = probe(
         &d.probe_client,
         &run.health_url,
         phase,
@@ -111,6 +133,9 @@ pub async fn restart_and_probe(
     )
     .await;
     d.watch.probed(generation, p.healthy);
+    if !p.healthy {
+        restart::explain(d, &run, &mut p).await;
+    }
     (p, Some(spawned))
 }
 

@@ -19,6 +19,9 @@ pub struct Pending {
     pub update: bool,
     /// A rollback swapped in and never given its verdict.
     pub rollback: bool,
+    /// The agent runs on sockets a previous updater bound (this one was
+    /// restarted, not exec'ed): restart it onto the ones held now.
+    pub handover: bool,
 }
 
 impl From<&Repair> for Pending {
@@ -26,6 +29,7 @@ impl From<&Repair> for Pending {
         Pending {
             update: r.unconfirmed,
             rollback: r.rollback_unconfirmed,
+            handover: false,
         }
     }
 }
@@ -43,19 +47,36 @@ pub async fn start_up(
     let app = d.clone();
     let restart = repair.unconfirmed || repair.restart || repair.rollback_unconfirmed;
     let needed = blocking(move || {
-        Ok(app.layout.resolved_current().is_some()
-            && (restart || (app.config.start_agent && !app.supervisor.running(&app.matcher()))))
+        if app.layout.resolved_current().is_none() {
+            return Ok((false, false));
+        }
+        let running = app.supervisor.running(&app.matcher());
+        // The active release's sockets, held before anything starts.
+        let host = app.host_env()?;
+        let spec = app.spec_on_disk(&app.layout.active(), &host);
+        let listen = spec.agent.map(|r| r.listen).unwrap_or_default();
+        if let Err(e) = app.sockets.ensure(&listen) {
+            tracing::error!("start-up: {e}");
+        }
+        let handover = running && !listen.is_empty() && !app.sockets.inherited();
+        Ok((
+            restart || handover || (app.config.start_agent && !running),
+            handover,
+        ))
     })
     .await
     .unwrap_or_else(|e| {
         tracing::error!("start-up: {e}");
-        false
+        (false, false)
     });
+    let (needed, handover) = needed;
     if !needed {
         return None;
     }
     let guard = d.try_begin("start-up").ok()?;
-    Some(reconcile(d.clone(), guard, repair.into()))
+    let mut pending: Pending = repair.into();
+    pending.handover = handover;
+    Some(reconcile(d.clone(), guard, pending))
 }
 
 /// Holding the worker: restart the agent on `current` and probe it, then
@@ -67,6 +88,9 @@ pub async fn reconcile(d: Arc<Daemon>, guard: OpGuard, pending: Pending) {
     let _guard = guard;
     let phase = if pending.rollback {
         "rollback"
+    } else if pending.handover && !pending.update {
+        // Not a release going live: the revert window is not restarted.
+        "handover"
     } else {
         "forward"
     };

@@ -50,6 +50,10 @@ pub async fn rollback(d: Arc<Daemon>, guard: OpGuard, to: Option<String>) -> OpR
         ))
     })
     .await?;
+    // The target's `[agent] listen` sockets before anything is swapped.
+    if let Ok(run) = &target_spec.agent {
+        d.sockets.ensure(&run.listen)?;
+    }
     let (running, target) = (running_spec.manifest.clone(), target_spec.manifest.clone());
     let (layout, from, to) = (d.layout.clone(), running.clone(), target.clone());
     let swapped = blocking(move || {

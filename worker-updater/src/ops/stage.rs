@@ -218,6 +218,13 @@ async fn prepare(
     {
         return Ok(Prepared::Unchanged(Box::new(m.clone())));
     }
+    // New `[agent] listen` addresses are bound before anything rotates: a
+    // bind failure is a 500 with nothing changed (issue 14).
+    if purpose == Purpose::Agent
+        && let Ok(run) = &staged.spec.agent
+    {
+        super::restart::bind_before_flip(d, run).await?;
+    }
     let t = Instant::now();
     if let Some(hook) = staged.spec.hook()? {
         run_install(&hook, layout).await?;

@@ -87,9 +87,13 @@ pub async fn update(d: Arc<Daemon>, form: Form, pushed_by: String, guard: OpGuar
     // rolls forward), stop it, put the last good release back.
     crate::crashpoint::at("update-unhealthy");
     let mut why = forward.error.clone().unwrap_or_else(|| "unhealthy".into());
-    if let Some(port) = reqwest::Url::parse(&forward.url)
-        .ok()
-        .and_then(|u| u.port_or_known_default())
+    // With `[agent] listen` the updater itself (and a kept old agent)
+    // holds the port by design: no stray to name.
+    let holds_sockets = spec.agent.as_ref().is_ok_and(|r| !r.listen.is_empty());
+    if !holds_sockets
+        && let Some(port) = reqwest::Url::parse(&forward.url)
+            .ok()
+            .and_then(|u| u.port_or_known_default())
     {
         let agent = spawned.as_ref().map(|s| s.pid);
         let note = blocking(move || Ok(crate::agent::port::stray_note(port, agent))).await;

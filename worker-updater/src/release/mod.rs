@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pki::swarm_toml::SwarmToml;
+use pki::swarm_toml::{RestartMode, SwarmToml};
 use pki::wire::{MANIFEST_FILE, Manifest};
 
 pub use env::{AgentEnv, HostEnv};
@@ -37,6 +37,18 @@ pub struct AgentRun {
     pub launch: Launch,
     pub health_url: String,
     pub probe: ProbeSettings,
+    /// `[agent] listen`, expanded: the sockets the updater holds and hands
+    /// to the agent (issue 14).
+    pub listen: Vec<std::net::SocketAddr>,
+    /// `[agent] restart` (`start-first` only ever with `listen`).
+    pub restart: RestartMode,
+}
+
+impl AgentRun {
+    /// Whether the new agent starts beside the old one.
+    pub fn start_first(&self) -> bool {
+        self.restart == RestartMode::StartFirst && !self.listen.is_empty()
+    }
 }
 
 /// The install hook of a release, ready to run in the dir it was read from.
@@ -224,15 +236,32 @@ fn agent_run(
             .map_err(|e| format!("[agent] health_url: {e}"))?,
         None => config.agent_url.clone(),
     };
+    let mut listen = Vec::new();
+    for a in &toml.agent.listen {
+        let expanded = env.expand(a).map_err(|e| format!("[agent] listen: {e}"))?;
+        let addr = pki::swarm_toml::parse_listen(&expanded)?;
+        if listen.contains(&addr) {
+            return Err(format!("[agent] listen names {addr} twice"));
+        }
+        listen.push(addr);
+    }
+    let restart = toml.restart();
+    let mut probe = config.probe.with_deadline(toml.probe_deadline());
+    // Old and new agents share the sockets: only the answering pid tells
+    // which one the probe reached.
+    probe.require_pid = restart == RestartMode::StartFirst;
     Ok(AgentRun {
         launch: Launch {
             argv,
             env: env.added.clone().into_iter().collect(),
             release_dir: run_dir.to_owned(),
             sha256: manifest.map(|m| m.sha256.clone()),
+            listen: listen.clone(),
         },
         health_url,
-        probe: config.probe.with_deadline(toml.probe_deadline()),
+        probe,
+        listen,
+        restart,
     })
 }
 

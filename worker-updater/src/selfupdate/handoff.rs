@@ -66,7 +66,21 @@ impl Handoff {
             argv = ?self.stash.argv(),
             "re-executing into the new updater"
         );
-        let err = updater_command(&self.exe, Some(&self.release_dir), &self.stash).exec();
+        // The agent's listen sockets go through the exec (issue 14).
+        let sockets = crate::agent::sockets::Sockets::global();
+        let mut cmd = updater_command(&self.exe, Some(&self.release_dir), &self.stash);
+        match sockets.exec_env() {
+            Some(env) => {
+                cmd.envs(env);
+            }
+            None => {
+                for var in ["LISTEN_FDS", "LISTEN_PID", crate::agent::sockets::HELD_VAR] {
+                    cmd.env_remove(var);
+                }
+            }
+        }
+        let err = cmd.exec();
+        sockets.after_failed_exec();
         tracing::error!(
             "cannot exec {}: {err}; putting the previous updater release back",
             self.exe.display()

@@ -12,6 +12,8 @@ use crate::stats::Summary;
 pub(crate) enum Unit {
     Seconds,
     Bytes,
+    /// A plain count (failed requests).
+    Count,
 }
 
 impl Unit {
@@ -20,6 +22,7 @@ impl Unit {
             Unit::Seconds if v < 10.0 => format!("{v:.3} s"),
             Unit::Seconds => format!("{v:.1} s"),
             Unit::Bytes => format!("{:.1} MiB", v / (1024.0 * 1024.0)),
+            Unit::Count => format!("{v:.0}"),
         }
     }
 
@@ -28,6 +31,7 @@ impl Unit {
             Unit::Seconds if v < 10.0 => format!("{v:.3}"),
             Unit::Seconds => format!("{v:.1}"),
             Unit::Bytes => format!("{:.1}", v / (1024.0 * 1024.0)),
+            Unit::Count => format!("{v:.0}"),
         }
     }
 }
