@@ -21,6 +21,7 @@ pub mod ca;
 pub mod daemon;
 mod error;
 pub mod identity;
+pub mod index;
 pub mod policy;
 pub mod release;
 pub mod rollout;

@@ -21,6 +21,8 @@ pub enum Endpoint {
     Logs,
     /// `POST /agent/restart`.
     AgentRestart,
+    /// `POST /verify` (issue 12): re-hash the kept releases.
+    Verify,
 }
 
 impl Endpoint {
@@ -38,6 +40,7 @@ impl Endpoint {
             (_, "/history") if read => Endpoint::History,
             (_, "/logs") if read => Endpoint::Logs,
             (&Method::POST, "/agent/restart") => Endpoint::AgentRestart,
+            (&Method::POST, "/verify") => Endpoint::Verify,
             _ => return None,
         })
     }
@@ -54,7 +57,8 @@ pub fn authorize(who: &Identity, endpoint: Endpoint) -> Result<(), String> {
         | Endpoint::Rollback
         | Endpoint::History
         | Endpoint::Logs
-        | Endpoint::AgentRestart => {
+        | Endpoint::AgentRestart
+        | Endpoint::Verify => {
             if *who == Identity::Master {
                 Ok(())
             } else {
@@ -85,6 +89,11 @@ mod tests {
         assert_eq!(Endpoint::of(&Method::POST, "/releases"), None);
         assert_eq!(Endpoint::of(&Method::GET, "/releases/"), None);
         assert_eq!(Endpoint::of(&Method::OPTIONS, "/health"), None);
+        assert_eq!(
+            Endpoint::of(&Method::POST, "/verify"),
+            Some(Endpoint::Verify)
+        );
+        assert_eq!(Endpoint::of(&Method::GET, "/verify"), None);
     }
 
     #[test]
@@ -104,6 +113,7 @@ mod tests {
                 Endpoint::Update,
                 Endpoint::UpdateSelf,
                 Endpoint::Rollback,
+                Endpoint::Verify,
             ] {
                 assert_eq!(authorize(w, e).is_ok(), *w == Identity::Master, "{w} {e:?}");
             }
