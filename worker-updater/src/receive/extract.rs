@@ -2,9 +2,9 @@
 //! directory, told apart by their magic numbers (`1f 8b`, `28 b5 2f fd`).
 //! Every gzip member is read (`Members`), as `tar xzf` does, and every zstd
 //! frame, as `zstd -d` does; after the end-of-archive blocks only zeros may
-//! follow. A zstd frame may ask for a window of at most
-//! [`ZSTD_WINDOW_LOG_MAX`](super::decode::ZSTD_WINDOW_LOG_MAX) (the
-//! decoder's memory is bounded by it); [`super::decode`] decompresses.
+//! follow. A zstd frame may ask for a window of at most 8 MiB
+//! (`decode::ZSTD_WINDOW_LOG_MAX`: the decoder's memory is bounded by it);
+//! the `decode` module decompresses.
 //!
 //! tar-rs is used only to *parse* the stream; every entry is validated here,
 //! from its raw path bytes and header, before anything is written, and every
