@@ -141,11 +141,19 @@ pub enum Command {
     },
     /// Issue a worker's agent (and updater) certificate bundles and record it.
     Enroll(EnrollCommand),
-    /// List enrolled hosts.
+    /// List enrolled hosts (or, with --denied, the certificate deny list).
     List {
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
+        /// List the denied certificates instead of the hosts.
+        #[arg(long)]
+        denied: bool,
+    },
+    /// Manage named operators: master-role certificates that carry a name.
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
     },
     /// Add or remove tags of an enrolled host (`--tag T` targets hosts by tag).
     Tag(TagArgs),
@@ -178,6 +186,34 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page, or write every page into a directory.
     Man(ManArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Issue a master-role bundle for a colleague, named in its certificate.
+    Add {
+        /// Operator name (host-name rules: [A-Za-z0-9._-], starting with a letter or digit).
+        name: String,
+        /// Where to write the bundle (ca.crt, master.crt, master.key); must not exist.
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List named operators.
+    List {
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark an operator removed and deny its certificate on every updater.
+    Remove {
+        name: String,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

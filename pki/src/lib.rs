@@ -34,10 +34,10 @@ pub mod wire;
 pub use bundle::{Bundle, BundleKind};
 pub use ca::{Ca, IssuedLeaf, LeafSpec};
 pub use error::PkiError;
-pub use identity::{Fingerprint, HostName, Identity};
+pub use identity::{Fingerprint, HostName, Identity, OperatorName};
 pub use policy::Endpoint;
 #[cfg(feature = "server")]
-pub use serve::{Peer, ServeArgs, ServeLimits, serve, serve_with};
+pub use serve::{Peer, PeerCert, ServeArgs, ServeLimits, serve, serve_with};
 pub use tls::{ServerExpectation, client_config, http_client, server_config};
 
 /// An error and its causes on one line (`a: b: c`), leaving out a cause

@@ -42,6 +42,42 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub struct Peer(pub Identity);
 
+/// What else the verified peer certificate says, beside its [`Peer`]
+/// identity: its fingerprint (what a deny list names) and the operator a
+/// master-role certificate names (`swarm:operator:NAME`, issue 15).
+/// Authority stays with the [`Identity`]; this only says who acted.
+#[derive(Clone, Debug)]
+pub struct PeerCert {
+    pub fingerprint: crate::Fingerprint,
+    pub operator: Option<crate::OperatorName>,
+}
+
+impl PeerCert {
+    fn of_der(der: &[u8]) -> PeerCert {
+        PeerCert {
+            fingerprint: crate::Fingerprint::of_der(der),
+            operator: crate::identity::CertInfo::parse(der)
+                .ok()
+                .and_then(|info| info.operator),
+        }
+    }
+
+    /// Who acted: `operator:NAME`, or the identity's CN (`master`).
+    pub fn by(&self, who: &Identity) -> String {
+        who.acted_by(self.operator.as_ref())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerCert {
+    type Rejection = Response;
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<PeerCert>().cloned().ok_or_else(|| {
+            // Invariant: `serve` inserts a PeerCert beside every Peer.
+            ErrorBody::response(StatusCode::FORBIDDEN, "no verified peer certificate")
+        })
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Peer {
     type Rejection = Response;
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
@@ -157,11 +193,12 @@ pub async fn serve_with(
                 }
             };
             drop(slot);
-            let identity = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-                Some(cert) => Identity::from_client_cert(cert),
-                // Unreachable with a mandatory client verifier; refuse anyway.
-                None => return,
-            };
+            let (identity, cert) =
+                match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                    Some(cert) => (Identity::from_client_cert(cert), PeerCert::of_der(cert)),
+                    // Unreachable with a mandatory client verifier; refuse anyway.
+                    None => return,
+                };
             let _permit = match gate.admit(&identity) {
                 Ok(p) => p,
                 Err(why) => {
@@ -176,6 +213,7 @@ pub async fn serve_with(
             };
             tracing::debug!(%remote, peer = %identity, "connection");
             let peer = Peer(identity);
+            let peer_cert = cert;
             let body_limits = Arc::clone(&limits);
             let requested = Arc::new(tokio::sync::Notify::new());
             let seen = Arc::clone(&requested);
@@ -184,6 +222,7 @@ pub async fn serve_with(
                 let mut req =
                     req.map(|b| axum::body::Body::new(body::TimedBody::new(b, &body_limits)));
                 req.extensions_mut().insert(peer.clone());
+                req.extensions_mut().insert(peer_cert.clone());
                 req
             });
             // HTTP/1.1 only (ALPN offers nothing else): a client that sends

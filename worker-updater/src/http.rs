@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use pki::Peer;
+use pki::{Peer, PeerCert};
 use pki::wire::{ErrorBody, Releases, UpdaterHealth};
 use tokio::sync::oneshot;
 
@@ -60,6 +60,7 @@ async fn releases(State(app): State<Arc<Daemon>>) -> Result<Json<Releases>, AppE
 async fn update(
     State(app): State<Arc<Daemon>>,
     Peer(who): Peer,
+    cert: PeerCert,
     form: Result<Form, FormRejection>,
 ) -> Result<Response, AppError> {
     let guard = app.try_begin("update")?;
@@ -71,24 +72,29 @@ async fn update(
     // Run detached so a client that hangs up cannot cancel the operation
     // half-way through a rotation.
     let d = app.clone();
-    let by = who.cn();
+    let by = cert.by(&who);
+    let journal_by = by.clone();
     let task = tokio::spawn(async move { ops::update::update(d, form, by, guard).await });
     let result = task
         .await
         .map_err(|e| UpdaterError::Internal(format!("update task: {e}")))?;
-    views::journal_op(&app, "update", &who.cn(), &result).await;
+    views::journal_op(&app, "update", &journal_by, &result).await;
     let (code, body) = result?;
     Ok((code, Json(body)).into_response())
 }
 
-async fn rollback(State(app): State<Arc<Daemon>>, Peer(who): Peer) -> Result<Response, AppError> {
+async fn rollback(
+    State(app): State<Arc<Daemon>>,
+    Peer(who): Peer,
+    cert: PeerCert,
+) -> Result<Response, AppError> {
     let guard = app.try_begin("rollback")?;
     let d = app.clone();
     let task = tokio::spawn(async move { ops::rollback::rollback(d, guard).await });
     let result = task
         .await
         .map_err(|e| UpdaterError::Internal(format!("rollback task: {e}")))?;
-    views::journal_op(&app, "rollback", &who.cn(), &result).await;
+    views::journal_op(&app, "rollback", &cert.by(&who), &result).await;
     let (code, body) = result?;
     Ok((code, Json(body)).into_response())
 }
@@ -98,6 +104,7 @@ async fn rollback(State(app): State<Arc<Daemon>>, Peer(who): Peer) -> Result<Res
 async fn update_self(
     State(app): State<Arc<Daemon>>,
     Peer(who): Peer,
+    cert: PeerCert,
     form: Result<Form, FormRejection>,
 ) -> Result<Response, AppError> {
     let guard = app.try_begin("update-self")?;
@@ -108,7 +115,7 @@ async fn update_self(
     })?;
     // Detached like `/update`; the guard travels with the operation and
     // then with the exec, so nothing else starts in between.
-    let by = who.cn();
+    let by = cert.by(&who);
     let task = tokio::spawn(async move {
         let result = selfupdate::update_self(app.clone(), form, by.clone()).await;
         let journaled = result

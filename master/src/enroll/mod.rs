@@ -7,6 +7,7 @@
 //! an existing path, [`place`]), and only then is the transaction committed;
 //! any failure removes whatever swarm wrote, and nothing it did not.
 
+mod operator;
 mod place;
 mod report;
 mod tag;
@@ -26,6 +27,7 @@ use crate::output::{self, Cell, Color, Table, outln};
 pub(crate) use place::sync_dir;
 use place::{Cleanup, place, rename_noreplace, temp_sibling};
 use report::{BundleDoc, CaInitDoc, DecommissionDoc, EnrollDoc};
+pub(crate) use operator::{list_denied, operator_add, operator_list, operator_remove};
 pub(crate) use tag::tag;
 
 /// `swarm ca init [--force]`.
