@@ -67,11 +67,13 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
                 json,
             } => enroll::operator_add(&home, &name, &out_dir, json).map(|()| 0),
             OperatorCommand::List { json } => enroll::operator_list(&home, json).map(|()| 0),
-            OperatorCommand::Remove { name, json } => enroll::operator_remove(&home, &name, json),
+            OperatorCommand::Remove { name, json } => {
+                enroll::operator_remove(&home, &name, json, fleet::deliver_deny_all)
+            }
         },
         Command::Tag(args) => enroll::tag(&home, &args).map(|()| 0),
         Command::Decommission { host, json } => {
-            enroll::decommission(&home, &host, json).map(|()| 0)
+            enroll::decommission(&home, &host, json, fleet::deliver_deny_all).map(|()| 0)
         }
         Command::Update(args) => fleet::update(&home, &args),
         Command::Rollback(args) => fleet::rollback(&home, &args),

@@ -21,6 +21,8 @@ pub enum Endpoint {
     Logs,
     /// `POST /agent/restart`.
     AgentRestart,
+    /// `POST /deny`: the whole certificate deny list (issue 15).
+    Deny,
 }
 
 impl Endpoint {
@@ -38,6 +40,7 @@ impl Endpoint {
             (_, "/history") if read => Endpoint::History,
             (_, "/logs") if read => Endpoint::Logs,
             (&Method::POST, "/agent/restart") => Endpoint::AgentRestart,
+            (&Method::POST, "/deny") => Endpoint::Deny,
             _ => return None,
         })
     }
@@ -54,7 +57,8 @@ pub fn authorize(who: &Identity, endpoint: Endpoint) -> Result<(), String> {
         | Endpoint::Rollback
         | Endpoint::History
         | Endpoint::Logs
-        | Endpoint::AgentRestart => {
+        | Endpoint::AgentRestart
+        | Endpoint::Deny => {
             if *who == Identity::Master {
                 Ok(())
             } else {

@@ -29,7 +29,7 @@ use tower::ServiceExt;
 pub use body::BodyTimeout;
 pub use limits::{ServeArgs, ServeLimits, parse_duration};
 
-use crate::Identity;
+use crate::{DenyList, Identity};
 use crate::policy::{Endpoint, authorize};
 use crate::wire::ErrorBody;
 use gate::Gate;
@@ -89,9 +89,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
     }
 }
 
-/// Deny by default: a request reaches a handler only if it addresses an
-/// endpoint of the policy table and its peer may call it.
+/// Marks a request whose peer certificate is on the deny list.
+#[derive(Clone, Copy, Debug)]
+struct DeniedPeer;
+
+/// Deny by default: a request reaches a handler only if its peer
+/// certificate is not denied, it addresses an endpoint of the policy table
+/// and its peer may call it.
 async fn enforce_policy(req: Request, next: Next) -> Response {
+    if req.extensions().get::<DeniedPeer>().is_some() {
+        let who = req.extensions().get::<Peer>().map(|p| p.0.to_string());
+        tracing::warn!(peer = ?who, "refused: certificate denied");
+        return ErrorBody::response(
+            StatusCode::FORBIDDEN,
+            "this certificate is denied: the master revoked it (swarm decommission / operator remove)",
+        );
+    }
     let Some(endpoint) = Endpoint::of(req.method(), req.uri().path()) else {
         return ErrorBody::response(
             StatusCode::NOT_FOUND,
@@ -133,6 +146,19 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
     limits: ServeLimits,
 ) -> std::io::Result<()> {
+    serve_denying(listener, tls, app, shutdown, limits, DenyList::default()).await
+}
+
+/// [`serve_with`] refusing (403, every route) each request whose peer
+/// certificate's fingerprint `deny` holds at the time of the request.
+pub async fn serve_denying(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send,
+    limits: ServeLimits,
+    deny: DenyList,
+) -> std::io::Result<()> {
     let limits = Arc::new(limits);
     let acceptor = TlsAcceptor::from(tls);
     let app = app.layer(axum::middleware::from_fn(enforce_policy));
@@ -172,6 +198,7 @@ pub async fn serve_with(
         let watcher = graceful.subscribe();
         let gate = Arc::clone(&gate);
         let limits = Arc::clone(&limits);
+        let deny = deny.clone();
         tokio::spawn(async move {
             let mut slot = slot;
             let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
@@ -222,6 +249,9 @@ pub async fn serve_with(
                 let mut req =
                     req.map(|b| axum::body::Body::new(body::TimedBody::new(b, &body_limits)));
                 req.extensions_mut().insert(peer.clone());
+                if deny.contains(&peer_cert.fingerprint) {
+                    req.extensions_mut().insert(DeniedPeer);
+                }
                 req.extensions_mut().insert(peer_cert.clone());
                 req
             });

@@ -31,6 +31,7 @@ pub fn router(app: Arc<Daemon>) -> Router {
         .route("/history", get(views::history))
         .route("/logs", get(views::logs))
         .route("/agent/restart", post(views::agent_restart))
+        .route("/deny", post(crate::deny::deny))
         .route(
             "/update-self",
             post(update_self).layer(DefaultBodyLimit::disable()),

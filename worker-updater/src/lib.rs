@@ -26,6 +26,7 @@
 pub mod agent;
 pub mod config;
 pub mod crashpoint;
+pub mod deny;
 pub mod error;
 pub mod http;
 pub mod install;
@@ -109,12 +110,13 @@ pub async fn run(
                 () = app.handoff_requested() => {}
             }
         };
-        pki::serve_with(
+        pki::serve_denying(
             listener,
             tls.clone(),
             router(app.clone()),
             stop,
             app.config.serve_limits.clone(),
+            app.deny.clone(),
         )
         .await?;
         let Some(exec) = app.take_handoff() else {

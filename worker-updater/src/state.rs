@@ -33,6 +33,8 @@ pub struct Daemon {
     pub watch: Watch,
     /// The operation journal (`GET /history`).
     pub journal: Journal,
+    /// Certificates the master revoked (`deny.json`, `POST /deny`).
+    pub deny: pki::DenyList,
     /// The agent's output (`GET /logs`, `log_tail`).
     pub spawn_log: SpawnLog,
     pub probe_client: reqwest::Client,
@@ -120,6 +122,7 @@ impl Daemon {
         }
         let journal = Journal::new(crate::journal::path_in(&config.install_dir));
         let spawn_log = SpawnLog::new(install.spawn_log());
+        let deny = crate::deny::load(&config.install_dir)?;
         Ok(Daemon {
             config,
             install,
@@ -128,6 +131,7 @@ impl Daemon {
             supervisor,
             watch: Watch::default(),
             journal,
+            deny,
             spawn_log,
             probe_client,
             own_release,

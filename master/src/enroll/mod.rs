@@ -27,7 +27,9 @@ use crate::output::{self, Cell, Color, Table, outln};
 pub(crate) use place::sync_dir;
 use place::{Cleanup, place, rename_noreplace, temp_sibling};
 use report::{BundleDoc, CaInitDoc, DecommissionDoc, EnrollDoc};
-pub(crate) use operator::{list_denied, operator_add, operator_list, operator_remove};
+pub(crate) use operator::{
+    DenyDelivery, DenyPending, list_denied, operator_add, operator_list, operator_remove,
+};
 pub(crate) use tag::tag;
 
 /// `swarm ca init [--force]`.
@@ -356,8 +358,14 @@ fn enroll_updater_only(home: &Home, host: &HostName, updater_dir: &Path, json: b
     .print(json)
 }
 
-/// `swarm decommission --host H`.
-pub(crate) fn decommission(home: &Home, host: &str, json: bool) -> Result<()> {
+/// `swarm decommission --host H`: stop targeting it, deny its certificates
+/// and push the deny list (`deliver`) to every other active host.
+pub(crate) fn decommission(
+    home: &Home,
+    host: &str,
+    json: bool,
+    deliver: impl FnOnce(&Home) -> Result<DenyDelivery>,
+) -> Result<()> {
     let host = HostName::new(host)?;
     let mut inv = home.inventory()?;
     match inv.find(&host)? {
@@ -368,11 +376,19 @@ pub(crate) fn decommission(home: &Home, host: &str, json: bool) -> Result<()> {
             "host {host} is already decommissioned (see `swarm list`)"
         ))),
         Some(rec) => {
+            let mut certs = vec![(rec.agent_fingerprint, host.to_string())];
+            if let Some(fp) = rec.updater_fingerprint {
+                certs.push((fp, host.updater_cn()));
+            }
             inv.decommission(&host)?;
+            inv.deny(&certs)?;
+            drop(inv);
             DecommissionDoc {
                 host: host.to_string(),
                 decommissioned: true,
                 certificates_valid_until: report::at(rec.cert_not_after()),
+                denied: certs.iter().map(|(fp, _)| fp.to_string()).collect(),
+                delivery: deliver(home)?,
             }
             .print(json)
         }

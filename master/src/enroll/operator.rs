@@ -117,10 +117,54 @@ struct RemoveDoc {
     operator: String,
     removed: bool,
     denied: String,
+    #[serde(flatten)]
+    delivery: DenyDelivery,
 }
 
-/// `swarm operator remove NAME`: mark it removed and deny its certificate.
-pub(crate) fn operator_remove(home: &Home, name: &str, json: bool) -> Result<u8> {
+/// Where a deny list went: the hosts that hold it now, and those that get
+/// it on their next contact (update, rollback, status, restart).
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct DenyDelivery {
+    pub(crate) delivered: Vec<String>,
+    pub(crate) pending: Vec<DenyPending>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct DenyPending {
+    pub(crate) host: String,
+    pub(crate) error: String,
+}
+
+impl DenyDelivery {
+    pub(super) fn print_lines(&self) -> Result<()> {
+        outln!(
+            "deny list delivered to {} host(s){}",
+            self.delivered.len(),
+            if self.delivered.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", self.delivered.join(", "))
+            }
+        )?;
+        for p in &self.pending {
+            outln!(
+                "  {}: not delivered yet ({}); it gets the list on its next contact",
+                p.host,
+                p.error
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `swarm operator remove NAME`: mark it removed, deny its certificate and
+/// push the deny list (`deliver`) to every active host.
+pub(crate) fn operator_remove(
+    home: &Home,
+    name: &str,
+    json: bool,
+    deliver: impl FnOnce(&Home) -> Result<DenyDelivery>,
+) -> Result<u8> {
     let name = operator_name(name)?;
     let mut inv = home.inventory()?;
     let Some(rec) = inv.remove_operator(&name)? else {
@@ -133,11 +177,13 @@ pub(crate) fn operator_remove(home: &Home, name: &str, json: bool) -> Result<u8>
         operator: name.to_string(),
         removed: true,
         denied: rec.fingerprint,
+        delivery: deliver(home)?,
     };
     if json {
         output::json(&doc)?;
     } else {
         outln!("operator {}: removed, certificate {} denied", doc.operator, doc.denied)?;
+        doc.delivery.print_lines()?;
     }
     Ok(0)
 }

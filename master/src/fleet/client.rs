@@ -6,9 +6,11 @@ use std::time::Duration;
 use pki::{Bundle, ServerExpectation};
 use time::OffsetDateTime;
 
+use super::deny::DenySync;
 use super::said::{self, Clean};
 use crate::clock;
 use crate::error::Result;
+use crate::home::Home;
 use crate::inventory::HostRecord;
 
 /// How long to wait for a TCP+TLS connection before calling a host down.
@@ -23,6 +25,8 @@ pub(crate) struct Master {
     bundle: Bundle,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
+    /// The deny list hosts are given before anything else (issue 15).
+    deny: Option<DenySync>,
 }
 
 impl Master {
@@ -32,7 +36,19 @@ impl Master {
             bundle,
             not_before: info.not_before,
             not_after: info.not_after,
+            deny: None,
         })
+    }
+
+    /// The master identity of `home`, with its deny list to deliver.
+    pub(crate) fn for_home(home: &Home) -> Result<Master> {
+        let mut master = Master::new(home.master_bundle()?)?;
+        master.deny = Some(DenySync::load(home)?);
+        Ok(master)
+    }
+
+    pub(super) fn deny(&self) -> Option<&DenySync> {
+        self.deny.as_ref()
     }
 
     /// A client for `rec`'s updater, pinned to its CN and recorded fingerprint.

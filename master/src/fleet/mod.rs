@@ -4,7 +4,8 @@
 //! ([`history`]; `--worker`: [`journal`]), `restart` ([`restart`]) and
 //! `logs` ([`logs`]). [`client`] builds the pinned clients and words their
 //! failures, [`said`] reads and cleans what a worker answers, [`report`]
-//! turns answers into rows, [`progress`] draws bars.
+//! turns answers into rows, [`progress`] draws bars, [`deny`] hands hosts
+//! the certificate deny list before anything else.
 //!
 //! Invariants: every connection presents the master identity, trusts only
 //! our CA and pins the updater's CN (`updater@<host>`) and the fingerprint
@@ -19,6 +20,7 @@
 //! tagged hosts (every tag given) or all active ones ([`resolve`]).
 
 mod client;
+mod deny;
 mod history;
 mod journal;
 mod logs;
@@ -44,6 +46,7 @@ use crate::cli::{OptionalTargets, Targets};
 use crate::error::{Error, Result};
 use crate::inventory::{HostRecord, HostStatus, Inventory, Tag};
 
+pub(crate) use deny::deliver_all as deliver_deny_all;
 pub(crate) use history::history;
 pub(crate) use logs::logs;
 pub(crate) use push::update;

@@ -21,7 +21,7 @@ const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(180);
 pub(crate) fn rollback(home: &Home, args: &RollbackArgs) -> Result<u8> {
     let inv = home.inventory()?;
     let hosts = resolve_required(&inv, &args.targets)?;
-    let master = Arc::new(Master::new(home.master_bundle()?)?);
+    let master = Arc::new(Master::for_home(home)?);
     let report = rollback_hosts(inv, master, hosts, usize::from(args.parallel))?;
     report.print(args.json)?;
     Ok(report.exit_code())
@@ -54,6 +54,9 @@ async fn rollback_one(master: Arc<Master>, rec: HostRecord) -> HostResult {
         Ok(c) => c,
         Err(e) => return HostResult::error(&rec, e, started),
     };
+    if let Err(e) = super::deny::deliver(&master, &client, &rec).await {
+        return HostResult::error(&rec, e, started);
+    }
     let resp = match client.post(rec.updater_url("/rollback")).send().await {
         Ok(r) => r,
         Err(e) => return HostResult::error(&rec, master.describe(&e, ROLLBACK_TIMEOUT), started),

@@ -255,6 +255,10 @@ async fn status_one(
             return row;
         }
     };
+    if let Err(e) = super::deny::deliver(&master, &client, &rec).await {
+        row.updater_error = Some(e);
+        return row;
+    }
     match get_json::<UpdaterHealth>(&master, &client, rec.updater_url("/health"), HEALTH_CAP).await
     {
         Ok(h) => row.health(h),
@@ -286,7 +290,7 @@ pub(crate) fn status(home: &Home, args: &StatusArgs) -> Result<u8> {
         desired.insert(h.host.clone(), inv.desired_release(&h.host, h.enrolled_at)?);
     }
     drop(inv);
-    let master = Arc::new(Master::new(home.master_bundle()?)?);
+    let master = Arc::new(Master::for_home(home)?);
     let rows = status_rows(hosts, usize::from(args.parallel), |rec| {
         let want = desired.get(&rec.host).cloned().flatten();
         status_one(master.clone(), rec, want)
