@@ -29,9 +29,9 @@ use tower::ServiceExt;
 pub use body::BodyTimeout;
 pub use limits::{ServeArgs, ServeLimits, parse_duration};
 
-use crate::{DenyList, Identity};
 use crate::policy::{Endpoint, authorize};
 use crate::wire::ErrorBody;
+use crate::{DenyList, Identity};
 use gate::Gate;
 
 /// How long open connections may drain after shutdown by default
@@ -220,12 +220,12 @@ pub async fn serve_denying(
                 }
             };
             drop(slot);
-            let (identity, cert) =
-                match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-                    Some(cert) => (Identity::from_client_cert(cert), PeerCert::of_der(cert)),
-                    // Unreachable with a mandatory client verifier; refuse anyway.
-                    None => return,
-                };
+            let (identity, cert) = match tls.get_ref().1.peer_certificates().and_then(|c| c.first())
+            {
+                Some(cert) => (Identity::from_client_cert(cert), PeerCert::of_der(cert)),
+                // Unreachable with a mandatory client verifier; refuse anyway.
+                None => return,
+            };
             let _permit = match gate.admit(&identity) {
                 Ok(p) => p,
                 Err(why) => {

@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use pki::{Peer, PeerCert};
 use pki::wire::{ErrorBody, Releases, UpdaterHealth};
+use pki::{Peer, PeerCert};
 use tokio::sync::oneshot;
 
 use crate::error::{AppError, UpdaterError};

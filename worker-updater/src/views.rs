@@ -11,8 +11,8 @@ use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use pki::{Peer, PeerCert};
 use pki::wire::{JournalEntry, OpResponse, OpStatus, WorkerHistory};
+use pki::{Peer, PeerCert};
 
 use crate::error::{AppError, Result, UpdaterError};
 use crate::journal::{MAX_LIMIT, entry, record};

@@ -24,12 +24,12 @@ use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::inventory::{HostRecord, HostStatus, NewHost, Tag};
 use crate::output::{self, Cell, Color, Table, outln};
-pub(crate) use place::sync_dir;
-use place::{Cleanup, place, rename_noreplace, temp_sibling};
-use report::{BundleDoc, CaInitDoc, DecommissionDoc, EnrollDoc};
 pub(crate) use operator::{
     DenyDelivery, DenyPending, list_denied, operator_add, operator_list, operator_remove,
 };
+pub(crate) use place::sync_dir;
+use place::{Cleanup, place, rename_noreplace, temp_sibling};
+use report::{BundleDoc, CaInitDoc, DecommissionDoc, EnrollDoc};
 pub(crate) use tag::tag;
 
 /// `swarm ca init [--force]`.

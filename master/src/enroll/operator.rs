@@ -94,7 +94,13 @@ pub(crate) fn operator_list(home: &Home, json: bool) -> Result<()> {
     if ops.is_empty() {
         return outln!("no operators yet: swarm operator add NAME --out-dir DIR");
     }
-    let mut t = Table::new(vec!["OPERATOR", "FINGERPRINT", "STATUS", "ISSUED", "CERT DAYS"]);
+    let mut t = Table::new(vec![
+        "OPERATOR",
+        "FINGERPRINT",
+        "STATUS",
+        "ISSUED",
+        "CERT DAYS",
+    ]);
     for o in &ops {
         let status = if o.status == "active" {
             Cell::colored("active", Color::Green)
@@ -103,7 +109,11 @@ pub(crate) fn operator_list(home: &Home, json: bool) -> Result<()> {
         };
         t.row(vec![
             o.name.to_string().into(),
-            o.fingerprint.get(..12).unwrap_or_default().to_owned().into(),
+            o.fingerprint
+                .get(..12)
+                .unwrap_or_default()
+                .to_owned()
+                .into(),
             status,
             clock::rfc3339(o.issued_at).into(),
             output::expiry_cell(clock::days_left(o.not_after)),
@@ -182,7 +192,11 @@ pub(crate) fn operator_remove(
     if json {
         output::json(&doc)?;
     } else {
-        outln!("operator {}: removed, certificate {} denied", doc.operator, doc.denied)?;
+        outln!(
+            "operator {}: removed, certificate {} denied",
+            doc.operator,
+            doc.denied
+        )?;
         doc.delivery.print_lines()?;
     }
     Ok(0)

@@ -71,7 +71,12 @@ pub(super) async fn deliver(
         .json(&sync.body)
         .send()
         .await
-        .map_err(|e| format!("deny list not delivered: {}", master.describe(&e, STATUS_TIMEOUT)))?;
+        .map_err(|e| {
+            format!(
+                "deny list not delivered: {}",
+                master.describe(&e, STATUS_TIMEOUT)
+            )
+        })?;
     let (status, body) = said::read_answer(resp, ANSWER_CAP).await?;
     if status == reqwest::StatusCode::NOT_FOUND {
         // Left pending: `swarm list --denied` and the host's deny_version say so.

@@ -114,7 +114,10 @@ impl Inventory {
 
     /// Mark the active operator `name` removed and deny its certificate,
     /// in one transaction. Returns its record, or `None` if there was none.
-    pub(crate) fn remove_operator(&mut self, name: &OperatorName) -> Result<Option<OperatorRecord>> {
+    pub(crate) fn remove_operator(
+        &mut self,
+        name: &OperatorName,
+    ) -> Result<Option<OperatorRecord>> {
         let Some(rec) = self.active_operator(name)? else {
             return Ok(None);
         };
