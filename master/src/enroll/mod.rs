@@ -397,7 +397,16 @@ pub(crate) fn decommission(
 
 #[derive(Serialize)]
 struct ListDoc<'a> {
-    hosts: &'a [HostRecord],
+    hosts: Vec<ListedHost<'a>>,
+}
+
+/// A host as `swarm list --json` shows it: its record, and the days until
+/// its first certificate expires (issue 15; negative once expired).
+#[derive(Serialize)]
+struct ListedHost<'a> {
+    #[serde(flatten)]
+    rec: &'a HostRecord,
+    expires_in_days: i64,
 }
 
 /// `swarm list [--json]`.
@@ -405,7 +414,14 @@ pub(crate) fn list(home: &Home, json: bool) -> Result<()> {
     let inv = home.inventory()?;
     let hosts = inv.hosts()?;
     if json {
-        return output::json(&ListDoc { hosts: &hosts });
+        let hosts = hosts
+            .iter()
+            .map(|rec| ListedHost {
+                rec,
+                expires_in_days: clock::days_left(rec.cert_not_after()),
+            })
+            .collect();
+        return output::json(&ListDoc { hosts });
     }
     if hosts.is_empty() {
         outln!("no hosts enrolled yet: swarm enroll --host H --address A --updater --out-dir DIR")?;

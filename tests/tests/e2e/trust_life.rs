@@ -274,6 +274,18 @@ fn a_decommissioned_hosts_certificates_are_refused_and_an_unreachable_host_gets_
         "{status}"
     );
     assert_eq!(status["hosts"][1]["updater"], "ok", "{status}");
+    // Days until expiry, in status and list alike (825-day leaves).
+    let days = status["hosts"][0]["expires_in_days"]
+        .as_i64()
+        .expect("expires_in_days");
+    assert!((823..=825).contains(&days), "{status}");
+    let listed = s.list();
+    assert!(
+        listed
+            .iter()
+            .all(|h| h["expires_in_days"].as_i64() == Some(days)),
+        "{listed:?}"
+    );
     tests::block_on(async {
         let c = client_for(&w3_agent, &w2.bundles.host.updater_cn());
         assert_eq!(call(&c, &w2, "GET", "/health").await, Ok(403));
