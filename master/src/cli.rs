@@ -169,6 +169,8 @@ pub enum Command {
     Update(UpdateArgs),
     /// Ask targets to swap back to their previous release.
     Rollback(RollbackArgs),
+    /// Issue new agent and updater certificates and deliver them over mTLS.
+    Renew(RenewArgs),
     /// Show updater, agent, releases and certificate expiry per host.
     Status(StatusArgs),
     /// Show the audit trail of pushes and rollbacks (or, with --worker, a
@@ -469,6 +471,18 @@ pub struct RollbackArgs {
     /// How many hosts to roll back at once.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub parallel: u16,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RenewArgs {
+    #[command(flatten)]
+    pub targets: Targets,
+    /// Validity of the new certificates, in days.
+    #[arg(long, value_name = "N", default_value_t = 825, value_parser = clap::value_parser!(u16).range(1..))]
+    pub days: u16,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,

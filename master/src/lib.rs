@@ -77,6 +77,7 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
         }
         Command::Update(args) => fleet::update(&home, &args),
         Command::Rollback(args) => fleet::rollback(&home, &args),
+        Command::Renew(args) => fleet::renew(&home, &args),
         Command::Status(args) => fleet::status(&home, &args),
         Command::History(args) => fleet::history(&home, &args),
         Command::Restart(args) => fleet::restart(&home, &args),

@@ -24,6 +24,7 @@ mod error;
 pub mod identity;
 pub mod policy;
 pub mod release;
+pub mod renew;
 pub mod rollout;
 #[cfg(feature = "server")]
 pub mod serve;
@@ -40,7 +41,7 @@ pub use identity::{Fingerprint, HostName, Identity, OperatorName};
 pub use policy::Endpoint;
 #[cfg(feature = "server")]
 pub use serve::{Peer, PeerCert, ServeArgs, ServeLimits, serve, serve_denying, serve_with};
-pub use tls::{ServerExpectation, client_config, http_client, server_config};
+pub use tls::{ServerExpectation, SwappableCert, client_config, http_client, server_config};
 
 /// An error and its causes on one line (`a: b: c`), leaving out a cause
 /// whose message an earlier one already contains (many errors repeat their

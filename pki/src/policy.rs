@@ -23,6 +23,8 @@ pub enum Endpoint {
     AgentRestart,
     /// `POST /deny`: the whole certificate deny list (issue 15).
     Deny,
+    /// `POST /renew`: new agent and updater certificates (issue 15).
+    Renew,
 }
 
 impl Endpoint {
@@ -41,6 +43,7 @@ impl Endpoint {
             (_, "/logs") if read => Endpoint::Logs,
             (&Method::POST, "/agent/restart") => Endpoint::AgentRestart,
             (&Method::POST, "/deny") => Endpoint::Deny,
+            (&Method::POST, "/renew") => Endpoint::Renew,
             _ => return None,
         })
     }
@@ -58,7 +61,8 @@ pub fn authorize(who: &Identity, endpoint: Endpoint) -> Result<(), String> {
         | Endpoint::History
         | Endpoint::Logs
         | Endpoint::AgentRestart
-        | Endpoint::Deny => {
+        | Endpoint::Deny
+        | Endpoint::Renew => {
             if *who == Identity::Master {
                 Ok(())
             } else {
@@ -115,7 +119,7 @@ mod tests {
     }
 
     /// Every endpoint, so a new one cannot be left out of the matrix.
-    const ALL: [Endpoint; 10] = [
+    const ALL: [Endpoint; 11] = [
         Endpoint::Health,
         Endpoint::Status,
         Endpoint::Releases,
@@ -126,6 +130,7 @@ mod tests {
         Endpoint::Logs,
         Endpoint::AgentRestart,
         Endpoint::Deny,
+        Endpoint::Renew,
     ];
 
     /// Issue 15: identities read from real certificates. A named operator

@@ -32,6 +32,7 @@ pub fn router(app: Arc<Daemon>) -> Router {
         .route("/logs", get(views::logs))
         .route("/agent/restart", post(views::agent_restart))
         .route("/deny", post(crate::deny::deny))
+        .route("/renew", post(crate::renew::renew))
         .route(
             "/update-self",
             post(update_self).layer(DefaultBodyLimit::disable()),

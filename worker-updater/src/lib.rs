@@ -36,6 +36,7 @@ pub mod ops;
 pub mod probe;
 pub mod receive;
 pub mod release;
+pub mod renew;
 pub mod selfupdate;
 pub mod slots;
 pub mod state;
@@ -67,6 +68,12 @@ pub async fn run(
         config.failed_keep,
     ));
     let app = Arc::new(Daemon::new(config, own_release)?);
+    // The certificate is served through a resolver `POST /renew` can swap.
+    let tls = {
+        let mut cfg = (*tls).clone();
+        cfg.cert_resolver = app.cert.clone();
+        Arc::new(cfg)
+    };
     // What an agent daemonizes into (a double fork, setsid) is reparented
     // to us rather than to init: the supervisor reaps what it stops.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {

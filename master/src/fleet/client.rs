@@ -57,16 +57,12 @@ impl Master {
         rec: &HostRecord,
         timeout: Duration,
     ) -> std::result::Result<reqwest::Client, String> {
-        let fp = rec.updater_fingerprint.ok_or_else(|| no_updater(rec))?;
-        pki::http_client(
-            &self.bundle,
-            ServerExpectation::pinned(rec.host.updater_cn(), fp),
-        )
-        .map_err(|e| e.to_string())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(timeout)
-        .build()
-        .map_err(|e| format!("HTTP client: {}", pki::error_chain(&e)))
+        pki::http_client(&self.bundle, expectation(rec)?)
+            .map_err(|e| e.to_string())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(timeout)
+            .build()
+            .map_err(|e| format!("HTTP client: {}", pki::error_chain(&e)))
     }
 
     /// A client for a stream from `rec`'s updater that lasts as long as
@@ -76,16 +72,12 @@ impl Master {
         &self,
         rec: &HostRecord,
     ) -> std::result::Result<reqwest::Client, String> {
-        let fp = rec.updater_fingerprint.ok_or_else(|| no_updater(rec))?;
-        pki::http_client(
-            &self.bundle,
-            ServerExpectation::pinned(rec.host.updater_cn(), fp),
-        )
-        .map_err(|e| e.to_string())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_keepalive(Duration::from_secs(30))
-        .build()
-        .map_err(|e| format!("HTTP client: {}", pki::error_chain(&e)))
+        pki::http_client(&self.bundle, expectation(rec)?)
+            .map_err(|e| e.to_string())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_keepalive(Duration::from_secs(30))
+            .build()
+            .map_err(|e| format!("HTTP client: {}", pki::error_chain(&e)))
     }
 
     /// A reqwest failure in words an operator can act on (one safe line:
@@ -133,6 +125,35 @@ impl Master {
             )
         })
     }
+
+    /// A client for `rec`'s updater that accepts only `fingerprint` (a
+    /// renewal's check that the updater presents its new certificate).
+    pub(super) fn updater_client_pinned(
+        &self,
+        rec: &HostRecord,
+        fingerprint: pki::Fingerprint,
+        timeout: Duration,
+    ) -> std::result::Result<reqwest::Client, String> {
+        let expect = ServerExpectation::pinned(rec.host.updater_cn(), fingerprint);
+        pki::http_client(&self.bundle, expect)
+            .map_err(|e| e.to_string())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(timeout)
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| format!("HTTP client: {}", pki::error_chain(&e)))
+    }
+}
+
+/// What `rec`'s updater must present: CN `updater@<host>` and the pinned
+/// fingerprint, or a renewal's pending one (issue 15).
+fn expectation(rec: &HostRecord) -> std::result::Result<ServerExpectation, String> {
+    let fp = rec.updater_fingerprint.ok_or_else(|| no_updater(rec))?;
+    Ok(ServerExpectation::pinned_any(
+        rec.host.updater_cn(),
+        fp,
+        rec.pending_updater_fingerprint.into_iter().collect(),
+    ))
 }
 
 /// Why a host enrolled without an updater bundle cannot be asked.

@@ -26,6 +26,7 @@ mod journal;
 mod logs;
 mod progress;
 mod push;
+mod renew;
 mod report;
 mod restart;
 mod rollback;
@@ -50,6 +51,7 @@ pub(crate) use deny::deliver_all as deliver_deny_all;
 pub(crate) use history::history;
 pub(crate) use logs::logs;
 pub(crate) use push::update;
+pub(crate) use renew::renew;
 pub(crate) use restart::restart;
 pub(crate) use rollback::rollback;
 pub(crate) use status::status;
@@ -272,6 +274,7 @@ pub(crate) mod tests {
             status: HostStatus::Active,
             decommissioned_at: None,
             tags: vec![],
+            pending_updater_fingerprint: None,
         }
     }
 

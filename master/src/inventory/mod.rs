@@ -1,7 +1,7 @@
 //! The inventory: an embedded SQLite database of enrolled hosts (addresses,
 //! ports, pinned certificate fingerprints, expiry, status, tags) and the
 //! audit trail of every push and rollback (with its rollout and wave),
-//! named operators and the certificate deny list.
+//! named operators, the certificate deny list and renewals in flight.
 //!
 //! Invariants: at most one *active* row per host name (a partial unique
 //! index); decommissioned rows are kept for the record, so a name can be
@@ -101,7 +101,12 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
                 subject     TEXT NOT NULL,                       -- e.g. updater@w1, operator:alice
                 denied_at   TEXT NOT NULL
             );
-            ALTER TABLE hosts ADD COLUMN deny_version INTEGER NOT NULL DEFAULT 0;",
+            ALTER TABLE hosts ADD COLUMN deny_version INTEGER NOT NULL DEFAULT 0;
+            -- A renewal in flight: the certificates issued, not yet seen.
+            ALTER TABLE hosts ADD COLUMN pending_agent_fingerprint TEXT;
+            ALTER TABLE hosts ADD COLUMN pending_agent_not_after TEXT;
+            ALTER TABLE hosts ADD COLUMN pending_updater_fingerprint TEXT;
+            ALTER TABLE hosts ADD COLUMN pending_updater_not_after TEXT;",
         ),
     ])
 });

@@ -14,7 +14,7 @@ use tests::worker::{Worker, client_for};
 use tests::{Swarm, eventually_async};
 
 /// Every route of the updater with the method it takes.
-const ROUTES: [(&str, &str); 9] = [
+const ROUTES: [(&str, &str); 10] = [
     ("GET", "/health"),
     ("GET", "/releases"),
     ("GET", "/history"),
@@ -24,6 +24,7 @@ const ROUTES: [(&str, &str); 9] = [
     ("POST", "/rollback"),
     ("POST", "/agent/restart"),
     ("POST", "/deny"),
+    ("POST", "/renew"),
 ];
 
 /// What one request gave: its status, or the transport error in words.
@@ -323,4 +324,219 @@ fn a_stale_or_malformed_deny_list_is_refused_and_nothing_changes() {
         std::fs::read(w.install_dir.join("deny.json")).expect("deny.json"),
         before
     );
+}
+
+/// The fingerprint of the certificate a bundle directory holds now.
+fn fingerprint_in(dir: &Path) -> String {
+    bundle(dir).fingerprint().to_string()
+}
+
+/// Whether a client accepting only `fp` (with CN `cn`) gets `url`'s `/health`.
+async fn presents(s: &Swarm, url: &str, cn: &str, fp: &str) -> bool {
+    let master = bundle(&s.home().join("master"));
+    let expect = pki::ServerExpectation::pinned(cn, fp.parse().expect("fingerprint"));
+    let c = pki::http_client(&master, expect)
+        .expect("client")
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    matches!(c.get(url).send().await, Ok(r) if r.status().is_success())
+}
+
+/// Push a release whose agent is the reference agent; wait until it runs.
+fn start_agent(s: &Swarm, w: &Worker) {
+    let tgz = ReleaseTree::new()
+        .reference_agent(w.agent_port, &[])
+        .tarball();
+    tests::block_on(async {
+        let m = s.master_client(&w.bundles.host.updater_cn());
+        let (code, body) = w.push(&m, &tgz).await;
+        assert_eq!(code, 200, "{body:?}");
+    });
+}
+
+fn listed_updater_fp(s: &Swarm, host: &str) -> String {
+    let hosts = s.list();
+    let h = hosts.iter().find(|h| h["host"] == host).expect("listed");
+    h["updater_fingerprint"]
+        .as_str()
+        .expect("fingerprint")
+        .to_owned()
+}
+
+#[test]
+fn renew_delivers_new_certificates_and_pins_them_once_presented() {
+    let s = Swarm::new();
+    let w = s.worker("w1");
+    start_agent(&s, &w);
+    let old_updater = fingerprint_in(&w.bundles.updater_dir);
+    let old_agent = fingerprint_in(&w.bundles.agent_dir);
+    let old_pid = w.agent_pid().expect("agent pid");
+    let doc = s.json(&["renew", "--host", "w1", "--days", "40", "--json"], 0);
+    let row = &doc["hosts"][0];
+    assert_eq!(row["renewed"], true, "{doc}");
+    assert_eq!(row["agent_healthy"], true, "{doc}");
+    assert!(
+        (39..=40).contains(&row["expires_in_days"].as_i64().unwrap_or(0)),
+        "{doc}"
+    );
+    let new_updater = fingerprint_in(&w.bundles.updater_dir);
+    let new_agent = fingerprint_in(&w.bundles.agent_dir);
+    assert_ne!(new_updater, old_updater);
+    assert_ne!(new_agent, old_agent);
+    assert_eq!(row["updater_fingerprint"], new_updater.as_str(), "{doc}");
+    assert_eq!(row["agent_fingerprint"], new_agent.as_str(), "{doc}");
+    // Keys stay private.
+    use std::os::unix::fs::PermissionsExt;
+    for key in [
+        w.bundles.updater_dir.join("updater.key"),
+        w.bundles.agent_dir.join("worker.key"),
+    ] {
+        let mode = std::fs::metadata(&key).expect("key").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", key.display());
+    }
+    // Pinned now, and the same updater process presents it; the agent was
+    // restarted onto its new bundle.
+    assert_eq!(listed_updater_fp(&s, "w1"), new_updater);
+    let pid = w.agent_pid().expect("agent pid");
+    assert_ne!(pid, old_pid);
+    tests::block_on(async {
+        assert!(presents(&s, &w.url("/health"), "updater@w1", &new_updater).await);
+        assert!(presents(&s, &w.agent_url(), "w1", &new_agent).await);
+    });
+    let listed = s.list();
+    assert!(
+        (39..=40).contains(&listed[0]["expires_in_days"].as_i64().unwrap_or(0)),
+        "{listed:?}"
+    );
+    // Everything else goes on over the new pin.
+    let status = s.json(&["status", "--json"], 0);
+    assert_eq!(status["hosts"][0]["updater"], "ok", "{status}");
+}
+
+#[test]
+fn a_renew_whose_certificates_are_not_for_the_host_is_refused_with_nothing_changed() {
+    let s = Swarm::new();
+    let w = s.worker("w1");
+    let other = s.enroll("w2");
+    let before = (
+        fingerprint_in(&w.bundles.updater_dir),
+        fingerprint_in(&w.bundles.agent_dir),
+    );
+    let foreign = Ca::generate().expect("ca");
+    let host = pki::HostName::new("w1").expect("host");
+    let foreign_pair = (
+        foreign
+            .issue(&LeafSpec::agent(&host, "127.0.0.1", &[]).expect("spec"))
+            .expect("leaf"),
+        foreign
+            .issue(&LeafSpec::updater(&host, "127.0.0.1", &[]).expect("spec"))
+            .expect("leaf"),
+    );
+    let mismatched_key = {
+        let mut b = pki::renew::RenewBody::new(&w.bundles.agent, &w.bundles.updater);
+        b.updater_key_pem = other.bundles.updater.key_pem.clone();
+        b
+    };
+    let bodies = [
+        (
+            "another host's",
+            pki::renew::RenewBody::new(&other.bundles.agent, &other.bundles.updater),
+        ),
+        (
+            "agent and updater swapped",
+            pki::renew::RenewBody::new(&w.bundles.updater, &w.bundles.agent),
+        ),
+        (
+            "another CA's",
+            pki::renew::RenewBody::new(&foreign_pair.0, &foreign_pair.1),
+        ),
+        ("a key of another certificate", mismatched_key),
+    ];
+    tests::block_on(async {
+        let m = s.master_client(&w.bundles.host.updater_cn());
+        for (what, body) in &bodies {
+            let r = m
+                .post(w.url("/renew"))
+                .json(body)
+                .send()
+                .await
+                .expect("renew");
+            let code = r.status().as_u16();
+            let text = r.text().await.unwrap_or_default();
+            assert_eq!(code, 400, "{what}: {text}");
+            assert!(text.contains("nothing changed"), "{what}: {text}");
+        }
+        // Only the master may renew.
+        let r = w
+            .agent_identity_client()
+            .post(w.url("/renew"))
+            .json(&bodies[0].1)
+            .send()
+            .await
+            .expect("renew");
+        assert_eq!(r.status().as_u16(), 403);
+    });
+    assert_eq!(
+        (
+            fingerprint_in(&w.bundles.updater_dir),
+            fingerprint_in(&w.bundles.agent_dir)
+        ),
+        before
+    );
+    let status = s.json(&["status", "--json"], 1);
+    assert_eq!(status["hosts"][0]["updater"], "ok", "{status}");
+}
+
+/// kill -9 of the updater at each step of a renewal: the master reaches it
+/// again over the old or the new certificate, and a second renew finishes.
+#[test]
+fn kill_9_in_the_middle_of_a_renew_never_locks_the_master_out() {
+    const CRASH_AT: &str = "SWARM_UPDATER_CRASH_AT";
+    for step in [
+        "renew-after-agent-bundle",
+        "renew-after-updater-bundle",
+        "renew-after-swap",
+    ] {
+        let s = Swarm::new();
+        let mut w = s.worker("w1");
+        start_agent(&s, &w);
+        let pinned = listed_updater_fp(&s, "w1");
+        w.options.env.push((CRASH_AT.into(), step.into()));
+        w.restart();
+        tests::block_on(async {
+            let m = s.master_client(&w.bundles.host.updater_cn());
+            eventually_async(Duration::from_secs(20), "the updater answering", || async {
+                call(&m, &w, "GET", "/health")
+                    .await
+                    .ok()
+                    .filter(|c| *c == 200)
+            })
+            .await;
+        });
+        let doc = s.json(&["renew", "--host", "w1", "--json"], 1);
+        assert_eq!(doc["hosts"][0]["renewed"], false, "{step}: {doc}");
+        assert_eq!(
+            listed_updater_fp(&s, "w1"),
+            pinned,
+            "{step}: pinned before it was seen"
+        );
+        w.options.env.retain(|(k, _)| k != CRASH_AT);
+        w.restart();
+        // Reachable again over whichever certificate is on disk.
+        let status = tests::eventually(Duration::from_secs(30), "status reaching w1", || {
+            let out = s.run(&["status", "--json"]);
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v["hosts"][0]["updater"] == "ok").then_some(v)
+        });
+        assert_eq!(status["hosts"][0]["updater"], "ok", "{step}");
+        let doc = s.json(&["renew", "--host", "w1", "--json"], 0);
+        assert_eq!(doc["hosts"][0]["renewed"], true, "{step}: {doc}");
+        assert_eq!(
+            listed_updater_fp(&s, "w1"),
+            fingerprint_in(&w.bundles.updater_dir),
+            "{step}"
+        );
+    }
 }
