@@ -201,14 +201,26 @@ async fn renew_one(
             format!("renewed, but not confirmed yet ({e}): run swarm renew again"),
         );
     }
-    let (db, host, fp) = (db.to_owned(), rec.host.clone(), updater.fingerprint);
-    let pinned =
-        tokio::task::spawn_blocking(move || Inventory::open(&db)?.confirm_renewal(&host, fp)).await;
+    // Pin the new pair, and deny the pair it replaces: a renewal is also
+    // the rotation of a key that may have leaked (every host gets the list
+    // on its next contact).
+    let (host, fp) = (rec.host.clone(), updater.fingerprint);
+    let mut retired = vec![(rec.agent_fingerprint, format!("{} (renewed)", rec.host))];
+    if let Some(old) = rec.updater_fingerprint {
+        retired.push((old, format!("{} (renewed)", rec.host.updater_cn())));
+    }
+    let pinned = with_inventory(db, move |inv| {
+        let pinned = inv.confirm_renewal(&host, fp)?;
+        if pinned {
+            inv.deny(&retired)?;
+        }
+        Ok(pinned)
+    })
+    .await;
     match pinned {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => return RenewRow::error(rec, "a later renewal replaced this one"),
-        Ok(Err(e)) => return RenewRow::error(rec, e.to_string()),
-        Err(e) => return RenewRow::error(rec, format!("recording the renewal: {e}")),
+        Ok(true) => {}
+        Ok(false) => return RenewRow::error(rec, "a later renewal replaced this one"),
+        Err(e) => return RenewRow::error(rec, e),
     }
     RenewRow {
         host: rec.host.to_string(),

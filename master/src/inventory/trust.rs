@@ -145,7 +145,7 @@ impl Inventory {
 
     /// Add certificates to the deny list (already denied ones are kept as
     /// they were).
-    pub(crate) fn deny(&mut self, certs: &[(Fingerprint, String)]) -> Result<()> {
+    pub(crate) fn deny(&self, certs: &[(Fingerprint, String)]) -> Result<()> {
         let now = rfc3339(clock::now());
         for (fp, subject) in certs {
             self.conn

@@ -413,6 +413,25 @@ fn renew_delivers_new_certificates_and_pins_them_once_presented() {
     // Everything else goes on over the new pin.
     let status = s.json(&["status", "--json"], 0);
     assert_eq!(status["hosts"][0]["updater"], "ok", "{status}");
+    // The replaced pair is denied (a renewal rotates a key that may have
+    // leaked), and the status above delivered the list.
+    assert_eq!(
+        denied_subjects(&s),
+        ["w1 (renewed)", "updater@w1 (renewed)"]
+    );
+    let old_dir = s.scratch().join("old-updater");
+    let ca_pem = std::fs::read_to_string(s.home().join("ca").join("ca.crt")).expect("ca.crt");
+    Bundle::write(
+        &old_dir,
+        pki::BundleKind::Updater,
+        &ca_pem,
+        &w.bundles.updater,
+    )
+    .expect("write");
+    tests::block_on(async {
+        let c = client_for(&bundle(&old_dir), "updater@w1");
+        assert_eq!(call(&c, &w, "GET", "/health").await, Ok(403));
+    });
 }
 
 #[test]
