@@ -173,6 +173,8 @@ pub enum Command {
     Renew(RenewArgs),
     /// Show updater, agent, releases and certificate expiry per host.
     Status(StatusArgs),
+    /// List the releases a host keeps (newest first), for `rollback --to`.
+    Releases(ReleasesArgs),
     /// Show the audit trail of pushes and rollbacks (or, with --worker, a
     /// host's own journal).
     History(HistoryArgs),
@@ -180,6 +182,9 @@ pub enum Command {
     Restart(RestartArgs),
     /// Print a host's agent output, as its updater keeps it.
     Logs(LogsArgs),
+    /// Re-hash each target's live and previous release against its index;
+    /// exit 1 when anything was changed on the worker.
+    Verify(VerifyArgs),
     /// Run a throwaway three-worker fleet on loopback and drive it.
     Demo(DemoArgs),
     /// Write the install package of an enrolled host from its bundles.
@@ -401,6 +406,10 @@ pub struct UpdateArgs {
     /// Pack and show what would be pushed, without connecting to anyone.
     #[arg(long)]
     pub dry_run: bool,
+    /// Send the whole release to every host, never a delta against the
+    /// release it runs (issue 12).
+    #[arg(long)]
+    pub full: bool,
     /// Also update each host's updater, once its agent updated: the same
     /// tree goes to /update-self and the updater switches to the binary it
     /// ships (`[updater] binary` in swarm.toml, default bin/worker-updater).
@@ -468,6 +477,10 @@ fn parse_wave_size(s: &str) -> Result<HostCount, String> {
 pub struct RollbackArgs {
     #[command(flatten)]
     pub targets: Targets,
+    /// Roll back to this kept release (an unambiguous prefix of its
+    /// release_id, see `swarm releases`) instead of the previous one.
+    #[arg(long, value_name = "ID")]
+    pub to: Option<String>,
     /// How many hosts to roll back at once.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub parallel: u16,
@@ -483,6 +496,27 @@ pub struct RenewArgs {
     /// Validity of the new certificates, in days.
     #[arg(long, value_name = "N", default_value_t = 825, value_parser = clap::value_parser!(u16).range(1..))]
     pub days: u16,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleasesArgs {
+    #[arg(long, value_name = "HOST")]
+    pub host: String,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub targets: Targets,
+    /// How many hosts to verify at once.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: u16,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,

@@ -82,6 +82,8 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
         Command::History(args) => fleet::history(&home, &args),
         Command::Restart(args) => fleet::restart(&home, &args),
         Command::Logs(args) => fleet::logs(&home, &args),
+        Command::Verify(args) => fleet::verify(&home, &args),
+        Command::Releases(args) => fleet::releases(&home, &args),
         Command::Demo(args) => demo::run(&args),
         Command::Package(args) => package::package(&home, &args).map(|()| 0),
         // Answered above.

@@ -22,6 +22,7 @@ pub mod daemon;
 pub mod deny;
 mod error;
 pub mod identity;
+pub mod index;
 pub mod policy;
 pub mod release;
 pub mod renew;

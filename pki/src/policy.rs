@@ -25,6 +25,8 @@ pub enum Endpoint {
     Deny,
     /// `POST /renew`: new agent and updater certificates (issue 15).
     Renew,
+    /// `POST /verify` (issue 12): re-hash the kept releases.
+    Verify,
 }
 
 impl Endpoint {
@@ -44,6 +46,7 @@ impl Endpoint {
             (&Method::POST, "/agent/restart") => Endpoint::AgentRestart,
             (&Method::POST, "/deny") => Endpoint::Deny,
             (&Method::POST, "/renew") => Endpoint::Renew,
+            (&Method::POST, "/verify") => Endpoint::Verify,
             _ => return None,
         })
     }
@@ -62,7 +65,8 @@ pub fn authorize(who: &Identity, endpoint: Endpoint) -> Result<(), String> {
         | Endpoint::Logs
         | Endpoint::AgentRestart
         | Endpoint::Deny
-        | Endpoint::Renew => {
+        | Endpoint::Renew
+        | Endpoint::Verify => {
             if *who == Identity::Master {
                 Ok(())
             } else {
@@ -93,6 +97,11 @@ mod tests {
         assert_eq!(Endpoint::of(&Method::POST, "/releases"), None);
         assert_eq!(Endpoint::of(&Method::GET, "/releases/"), None);
         assert_eq!(Endpoint::of(&Method::OPTIONS, "/health"), None);
+        assert_eq!(
+            Endpoint::of(&Method::POST, "/verify"),
+            Some(Endpoint::Verify)
+        );
+        assert_eq!(Endpoint::of(&Method::GET, "/verify"), None);
     }
 
     #[test]
@@ -112,6 +121,7 @@ mod tests {
                 Endpoint::Update,
                 Endpoint::UpdateSelf,
                 Endpoint::Rollback,
+                Endpoint::Verify,
             ] {
                 assert_eq!(authorize(w, e).is_ok(), *w == Identity::Master, "{w} {e:?}");
             }
@@ -119,7 +129,7 @@ mod tests {
     }
 
     /// Every endpoint, so a new one cannot be left out of the matrix.
-    const ALL: [Endpoint; 11] = [
+    const ALL: [Endpoint; 12] = [
         Endpoint::Health,
         Endpoint::Status,
         Endpoint::Releases,
@@ -131,6 +141,7 @@ mod tests {
         Endpoint::AgentRestart,
         Endpoint::Deny,
         Endpoint::Renew,
+        Endpoint::Verify,
     ];
 
     /// Issue 15: identities read from real certificates. A named operator

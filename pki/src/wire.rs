@@ -17,12 +17,32 @@ pub struct Manifest {
     pub pushed_at: String,
     /// CN of the client that pushed it.
     pub pushed_by: String,
+    /// SHA-256 of the release's canonical tree index ([`crate::index`]):
+    /// the same tree has the same id however it was compressed (issue 12).
+    /// `None` in manifests written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_id: Option<String>,
 }
 
 /// The manifest file name inside a release.
 pub const MANIFEST_FILE: &str = ".swarm-release.json";
 
 impl Manifest {
+    /// Whether `self` and `other` are the same release: the same
+    /// `release_id` when both have one, else the same upload digest.
+    pub fn same_release(&self, other: &Manifest) -> bool {
+        match (&self.release_id, &other.release_id) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.sha256 == other.sha256,
+        }
+    }
+
+    /// The release's name for people: its `release_id`, or the upload
+    /// digest of a manifest that predates it.
+    pub fn id(&self) -> &str {
+        self.release_id.as_deref().unwrap_or(&self.sha256)
+    }
+
     /// The manifest of the release in `dir`: `None` when it has none, or
     /// one that cannot be read or parsed (logged).
     pub fn read(dir: &std::path::Path) -> Option<Manifest> {
@@ -195,6 +215,10 @@ pub struct Timings {
     #[serde(default)]
     pub confirm_ms: u64,
     pub total_ms: u64,
+    /// Bytes of the upload received (the `tarball` field; issue 12's
+    /// `wire_bytes`). Absent from older updaters' answers.
+    #[serde(default)]
+    pub received_bytes: u64,
 }
 
 /// The body of every state-changing response.
@@ -234,6 +258,38 @@ pub struct Releases {
     pub active: Option<Manifest>,
     pub prev: Option<Manifest>,
     pub failed: Vec<FailedRelease>,
+    /// Every good release kept (issue 12), newest first: `active`, `prev`,
+    /// then those in `releases/kept/`. Absent from older updaters' answers.
+    #[serde(default)]
+    pub kept: Vec<Manifest>,
+}
+
+/// One release slot as `POST /verify` found it on disk (issue 12).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotVerify {
+    /// `active` or `prev`.
+    pub slot: String,
+    pub release: Option<Manifest>,
+    /// Nothing differs from the index kept with the release.
+    pub clean: bool,
+    /// Paths whose type, mode, size or content differ from the index.
+    pub modified: Vec<String>,
+    /// Paths on disk that the index does not have.
+    pub added: Vec<String>,
+    /// Paths of the index that are not on disk.
+    pub missing: Vec<String>,
+    /// Why the slot could not be checked (no index kept with it, an
+    /// index that is not the manifest's `release_id`, …); never clean then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /verify`: the live release and `prev`, re-hashed against their
+/// indexes. `clean` only when every slot that exists is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub clean: bool,
+    pub slots: Vec<SlotVerify>,
 }
 
 #[cfg(test)]
@@ -260,12 +316,39 @@ mod tests {
             git_commit: None,
             pushed_at: "2025-01-01T00:00:00Z".into(),
             pushed_by: "master".into(),
+            release_id: None,
         };
         std::fs::write(
             tmp.path().join(MANIFEST_FILE),
             serde_json::to_vec(&m).unwrap(),
         )
         .unwrap();
-        assert_eq!(Manifest::read(tmp.path()), Some(m));
+        assert_eq!(Manifest::read(tmp.path()), Some(m.clone()));
+        // A manifest written before release_id parses, without one.
+        let old = r#"{"sha256":"aa","size_bytes":1,"files":1,"git_commit":null,"pushed_at":"t","pushed_by":"master"}"#;
+        let old: Manifest = serde_json::from_str(old).unwrap();
+        assert_eq!(old.release_id, None);
+        assert!(old.same_release(&m) == (old.sha256 == m.sha256));
+    }
+
+    #[test]
+    fn same_release_compares_release_ids_when_both_have_one() {
+        let m = |sha: &str, id: Option<&str>| Manifest {
+            sha256: sha.into(),
+            size_bytes: 1,
+            files: 1,
+            git_commit: None,
+            pushed_at: "t".into(),
+            pushed_by: "master".into(),
+            release_id: id.map(str::to_owned),
+        };
+        // Same tree, another compression: the same release.
+        assert!(m("aa", Some("id")).same_release(&m("bb", Some("id"))));
+        assert!(!m("aa", Some("id")).same_release(&m("aa", Some("other"))));
+        // An old manifest on one side: the upload digest decides.
+        assert!(m("aa", None).same_release(&m("aa", Some("id"))));
+        assert!(!m("aa", None).same_release(&m("bb", Some("id"))));
+        assert_eq!(m("aa", None).id(), "aa");
+        assert_eq!(m("aa", Some("id")).id(), "id");
     }
 }

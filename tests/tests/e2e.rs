@@ -51,6 +51,9 @@ mod packer;
 /// The updater's receive path under hostile uploads (issue 10).
 #[path = "e2e/receive.rs"]
 mod receive;
+/// Issue 12: release_id, the kept index, zstd, kept releases, verify.
+#[path = "e2e/releases.rs"]
+mod releases;
 /// Staged rollouts and host tags (issue 13): canary, waves, soak, halt, revert.
 #[path = "e2e/rollout.rs"]
 mod rollout;

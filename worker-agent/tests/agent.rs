@@ -74,6 +74,7 @@ fn fixture() -> Fixture {
         git_commit: None,
         pushed_at: "2026-11-23T00:00:00Z".into(),
         pushed_by: "master".into(),
+        release_id: None,
     };
     std::fs::write(
         release_dir.join(MANIFEST_FILE),

@@ -96,6 +96,11 @@ pub struct Args {
     /// Failed releases kept in `releases/failed/`.
     #[arg(long, env = "SWARM_UPDATER_FAILED_KEEP", default_value_t = 5)]
     pub failed_keep: usize,
+    /// Good releases kept (issue 12), `active` and `prev` included: the
+    /// others wait in `releases/kept/` for `POST /rollback` with a
+    /// `release_id`. At least 2.
+    #[arg(long, env = "SWARM_UPDATER_KEEP_RELEASES", default_value_t = 5, value_parser = clap::value_parser!(u64).range(2..=1000))]
+    pub keep_releases: u64,
     /// At start-up, start the agent from `current` if none of ours is running.
     #[arg(long, env = "SWARM_UPDATER_START_AGENT", default_value_t = true, action = clap::ArgAction::Set)]
     pub start_agent: bool,
@@ -147,6 +152,8 @@ pub struct Config {
     pub stop_grace: Duration,
     pub install_timeout: Duration,
     pub failed_keep: usize,
+    /// Good releases kept, `active` and `prev` included.
+    pub keep_releases: usize,
     pub start_agent: bool,
     pub self_check_timeout: Duration,
     pub self_trial: Duration,
@@ -249,6 +256,7 @@ impl Config {
             stop_grace: Duration::from_millis(args.stop_grace_ms),
             install_timeout: Duration::from_secs(args.install_timeout_secs),
             failed_keep: args.failed_keep,
+            keep_releases: usize::try_from(args.keep_releases).unwrap_or(5),
             start_agent: args.start_agent,
             self_check_timeout: Duration::from_secs(args.self_check_timeout_secs),
             self_trial: Duration::from_secs(args.self_trial_secs),

@@ -47,6 +47,13 @@ pub enum UpdaterError {
     /// `/rollback` with no `releases/prev`.
     #[error("no previous release")]
     NoPrevious,
+    /// A delta push whose base this worker does not have (issue 12): 412,
+    /// and the master answers with a full push.
+    #[error("{0}")]
+    NoBase(String),
+    /// `POST /rollback` to a release this worker does not keep: 404.
+    #[error("{0}")]
+    NotKept(String),
     /// Another operation holds the worker. The answer's `status` already
     /// says `busy` (and the master prints `busy: <error>`): not repeated here.
     #[error("{0} in progress; retry when it is done")]
@@ -98,6 +105,8 @@ impl UpdaterError {
             | UpdaterError::BadUpload(_)
             | UpdaterError::ReleaseConfig(_) => StatusCode::BAD_REQUEST,
             UpdaterError::NoPrevious => StatusCode::NOT_FOUND,
+            UpdaterError::NoBase(_) => StatusCode::PRECONDITION_FAILED,
+            UpdaterError::NotKept(_) => StatusCode::NOT_FOUND,
             UpdaterError::Busy(_) | UpdaterError::StaleDenyList { .. } => StatusCode::CONFLICT,
             UpdaterError::NoSpace { .. } => StatusCode::INSUFFICIENT_STORAGE,
             UpdaterError::Install { .. }

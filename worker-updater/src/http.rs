@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use pki::wire::{ErrorBody, Releases, UpdaterHealth};
+use pki::wire::{ErrorBody, Releases, UpdaterHealth, VerifyReport};
 use pki::{Peer, PeerCert};
 use tokio::sync::oneshot;
 
@@ -33,6 +33,7 @@ pub fn router(app: Arc<Daemon>) -> Router {
         .route("/agent/restart", post(views::agent_restart))
         .route("/deny", post(crate::deny::deny))
         .route("/renew", post(crate::renew::renew))
+        .route("/verify", post(verify))
         .route(
             "/update-self",
             post(update_self).layer(DefaultBodyLimit::disable()),
@@ -85,14 +86,25 @@ async fn update(
     Ok((code, Json(body)).into_response())
 }
 
+/// `POST /verify`: 200 with the report, clean or not (the master decides
+/// what a difference means); 409 while another operation runs.
+async fn verify(State(app): State<Arc<Daemon>>) -> Result<Json<VerifyReport>, AppError> {
+    let guard = app.try_begin("verify")?;
+    Ok(Json(crate::verify::verify(app.clone(), guard).await?))
+}
+
+/// `POST /rollback`, with an optional JSON body `{"release_id": PREFIX}`
+/// (issue 12): to that kept release instead of `prev`.
 async fn rollback(
     State(app): State<Arc<Daemon>>,
     Peer(who): Peer,
     cert: PeerCert,
+    body: Bytes,
 ) -> Result<Response, AppError> {
     let guard = app.try_begin("rollback")?;
+    let to = rollback_target(&body)?;
     let d = app.clone();
-    let task = tokio::spawn(async move { ops::rollback::rollback(d, guard).await });
+    let task = tokio::spawn(async move { ops::rollback::rollback(d, guard, to).await });
     let result = task
         .await
         .map_err(|e| UpdaterError::Internal(format!("rollback task: {e}")))?;
@@ -145,6 +157,23 @@ async fn update_self(
             sent,
         )))
         .map_err(|e| AppError(UpdaterError::Internal(format!("building the answer: {e}"))))
+}
+
+/// The `release_id` of a `/rollback` body, if it names one.
+fn rollback_target(body: &[u8]) -> Result<Option<String>, AppError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    #[derive(serde::Deserialize)]
+    struct To {
+        release_id: Option<String>,
+    }
+    let to: To = serde_json::from_slice(body).map_err(|e| {
+        UpdaterError::BadUpload(format!(
+            "the /rollback body is not {{\"release_id\": \"PREFIX\"}}: {e}"
+        ))
+    })?;
+    Ok(to.release_id)
 }
 
 async fn not_found() -> Response {

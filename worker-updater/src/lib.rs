@@ -14,7 +14,8 @@
 //! parsed once), [`slots`] (slots, flip, journal, repair, filesystem
 //! primitives), [`agent`] (supervisor, pidfile, `/proc`, terminate, the
 //! supervision state machine), [`probe`] (mTLS health checks), [`ops`]
-//! (stage, update, rollback, reconcile, hook, the caretaker), [`selfupdate`] (trial, watchdog, hand-over), [`error`],
+//! (stage, update, rollback, reconcile, hook, the caretaker), [`selfupdate`] (trial, watchdog, hand-over),
+//! [`verify`] (`POST /verify`: the slots re-hashed against their indexes), [`error`],
 //! [`crashpoint`] (test-only crash steps, debug builds).
 //!
 //! Invariants: only this crate touches release symlinks and agent
@@ -40,6 +41,7 @@ pub mod renew;
 pub mod selfupdate;
 pub mod slots;
 pub mod state;
+pub mod verify;
 pub mod views;
 
 use std::future::Future;

@@ -97,7 +97,8 @@ impl Drop for OpGuard {
 impl Daemon {
     pub fn new(config: Config, own_release: Option<Manifest>) -> anyhow::Result<Daemon> {
         let install = Install::new(&config.install_dir);
-        let layout = Layout::new(&config.install_dir, config.failed_keep);
+        let layout = Layout::new(&config.install_dir, config.failed_keep)
+            .keeping(config.keep_releases.saturating_sub(2));
         let supervisor = Supervisor::new(
             &config.install_dir,
             install.pidfile(),

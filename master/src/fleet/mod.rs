@@ -2,15 +2,18 @@
 //! rollout in waves: [`rollout`]),
 //! `rollback` ([`rollback`]), `status` ([`status`]), `history`
 //! ([`history`]; `--worker`: [`journal`]), `restart` ([`restart`]) and
-//! `logs` ([`logs`]). [`client`] builds the pinned clients and words their
+//! `logs` ([`logs`]), `verify` ([`verify`]) and `releases` ([`releases`]).
+//! [`upload`] sends one release (whole or a delta) to one `/update`,
+//! [`delta`] keeps pushed indexes and packs deltas per base (issue 12).
+//! [`client`] builds the pinned clients and words their
 //! failures, [`said`] reads and cleans what a worker answers, [`report`]
 //! turns answers into rows, [`progress`] draws bars, [`deny`] hands hosts
 //! the certificate deny list before anything else.
 //!
 //! Invariants: every connection presents the master identity, trusts only
 //! our CA and pins the updater's CN (`updater@<host>`) and the fingerprint
-//! recorded at enrollment; a release is packed once and streamed from its
-//! temp file to every host; one host's failure or silence never stalls the
+//! recorded at enrollment; a release is packed once (and a delta once per
+//! base) and streamed from its temp file to every host; one host's failure or silence never stalls the
 //! others (connect timeout, bounded concurrency); every target gets exactly
 //! one row, even when its task panics ([`fan_out`]); every push and
 //! rollback lands in the inventory's audit trail as each host's outcome
@@ -20,12 +23,14 @@
 //! tagged hosts (every tag given) or all active ones ([`resolve`]).
 
 mod client;
+mod delta;
 mod deny;
 mod history;
 mod journal;
 mod logs;
 mod progress;
 mod push;
+mod releases;
 mod renew;
 mod report;
 mod restart;
@@ -33,6 +38,8 @@ mod rollback;
 mod rollout;
 mod said;
 mod status;
+mod upload;
+mod verify;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -51,10 +58,12 @@ pub(crate) use deny::deliver_all as deliver_deny_all;
 pub(crate) use history::history;
 pub(crate) use logs::logs;
 pub(crate) use push::update;
+pub(crate) use releases::releases;
 pub(crate) use renew::renew;
 pub(crate) use restart::restart;
 pub(crate) use rollback::rollback;
 pub(crate) use status::status;
+pub(crate) use verify::verify;
 
 /// How many hex digits of a sha256 tables show.
 const SHORT: usize = 12;

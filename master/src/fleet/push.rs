@@ -7,18 +7,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use indicatif::{HumanBytes, ProgressBar};
-use pki::wire::{Releases, UpdaterHealth};
+use pki::wire::{Manifest, Releases, UpdaterHealth};
 use serde::Serialize;
 
 use super::client::{Master, STATUS_TIMEOUT};
+use super::delta::Deltas;
 use super::history::Recorder;
 use super::progress::{Bars, packing_spinner, show_progress};
 use super::report::RolloutDoc;
 use super::report::{FleetReport, HostResult, SelfOutcome, interpret};
 use super::rollout;
 use super::said::{self, ANSWER_CAP, HEALTH_CAP, RELEASES_CAP};
+use super::upload::{release_form, upload};
 use super::{elapsed_ms, fan_out, resolve_required, runtime, short};
 use crate::cli::UpdateArgs;
 use crate::error::{Error, Result};
@@ -51,6 +52,7 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
         &PackOptions {
             root: args.root.clone(),
             excludes: args.exclude.clone(),
+            delta: None,
         },
         &pack::PackProgress::new(&report),
     );
@@ -77,20 +79,19 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
     let self_wait = args
         .include_self
         .then(|| Duration::from_secs(args.self_timeout));
+    let deltas = Arc::new(Deltas::new(
+        home,
+        &args.root,
+        &args.exclude,
+        &release,
+        !args.full,
+    ));
     let (mut report, interrupted) = if plan.staged {
-        staged(inv, master, plan, &release, args, self_wait)?
+        staged(inv, master, plan, &release, args, self_wait, deltas)?
     } else {
         let hosts = plan.waves.into_iter().flatten().collect::<Vec<_>>();
         let waves = vec![hosts.iter().map(|h| h.host.to_string()).collect()];
-        let mut report = push(
-            inv,
-            master,
-            hosts,
-            &release,
-            usize::from(args.parallel),
-            args.json,
-            self_wait,
-        )?;
+        let mut report = push(inv, master, hosts, &release, args, self_wait, deltas)?;
         for r in &mut report.hosts {
             r.wave = Some(1);
         }
@@ -117,6 +118,7 @@ fn staged(
     release: &Release,
     args: &UpdateArgs,
     self_wait: Option<Duration>,
+    deltas: Arc<Deltas>,
 ) -> Result<(FleetReport, bool)> {
     let id = rollout::new_id();
     let pusher = Pusher {
@@ -129,6 +131,7 @@ fn staged(
         json: args.json,
         self_wait,
         stop: Arc::new(AtomicBool::new(false)),
+        deltas,
     };
     let (rows, doc) = runtime()?.block_on(rollout::run(&pusher, &plan, &id));
     pusher.recorder.finish();
@@ -146,18 +149,19 @@ fn push(
     master: Arc<Master>,
     hosts: Vec<HostRecord>,
     release: &Release,
-    parallel: usize,
-    json: bool,
+    args: &UpdateArgs,
     self_wait: Option<Duration>,
+    deltas: Arc<Deltas>,
 ) -> Result<FleetReport> {
     let pusher = Pusher {
         master,
         release: Arc::new((release.path().to_owned(), release.info.clone())),
         recorder: Arc::new(Recorder::new(inv, Op::Update, Some(release.info.clone()))),
-        parallel,
-        json,
+        parallel: usize::from(args.parallel),
+        json: args.json,
         self_wait,
         stop: Arc::new(AtomicBool::new(false)),
+        deltas,
     };
     let results = runtime()?.block_on(pusher.wave(hosts, None));
     pusher.recorder.finish();
@@ -179,6 +183,8 @@ pub(super) struct Pusher {
     pub(super) self_wait: Option<Duration>,
     /// Set on Ctrl-C during a rollout: pushes not yet started are skipped.
     pub(super) stop: Arc<AtomicBool>,
+    /// The deltas of this release, one per base (issue 12).
+    pub(super) deltas: Arc<Deltas>,
 }
 
 impl Pusher {
@@ -206,7 +212,7 @@ impl Pusher {
                     bar,
                     self.self_wait,
                     self.recorder.clone(),
-                    (wave, self.stop.clone()),
+                    (wave, self.stop.clone(), self.deltas.clone()),
                 )
             },
             |rec, why| {
@@ -229,7 +235,8 @@ impl Pusher {
 
 /// Push the release file to one host's `/update`, streaming it; then, with
 /// `self_wait` (`--include-self`) and only if the agent updated, to its
-/// `/update-self`. Tagged with its wave; skipped when `stop` is set
+/// `/update-self`. Tagged with its wave (a delta when `deltas` has one for
+/// its base); skipped when `stop` is set
 /// before it starts.
 async fn push_one(
     master: Arc<Master>,
@@ -238,7 +245,7 @@ async fn push_one(
     bar: ProgressBar,
     self_wait: Option<Duration>,
     recorder: Arc<Recorder>,
-    (wave, stop): (Option<u32>, Arc<AtomicBool>),
+    (wave, stop, deltas): (Option<u32>, Arc<AtomicBool>, Arc<Deltas>),
 ) -> HostResult {
     let started = Instant::now();
     if stop.load(Ordering::SeqCst) {
@@ -257,7 +264,10 @@ async fn push_one(
     };
     let r = match client {
         Ok(client) => {
-            let mut r = push_agent(&master, &client, &rec, &release, &bar, timeout, started).await;
+            let mut r = push_agent(
+                &master, &client, &rec, &release, &deltas, &bar, timeout, started,
+            )
+            .await;
             r.wave = wave;
             // The agent's outcome is history now, whatever happens next.
             recorder.record(&mut r);
@@ -285,41 +295,6 @@ async fn push_one(
     r
 }
 
-/// The multipart body of a push: the digest, the commit, `extra` text
-/// fields, and the release file streamed (counted on `bar`).
-async fn release_form(
-    release: &(PathBuf, ReleaseInfo),
-    bar: &ProgressBar,
-    extra: &[(&'static str, &'static str)],
-) -> std::result::Result<reqwest::multipart::Form, String> {
-    let (path, info) = (&release.0, &release.1);
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let counter = bar.clone();
-    let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024).map(move |chunk| {
-        if let Ok(c) = &chunk {
-            counter.inc(c.len() as u64);
-        }
-        chunk
-    });
-    let part = reqwest::multipart::Part::stream_with_length(
-        reqwest::Body::wrap_stream(stream),
-        info.size_bytes,
-    )
-    .file_name("release.tar.gz")
-    .mime_str("application/gzip")
-    .map_err(|e| e.to_string())?;
-    let mut form = reqwest::multipart::Form::new().text("sha256", info.sha256.clone());
-    if let Some(commit) = &info.git_commit {
-        form = form.text("git_commit", commit.clone());
-    }
-    for (k, v) in extra {
-        form = form.text(*k, *v);
-    }
-    Ok(form.part("tarball", part))
-}
-
 /// `POST /update-self`, then wait for the updater's `/health` to report
 /// the pushed release. A connection that drops before the answer is
 /// expected (the updater replaces itself right after answering): it means
@@ -335,7 +310,7 @@ async fn push_self(
 ) -> (SelfOutcome, String) {
     let info = &release.1;
     bar.set_message("uploading the updater");
-    let form = match release_form(release, bar, &[("confirm_self", "true")]).await {
+    let form = match release_form(release, bar, &[("confirm_self", "true".to_owned())]).await {
         Ok(f) => f,
         Err(e) => return (SelfOutcome::Failed, e),
     };
@@ -397,71 +372,77 @@ async fn push_self(
     )
 }
 
-/// `POST /update` with the release file.
+/// `POST /update` with the release file: only a delta when the host's
+/// live release is one the master kept the index of (issue 12), the whole
+/// release otherwise or when the host refuses the delta's base (412).
+#[allow(clippy::too_many_arguments)]
 async fn push_agent(
     master: &Master,
     client: &reqwest::Client,
     rec: &HostRecord,
     release: &(PathBuf, ReleaseInfo),
+    deltas: &Deltas,
     bar: &ProgressBar,
     timeout: Duration,
     started: Instant,
 ) -> HostResult {
     let info = &release.1;
     bar.set_message("checking");
-    if let Some(r) = already_active(client, rec, info, started).await {
-        return r;
+    let live = live_release(client, rec).await;
+    if let Some(active) = live
+        .clone()
+        .filter(|m| m.sha256 == info.sha256 || m.release_id.as_deref() == Some(&info.release_id))
+    {
+        return HostResult::unchanged(rec, active, started);
     }
-    bar.set_message("uploading");
-    let form = match release_form(release, bar, &[]).await {
-        Ok(f) => f,
-        Err(e) => return HostResult::error(rec, e, started),
-    };
-    let sent = client
-        .post(rec.updater_url("/update"))
-        .multipart(form)
-        .send()
+    let mut refused = None;
+    if let Some(base) = live.and_then(|m| m.release_id)
+        && let Some(d) = deltas.for_base(&base).await
+    {
+        bar.set_message("uploading a delta");
+        bar.set_length(d.shared.1.size_bytes);
+        let extra = [
+            ("base", base),
+            ("index_patch", d.index_patch.clone()),
+            ("release_id", info.release_id.clone()),
+            ("release_sha256", info.sha256.clone()),
+        ];
+        let mut r = upload(
+            master, client, rec, &d.shared, &extra, info, bar, timeout, started,
+        )
         .await;
-    bar.set_message("installing and probing");
-    // An updater that refuses a release part-way answers 400 at once and
-    // drains the rest; an older one closes, and the error may come while
-    // sending, before any answer could be read: say what it means.
-    let resp = match sent {
-        Ok(r) => r,
-        Err(e) if !e.is_connect() && !e.is_timeout() && cut_while_sending(&e) => {
-            let detail = format!(
-                "the updater closed the connection during the upload, before an answer could be read (it refused the release part-way: a cap such as --max-upload-bytes, or an unsafe entry; its log says which): {}",
-                master.describe(&e, timeout)
-            );
-            return HostResult::error(rec, detail, started);
+        if r.http_status != Some(412) {
+            r.delta = true;
+            return r;
         }
-        Err(e) => return HostResult::error(rec, master.describe(&e, timeout), started),
-    };
-    // An answer came: report it (read under the cap), even when its body is
-    // cut off or too large.
-    let status = resp.status();
-    match said::read_answer(resp, ANSWER_CAP).await {
-        Ok((status, body)) => {
-            interpret(Op::Update, rec, status, &body, Some(&info.sha256), started)
-        }
-        Err(why) => {
-            let mut r = HostResult::error(rec, format!("answer unusable: {why}"), started);
-            r.http_status = Some(status.as_u16());
-            r
-        }
+        refused = Some(r.detail);
+        bar.reset();
+        bar.set_length(info.size_bytes);
     }
+    let mut r = upload(
+        master,
+        client,
+        rec,
+        release,
+        &[],
+        info,
+        bar,
+        timeout,
+        started,
+    )
+    .await;
+    if let Some(why) = refused {
+        r.detail = format!("{} (sent whole: the delta was refused: {why})", r.detail);
+    }
+    r
 }
 
-/// The `unchanged` row of a host whose active release already is the one
-/// being pushed (asked on `/releases`: nothing is uploaded, nothing
-/// restarts). `None` when it is not, or when the host could not say: the
-/// push goes ahead, and an updater that has it answers `unchanged` itself.
-async fn already_active(
-    client: &reqwest::Client,
-    rec: &HostRecord,
-    info: &ReleaseInfo,
-    started: Instant,
-) -> Option<HostResult> {
+/// The host's live release, asked on `/releases`: when it already is the
+/// one being pushed (the same sha256, or the same tree: `release_id`),
+/// nothing is uploaded and nothing restarts; else it may be the base of a
+/// delta. `None` when the host could not say: the push goes ahead whole,
+/// and an updater that has it answers `unchanged` itself.
+async fn live_release(client: &reqwest::Client, rec: &HostRecord) -> Option<Manifest> {
     let resp = client
         .get(rec.updater_url("/releases"))
         .timeout(STATUS_TIMEOUT)
@@ -469,26 +450,7 @@ async fn already_active(
         .await
         .ok()?;
     let releases: Releases = said::read_json(resp, RELEASES_CAP).await.ok()?;
-    let active = releases.active.filter(|m| m.sha256 == info.sha256)?;
-    Some(HostResult::unchanged(rec, active, started))
-}
-
-/// Whether the connection broke under our upload (the peer closed or
-/// reset it while we were still sending).
-fn cut_while_sending(e: &reqwest::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-            )
-        {
-            return true;
-        }
-        source = s.source();
-    }
-    false
+    releases.active
 }
 
 #[derive(Serialize)]

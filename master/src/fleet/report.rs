@@ -70,6 +70,13 @@ pub(crate) struct HostResult {
     /// failed first install), cleaned.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) log_tail: Vec<String>,
+    /// Bytes of the upload the updater received for this host (issue 12):
+    /// a delta's, or the whole release's; 0 when nothing was sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) wire_bytes: Option<u64>,
+    /// Whether the upload was a delta against the host's live release.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) delta: bool,
     /// The audit-trail row this result was written to, once it was.
     #[serde(skip)]
     pub(super) recorded: Option<i64>,
@@ -95,6 +102,8 @@ impl HostResult {
             timings: None,
             wave: None,
             log_tail: Vec::new(),
+            wire_bytes: None,
+            delta: false,
             recorded: None,
         }
     }
@@ -114,6 +123,7 @@ impl HostResult {
             agent: Outcome::Unchanged,
             detail: format!("{} already active; nothing changed", short(&active.sha256)),
             release: Some(active),
+            wire_bytes: Some(0),
             ..HostResult::error(rec, String::new(), started)
         }
     }
@@ -125,7 +135,7 @@ impl HostResult {
                 matches!(self.agent, Outcome::Updated | Outcome::Unchanged)
                     && self.self_update != SelfOutcome::Failed
             }
-            Op::Rollback => self.agent == Outcome::RolledBack,
+            Op::Rollback => matches!(self.agent, Outcome::RolledBack | Outcome::Unchanged),
         }
     }
 }
@@ -352,6 +362,14 @@ pub(super) fn interpret(
                 message
             },
         ),
+        // `rollback --to` the release that already is active (issue 12).
+        (Op::Rollback, OpStatus::Unchanged, true) => (
+            Outcome::Unchanged,
+            match &resp.release {
+                Some(m) => format!("{} already active; nothing changed", short(m.id())),
+                None => "already active; nothing changed".to_owned(),
+            },
+        ),
         (Op::Rollback, OpStatus::RolledBack, true) => (
             Outcome::RolledBack,
             match &resp.release {
@@ -395,9 +413,15 @@ pub(super) fn interpret(
         release: resp.release,
         probes: resp.probes,
         elapsed_ms: elapsed_ms(started),
+        wire_bytes: resp
+            .timings
+            .as_ref()
+            .map(|t| t.received_bytes)
+            .filter(|b| *b > 0),
         timings: resp.timings,
         wave: None,
         log_tail: resp.log_tail,
+        delta: false,
         recorded: None,
     }
 }

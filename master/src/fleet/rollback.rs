@@ -22,7 +22,13 @@ pub(crate) fn rollback(home: &Home, args: &RollbackArgs) -> Result<u8> {
     let inv = home.inventory()?;
     let hosts = resolve_required(&inv, &args.targets)?;
     let master = Arc::new(Master::for_home(home)?);
-    let report = rollback_hosts(inv, master, hosts, usize::from(args.parallel))?;
+    let report = rollback_hosts(
+        inv,
+        master,
+        hosts,
+        usize::from(args.parallel),
+        args.to.clone(),
+    )?;
     report.print(args.json)?;
     Ok(report.exit_code())
 }
@@ -33,13 +39,14 @@ fn rollback_hosts(
     master: Arc<Master>,
     hosts: Vec<HostRecord>,
     parallel: usize,
+    to: Option<String>,
 ) -> Result<FleetReport> {
     let recorder = Recorder::new(inv, Op::Rollback, None);
     let started = Instant::now();
     let results = runtime()?.block_on(fan_out(
         hosts,
         parallel,
-        |rec| rollback_one(master.clone(), rec),
+        |rec| rollback_one(master.clone(), rec, to.clone()),
         |rec, why| HostResult::error(rec, why, started),
         |r| recorder.record(r),
     ));
@@ -48,7 +55,7 @@ fn rollback_hosts(
 }
 
 /// Ask one host's updater to roll back.
-async fn rollback_one(master: Arc<Master>, rec: HostRecord) -> HostResult {
+async fn rollback_one(master: Arc<Master>, rec: HostRecord, to: Option<String>) -> HostResult {
     let started = Instant::now();
     let client = match master.updater_client(&rec, ROLLBACK_TIMEOUT) {
         Ok(c) => c,
@@ -57,7 +64,11 @@ async fn rollback_one(master: Arc<Master>, rec: HostRecord) -> HostResult {
     if let Err(e) = super::deny::deliver(&master, &client, &rec).await {
         return HostResult::error(&rec, e, started);
     }
-    let resp = match client.post(rec.updater_url("/rollback")).send().await {
+    let mut req = client.post(rec.updater_url("/rollback"));
+    if let Some(id) = to {
+        req = req.json(&serde_json::json!({ "release_id": id }));
+    }
+    let resp = match req.send().await {
         Ok(r) => r,
         Err(e) => return HostResult::error(&rec, master.describe(&e, ROLLBACK_TIMEOUT), started),
     };

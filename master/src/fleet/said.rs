@@ -12,8 +12,8 @@
 
 use pki::text::sanitize;
 use pki::wire::{
-    AgentHealth, FailedRelease, JournalEntry, Manifest, OpResponse, Probe, Releases,
-    SupervisedAgent, UpdaterHealth, WorkerHistory,
+    AgentHealth, FailedRelease, JournalEntry, Manifest, OpResponse, Probe, Releases, SlotVerify,
+    SupervisedAgent, UpdaterHealth, VerifyReport, WorkerHistory,
 };
 use serde::de::DeserializeOwned;
 
@@ -32,6 +32,8 @@ pub(super) const ANSWER_CAP: usize = 1 << 20;
 pub(super) const DETAIL_CHARS: usize = 1000;
 /// Longest identifier-like field kept (sha256, commit, time, CN, names).
 const FIELD_CHARS: usize = 200;
+/// Paths kept per kind of change in a `/verify` answer.
+const PATHS_KEPT: usize = 1000;
 /// Lines of an install hook's stderr kept (its tail), each at most
 /// [`FIELD_CHARS`] characters.
 const STDERR_LINES: usize = 20;
@@ -105,6 +107,32 @@ impl Clean for Manifest {
             git_commit: self.git_commit.map(field),
             pushed_at: field(self.pushed_at),
             pushed_by: field(self.pushed_by),
+            release_id: self.release_id.map(field),
+            ..self
+        }
+    }
+}
+
+impl Clean for SlotVerify {
+    fn clean(self) -> Self {
+        let paths =
+            |v: Vec<String>| -> Vec<String> { v.into_iter().take(PATHS_KEPT).map(field).collect() };
+        SlotVerify {
+            slot: field(self.slot),
+            release: self.release.clean(),
+            modified: paths(self.modified),
+            added: paths(self.added),
+            missing: paths(self.missing),
+            error: self.error.map(detail),
+            ..self
+        }
+    }
+}
+
+impl Clean for VerifyReport {
+    fn clean(self) -> Self {
+        VerifyReport {
+            slots: self.slots.into_iter().take(4).map(Clean::clean).collect(),
             ..self
         }
     }
@@ -220,6 +248,7 @@ impl Clean for Releases {
             active: self.active.clean(),
             prev: self.prev.clean(),
             failed: self.failed.clean(),
+            kept: self.kept.into_iter().take(1000).map(Clean::clean).collect(),
         }
     }
 }

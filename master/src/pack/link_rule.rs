@@ -2,13 +2,14 @@
 //! [`pki::release::check_link_target`], the one rule every updater applies
 //! on extraction, so a tree that packs is a tree that lands.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::pack_err;
 use crate::error::Result;
 
-/// Check the symlink at `rel` (relative to `root`) pointing at `target`.
-pub(super) fn check_link(root: &Path, rel: &Path, target: &Path) -> Result<()> {
+/// Check the symlink at `rel` (relative to `root`) pointing at `target`;
+/// the target as the updater creates it (normalized), for the index.
+pub(super) fn check_link(root: &Path, rel: &Path, target: &Path) -> Result<PathBuf> {
     let refuse = |why: &str| {
         pack_err(
             root,
@@ -24,7 +25,5 @@ pub(super) fn check_link(root: &Path, rel: &Path, target: &Path) -> Result<()> {
         return Err(refuse("the target is not UTF-8"));
     };
     let depth = rel.components().count().saturating_sub(1);
-    pki::release::check_link_target(depth, text)
-        .map(|_| ())
-        .map_err(|why| refuse(&why))
+    pki::release::check_link_target(depth, text).map_err(|why| refuse(&why))
 }

@@ -14,7 +14,7 @@ use tests::worker::{Worker, client_for};
 use tests::{Swarm, eventually_async};
 
 /// Every route of the updater with the method it takes.
-const ROUTES: [(&str, &str); 10] = [
+const ROUTES: [(&str, &str); 11] = [
     ("GET", "/health"),
     ("GET", "/releases"),
     ("GET", "/history"),
@@ -25,6 +25,7 @@ const ROUTES: [(&str, &str); 10] = [
     ("POST", "/agent/restart"),
     ("POST", "/deny"),
     ("POST", "/renew"),
+    ("POST", "/verify"),
 ];
 
 /// What one request gave: its status, or the transport error in words.

@@ -229,7 +229,7 @@ async fn crash_revert(d: &Arc<Daemon>, guard: OpGuard, from: Option<String>) {
     );
     tracing::warn!("{why}: reverting to prev");
     d.watch.set_reverting(true);
-    let result = super::rollback::rollback(d.clone(), guard).await;
+    let result = super::rollback::rollback(d.clone(), guard, None).await;
     d.watch.set_reverting(false);
     let e = match &result {
         Ok((code, body)) if code.is_success() => entry(

@@ -8,14 +8,34 @@ use axum::http::StatusCode;
 use pki::wire::{OpResponse, OpStatus};
 
 use super::{OpResult, end_rollback, recover, restart_and_probe};
-use crate::error::UpdaterError;
+use crate::error::{Result, UpdaterError};
 use crate::short;
+use crate::slots::Layout;
 use crate::state::{Daemon, OpGuard, blocking};
 
 /// `POST /rollback`, holding the worker (`guard`). The swap is journaled
 /// until the agent on the final release has been probed, so a crash in
 /// between is repaired at start-up.
-pub async fn rollback(d: Arc<Daemon>, guard: OpGuard) -> OpResult {
+pub async fn rollback(d: Arc<Daemon>, guard: OpGuard, to: Option<String>) -> OpResult {
+    if let Some(prefix) = to {
+        let layout = d.layout.clone();
+        let already = blocking(move || to_kept(&layout, &prefix)).await?;
+        if let Some(active) = already {
+            return Ok((
+                StatusCode::OK,
+                OpResponse {
+                    status: OpStatus::Unchanged,
+                    release: Some(active),
+                    rolled_back: false,
+                    error: None,
+                    probes: Vec::new(),
+                    stderr: None,
+                    timings: None,
+                    log_tail: Vec::new(),
+                },
+            ));
+        }
+    }
     let daemon = d.clone();
     let (running_spec, target_spec) = blocking(move || {
         let layout = &daemon.layout;
@@ -121,4 +141,57 @@ pub async fn rollback(d: Arc<Daemon>, guard: OpGuard) -> OpResult {
             log_tail,
         },
     ))
+}
+
+/// Make the kept release whose `release_id` starts with `prefix` the
+/// rollback target (`prev`), or say it is the live one (`Some(active)`:
+/// nothing to do). Unknown: 404; ambiguous: 400; both list the candidates.
+fn to_kept(layout: &Layout, prefix: &str) -> Result<Option<pki::wire::Manifest>> {
+    let prefix = prefix.trim().to_ascii_lowercase();
+    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(UpdaterError::BadUpload(
+            "release_id: give a hex prefix of a kept release's release_id (see GET /releases)"
+                .into(),
+        ));
+    }
+    let mut all: Vec<(Option<std::path::PathBuf>, pki::wire::Manifest, &str)> = Vec::new();
+    if let Some(m) = pki::wire::Manifest::read(&layout.active()) {
+        all.push((None, m, "active"));
+    }
+    if let Some(m) = pki::wire::Manifest::read(&layout.prev()) {
+        all.push((Some(layout.prev()), m, "prev"));
+    }
+    for (dir, m) in layout.kept_releases() {
+        all.push((Some(dir), m, "kept"));
+    }
+    let candidates = || {
+        all.iter()
+            .map(|(_, m, slot)| format!("{} ({slot})", short(m.id())))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let hits: Vec<_> = all
+        .iter()
+        .filter(|(_, m, _)| m.id().starts_with(&prefix))
+        .collect();
+    match hits.as_slice() {
+        [] => Err(UpdaterError::NotKept(format!(
+            "no kept release has a release_id starting with {prefix}; kept: {}",
+            candidates()
+        ))),
+        [(None, m, _)] => Ok(Some(m.clone())),
+        [(Some(dir), _, slot)] => {
+            if *slot == "kept" {
+                layout.promote_kept(dir)?;
+            }
+            Ok(None)
+        }
+        many => Err(UpdaterError::BadUpload(format!(
+            "{prefix} is ambiguous: it starts {}; give more digits",
+            many.iter()
+                .map(|(_, m, slot)| format!("{} ({slot})", m.id()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }

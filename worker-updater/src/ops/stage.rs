@@ -12,7 +12,7 @@ use pki::wire::Timings;
 use super::hook::run_install;
 use crate::error::{Result, UpdaterError};
 use crate::receive;
-use crate::release::{Purpose, ReleaseSpec, write_manifest};
+use crate::release::{Purpose, ReleaseSpec, write_index, write_manifest};
 use crate::slots::Layout;
 use crate::state::{Daemon, blocking};
 
@@ -33,8 +33,9 @@ pub enum StageError {
     Before(UpdaterError),
     /// The flip itself failed: the slots need a repair (the caller's).
     Flip(UpdaterError),
-    /// An agent release whose sha256 is the active one's: staging was
-    /// discarded before the hook, nothing changed (issue 11).
+    /// An agent release that is the active one (the same `release_id`,
+    /// or for an old manifest the same sha256): staging was discarded
+    /// before the hook, nothing changed (issues 11, 12).
     Unchanged(Box<pki::wire::Manifest>),
 }
 
@@ -85,6 +86,55 @@ pub async fn stage(
     Ok(staged)
 }
 
+/// Complete a delta push in `staging` from the live release `live`,
+/// which must be `base`; the whole release's index (`index`, as sent).
+fn complete_delta(
+    staging: &std::path::Path,
+    got: &pki::index::TreeIndex,
+    base: &str,
+    index: &receive::IndexSent,
+    live: &std::path::Path,
+    caps: &receive::Caps,
+) -> Result<pki::index::TreeIndex> {
+    let max = usize::try_from(caps.max_entries).unwrap_or(usize::MAX);
+    let live_id = pki::wire::Manifest::read(live).and_then(|m| m.release_id);
+    if live_id.as_deref() != Some(base) {
+        return Err(UpdaterError::NoBase(format!(
+            "this delta is against release {base}, but the live release here is {}: push the whole release",
+            live_id.as_deref().unwrap_or("none with a release_id")
+        )));
+    }
+    let Some(base_index) = crate::release::read_index(live, max)? else {
+        return Err(UpdaterError::NoBase(format!(
+            "the live release {base} has no kept index: push the whole release"
+        )));
+    };
+    let want = match index {
+        receive::IndexSent::Whole(text) => pki::index::TreeIndex::parse(text.as_bytes(), max)
+            .map_err(|why| UpdaterError::BadUpload(format!("field `index`: {why}")))?,
+        receive::IndexSent::Patch { patch, release_id } => {
+            let want = base_index
+                .apply_patch(patch, max)
+                .map_err(|why| UpdaterError::BadUpload(format!("field `index_patch`: {why}")))?;
+            if want.release_id() != *release_id {
+                return Err(UpdaterError::BadUpload(format!(
+                    "field `index_patch` applied to release {base} gives release {}, not {release_id}",
+                    want.release_id()
+                )));
+            }
+            want
+        }
+    };
+    let reused = receive::delta::materialize(staging, got, &want, live, &base_index, caps)?;
+    crate::crashpoint::at("delta-materialized");
+    tracing::info!(
+        base,
+        reused_bytes = reused,
+        "delta completed from the live release"
+    );
+    Ok(want)
+}
+
 /// Remove `layout`'s staging dir.
 async fn discard(layout: &Layout) {
     let l = layout.clone();
@@ -108,7 +158,26 @@ async fn prepare(
     timings: &mut Timings,
 ) -> Result<Prepared> {
     let t = Instant::now();
-    let received = receive::receive(form, staging, &d.config.caps).await?;
+    let mut received = receive::receive(form, staging, &d.config.caps).await?;
+    timings.received_bytes = received.size_bytes;
+    if let Some(delta) = received.delta.take() {
+        if purpose != Purpose::Agent {
+            return Err(UpdaterError::BadUpload(
+                "/update-self takes whole releases, not deltas".into(),
+            ));
+        }
+        timings.received_bytes += delta.index.wire_len() as u64;
+        let (live, dir, caps) = (layout.active(), staging.to_owned(), d.config.caps.clone());
+        let got = received.extracted.index.clone();
+        let (base, index) = (delta.base, delta.index);
+        let want =
+            blocking(move || complete_delta(&dir, &got, &base, &index, &live, &caps)).await?;
+        received.extracted.files = want.files();
+        received.extracted.index = want;
+        if let Some(sha) = delta.release_sha256 {
+            received.sha256 = sha;
+        }
+    }
     if purpose == Purpose::Updater && received.confirm_self.as_deref() != Some("true") {
         return Err(UpdaterError::BadUpload(
             "/update-self replaces the updater itself: send the field confirm_self=true to confirm"
@@ -124,7 +193,9 @@ async fn prepare(
         "release received"
     );
     let (daemon, l, dir) = (d.clone(), layout.clone(), staging.to_owned());
+    let index = received.extracted.index;
     let staged = blocking(move || {
+        write_index(&dir, &index)?;
         write_manifest(&dir, &manifest)?;
         let host = daemon.host_env()?;
         let live = l.live_dir();
@@ -139,7 +210,11 @@ async fn prepare(
     .await?;
     if purpose == Purpose::Agent
         && let Some(m) = &staged.previous.manifest
-        && staged.spec.sha256() == Some(m.sha256.as_str())
+        && staged
+            .spec
+            .manifest
+            .as_ref()
+            .is_some_and(|n| n.same_release(m))
     {
         return Ok(Prepared::Unchanged(Box::new(m.clone())));
     }

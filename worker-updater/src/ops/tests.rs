@@ -79,6 +79,7 @@ fn install(app: &Daemon, sha: &str) {
         git_commit: None,
         pushed_at: String::new(),
         pushed_by: "master".into(),
+        release_id: None,
     };
     write_manifest(&staging, &m).unwrap();
     app.layout.flip_in(&m).unwrap();

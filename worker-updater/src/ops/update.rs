@@ -56,6 +56,16 @@ pub async fn update(d: Arc<Daemon>, form: Form, pushed_by: String, guard: OpGuar
         if let Some(trash) = trash {
             crate::slots::delete_in_background(trash);
         }
+        // Kept releases beyond --keep-releases, likewise (issue 12).
+        let layout = d.layout.clone();
+        if let Ok(pruned) = blocking(move || Ok(layout.prune_kept())).await {
+            if !pruned.is_empty() {
+                crate::crashpoint::at("kept-pruned");
+            }
+            pruned
+                .into_iter()
+                .for_each(crate::slots::delete_in_background);
+        }
         timings.total_ms = ms(t0);
         tracing::info!(sha256 = %manifest.sha256, "update healthy");
         return Ok((

@@ -1,6 +1,10 @@
-//! Safe extraction of a gzip tarball into an empty staging directory.
-//! Every gzip member is read (`Members`), as `tar xzf` does; after the
-//! end-of-archive blocks only zeros may follow.
+//! Safe extraction of a gzip or zstd tarball into an empty staging
+//! directory, told apart by their magic numbers (`1f 8b`, `28 b5 2f fd`).
+//! Every gzip member is read (`Members`), as `tar xzf` does, and every zstd
+//! frame, as `zstd -d` does; after the end-of-archive blocks only zeros may
+//! follow. A zstd frame may ask for a window of at most
+//! [`ZSTD_WINDOW_LOG_MAX`](super::decode::ZSTD_WINDOW_LOG_MAX) (the
+//! decoder's memory is bounded by it); [`super::decode`] decompresses.
 //!
 //! tar-rs is used only to *parse* the stream; every entry is validated here,
 //! from its raw path bytes and header, before anything is written, and every
@@ -10,7 +14,7 @@
 //! The policy (also in `wiki/security.md`, "Extraction"):
 //! - paths: UTF-8, relative, no `..`, no NUL, at most `max_path_bytes` bytes,
 //!   255 bytes per component and `max_path_depth` components; `.` and empty
-//!   components are dropped; the root manifest name is reserved;
+//!   components are dropped; the root manifest and index names are reserved;
 //! - types: regular files and directories; symbolic links only when their
 //!   target is relative, of the form `../../a/b` (all `..` first, then names)
 //!   and does not climb above the release root from where the link sits;
@@ -25,6 +29,10 @@
 //!   `TarGuard`, before tar-rs would buffer it whole;
 //! - modes: files `mode & 0o755 | 0o600`, directories `mode & 0o755 | 0o700`
 //!   (no setuid/setgid/sticky, nothing writable by others, exec bits kept).
+//!
+//! As it writes, it builds the tree's canonical index ([`pki::index`]):
+//! every file's content is hashed as it is received, so the `release_id`
+//! costs no second read.
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
@@ -34,7 +42,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use pki::index::{INDEX_FILE, IndexEntry, TreeIndex};
 use pki::wire::MANIFEST_FILE;
+use sha2::{Digest, Sha256};
 use tar::EntryType;
 
 use super::guard::{CapReader, TarGuard, quote};
@@ -78,6 +88,8 @@ pub struct Extracted {
     pub files: u64,
     /// Bytes of regular file contents written.
     pub file_bytes: u64,
+    /// The canonical index of the tree written.
+    pub index: TreeIndex,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,7 +105,7 @@ enum Kind {
 pub fn extract(reader: impl Read, dest: &Path, caps: &Caps) -> Result<Extracted> {
     let tripped = Rc::new(Cell::new(false));
     let decoded = CapReader {
-        inner: Members::new(io::BufReader::with_capacity(64 * 1024, reader)),
+        inner: super::decode::open(reader)?,
         read: 0,
         cap: caps.max_unpacked,
         tripped: tripped.clone(),
@@ -112,7 +124,7 @@ pub fn extract(reader: impl Read, dest: &Path, caps: &Caps) -> Result<Extracted>
         } else if tripped.get() {
             cap_error()
         } else {
-            UpdaterError::BadUpload(format!("{what}: {e} (send a gzip-compressed tar)"))
+            UpdaterError::BadUpload(format!("{what}: {e} (send a gzip- or zstd-compressed tar)"))
         }
     };
     let mut archive = tar::Archive::new(guard);
@@ -123,6 +135,7 @@ pub fn extract(reader: impl Read, dest: &Path, caps: &Caps) -> Result<Extracted>
         explicit: HashSet::new(),
         out: Extracted::default(),
         entries: 0,
+        index: Vec::new(),
     };
     let entries = archive
         .entries()
@@ -159,66 +172,9 @@ pub fn extract(reader: impl Read, dest: &Path, caps: &Caps) -> Result<Extracted>
     if let Some(mut raw) = decoded.into_inner().inner.into_inner() {
         io::copy(&mut raw, &mut io::sink()).map_err(|e| stream_error(e, "reading the upload"))?;
     }
-    Ok(x.out)
-}
-
-/// The gzip members of a stream, one after the other, as `gzip -d` and
-/// `tar xzf` read them: a member that follows another (its magic
-/// `1f 8b` next) is decoded too; anything else after a member is trailing
-/// padding, left in the inner reader (see [`Members::into_inner`]).
-struct Members<R: io::BufRead> {
-    /// `None` only if reading what follows a member failed.
-    stage: Option<Stage<R>>,
-}
-
-enum Stage<R: io::BufRead> {
-    /// Decoding a member.
-    Member(flate2::bufread::GzDecoder<R>),
-    /// Past the last member.
-    After(R),
-}
-
-impl<R: io::BufRead> Members<R> {
-    fn new(inner: R) -> Self {
-        Members {
-            stage: Some(Stage::Member(flate2::bufread::GzDecoder::new(inner))),
-        }
-    }
-
-    /// The reader past the last member (its trailing bytes unread).
-    fn into_inner(self) -> Option<R> {
-        match self.stage? {
-            Stage::Member(d) => Some(d.into_inner()),
-            Stage::After(r) => Some(r),
-        }
-    }
-}
-
-impl<R: io::BufRead> Read for Members<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match &mut self.stage {
-                Some(Stage::Member(d)) => {
-                    let n = d.read(buf)?;
-                    if n > 0 || buf.is_empty() {
-                        return Ok(n);
-                    }
-                }
-                _ => return Ok(0),
-            }
-            // The member ended: another one follows, or padding, or nothing.
-            let Some(Stage::Member(d)) = self.stage.take() else {
-                return Ok(0);
-            };
-            let mut inner = d.into_inner();
-            let next = inner.fill_buf().map(|b| b.first() == Some(&0x1f));
-            self.stage = Some(match next {
-                Ok(true) => Stage::Member(flate2::bufread::GzDecoder::new(inner)),
-                _ => Stage::After(inner),
-            });
-            next?;
-        }
-    }
+    let mut out = x.out;
+    out.index = TreeIndex::new(x.index).map_err(UpdaterError::BadUpload)?;
+    Ok(out)
 }
 
 /// A sink for what follows the end-of-archive blocks: zeros pass, the
@@ -255,6 +211,8 @@ struct Extractor<'a> {
     explicit: HashSet<String>,
     out: Extracted,
     entries: u64,
+    /// The index entries so far, in tar order.
+    index: Vec<IndexEntry>,
 }
 
 impl Extractor<'_> {
@@ -312,10 +270,10 @@ impl Extractor<'_> {
             };
         }
         let key = comps.join("/");
-        if key == MANIFEST_FILE {
+        if key == MANIFEST_FILE || key == INDEX_FILE {
             return Err(UpdaterError::unsafe_entry(
                 shown,
-                "reserved name: the updater writes the release manifest itself",
+                "reserved name: the updater writes the release manifest and index itself",
             ));
         }
         if !self.explicit.insert(key.clone()) {
@@ -329,12 +287,21 @@ impl Extractor<'_> {
             .map_err(|e| UpdaterError::BadUpload(format!("{shown:?}: bad mode: {e}")))?;
         match kind {
             Kind::Dir => {
-                match self.kinds.get(&key) {
-                    Some(Kind::Dir) => {}
+                let implied = match self.kinds.get(&key) {
+                    Some(Kind::Dir) => true,
                     Some(_) => return Err(UpdaterError::unsafe_entry(shown, "duplicate path")),
-                    None => mkdir(&path)?,
+                    None => {
+                        mkdir(&path)?;
+                        false
+                    }
+                };
+                let mode = mode & 0o755 | 0o700;
+                set_mode(&path, mode)?;
+                match implied.then(|| self.index.iter_mut().rev().find(|e| e.path == key)) {
+                    // An implied directory named by its own entry later.
+                    Some(Some(e)) => e.mode = mode,
+                    _ => self.index.push(IndexEntry::dir(key.clone(), mode)),
                 }
-                set_mode(&path, mode & 0o755 | 0o700)?;
                 self.kinds.insert(key, Kind::Dir);
             }
             Kind::File => {
@@ -348,17 +315,24 @@ impl Extractor<'_> {
                     .open(&path)
                     .map_err(|e| UpdaterError::io(&path, e))?;
                 let mut limited = (&mut entry).take(size);
-                let mut writer = io::BufWriter::with_capacity(256 * 1024, &file);
+                let mut writer = HashingWriter {
+                    inner: io::BufWriter::with_capacity(256 * 1024, &file),
+                    hasher: Sha256::new(),
+                };
                 let copied =
                     io::copy(&mut limited, &mut writer).map_err(|e| UpdaterError::io(&path, e))?;
-                drop(writer);
+                io::Write::flush(&mut writer).map_err(|e| UpdaterError::io(&path, e))?;
+                let sha256 = hex::encode(writer.hasher.finalize());
                 if copied != size {
                     return Err(UpdaterError::BadUpload(format!(
                         "{shown:?}: the tarball ends inside this file"
                     )));
                 }
-                file.set_permissions(fs::Permissions::from_mode(mode & 0o755 | 0o600))
+                let mode = mode & 0o755 | 0o600;
+                file.set_permissions(fs::Permissions::from_mode(mode))
                     .map_err(|e| UpdaterError::io(&path, e))?;
+                self.index
+                    .push(IndexEntry::file(key.clone(), mode, size, sha256));
                 self.out.files += 1;
                 self.out.file_bytes += size;
                 self.kinds.insert(key, Kind::File);
@@ -377,6 +351,9 @@ impl Extractor<'_> {
                     .map_err(|why| UpdaterError::unsafe_entry(&shown, why))?;
                 std::os::unix::fs::symlink(&target, &path)
                     .map_err(|e| UpdaterError::io(&path, e))?;
+                // Checked UTF-8 by check_link_target.
+                self.index
+                    .push(IndexEntry::link(key.clone(), &target.to_string_lossy()));
                 self.kinds.insert(key, Kind::Link);
             }
         }
@@ -428,11 +405,29 @@ impl Extractor<'_> {
                     let dir = self.dest.join(&prefix);
                     mkdir(&dir)?;
                     set_mode(&dir, 0o755)?;
+                    self.index.push(IndexEntry::dir(prefix.clone(), 0o755));
                     self.kinds.insert(prefix, Kind::Dir);
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// A writer that hashes what it writes (a file's content, as received).
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: io::Write> io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -447,7 +442,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 
 /// Check an entry path and split it into its components (`.` and empty ones
 /// dropped). An empty result is the release root.
-fn normalize(raw: &[u8], caps: &Caps) -> Result<Vec<String>, String> {
+pub(super) fn normalize(raw: &[u8], caps: &Caps) -> Result<Vec<String>, String> {
     if raw.len() > caps.max_path_bytes {
         return Err(format!(
             "path longer than {} bytes (--max-path-bytes)",
@@ -583,12 +578,37 @@ mod tests {
             entry(b"a/self", b'2', b"", 0o777, b"."),
         ]);
         let out = r.unwrap();
+        assert_eq!((out.files, out.file_bytes), (2, 15));
+        // The index, built as it extracted: implied `a` and `a/b` included.
+        let paths: Vec<_> = out
+            .index
+            .entries()
+            .iter()
+            .map(|e| e.path.as_str())
+            .collect();
         assert_eq!(
-            out,
-            Extracted {
-                files: 2,
-                file_bytes: 15
-            }
+            paths,
+            [
+                "a",
+                "a/b",
+                "a/b/c.txt",
+                "a/link",
+                "a/self",
+                "bin",
+                "bin/run"
+            ]
+        );
+        let c = out.index.get("a/b/c.txt").unwrap();
+        assert_eq!((c.mode, c.size), (0o600, 5));
+        assert_eq!(
+            c.sha256.as_deref(),
+            Some(pki::index::sha256_hex(b"hello").as_str())
+        );
+        assert_eq!(out.index.get("bin").unwrap().mode, 0o755);
+        assert_eq!(out.index.get("bin/run").unwrap().mode, 0o755);
+        assert_eq!(
+            out.index.get("a/link").unwrap().sha256.as_deref(),
+            Some(pki::index::sha256_hex(b"../bin/run").as_str())
         );
         let d = tmp.path().join("stage");
         let mode = |p: &str| {
@@ -659,6 +679,10 @@ mod tests {
         rejected(
             &[entry(MANIFEST_FILE.as_bytes(), b'0', b"{}", 0o644, b"")],
             MANIFEST_FILE,
+        );
+        rejected(
+            &[entry(INDEX_FILE.as_bytes(), b'0', b"x", 0o644, b"")],
+            INDEX_FILE,
         );
     }
 
@@ -835,6 +859,60 @@ mod tests {
                     why.contains("data after the end of its tar archive"),
                     "{why}"
                 )
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn zstd_of(entries: &[Vec<u8>], window_log: Option<u32>) -> Vec<u8> {
+        let mut tar = entries.concat();
+        tar.resize(tar.len() + 1024, 0);
+        let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        if let Some(log) = window_log {
+            z.window_log(log).unwrap();
+        }
+        z.write_all(&tar).unwrap();
+        z.finish().unwrap()
+    }
+
+    #[test]
+    fn zstd_is_told_from_gzip_by_its_magic() {
+        let entries = [
+            entry(b"a/b.txt", b'0', b"hello", 0o644, b""),
+            entry(b"c", b'0', &vec![9u8; 100_000], 0o755, b""),
+        ];
+        let (tmp, r) = extract_bytes(&zstd_of(&entries, None));
+        let out = r.unwrap();
+        assert_eq!((out.files, out.file_bytes), (2, 100_005));
+        let d = tmp.path().join("stage");
+        assert_eq!(fs::read_to_string(d.join("a/b.txt")).unwrap(), "hello");
+        // The same tree by gzip: the same index, so the same release_id.
+        let (_t, g) = extract_bytes(&tgz(&entries));
+        assert_eq!(g.unwrap().index.release_id(), out.index.release_id());
+        // Two frames, one after the other, are one stream.
+        let first = {
+            let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+            z.write_all(&entry(b"one", b'0', b"1", 0o644, b"")).unwrap();
+            z.finish().unwrap()
+        };
+        let second = zstd_of(&[entry(b"two", b'0', b"2", 0o644, b"")], None);
+        let joined = [first, second].concat();
+        assert_eq!(extract_bytes(&joined).1.unwrap().files, 2);
+    }
+
+    #[test]
+    fn truncated_or_greedy_zstd_is_refused() {
+        let entries = [entry(b"f", b'0', &vec![1u8; 50_000], 0o644, b"")];
+        let mut cut = zstd_of(&entries, None);
+        cut.truncate(cut.len() / 2);
+        let (_t, r) = extract_bytes(&cut);
+        assert!(matches!(r, Err(UpdaterError::BadUpload(_))), "{r:?}");
+        // A frame that asks for a 128 MiB window: refused, not allocated.
+        let greedy = zstd_of(&entries, Some(27));
+        let (_t, r) = extract_bytes(&greedy);
+        match r {
+            Err(UpdaterError::BadUpload(why)) => {
+                assert!(why.contains("too much memory"), "{why}")
             }
             other => panic!("expected a refusal, got {other:?}"),
         }

@@ -2,8 +2,11 @@
 //! `tarball` through SHA-256 into [`extract`], which validates every entry
 //! and writes the tree into staging; `guard` bounds what tar-rs buffers,
 //! [`form`] what multer buffers (and drains a refused body).
+//! [`delta`] completes a delta push's staging from the live release.
 //! Nothing is written outside staging, and nothing before it is validated.
 
+mod decode;
+pub mod delta;
 pub mod extract;
 pub mod form;
 mod guard;
@@ -11,4 +14,4 @@ pub mod upload;
 
 pub use extract::{Caps, Extracted};
 pub use form::Form;
-pub use upload::{Received, receive};
+pub use upload::{DeltaFields, IndexSent, Received, receive};

@@ -31,6 +31,8 @@ const MAX_SHA256_FIELD: usize = 128;
 const MAX_COMMIT_FIELD: usize = 128;
 /// Largest other text field.
 const MAX_TEXT_FIELD: usize = 4096;
+/// Largest `index` field of a delta push (about 200 bytes an entry).
+const MAX_INDEX_FIELD: usize = 32 << 20;
 /// Longest field name.
 const MAX_FIELD_NAME: usize = 64;
 
@@ -43,6 +45,40 @@ pub struct Received {
     pub git_commit: Option<String>,
     /// The `confirm_self` field, as sent (`/update-self` requires `true`).
     pub confirm_self: Option<String>,
+    /// A delta push (issue 12).
+    pub delta: Option<DeltaFields>,
+}
+
+/// How a delta push sent the new index.
+#[derive(Debug)]
+pub enum IndexSent {
+    Whole(String),
+    Patch { patch: String, release_id: String },
+}
+
+impl IndexSent {
+    /// Bytes it took on the wire.
+    pub fn wire_len(&self) -> usize {
+        match self {
+            IndexSent::Whole(s) => s.len(),
+            IndexSent::Patch { patch, release_id } => patch.len() + release_id.len(),
+        }
+    }
+}
+
+/// The fields of a delta push.
+#[derive(Debug)]
+pub struct DeltaFields {
+    /// The `release_id` the tarball is a delta against (the live one).
+    pub base: String,
+    /// The whole new release's index (`index`, canonical bytes), or what
+    /// turns the base's index into it (`index_patch`) and the `release_id`
+    /// that must come out.
+    pub index: IndexSent,
+    /// The digest of the whole release as the master packed it for hosts
+    /// that get it whole: the manifest's `sha256`, so one release has one
+    /// sha256 on every host (the delta's own digest is checked on receipt).
+    pub release_sha256: Option<String>,
 }
 
 impl Received {
@@ -57,6 +93,7 @@ impl Received {
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
             pushed_by,
+            release_id: Some(self.extracted.index.release_id()),
         }
     }
 }
@@ -66,6 +103,11 @@ pub async fn receive(mut form: Form, staging: &Path, caps: &Caps) -> Result<Rece
     let mut claimed: Option<String> = None;
     let mut git_commit: Option<String> = None;
     let mut confirm_self: Option<String> = None;
+    let mut base: Option<String> = None;
+    let mut index: Option<String> = None;
+    let mut release_sha256: Option<String> = None;
+    let mut index_patch: Option<String> = None;
+    let mut release_id: Option<String> = None;
     let mut tarball: Option<(String, u64, Extracted)> = None;
     let mut fields = 0;
     while let Some(field) = form.next_field().await.map_err(multipart_error)? {
@@ -104,6 +146,33 @@ pub async fn receive(mut form: Form, staging: &Path, caps: &Caps) -> Result<Rece
                 tarball = Some(stream_tarball(field, staging.to_owned(), caps.clone()).await?);
             }
             "confirm_self" => confirm_self = Some(text(field, &name, MAX_TEXT_FIELD).await?),
+            "base" => {
+                base = Some(
+                    text(field, &name, MAX_SHA256_FIELD)
+                        .await?
+                        .to_ascii_lowercase(),
+                )
+            }
+            "index" => index = Some(text_raw(field, &name, MAX_INDEX_FIELD).await?),
+            "index_patch" => index_patch = Some(text_raw(field, &name, MAX_INDEX_FIELD).await?),
+            "release_id" => {
+                release_id = Some(
+                    text(field, &name, MAX_SHA256_FIELD)
+                        .await?
+                        .to_ascii_lowercase(),
+                )
+            }
+            "release_sha256" => {
+                let v = text(field, &name, MAX_SHA256_FIELD)
+                    .await?
+                    .to_ascii_lowercase();
+                if v.len() != 64 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(UpdaterError::BadUpload(
+                        "field `release_sha256` is not a hex SHA-256".into(),
+                    ));
+                }
+                release_sha256 = Some(v);
+            }
             // Fields of newer masters: read and ignored.
             _ => {
                 text(field, &name, MAX_TEXT_FIELD).await?;
@@ -119,12 +188,37 @@ pub async fn receive(mut form: Form, staging: &Path, caps: &Caps) -> Result<Rece
     if claimed != actual {
         return Err(UpdaterError::DigestMismatch { claimed, actual });
     }
+    let sent = match (index, index_patch, release_id) {
+        (Some(i), None, None) => Some(IndexSent::Whole(i)),
+        (None, Some(patch), Some(release_id)) => Some(IndexSent::Patch { patch, release_id }),
+        (None, None, None) => None,
+        _ => {
+            return Err(UpdaterError::BadUpload(
+                "a delta push sends `index`, or `index_patch` with `release_id`".into(),
+            ));
+        }
+    };
+    let delta = match (base, sent) {
+        (Some(base), Some(index)) => Some(DeltaFields {
+            base,
+            index,
+            release_sha256,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(UpdaterError::BadUpload(
+                "a delta push sends `base` and its index (`index`, or `index_patch` and `release_id`), or neither"
+                    .into(),
+            ));
+        }
+    };
     Ok(Received {
         sha256: actual,
         size_bytes,
         extracted,
         git_commit,
         confirm_self,
+        delta,
     })
 }
 
@@ -135,7 +229,15 @@ fn multipart_error(cause: String) -> UpdaterError {
     ))
 }
 
-async fn text(mut field: Field<'_>, name: &str, max: usize) -> Result<String> {
+/// [`text`], trimmed.
+async fn text(field: Field<'_>, name: &str, max: usize) -> Result<String> {
+    text_raw(field, name, max)
+        .await
+        .map(|s| s.trim().to_owned())
+}
+
+/// A text field of at most `max` bytes, as sent.
+async fn text_raw(mut field: Field<'_>, name: &str, max: usize) -> Result<String> {
     let mut buf = Vec::new();
     while let Some(chunk) = field
         .chunk()
@@ -150,7 +252,6 @@ async fn text(mut field: Field<'_>, name: &str, max: usize) -> Result<String> {
         buf.extend_from_slice(&chunk);
     }
     String::from_utf8(buf)
-        .map(|s| s.trim().to_owned())
         .map_err(|_| UpdaterError::BadUpload(format!("field `{name}` is not UTF-8")))
 }
 

@@ -313,6 +313,26 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     std::fs::write(&path, json).map_err(|e| UpdaterError::io(&path, e))
 }
 
+/// Write `index` as `.swarm-index` beside the manifest in `dir`, its
+/// canonical bytes (whose SHA-256 is the manifest's `release_id`).
+pub fn write_index(dir: &Path, index: &pki::index::TreeIndex) -> Result<()> {
+    let path = dir.join(pki::index::INDEX_FILE);
+    std::fs::write(&path, index.to_bytes()).map_err(|e| UpdaterError::io(&path, e))
+}
+
+/// The index kept with the release in `dir`, if it has a readable one
+/// (releases installed before issue 12 have none).
+pub fn read_index(dir: &Path, max_entries: usize) -> Result<Option<pki::index::TreeIndex>> {
+    let path = dir.join(pki::index::INDEX_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => pki::index::TreeIndex::parse(&bytes, max_entries)
+            .map(Some)
+            .map_err(|why| UpdaterError::Internal(format!("{}: {why}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(UpdaterError::io(&path, e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -183,6 +183,7 @@ mod tests {
             git_commit: None,
             pushed_at: String::new(),
             pushed_by: "master".into(),
+            release_id: None,
         };
         for sha in ["aaaa", "bbbb"] {
             let s = l.prepare_staging().unwrap();

@@ -17,6 +17,9 @@ pub struct Layout {
     pub(super) releases: PathBuf,
     /// How many failed releases to keep.
     pub(super) failed_keep: usize,
+    /// How many good releases `kept/` holds besides `active` and `prev`
+    /// (0: a `prev` that is replaced is deleted).
+    pub(super) kept_keep: usize,
 }
 
 impl Layout {
@@ -35,7 +38,14 @@ impl Layout {
             root: root.to_owned(),
             releases: root.join("releases"),
             failed_keep,
+            kept_keep: 0,
         }
+    }
+    /// These slots, keeping `n` good releases in `kept/` besides `active`
+    /// and `prev` (issue 12).
+    pub fn keeping(mut self, n: usize) -> Layout {
+        self.kept_keep = n;
+        self
     }
     /// The install dir both slot sets live in.
     pub fn install_dir(&self) -> &Path {
@@ -66,6 +76,11 @@ impl Layout {
     }
     pub fn failed(&self) -> PathBuf {
         self.releases.join("failed")
+    }
+    /// Good releases older than `prev`, newest name last
+    /// (`<sequence>-<release_id prefix>`).
+    pub fn kept(&self) -> PathBuf {
+        self.releases.join("kept")
     }
     pub fn journal(&self) -> PathBuf {
         self.releases.join(".incoming.json")

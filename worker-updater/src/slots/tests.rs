@@ -17,6 +17,7 @@ fn manifest(sha: &str) -> Manifest {
         git_commit: None,
         pushed_at: "2025-01-01T00:00:00Z".into(),
         pushed_by: "master".into(),
+        release_id: None,
     }
 }
 

@@ -102,9 +102,23 @@ impl Layout {
         let mut trash = None;
         if self.old().is_dir() {
             if self.prev().exists() {
-                let t = self.trash_name("prev");
-                rename(&self.prev(), &t)?;
-                trash = Some(t);
+                // A good release with an id is kept for `rollback --to`;
+                // one rename, so a crash leaves it in one place or the other.
+                let keep = (self.kept_keep > 0)
+                    .then(|| Manifest::read(&self.prev()))
+                    .flatten()
+                    .filter(|m| m.release_id.is_some());
+                if let Some(m) = keep {
+                    fs::create_dir_all(self.kept())
+                        .map_err(|e| UpdaterError::io(self.kept(), e))?;
+                    let dest = self.kept().join(self.kept_name(&m));
+                    rename(&self.prev(), &dest)?;
+                    fsync_dir(&self.kept())?;
+                } else {
+                    let t = self.trash_name("prev");
+                    rename(&self.prev(), &t)?;
+                    trash = Some(t);
+                }
             }
             rename(&self.old(), &self.prev())?;
             fsync_dir(&self.releases)?;
@@ -197,6 +211,75 @@ impl Layout {
         Ok(name)
     }
 
+    /// A name in `kept/` for `manifest`: a sequence number one above the
+    /// highest there (so names sort by age, whatever the clock does), then
+    /// its id's prefix.
+    fn kept_name(&self, manifest: &Manifest) -> String {
+        let next = fs::read_dir(self.kept())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.split('-').next()?.parse::<u64>().ok()
+                    })
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+            + 1;
+        let id: String = manifest.id().chars().take(12).collect();
+        format!("{next:010}-{id}")
+    }
+
+    /// The releases in `kept/`, newest first: (dir, manifest).
+    pub fn kept_releases(&self) -> Vec<(PathBuf, Manifest)> {
+        let mut v: Vec<(String, PathBuf)> = fs::read_dir(self.kept())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.into_iter()
+            .filter_map(|(_, p)| Manifest::read(&p).map(|m| (p, m)))
+            .collect()
+    }
+
+    /// Move the kept releases beyond the newest `kept_keep` to trash
+    /// names (one rename each); the caller deletes them off the request
+    /// path. Only renamed trash is ever deleted, and leftover trash is
+    /// deleted at start-up, so a kill at any point leaves every kept
+    /// release whole.
+    pub fn prune_kept(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for (dir, _) in self.kept_releases().into_iter().skip(self.kept_keep) {
+            let t = self.trash_name("kept");
+            match rename(&dir, &t) {
+                Ok(()) => out.push(t),
+                Err(e) => tracing::warn!("pruning {}: {e}", dir.display()),
+            }
+        }
+        out
+    }
+
+    /// Put the kept release `dir` in `prev`, keeping the `prev` it
+    /// replaces in `kept/` (two renames: a crash between them leaves both
+    /// in `kept/` and no `prev`, which is a valid layout).
+    pub fn promote_kept(&self, dir: &Path) -> Result<()> {
+        if let Some(m) = Manifest::read(&self.prev()) {
+            let dest = self.kept().join(self.kept_name(&m));
+            rename(&self.prev(), &dest)?;
+        } else if self.prev().exists() {
+            rename(&self.prev(), &self.trash_name("prev"))?;
+        }
+        crate::crashpoint::at("kept-demoted");
+        rename(dir, &self.prev())?;
+        fsync_dir(&self.kept())?;
+        fsync_dir(&self.releases)
+    }
+
     /// `GET /releases`.
     pub fn releases(&self) -> Releases {
         let mut failed: Vec<FailedRelease> = fs::read_dir(self.failed())
@@ -211,10 +294,19 @@ impl Layout {
             })
             .unwrap_or_default();
         failed.sort_by(|a, b| b.name.cmp(&a.name));
+        let active = Manifest::read(&self.active());
+        let prev = Manifest::read(&self.prev());
+        let kept = active
+            .iter()
+            .chain(prev.iter())
+            .cloned()
+            .chain(self.kept_releases().into_iter().map(|(_, m)| m))
+            .collect();
         Releases {
-            active: Manifest::read(&self.active()),
-            prev: Manifest::read(&self.prev()),
+            active,
+            prev,
             failed,
+            kept,
         }
     }
 
@@ -306,5 +398,6 @@ pub(crate) fn unknown_manifest() -> Manifest {
         git_commit: None,
         pushed_at: String::new(),
         pushed_by: String::new(),
+        release_id: None,
     }
 }

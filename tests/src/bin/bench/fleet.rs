@@ -91,8 +91,19 @@ impl Fleet {
         root: &Path,
         parallel: Option<u16>,
     ) -> anyhow::Result<Outcome> {
+        self.update_with(hosts, root, parallel, &[]).await
+    }
+
+    /// [`Fleet::update`] with more flags (`--full`).
+    pub(crate) async fn update_with(
+        &self,
+        hosts: Option<&[&str]>,
+        root: &Path,
+        parallel: Option<u16>,
+        extra: &[&str],
+    ) -> anyhow::Result<Outcome> {
         let mut cmd = self.swarm();
-        cmd.arg("update");
+        cmd.arg("update").args(extra);
         if let Some(n) = parallel {
             cmd.arg("--parallel").arg(n.to_string());
         }
