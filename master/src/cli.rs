@@ -141,11 +141,19 @@ pub enum Command {
     },
     /// Issue a worker's agent (and updater) certificate bundles and record it.
     Enroll(EnrollCommand),
-    /// List enrolled hosts.
+    /// List enrolled hosts (or, with --denied, the certificate deny list).
     List {
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
+        /// List the denied certificates instead of the hosts.
+        #[arg(long)]
+        denied: bool,
+    },
+    /// Manage named operators: master-role certificates that carry a name.
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
     },
     /// Add or remove tags of an enrolled host (`--tag T` targets hosts by tag).
     Tag(TagArgs),
@@ -161,6 +169,8 @@ pub enum Command {
     Update(UpdateArgs),
     /// Ask targets to swap back to their previous release.
     Rollback(RollbackArgs),
+    /// Issue new agent and updater certificates and deliver them over mTLS.
+    Renew(RenewArgs),
     /// Show updater, agent, releases and certificate expiry per host.
     Status(StatusArgs),
     /// List the releases a host keeps (newest first), for `rollback --to`.
@@ -183,6 +193,34 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page, or write every page into a directory.
     Man(ManArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Issue a master-role bundle for a colleague, named in its certificate.
+    Add {
+        /// Operator name (host-name rules: [A-Za-z0-9._-], starting with a letter or digit).
+        name: String,
+        /// Where to write the bundle (ca.crt, master.crt, master.key); must not exist.
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List named operators.
+    List {
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark an operator removed and deny its certificate on every updater.
+    Remove {
+        name: String,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -446,6 +484,18 @@ pub struct RollbackArgs {
     /// How many hosts to roll back at once.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub parallel: u16,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RenewArgs {
+    #[command(flatten)]
+    pub targets: Targets,
+    /// Validity of the new certificates, in days.
+    #[arg(long, value_name = "N", default_value_t = 825, value_parser = clap::value_parser!(u16).range(1..))]
+    pub days: u16,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,

@@ -9,7 +9,7 @@
 //! - `package`: worker packages (bundles, binaries, unit, install.sh) from
 //!   the bundles `enroll` wrote.
 //! - `shell`: shell completions and man pages, generated from `cli`.
-//! - `enroll`: `ca init`, `enroll`, `list`, `tag`, `decommission`.
+//! - `enroll`: `ca init`, `enroll`, `list`, `tag`, `decommission`, `operator`.
 //! - `pack`: the release tarball, built once per push.
 //! - `keyscan`: private keys found by content (PEM, escaped PEM, DER).
 //! - `home`: the state directory; `inventory`: the SQLite database.
@@ -35,7 +35,7 @@ mod shell;
 
 pub use error::{EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_LOCAL, EXIT_USAGE, Error};
 
-use cli::{CaCommand, Cli, Command};
+use cli::{CaCommand, Cli, Command, OperatorCommand};
 use home::Home;
 
 /// Run one parsed command line. `Ok(code)` is the exit code of a command
@@ -55,13 +55,29 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
             command: CaCommand::Init { force, json },
         } => enroll::ca_init(&home, force, json).map(|()| 0),
         Command::Enroll(args) => package::enroll(&home, args).map(|()| 0),
-        Command::List { json } => enroll::list(&home, json).map(|()| 0),
+        Command::List {
+            json,
+            denied: false,
+        } => enroll::list(&home, json).map(|()| 0),
+        Command::List { json, denied: true } => enroll::list_denied(&home, json).map(|()| 0),
+        Command::Operator { command } => match command {
+            OperatorCommand::Add {
+                name,
+                out_dir,
+                json,
+            } => enroll::operator_add(&home, &name, &out_dir, json).map(|()| 0),
+            OperatorCommand::List { json } => enroll::operator_list(&home, json).map(|()| 0),
+            OperatorCommand::Remove { name, json } => {
+                enroll::operator_remove(&home, &name, json, fleet::deliver_deny_all)
+            }
+        },
         Command::Tag(args) => enroll::tag(&home, &args).map(|()| 0),
         Command::Decommission { host, json } => {
-            enroll::decommission(&home, &host, json).map(|()| 0)
+            enroll::decommission(&home, &host, json, fleet::deliver_deny_all).map(|()| 0)
         }
         Command::Update(args) => fleet::update(&home, &args),
         Command::Rollback(args) => fleet::rollback(&home, &args),
+        Command::Renew(args) => fleet::renew(&home, &args),
         Command::Status(args) => fleet::status(&home, &args),
         Command::History(args) => fleet::history(&home, &args),
         Command::Restart(args) => fleet::restart(&home, &args),

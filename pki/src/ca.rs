@@ -12,7 +12,7 @@ use rcgen::{
 use time::{Duration, OffsetDateTime};
 
 use crate::bundle::{write_private, write_public};
-use crate::identity::{Fingerprint, MASTER_CN};
+use crate::identity::{Fingerprint, MASTER_CN, OperatorName};
 use crate::{HostName, PkiError};
 
 /// How far back a new certificate's validity starts, to absorb clock skew.
@@ -40,6 +40,8 @@ pub struct LeafSpec {
     pub cn: String,
     pub dns: Vec<String>,
     pub ips: Vec<IpAddr>,
+    /// URI SANs, e.g. `swarm:operator:NAME` (issue 15).
+    pub uris: Vec<String>,
     pub server_auth: bool,
     pub client_auth: bool,
     pub not_before: OffsetDateTime,
@@ -77,6 +79,7 @@ impl LeafSpec {
             cn,
             dns: Vec::new(),
             ips: Vec::new(),
+            uris: Vec::new(),
             server_auth,
             client_auth,
             not_before: now - BACKDATE,
@@ -87,6 +90,15 @@ impl LeafSpec {
     /// The master's client identity: CN `master`, clientAuth only.
     pub fn master() -> LeafSpec {
         LeafSpec::base(MASTER_CN.to_owned(), false, true)
+    }
+
+    /// A named operator's client identity: the master's role (CN `master`,
+    /// clientAuth only) plus the URI SAN `swarm:operator:NAME`, which
+    /// journals and manifests record as `operator:NAME`.
+    pub fn operator(name: &OperatorName) -> LeafSpec {
+        let mut spec = LeafSpec::master();
+        spec.uris.push(name.uri());
+        spec
     }
 
     /// A worker agent: CN `<host>`, serverAuth+clientAuth, SANs for its
@@ -224,6 +236,13 @@ impl Ca {
         }
         for ip in &spec.ips {
             params.subject_alt_names.push(SanType::IpAddress(*ip));
+        }
+        for uri in &spec.uris {
+            params.subject_alt_names.push(SanType::URI(
+                uri.clone()
+                    .try_into()
+                    .map_err(|_| PkiError::InvalidSan(uri.clone()))?,
+            ));
         }
         params.not_before = spec.not_before;
         params.not_after = spec.not_after;

@@ -9,6 +9,10 @@ pub enum PkiError {
         "invalid host name {0:?}: use [A-Za-z0-9._-], starting with a letter or digit, with 1-63 characters between dots and at most 253 in all (\"master\" is reserved)"
     )]
     InvalidHostName(String),
+    #[error(
+        "invalid operator name {0:?}: use [A-Za-z0-9._-], starting with a letter or digit, with 1-63 characters between dots and at most 253 in all (\"master\" is reserved)"
+    )]
+    InvalidOperatorName(String),
     #[error("invalid subject alternative name {0:?}")]
     InvalidSan(String),
     #[error("{path}: {source}")]

@@ -79,6 +79,51 @@ impl fmt::Display for HostName {
     }
 }
 
+/// The URI SAN prefix that names an operator: `swarm:operator:NAME`.
+pub const OPERATOR_URI_PREFIX: &str = "swarm:operator:";
+
+/// A named operator (issue 15): same rules as a [`HostName`] (a DNS name
+/// starting with a letter or digit, not `master`). Operators hold the
+/// master's role; the name only says who acted.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct OperatorName(String);
+
+impl OperatorName {
+    pub fn new(s: &str) -> Result<Self, PkiError> {
+        HostName::new(s)
+            .map(|h| OperatorName(h.0))
+            .map_err(|_| PkiError::InvalidOperatorName(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The URI SAN of this operator's certificate.
+    pub fn uri(&self) -> String {
+        format!("{OPERATOR_URI_PREFIX}{}", self.0)
+    }
+
+    /// Who acted, as journals and manifests record it: `operator:NAME`.
+    pub fn by(&self) -> String {
+        format!("operator:{}", self.0)
+    }
+}
+
+impl FromStr for OperatorName {
+    type Err = PkiError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OperatorName::new(s)
+    }
+}
+
+impl fmt::Display for OperatorName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// SHA-256 of a certificate's DER encoding.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint(pub [u8; 32]);
@@ -157,6 +202,16 @@ impl Identity {
         }
     }
 
+    /// Who acted, as the updater's journal (`by`) and a manifest's
+    /// `pushed_by` record it: `operator:NAME` for a master-role certificate
+    /// that names an operator, else the CN (`master` for the master's own).
+    pub fn acted_by(&self, operator: Option<&OperatorName>) -> String {
+        match (self, operator) {
+            (Identity::Master, Some(op)) => op.by(),
+            _ => self.cn(),
+        }
+    }
+
     /// The CN this identity stands for (`Other` gives its description).
     pub fn cn(&self) -> String {
         match self {
@@ -179,6 +234,8 @@ impl fmt::Display for Identity {
 pub struct CertInfo {
     pub cn: String,
     pub dns_sans: Vec<String>,
+    /// The operator a `swarm:operator:NAME` URI SAN names, if any (and valid).
+    pub operator: Option<OperatorName>,
     pub ip_sans: Vec<std::net::IpAddr>,
     pub server_auth: bool,
     pub client_auth: bool,
@@ -202,10 +259,16 @@ impl CertInfo {
             .to_owned();
         let mut dns_sans = Vec::new();
         let mut ip_sans = Vec::new();
+        let mut operator = None;
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for name in &san.value.general_names {
                 match name {
                     GeneralName::DNSName(d) => dns_sans.push((*d).to_owned()),
+                    GeneralName::URI(u) => {
+                        if let Some(name) = u.strip_prefix(OPERATOR_URI_PREFIX) {
+                            operator = OperatorName::new(name).ok();
+                        }
+                    }
                     GeneralName::IPAddress(b) => {
                         if let Ok(a) = <[u8; 4]>::try_from(*b) {
                             ip_sans.push(std::net::IpAddr::from(a));
@@ -225,6 +288,7 @@ impl CertInfo {
         Ok(CertInfo {
             cn,
             dns_sans,
+            operator,
             ip_sans,
             server_auth,
             client_auth,

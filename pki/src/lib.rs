@@ -19,11 +19,13 @@ pub mod bundle;
 pub mod ca;
 #[cfg(feature = "server")]
 pub mod daemon;
+pub mod deny;
 mod error;
 pub mod identity;
 pub mod index;
 pub mod policy;
 pub mod release;
+pub mod renew;
 pub mod rollout;
 #[cfg(feature = "server")]
 pub mod serve;
@@ -34,12 +36,13 @@ pub mod wire;
 
 pub use bundle::{Bundle, BundleKind};
 pub use ca::{Ca, IssuedLeaf, LeafSpec};
+pub use deny::{DenyBody, DenyList};
 pub use error::PkiError;
-pub use identity::{Fingerprint, HostName, Identity};
+pub use identity::{Fingerprint, HostName, Identity, OperatorName};
 pub use policy::Endpoint;
 #[cfg(feature = "server")]
-pub use serve::{Peer, ServeArgs, ServeLimits, serve, serve_with};
-pub use tls::{ServerExpectation, client_config, http_client, server_config};
+pub use serve::{Peer, PeerCert, ServeArgs, ServeLimits, serve, serve_denying, serve_with};
+pub use tls::{ServerExpectation, SwappableCert, client_config, http_client, server_config};
 
 /// An error and its causes on one line (`a: b: c`), leaving out a cause
 /// whose message an earlier one already contains (many errors repeat their

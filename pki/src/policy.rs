@@ -21,6 +21,10 @@ pub enum Endpoint {
     Logs,
     /// `POST /agent/restart`.
     AgentRestart,
+    /// `POST /deny`: the whole certificate deny list (issue 15).
+    Deny,
+    /// `POST /renew`: new agent and updater certificates (issue 15).
+    Renew,
     /// `POST /verify` (issue 12): re-hash the kept releases.
     Verify,
 }
@@ -40,6 +44,8 @@ impl Endpoint {
             (_, "/history") if read => Endpoint::History,
             (_, "/logs") if read => Endpoint::Logs,
             (&Method::POST, "/agent/restart") => Endpoint::AgentRestart,
+            (&Method::POST, "/deny") => Endpoint::Deny,
+            (&Method::POST, "/renew") => Endpoint::Renew,
             (&Method::POST, "/verify") => Endpoint::Verify,
             _ => return None,
         })
@@ -58,6 +64,8 @@ pub fn authorize(who: &Identity, endpoint: Endpoint) -> Result<(), String> {
         | Endpoint::History
         | Endpoint::Logs
         | Endpoint::AgentRestart
+        | Endpoint::Deny
+        | Endpoint::Renew
         | Endpoint::Verify => {
             if *who == Identity::Master {
                 Ok(())
@@ -118,5 +126,77 @@ mod tests {
                 assert_eq!(authorize(w, e).is_ok(), *w == Identity::Master, "{w} {e:?}");
             }
         }
+    }
+
+    /// Every endpoint, so a new one cannot be left out of the matrix.
+    const ALL: [Endpoint; 12] = [
+        Endpoint::Health,
+        Endpoint::Status,
+        Endpoint::Releases,
+        Endpoint::Update,
+        Endpoint::UpdateSelf,
+        Endpoint::Rollback,
+        Endpoint::History,
+        Endpoint::Logs,
+        Endpoint::AgentRestart,
+        Endpoint::Deny,
+        Endpoint::Renew,
+        Endpoint::Verify,
+    ];
+
+    /// Issue 15: identities read from real certificates. A named operator
+    /// is the master's role (and names itself); agents and any host's
+    /// updater may only read health and status. (A removed operator is the
+    /// deny list's business, checked before the policy in `serve`.)
+    #[test]
+    fn matrix_from_real_certificates() {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let ca = crate::Ca::generate().unwrap();
+        let w1 = HostName::new("w1").unwrap();
+        let w2 = HostName::new("w2").unwrap();
+        let alice = crate::OperatorName::new("alice").unwrap();
+        let der = |spec: crate::LeafSpec| {
+            let leaf = ca.issue(&spec).unwrap();
+            CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap()
+        };
+        let cases = [
+            ("master", der(crate::LeafSpec::master()), true, "master"),
+            (
+                "operator",
+                der(crate::LeafSpec::operator(&alice)),
+                true,
+                "operator:alice",
+            ),
+            (
+                "agent",
+                der(crate::LeafSpec::agent(&w1, "10.0.0.1", &[]).unwrap()),
+                false,
+                "w1",
+            ),
+            (
+                "own updater",
+                der(crate::LeafSpec::updater(&w1, "10.0.0.1", &[]).unwrap()),
+                false,
+                "updater@w1",
+            ),
+            (
+                "other updater",
+                der(crate::LeafSpec::updater(&w2, "10.0.0.2", &[]).unwrap()),
+                false,
+                "updater@w2",
+            ),
+        ];
+        for (what, cert, may_act, by) in &cases {
+            let who = Identity::from_client_cert(cert);
+            let info = crate::identity::CertInfo::parse(cert).unwrap();
+            assert_eq!(who.acted_by(info.operator.as_ref()), *by, "{what}");
+            for e in ALL {
+                let open = matches!(e, Endpoint::Health | Endpoint::Status);
+                assert_eq!(authorize(&who, e).is_ok(), open || *may_act, "{what} {e:?}");
+            }
+        }
+        assert_eq!(Endpoint::of(&Method::POST, "/deny"), Some(Endpoint::Deny));
+        assert_eq!(Endpoint::of(&Method::GET, "/deny"), None);
     }
 }

@@ -29,9 +29,9 @@ use tower::ServiceExt;
 pub use body::BodyTimeout;
 pub use limits::{ServeArgs, ServeLimits, parse_duration};
 
-use crate::Identity;
 use crate::policy::{Endpoint, authorize};
 use crate::wire::ErrorBody;
+use crate::{DenyList, Identity};
 use gate::Gate;
 
 /// How long open connections may drain after shutdown by default
@@ -41,6 +41,42 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The verified identity of the peer on this connection.
 #[derive(Clone, Debug)]
 pub struct Peer(pub Identity);
+
+/// What else the verified peer certificate says, beside its [`Peer`]
+/// identity: its fingerprint (what a deny list names) and the operator a
+/// master-role certificate names (`swarm:operator:NAME`, issue 15).
+/// Authority stays with the [`Identity`]; this only says who acted.
+#[derive(Clone, Debug)]
+pub struct PeerCert {
+    pub fingerprint: crate::Fingerprint,
+    pub operator: Option<crate::OperatorName>,
+}
+
+impl PeerCert {
+    fn of_der(der: &[u8]) -> PeerCert {
+        PeerCert {
+            fingerprint: crate::Fingerprint::of_der(der),
+            operator: crate::identity::CertInfo::parse(der)
+                .ok()
+                .and_then(|info| info.operator),
+        }
+    }
+
+    /// Who acted: `operator:NAME`, or the identity's CN (`master`).
+    pub fn by(&self, who: &Identity) -> String {
+        who.acted_by(self.operator.as_ref())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerCert {
+    type Rejection = Response;
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<PeerCert>().cloned().ok_or_else(|| {
+            // Invariant: `serve` inserts a PeerCert beside every Peer.
+            ErrorBody::response(StatusCode::FORBIDDEN, "no verified peer certificate")
+        })
+    }
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for Peer {
     type Rejection = Response;
@@ -53,9 +89,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
     }
 }
 
-/// Deny by default: a request reaches a handler only if it addresses an
-/// endpoint of the policy table and its peer may call it.
+/// Marks a request whose peer certificate is on the deny list.
+#[derive(Clone, Copy, Debug)]
+struct DeniedPeer;
+
+/// Deny by default: a request reaches a handler only if its peer
+/// certificate is not denied, it addresses an endpoint of the policy table
+/// and its peer may call it.
 async fn enforce_policy(req: Request, next: Next) -> Response {
+    if req.extensions().get::<DeniedPeer>().is_some() {
+        let who = req.extensions().get::<Peer>().map(|p| p.0.to_string());
+        tracing::warn!(peer = ?who, "refused: certificate denied");
+        return ErrorBody::response(
+            StatusCode::FORBIDDEN,
+            "this certificate is denied: the master revoked it (swarm decommission / operator remove)",
+        );
+    }
     let Some(endpoint) = Endpoint::of(req.method(), req.uri().path()) else {
         return ErrorBody::response(
             StatusCode::NOT_FOUND,
@@ -97,6 +146,19 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
     limits: ServeLimits,
 ) -> std::io::Result<()> {
+    serve_denying(listener, tls, app, shutdown, limits, DenyList::default()).await
+}
+
+/// [`serve_with`] refusing (403, every route) each request whose peer
+/// certificate's fingerprint `deny` holds at the time of the request.
+pub async fn serve_denying(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send,
+    limits: ServeLimits,
+    deny: DenyList,
+) -> std::io::Result<()> {
     let limits = Arc::new(limits);
     let acceptor = TlsAcceptor::from(tls);
     let app = app.layer(axum::middleware::from_fn(enforce_policy));
@@ -136,6 +198,7 @@ pub async fn serve_with(
         let watcher = graceful.subscribe();
         let gate = Arc::clone(&gate);
         let limits = Arc::clone(&limits);
+        let deny = deny.clone();
         tokio::spawn(async move {
             let mut slot = slot;
             let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
@@ -157,8 +220,9 @@ pub async fn serve_with(
                 }
             };
             drop(slot);
-            let identity = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-                Some(cert) => Identity::from_client_cert(cert),
+            let (identity, cert) = match tls.get_ref().1.peer_certificates().and_then(|c| c.first())
+            {
+                Some(cert) => (Identity::from_client_cert(cert), PeerCert::of_der(cert)),
                 // Unreachable with a mandatory client verifier; refuse anyway.
                 None => return,
             };
@@ -176,6 +240,7 @@ pub async fn serve_with(
             };
             tracing::debug!(%remote, peer = %identity, "connection");
             let peer = Peer(identity);
+            let peer_cert = cert;
             let body_limits = Arc::clone(&limits);
             let requested = Arc::new(tokio::sync::Notify::new());
             let seen = Arc::clone(&requested);
@@ -184,6 +249,10 @@ pub async fn serve_with(
                 let mut req =
                     req.map(|b| axum::body::Body::new(body::TimedBody::new(b, &body_limits)));
                 req.extensions_mut().insert(peer.clone());
+                if deny.contains(&peer_cert.fingerprint) {
+                    req.extensions_mut().insert(DeniedPeer);
+                }
+                req.extensions_mut().insert(peer_cert.clone());
                 req
             });
             // HTTP/1.1 only (ALPN offers nothing else): a client that sends

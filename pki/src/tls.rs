@@ -33,6 +33,70 @@ pub fn server_config(bundle: &Bundle) -> Result<Arc<ServerConfig>, PkiError> {
     Ok(Arc::new(config))
 }
 
+/// The server certificate of a daemon, replaceable while it serves (issue
+/// 15: a renewed updater presents its new certificate on the next
+/// handshake; connections already open keep theirs). Put it into a
+/// [`server_config`]'s `cert_resolver`.
+#[derive(Debug)]
+pub struct SwappableCert(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl SwappableCert {
+    pub fn new(bundle: &Bundle) -> Result<SwappableCert, PkiError> {
+        Ok(SwappableCert(std::sync::RwLock::new(certified_key(
+            bundle,
+        )?)))
+    }
+
+    /// Present `bundle`'s certificate from the next handshake on.
+    pub fn replace(&self, bundle: &Bundle) -> Result<(), PkiError> {
+        let key = certified_key(bundle)?;
+        // A poisoned lock only means a panic elsewhere mid-swap of one Arc.
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = key;
+        Ok(())
+    }
+
+    /// The fingerprint of the certificate presented now.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let key = self.0.read().unwrap_or_else(|p| p.into_inner()).clone();
+        key.cert
+            .first()
+            .map(|c| Fingerprint::of_der(c))
+            .unwrap_or(Fingerprint([0; 32]))
+    }
+}
+
+impl rustls::server::ResolvesServerCert for SwappableCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+/// `bundle`'s chain and key, checked to belong together.
+fn certified_key(bundle: &Bundle) -> Result<Arc<rustls::sign::CertifiedKey>, PkiError> {
+    let key = rustls::sign::CertifiedKey::from_der(
+        bundle.chain().to_vec(),
+        bundle.key.clone_key(),
+        &provider(),
+    )?;
+    Ok(Arc::new(key))
+}
+
+/// Whether `leaf` (DER) chains to `bundle`'s CA and is valid now, checked
+/// the way a server checks a client certificate (so it needs clientAuth,
+/// which every worker and master certificate has).
+pub fn verify_leaf(bundle: &Bundle, leaf: &CertificateDer<'_>) -> Result<(), PkiError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(bundle)?, provider())
+        .build()
+        .map_err(|e| PkiError::Verifier(e.to_string()))?;
+    verifier
+        .verify_client_cert(leaf, &[], UnixTime::now())
+        .map(|_| ())
+        .map_err(PkiError::Tls)
+}
+
 /// What a client demands of the server beyond a valid chain and name.
 #[derive(Clone, Debug, Default)]
 pub struct ServerExpectation {
@@ -40,6 +104,10 @@ pub struct ServerExpectation {
     pub cn: Option<String>,
     /// The exact certificate the server must present (recorded at enrollment).
     pub fingerprint: Option<Fingerprint>,
+    /// Other certificates accepted besides `fingerprint` (a renewal's
+    /// pending one until the updater has shown it, issue 15). Ignored
+    /// without `fingerprint`.
+    pub also: Vec<Fingerprint>,
 }
 
 impl ServerExpectation {
@@ -47,12 +115,26 @@ impl ServerExpectation {
         ServerExpectation {
             cn: Some(cn.into()),
             fingerprint: None,
+            also: Vec::new(),
         }
     }
     pub fn pinned(cn: impl Into<String>, fingerprint: Fingerprint) -> Self {
         ServerExpectation {
             cn: Some(cn.into()),
             fingerprint: Some(fingerprint),
+            also: Vec::new(),
+        }
+    }
+
+    /// [`ServerExpectation::pinned`] also accepting each of `also`.
+    pub fn pinned_any(
+        cn: impl Into<String>,
+        fingerprint: Fingerprint,
+        also: Vec<Fingerprint>,
+    ) -> Self {
+        ServerExpectation {
+            also,
+            ..ServerExpectation::pinned(cn, fingerprint)
         }
     }
 }
@@ -83,7 +165,7 @@ impl ServerCertVerifier for PinnedVerifier {
         )?;
         if let Some(want) = &self.expect.fingerprint {
             let got = Fingerprint::of_der(end_entity);
-            if got != *want {
+            if got != *want && !self.expect.also.contains(&got) {
                 return Err(rustls::Error::General(format!(
                     "server certificate fingerprint {got} is not the enrolled {want}; \
                      re-enroll the host if its certificate was replaced"

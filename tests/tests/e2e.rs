@@ -75,6 +75,9 @@ mod tar_guard;
 /// The trust core: `pki::serve` and clients with every kind of certificate.
 #[path = "e2e/trust.rs"]
 mod trust;
+/// Issue 15: named operators, the deny list, the policy matrix with real certificates.
+#[path = "e2e/trust_life.rs"]
+mod trust_life;
 /// `worker-updater`: push, probe, roll back, reject, repair.
 #[path = "e2e/updater.rs"]
 mod updater;

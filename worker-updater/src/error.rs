@@ -41,6 +41,9 @@ pub enum UpdaterError {
         #[source]
         source: std::io::Error,
     },
+    /// `POST /deny` with a list older than the one held.
+    #[error("deny list version {sent} is older than the version {held} this updater holds")]
+    StaleDenyList { sent: i64, held: i64 },
     /// `/rollback` with no `releases/prev`.
     #[error("no previous release")]
     NoPrevious,
@@ -104,7 +107,7 @@ impl UpdaterError {
             UpdaterError::NoPrevious => StatusCode::NOT_FOUND,
             UpdaterError::NoBase(_) => StatusCode::PRECONDITION_FAILED,
             UpdaterError::NotKept(_) => StatusCode::NOT_FOUND,
-            UpdaterError::Busy(_) => StatusCode::CONFLICT,
+            UpdaterError::Busy(_) | UpdaterError::StaleDenyList { .. } => StatusCode::CONFLICT,
             UpdaterError::NoSpace { .. } => StatusCode::INSUFFICIENT_STORAGE,
             UpdaterError::Install { .. }
             | UpdaterError::SelfCheck { .. }

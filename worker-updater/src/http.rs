@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use pki::Peer;
 use pki::wire::{ErrorBody, Releases, UpdaterHealth, VerifyReport};
+use pki::{Peer, PeerCert};
 use tokio::sync::oneshot;
 
 use crate::error::{AppError, UpdaterError};
@@ -31,6 +31,8 @@ pub fn router(app: Arc<Daemon>) -> Router {
         .route("/history", get(views::history))
         .route("/logs", get(views::logs))
         .route("/agent/restart", post(views::agent_restart))
+        .route("/deny", post(crate::deny::deny))
+        .route("/renew", post(crate::renew::renew))
         .route("/verify", post(verify))
         .route(
             "/update-self",
@@ -61,6 +63,7 @@ async fn releases(State(app): State<Arc<Daemon>>) -> Result<Json<Releases>, AppE
 async fn update(
     State(app): State<Arc<Daemon>>,
     Peer(who): Peer,
+    cert: PeerCert,
     form: Result<Form, FormRejection>,
 ) -> Result<Response, AppError> {
     let guard = app.try_begin("update")?;
@@ -72,12 +75,13 @@ async fn update(
     // Run detached so a client that hangs up cannot cancel the operation
     // half-way through a rotation.
     let d = app.clone();
-    let by = who.cn();
+    let by = cert.by(&who);
+    let journal_by = by.clone();
     let task = tokio::spawn(async move { ops::update::update(d, form, by, guard).await });
     let result = task
         .await
         .map_err(|e| UpdaterError::Internal(format!("update task: {e}")))?;
-    views::journal_op(&app, "update", &who.cn(), &result).await;
+    views::journal_op(&app, "update", &journal_by, &result).await;
     let (code, body) = result?;
     Ok((code, Json(body)).into_response())
 }
@@ -94,6 +98,7 @@ async fn verify(State(app): State<Arc<Daemon>>) -> Result<Json<VerifyReport>, Ap
 async fn rollback(
     State(app): State<Arc<Daemon>>,
     Peer(who): Peer,
+    cert: PeerCert,
     body: Bytes,
 ) -> Result<Response, AppError> {
     let guard = app.try_begin("rollback")?;
@@ -103,7 +108,7 @@ async fn rollback(
     let result = task
         .await
         .map_err(|e| UpdaterError::Internal(format!("rollback task: {e}")))?;
-    views::journal_op(&app, "rollback", &who.cn(), &result).await;
+    views::journal_op(&app, "rollback", &cert.by(&who), &result).await;
     let (code, body) = result?;
     Ok((code, Json(body)).into_response())
 }
@@ -113,6 +118,7 @@ async fn rollback(
 async fn update_self(
     State(app): State<Arc<Daemon>>,
     Peer(who): Peer,
+    cert: PeerCert,
     form: Result<Form, FormRejection>,
 ) -> Result<Response, AppError> {
     let guard = app.try_begin("update-self")?;
@@ -123,7 +129,7 @@ async fn update_self(
     })?;
     // Detached like `/update`; the guard travels with the operation and
     // then with the exec, so nothing else starts in between.
-    let by = who.cn();
+    let by = cert.by(&who);
     let task = tokio::spawn(async move {
         let result = selfupdate::update_self(app.clone(), form, by.clone()).await;
         let journaled = result

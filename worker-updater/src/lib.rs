@@ -27,6 +27,7 @@
 pub mod agent;
 pub mod config;
 pub mod crashpoint;
+pub mod deny;
 pub mod error;
 pub mod http;
 pub mod install;
@@ -36,6 +37,7 @@ pub mod ops;
 pub mod probe;
 pub mod receive;
 pub mod release;
+pub mod renew;
 pub mod selfupdate;
 pub mod slots;
 pub mod state;
@@ -68,6 +70,12 @@ pub async fn run(
         config.failed_keep,
     ));
     let app = Arc::new(Daemon::new(config, own_release)?);
+    // The certificate is served through a resolver `POST /renew` can swap.
+    let tls = {
+        let mut cfg = (*tls).clone();
+        cfg.cert_resolver = app.cert.clone();
+        Arc::new(cfg)
+    };
     // What an agent daemonizes into (a double fork, setsid) is reparented
     // to us rather than to init: the supervisor reaps what it stops.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
@@ -111,12 +119,13 @@ pub async fn run(
                 () = app.handoff_requested() => {}
             }
         };
-        pki::serve_with(
+        pki::serve_denying(
             listener,
             tls.clone(),
             router(app.clone()),
             stop,
             app.config.serve_limits.clone(),
+            app.deny.clone(),
         )
         .await?;
         let Some(exec) = app.take_handoff() else {

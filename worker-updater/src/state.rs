@@ -33,6 +33,10 @@ pub struct Daemon {
     pub watch: Watch,
     /// The operation journal (`GET /history`).
     pub journal: Journal,
+    /// Certificates the master revoked (`deny.json`, `POST /deny`).
+    pub deny: pki::DenyList,
+    /// The certificate the updater presents, replaced by `POST /renew`.
+    pub cert: Arc<pki::SwappableCert>,
     /// The agent's output (`GET /logs`, `log_tail`).
     pub spawn_log: SpawnLog,
     pub probe_client: reqwest::Client,
@@ -121,6 +125,8 @@ impl Daemon {
         }
         let journal = Journal::new(crate::journal::path_in(&config.install_dir));
         let spawn_log = SpawnLog::new(install.spawn_log());
+        let deny = crate::deny::load(&config.install_dir)?;
+        let cert = Arc::new(pki::SwappableCert::new(&config.bundle)?);
         Ok(Daemon {
             config,
             install,
@@ -129,6 +135,8 @@ impl Daemon {
             supervisor,
             watch: Watch::default(),
             journal,
+            deny,
+            cert,
             spawn_log,
             probe_client,
             own_release,

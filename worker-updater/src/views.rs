@@ -11,8 +11,8 @@ use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use pki::Peer;
 use pki::wire::{JournalEntry, OpResponse, OpStatus, WorkerHistory};
+use pki::{Peer, PeerCert};
 
 use crate::error::{AppError, Result, UpdaterError};
 use crate::journal::{MAX_LIMIT, entry, record};
@@ -93,6 +93,7 @@ pub async fn logs(
 pub async fn agent_restart(
     State(app): State<Arc<Daemon>>,
     Peer(who): Peer,
+    cert: PeerCert,
 ) -> std::result::Result<Response, AppError> {
     let guard = app.try_begin("restart")?;
     let d = app.clone();
@@ -101,7 +102,7 @@ pub async fn agent_restart(
         .await
         .map_err(|e| UpdaterError::Internal(format!("restart task: {e}")))?;
     // Outcomes as for the supervisor's own restarts: healthy or not.
-    let mut e = of_result("restart", &who.cn(), &result);
+    let mut e = of_result("restart", &cert.by(&who), &result);
     if let Ok((code, _)) = &result
         && *code != StatusCode::NOT_FOUND
     {

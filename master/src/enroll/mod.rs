@@ -7,6 +7,7 @@
 //! an existing path, [`place`]), and only then is the transaction committed;
 //! any failure removes whatever swarm wrote, and nothing it did not.
 
+mod operator;
 mod place;
 mod report;
 mod tag;
@@ -23,6 +24,9 @@ use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::inventory::{HostRecord, HostStatus, NewHost, Tag};
 use crate::output::{self, Cell, Color, Table, outln};
+pub(crate) use operator::{
+    DenyDelivery, DenyPending, list_denied, operator_add, operator_list, operator_remove,
+};
 pub(crate) use place::sync_dir;
 use place::{Cleanup, place, rename_noreplace, temp_sibling};
 use report::{BundleDoc, CaInitDoc, DecommissionDoc, EnrollDoc};
@@ -354,8 +358,14 @@ fn enroll_updater_only(home: &Home, host: &HostName, updater_dir: &Path, json: b
     .print(json)
 }
 
-/// `swarm decommission --host H`.
-pub(crate) fn decommission(home: &Home, host: &str, json: bool) -> Result<()> {
+/// `swarm decommission --host H`: stop targeting it, deny its certificates
+/// and push the deny list (`deliver`) to every other active host.
+pub(crate) fn decommission(
+    home: &Home,
+    host: &str,
+    json: bool,
+    deliver: impl FnOnce(&Home) -> Result<DenyDelivery>,
+) -> Result<()> {
     let host = HostName::new(host)?;
     let mut inv = home.inventory()?;
     match inv.find(&host)? {
@@ -366,11 +376,19 @@ pub(crate) fn decommission(home: &Home, host: &str, json: bool) -> Result<()> {
             "host {host} is already decommissioned (see `swarm list`)"
         ))),
         Some(rec) => {
+            let mut certs = vec![(rec.agent_fingerprint, host.to_string())];
+            if let Some(fp) = rec.updater_fingerprint {
+                certs.push((fp, host.updater_cn()));
+            }
             inv.decommission(&host)?;
+            inv.deny(&certs)?;
+            drop(inv);
             DecommissionDoc {
                 host: host.to_string(),
                 decommissioned: true,
                 certificates_valid_until: report::at(rec.cert_not_after()),
+                denied: certs.iter().map(|(fp, _)| fp.to_string()).collect(),
+                delivery: deliver(home)?,
             }
             .print(json)
         }
@@ -379,7 +397,16 @@ pub(crate) fn decommission(home: &Home, host: &str, json: bool) -> Result<()> {
 
 #[derive(Serialize)]
 struct ListDoc<'a> {
-    hosts: &'a [HostRecord],
+    hosts: Vec<ListedHost<'a>>,
+}
+
+/// A host as `swarm list --json` shows it: its record, and the days until
+/// its first certificate expires (issue 15; negative once expired).
+#[derive(Serialize)]
+struct ListedHost<'a> {
+    #[serde(flatten)]
+    rec: &'a HostRecord,
+    expires_in_days: i64,
 }
 
 /// `swarm list [--json]`.
@@ -387,7 +414,14 @@ pub(crate) fn list(home: &Home, json: bool) -> Result<()> {
     let inv = home.inventory()?;
     let hosts = inv.hosts()?;
     if json {
-        return output::json(&ListDoc { hosts: &hosts });
+        let hosts = hosts
+            .iter()
+            .map(|rec| ListedHost {
+                rec,
+                expires_in_days: clock::days_left(rec.cert_not_after()),
+            })
+            .collect();
+        return output::json(&ListDoc { hosts });
     }
     if hosts.is_empty() {
         outln!("no hosts enrolled yet: swarm enroll --host H --address A --updater --out-dir DIR")?;

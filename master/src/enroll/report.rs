@@ -52,8 +52,12 @@ pub(super) struct EnrollDoc {
 pub(super) struct DecommissionDoc {
     pub(super) host: String,
     pub(super) decommissioned: bool,
-    /// RFC 3339: its certificates stay valid until then.
+    /// RFC 3339: its certificates stay valid until then (but denied).
     pub(super) certificates_valid_until: String,
+    /// The fingerprints now on the deny list (issue 15).
+    pub(super) denied: Vec<String>,
+    #[serde(flatten)]
+    pub(super) delivery: super::DenyDelivery,
 }
 
 impl CaInitDoc {
@@ -147,9 +151,11 @@ impl DecommissionDoc {
             self.host
         )?;
         outln!(
-            "its certificates stay valid until {}: delete its bundles on the worker",
+            "its certificates ({}) are denied fleet-wide; they would otherwise stay valid until {}",
+            self.denied.join(", "),
             self.certificates_valid_until
-        )
+        )?;
+        self.delivery.print_lines()
     }
 }
 

@@ -6,9 +6,11 @@ use std::time::Duration;
 use pki::{Bundle, ServerExpectation};
 use time::OffsetDateTime;
 
+use super::deny::DenySync;
 use super::said::{self, Clean};
 use crate::clock;
 use crate::error::Result;
+use crate::home::Home;
 use crate::inventory::HostRecord;
 
 /// How long to wait for a TCP+TLS connection before calling a host down.
@@ -23,6 +25,8 @@ pub(crate) struct Master {
     bundle: Bundle,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
+    /// The deny list hosts are given before anything else (issue 15).
+    deny: Option<DenySync>,
 }
 
 impl Master {
@@ -32,7 +36,19 @@ impl Master {
             bundle,
             not_before: info.not_before,
             not_after: info.not_after,
+            deny: None,
         })
+    }
+
+    /// The master identity of `home`, with its deny list to deliver.
+    pub(crate) fn for_home(home: &Home) -> Result<Master> {
+        let mut master = Master::new(home.master_bundle()?)?;
+        master.deny = Some(DenySync::load(home)?);
+        Ok(master)
+    }
+
+    pub(super) fn deny(&self) -> Option<&DenySync> {
+        self.deny.as_ref()
     }
 
     /// A client for `rec`'s updater, pinned to its CN and recorded fingerprint.
@@ -41,16 +57,12 @@ impl Master {
         rec: &HostRecord,
         timeout: Duration,
     ) -> std::result::Result<reqwest::Client, String> {
-        let fp = rec.updater_fingerprint.ok_or_else(|| no_updater(rec))?;
-        pki::http_client(
-            &self.bundle,
-            ServerExpectation::pinned(rec.host.updater_cn(), fp),
-        )
-        .map_err(|e| e.to_string())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(timeout)
-        .build()
-        .map_err(|e| format!("HTTP client: {}", pki::error_chain(&e)))
+        pki::http_client(&self.bundle, expectation(rec)?)
+            .map_err(|e| e.to_string())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(timeout)
+            .build()
+            .map_err(|e| format!("HTTP client: {}", pki::error_chain(&e)))
     }
 
     /// A client for a stream from `rec`'s updater that lasts as long as
@@ -60,16 +72,12 @@ impl Master {
         &self,
         rec: &HostRecord,
     ) -> std::result::Result<reqwest::Client, String> {
-        let fp = rec.updater_fingerprint.ok_or_else(|| no_updater(rec))?;
-        pki::http_client(
-            &self.bundle,
-            ServerExpectation::pinned(rec.host.updater_cn(), fp),
-        )
-        .map_err(|e| e.to_string())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_keepalive(Duration::from_secs(30))
-        .build()
-        .map_err(|e| format!("HTTP client: {}", pki::error_chain(&e)))
+        pki::http_client(&self.bundle, expectation(rec)?)
+            .map_err(|e| e.to_string())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_keepalive(Duration::from_secs(30))
+            .build()
+            .map_err(|e| format!("HTTP client: {}", pki::error_chain(&e)))
     }
 
     /// A reqwest failure in words an operator can act on (one safe line:
@@ -117,6 +125,35 @@ impl Master {
             )
         })
     }
+
+    /// A client for `rec`'s updater that accepts only `fingerprint` (a
+    /// renewal's check that the updater presents its new certificate).
+    pub(super) fn updater_client_pinned(
+        &self,
+        rec: &HostRecord,
+        fingerprint: pki::Fingerprint,
+        timeout: Duration,
+    ) -> std::result::Result<reqwest::Client, String> {
+        let expect = ServerExpectation::pinned(rec.host.updater_cn(), fingerprint);
+        pki::http_client(&self.bundle, expect)
+            .map_err(|e| e.to_string())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(timeout)
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| format!("HTTP client: {}", pki::error_chain(&e)))
+    }
+}
+
+/// What `rec`'s updater must present: CN `updater@<host>` and the pinned
+/// fingerprint, or a renewal's pending one (issue 15).
+fn expectation(rec: &HostRecord) -> std::result::Result<ServerExpectation, String> {
+    let fp = rec.updater_fingerprint.ok_or_else(|| no_updater(rec))?;
+    Ok(ServerExpectation::pinned_any(
+        rec.host.updater_cn(),
+        fp,
+        rec.pending_updater_fingerprint.into_iter().collect(),
+    ))
 }
 
 /// Why a host enrolled without an updater bundle cannot be asked.

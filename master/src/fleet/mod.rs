@@ -7,7 +7,8 @@
 //! [`delta`] keeps pushed indexes and packs deltas per base (issue 12).
 //! [`client`] builds the pinned clients and words their
 //! failures, [`said`] reads and cleans what a worker answers, [`report`]
-//! turns answers into rows, [`progress`] draws bars.
+//! turns answers into rows, [`progress`] draws bars, [`deny`] hands hosts
+//! the certificate deny list before anything else.
 //!
 //! Invariants: every connection presents the master identity, trusts only
 //! our CA and pins the updater's CN (`updater@<host>`) and the fingerprint
@@ -23,12 +24,14 @@
 
 mod client;
 mod delta;
+mod deny;
 mod history;
 mod journal;
 mod logs;
 mod progress;
 mod push;
 mod releases;
+mod renew;
 mod report;
 mod restart;
 mod rollback;
@@ -51,10 +54,12 @@ use crate::cli::{OptionalTargets, Targets};
 use crate::error::{Error, Result};
 use crate::inventory::{HostRecord, HostStatus, Inventory, Tag};
 
+pub(crate) use deny::deliver_all as deliver_deny_all;
 pub(crate) use history::history;
 pub(crate) use logs::logs;
 pub(crate) use push::update;
 pub(crate) use releases::releases;
+pub(crate) use renew::renew;
 pub(crate) use restart::restart;
 pub(crate) use rollback::rollback;
 pub(crate) use status::status;
@@ -278,6 +283,7 @@ pub(crate) mod tests {
             status: HostStatus::Active,
             decommissioned_at: None,
             tags: vec![],
+            pending_updater_fingerprint: None,
         }
     }
 

@@ -75,7 +75,7 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
     if args.dry_run {
         return dry_run(&release, &plan, args.json);
     }
-    let master = Arc::new(Master::new(home.master_bundle()?)?);
+    let master = Arc::new(Master::for_home(home)?);
     let self_wait = args
         .include_self
         .then(|| Duration::from_secs(args.self_timeout));
@@ -256,7 +256,13 @@ async fn push_one(
         return r;
     }
     let timeout = upload_timeout(&release.1);
-    let r = match master.updater_client(&rec, timeout) {
+    let client = match master.updater_client(&rec, timeout) {
+        Ok(client) => super::deny::deliver(&master, &client, &rec)
+            .await
+            .map(|()| client),
+        Err(e) => Err(e),
+    };
+    let r = match client {
         Ok(client) => {
             let mut r = push_agent(
                 &master, &client, &rec, &release, &deltas, &bar, timeout, started,

@@ -82,7 +82,7 @@ pub(crate) fn restart(home: &Home, args: &RestartArgs) -> Result<u8> {
     let inv = home.inventory()?;
     let hosts = resolve_required(&inv, &args.targets)?;
     drop(inv);
-    let master = Arc::new(Master::new(home.master_bundle()?)?);
+    let master = Arc::new(Master::for_home(home)?);
     let started = Instant::now();
     let rows = runtime()?.block_on(fan_out(
         hosts,
@@ -131,6 +131,9 @@ async fn restart_one(master: Arc<Master>, rec: HostRecord) -> RestartRow {
         Ok(c) => c,
         Err(e) => return RestartRow::error(&rec, e, started),
     };
+    if let Err(e) = super::deny::deliver(&master, &client, &rec).await {
+        return RestartRow::error(&rec, e, started);
+    }
     let resp = match client.post(rec.updater_url("/agent/restart")).send().await {
         Ok(r) => r,
         Err(e) => return RestartRow::error(&rec, master.describe(&e, RESTART_TIMEOUT), started),

@@ -21,7 +21,7 @@ const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(180);
 pub(crate) fn rollback(home: &Home, args: &RollbackArgs) -> Result<u8> {
     let inv = home.inventory()?;
     let hosts = resolve_required(&inv, &args.targets)?;
-    let master = Arc::new(Master::new(home.master_bundle()?)?);
+    let master = Arc::new(Master::for_home(home)?);
     let report = rollback_hosts(
         inv,
         master,
@@ -61,6 +61,9 @@ async fn rollback_one(master: Arc<Master>, rec: HostRecord, to: Option<String>) 
         Ok(c) => c,
         Err(e) => return HostResult::error(&rec, e, started),
     };
+    if let Err(e) = super::deny::deliver(&master, &client, &rec).await {
+        return HostResult::error(&rec, e, started);
+    }
     let mut req = client.post(rec.updater_url("/rollback"));
     if let Some(id) = to {
         req = req.json(&serde_json::json!({ "release_id": id }));

@@ -230,6 +230,18 @@ impl Clean for FailedRelease {
     }
 }
 
+impl Clean for pki::renew::RenewAnswer {
+    fn clean(self) -> Self {
+        pki::renew::RenewAnswer {
+            status: field(self.status),
+            agent_fingerprint: field(self.agent_fingerprint),
+            updater_fingerprint: field(self.updater_fingerprint),
+            agent_healthy: self.agent_healthy,
+            detail: field(self.detail),
+        }
+    }
+}
+
 impl Clean for Releases {
     fn clean(self) -> Self {
         Releases {

@@ -127,6 +127,8 @@ pub(crate) struct HostStatusRow {
     prev: Option<ReleaseBrief>,
     failed: usize,
     cert_days_left: i64,
+    /// The same, under the name `swarm list --json` uses (issue 15).
+    expires_in_days: i64,
     /// Why this host could not be asked at all (its task died).
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
@@ -155,6 +157,7 @@ impl HostStatusRow {
             prev: None,
             failed: 0,
             cert_days_left: clock::days_left(rec.cert_not_after()),
+            expires_in_days: clock::days_left(rec.cert_not_after()),
             error: None,
         }
     }
@@ -228,6 +231,16 @@ impl HostStatusRow {
         {
             parts.push(format!("last exit: {e}"));
         }
+        if self.expires_in_days < 30 {
+            parts.push(if self.expires_in_days < 0 {
+                "certificates expired: `swarm renew --host H` cannot reach it; re-enroll".to_owned()
+            } else {
+                format!(
+                    "certificates expire in {} days: `swarm renew --host H`",
+                    self.expires_in_days
+                )
+            });
+        }
         if self.drift {
             parts.push(match &self.desired {
                 Some(d) => format!(
@@ -255,6 +268,10 @@ async fn status_one(
             return row;
         }
     };
+    if let Err(e) = super::deny::deliver(&master, &client, &rec).await {
+        row.updater_error = Some(e);
+        return row;
+    }
     match get_json::<UpdaterHealth>(&master, &client, rec.updater_url("/health"), HEALTH_CAP).await
     {
         Ok(h) => row.health(h),
@@ -286,7 +303,7 @@ pub(crate) fn status(home: &Home, args: &StatusArgs) -> Result<u8> {
         desired.insert(h.host.clone(), inv.desired_release(&h.host, h.enrolled_at)?);
     }
     drop(inv);
-    let master = Arc::new(Master::new(home.master_bundle()?)?);
+    let master = Arc::new(Master::for_home(home)?);
     let rows = status_rows(hosts, usize::from(args.parallel), |rec| {
         let want = desired.get(&rec.host).cloned().flatten();
         status_one(master.clone(), rec, want)
@@ -378,6 +395,26 @@ fn print_status(rows: &[HostStatusRow], json: bool) -> Result<()> {
 mod tests {
     use super::*;
     use crate::fleet::tests::record;
+
+    /// Issue 15: DETAIL warns under 30 days, says so once expired, and is
+    /// silent for a fresh certificate; JSON carries `expires_in_days`.
+    #[test]
+    fn detail_warns_of_certificates_expiring_within_30_days() {
+        let mut rec = record("w1");
+        let now = crate::clock::now();
+        for (days, warns) in [(400, None), (10, Some("expire in")), (-2, Some("expired"))] {
+            rec.agent_not_after = now + time::Duration::days(days) + time::Duration::hours(1);
+            rec.updater_not_after = Some(rec.agent_not_after);
+            let row = HostStatusRow::new(&rec, None);
+            let json = serde_json::to_value(&row).unwrap();
+            assert_eq!(json["expires_in_days"], json["cert_days_left"]);
+            let detail = row.detail();
+            match warns {
+                None => assert!(!detail.contains("expire"), "{days}: {detail}"),
+                Some(w) => assert!(detail.contains(w), "{days}: {detail}"),
+            }
+        }
+    }
 
     /// Issue 9 #4: a host whose task panicked used to vanish from the
     /// table, and `status` exited 0.

@@ -42,6 +42,10 @@ pub(crate) struct HostRecord {
     pub(crate) decommissioned_at: Option<OffsetDateTime>,
     /// Its tags, sorted (issue 13).
     pub(crate) tags: Vec<Tag>,
+    /// A renewal's new updater certificate, accepted beside the pinned one
+    /// until the updater has presented it (issue 15).
+    #[serde(serialize_with = "ser_opt_fp")]
+    pub(crate) pending_updater_fingerprint: Option<Fingerprint>,
 }
 
 fn ser_fp<S: serde::Serializer>(fp: &Fingerprint, s: S) -> Result<S::Ok, S::Error> {
@@ -110,7 +114,7 @@ pub(crate) struct NewHost {
 
 const HOST_COLUMNS: &str = "name, address, sans, agent_port, updater_port, agent_fingerprint,
     agent_not_after, updater_fingerprint, updater_not_after, enrolled_at, status,
-    decommissioned_at";
+    decommissioned_at, pending_updater_fingerprint";
 
 impl Inventory {
     fn host_from_row(&self, row: &Row<'_>) -> Result<HostRecord> {
@@ -152,6 +156,9 @@ impl Inventory {
             status,
             decommissioned_at: get_opt("decommissioned_at")?.map(time).transpose()?,
             tags: Tag::from_column(get_opt("tags")?),
+            pending_updater_fingerprint: get_opt("pending_updater_fingerprint")?
+                .map(fp)
+                .transpose()?,
         })
     }
 
@@ -284,6 +291,52 @@ impl Inventory {
                 "UPDATE hosts SET status = 'decommissioned', decommissioned_at = ?2
                  WHERE name = ?1 AND status = 'active'",
                 params![host.as_str(), rfc3339(clock::now())],
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(n > 0)
+    }
+}
+
+impl Inventory {
+    /// Record a renewal's new certificates for the active `host` (accepted
+    /// beside the pinned ones until [`Inventory::confirm_renewal`]).
+    pub(crate) fn set_pending(
+        &self,
+        host: &HostName,
+        agent: (Fingerprint, OffsetDateTime),
+        updater: (Fingerprint, OffsetDateTime),
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE hosts SET pending_agent_fingerprint = ?2, pending_agent_not_after = ?3,
+                     pending_updater_fingerprint = ?4, pending_updater_not_after = ?5
+                 WHERE name = ?1 AND status = 'active'",
+                params![
+                    host.as_str(),
+                    agent.0.to_string(),
+                    rfc3339(agent.1),
+                    updater.0.to_string(),
+                    rfc3339(updater.1)
+                ],
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// The updater presented the pending certificate: pin the pending
+    /// pair, if `updater` is still the pending one (a later renewal wins).
+    pub(crate) fn confirm_renewal(&self, host: &HostName, updater: Fingerprint) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE hosts SET agent_fingerprint = pending_agent_fingerprint,
+                     agent_not_after = pending_agent_not_after,
+                     updater_fingerprint = pending_updater_fingerprint,
+                     updater_not_after = pending_updater_not_after,
+                     pending_agent_fingerprint = NULL, pending_agent_not_after = NULL,
+                     pending_updater_fingerprint = NULL, pending_updater_not_after = NULL
+                 WHERE name = ?1 AND status = 'active' AND pending_updater_fingerprint = ?2",
+                params![host.as_str(), updater.to_string()],
             )
             .map_err(|e| self.db(e))?;
         Ok(n > 0)

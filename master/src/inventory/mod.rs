@@ -1,6 +1,7 @@
 //! The inventory: an embedded SQLite database of enrolled hosts (addresses,
 //! ports, pinned certificate fingerprints, expiry, status, tags) and the
-//! audit trail of every push and rollback (with its rollout and wave).
+//! audit trail of every push and rollback (with its rollout and wave),
+//! named operators, the certificate deny list and renewals in flight.
 //!
 //! Invariants: at most one *active* row per host name (a partial unique
 //! index); decommissioned rows are kept for the record, so a name can be
@@ -12,6 +13,7 @@
 mod history;
 mod hosts;
 mod tags;
+mod trust;
 
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
@@ -25,6 +27,7 @@ use crate::error::{Error, Result};
 pub(crate) use history::{Op, Outcome, PushRecord};
 pub(crate) use hosts::{HostRecord, HostStatus, NewHost};
 pub(crate) use tags::Tag;
+pub(crate) use trust::{Denied, OperatorRecord};
 
 /// Every schema the inventory has had, oldest first. Version 1 is the
 /// schema swarm shipped before migrations were declared here, so existing
@@ -77,6 +80,33 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
             CREATE INDEX host_tags_by_tag ON host_tags (tag);
             ALTER TABLE pushes ADD COLUMN rollout TEXT;
             ALTER TABLE pushes ADD COLUMN wave INTEGER CHECK (wave >= 1);",
+        ),
+        // Issue 15: named operators (master-role bundles), the deny list
+        // every updater gets (its version is the highest `denied.id`), and
+        // which version of it each host has been given.
+        M::up(
+            "CREATE TABLE operators (
+                id          INTEGER PRIMARY KEY,
+                name        TEXT NOT NULL,
+                fingerprint TEXT NOT NULL,
+                issued_at   TEXT NOT NULL,
+                not_after   TEXT NOT NULL,
+                status      TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'removed')),
+                removed_at  TEXT
+            );
+            CREATE UNIQUE INDEX operators_one_active_name ON operators (name) WHERE status = 'active';
+            CREATE TABLE denied (
+                id          INTEGER PRIMARY KEY,
+                fingerprint TEXT NOT NULL UNIQUE,
+                subject     TEXT NOT NULL,                       -- e.g. updater@w1, operator:alice
+                denied_at   TEXT NOT NULL
+            );
+            ALTER TABLE hosts ADD COLUMN deny_version INTEGER NOT NULL DEFAULT 0;
+            -- A renewal in flight: the certificates issued, not yet seen.
+            ALTER TABLE hosts ADD COLUMN pending_agent_fingerprint TEXT;
+            ALTER TABLE hosts ADD COLUMN pending_agent_not_after TEXT;
+            ALTER TABLE hosts ADD COLUMN pending_updater_fingerprint TEXT;
+            ALTER TABLE hosts ADD COLUMN pending_updater_not_after TEXT;",
         ),
     ])
 });
@@ -141,7 +171,7 @@ impl Inventory {
 }
 
 /// How many migrations [`MIGRATIONS`] holds (the latest `user_version`).
-const MIGRATIONS_LEN: usize = 3;
+const MIGRATIONS_LEN: usize = 4;
 
 #[cfg(test)]
 mod tests {

@@ -74,7 +74,8 @@ fn write_temp(path: &Path, value: &impl Serialize) -> Result<PathBuf> {
     Ok(tmp)
 }
 
-fn parent(path: &Path) -> &Path {
+/// The directory holding `path` (`.` for a bare name).
+pub fn parent(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
