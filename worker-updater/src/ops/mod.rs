@@ -24,7 +24,6 @@ use pki::wire::{OpResponse, Probe};
 
 use crate::agent::Spawned;
 use crate::error::{Result, UpdaterError};
-use crate::probe::probe;
 use crate::release::ReleaseSpec;
 use crate::state::{Daemon, OpGuard, blocking};
 
@@ -122,17 +121,7 @@ pub async fn restart_and_probe(
         Ok(s) => s,
         Err(e) => return (failed(e), None),
     };
-    let generation = caretaker::adopt(d, &spawned, spec, phase);
-    let mut p = probe(
-        &d.probe_client,
-        &run.health_url,
-        phase,
-        spec.sha256(),
-        &run.probe,
-        Some(&spawned),
-    )
-    .await;
-    d.watch.probed(generation, p.healthy);
+    let mut p = restart::watch_and_probe(d, &spawned, spec, &run, phase).await;
     if !p.healthy {
         restart::explain(d, &run, &mut p).await;
     }

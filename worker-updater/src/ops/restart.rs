@@ -21,6 +21,29 @@ use crate::probe::probe;
 use crate::release::{AgentRun, ReleaseSpec};
 use crate::state::{Daemon, Kept, blocking};
 
+/// Watch `spawned` as the live agent of `spec` and probe it: the verdict
+/// is the supervisor's too (its `healthy`).
+pub(super) async fn watch_and_probe(
+    d: &Arc<Daemon>,
+    spawned: &Spawned,
+    spec: &ReleaseSpec,
+    run: &AgentRun,
+    phase: &str,
+) -> Probe {
+    let generation = caretaker::adopt(d, spawned, spec, phase);
+    let p = probe(
+        &d.probe_client,
+        &run.health_url,
+        phase,
+        spec.sha256(),
+        &run.probe,
+        Some(spawned),
+    )
+    .await;
+    d.watch.probed(generation, p.healthy);
+    p
+}
+
 /// Spawn `run`'s agent with its held sockets (a failure is the probe's
 /// error). Forks and writes the pidfile on the blocking pool.
 pub async fn spawn(d: &Arc<Daemon>, run: &AgentRun) -> Result<Spawned, String> {
@@ -110,17 +133,7 @@ pub async fn start_first(
         old = ?old.iter().map(|(p, _)| p).collect::<Vec<_>>(),
         "start-first: the new agent starts beside the old one"
     );
-    let generation = caretaker::adopt(d, &spawned, spec, phase);
-    let mut p = probe(
-        &d.probe_client,
-        &run.health_url,
-        phase,
-        spec.sha256(),
-        &run.probe,
-        Some(&spawned),
-    )
-    .await;
-    d.watch.probed(generation, p.healthy);
+    let mut p = watch_and_probe(d, &spawned, spec, run, phase).await;
     if p.healthy {
         for s in d.supervisor.stop_all_but(old, Some(spawned.pid)).await {
             tracing::info!("start-first: {}", s.note);
@@ -200,17 +213,7 @@ pub async fn take_kept(
         .child(pid)
         .unwrap_or_else(|| caretaker::watch_foreign(pid, start_time));
     tracing::info!(pid, "the old agent served on; watching it again");
-    let generation = caretaker::adopt(d, &spawned, spec, phase);
-    let p = probe(
-        &d.probe_client,
-        &run.health_url,
-        phase,
-        spec.sha256(),
-        &run.probe,
-        Some(&spawned),
-    )
-    .await;
-    d.watch.probed(generation, p.healthy);
+    let p = watch_and_probe(d, &spawned, spec, run, phase).await;
     d.sockets.retain(&run.listen);
     Some((p, Some(spawned)))
 }
