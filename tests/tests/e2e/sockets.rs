@@ -221,6 +221,14 @@ async fn sockets_survive_a_self_update_and_an_updater_restart() {
         (h.pid != before && h.release.map(|m| m.sha256) == Some(sha256_hex(&v2))).then_some(())
     })
     .await;
+    // Connections still queued on the old agent's copy of the socket when
+    // it closes can be reset by the kernel (wiki/operations.md, "Zero-downtime
+    // restarts": net.ipv4.tcp_migrate_req): the load starts once it is gone.
+    let old = i32::try_from(before).expect("a pid");
+    tests::eventually_async(LONG, "the old agent to exit", || async {
+        (!tests::process::alive(old)).then_some(())
+    })
+    .await;
     let l = load(&w);
     more_answers(&l, BETWEEN).await;
     let v3 = good(&w, "v3", "start-first");
