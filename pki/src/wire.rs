@@ -244,6 +244,23 @@ pub struct OpResponse {
     pub log_tail: Vec<String>,
 }
 
+impl OpResponse {
+    /// An answer with `status` and `release` and nothing else (no probes,
+    /// no stderr, no timings, no log tail); set the rest with `..`.
+    pub fn new(status: OpStatus, release: Option<Manifest>) -> OpResponse {
+        OpResponse {
+            status,
+            release,
+            rolled_back: false,
+            error: None,
+            probes: Vec::new(),
+            stderr: None,
+            timings: None,
+            log_tail: Vec::new(),
+        }
+    }
+}
+
 /// A release kept in `failed/`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FailedRelease {

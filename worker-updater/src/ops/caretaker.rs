@@ -311,14 +311,8 @@ pub async fn restart(d: Arc<Daemon>, _guard: OpGuard) -> OpResult {
         return Ok((
             StatusCode::NOT_FOUND,
             OpResponse {
-                status: OpStatus::Error,
-                release: None,
-                rolled_back: false,
                 error: Some("no release is active: nothing to restart".into()),
-                probes: Vec::new(),
-                stderr: None,
-                timings: None,
-                log_tail: Vec::new(),
+                ..OpResponse::new(OpStatus::Error, None)
             },
         ));
     };

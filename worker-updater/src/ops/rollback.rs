@@ -23,16 +23,7 @@ pub async fn rollback(d: Arc<Daemon>, guard: OpGuard, to: Option<String>) -> OpR
         if let Some(active) = already {
             return Ok((
                 StatusCode::OK,
-                OpResponse {
-                    status: OpStatus::Unchanged,
-                    release: Some(active),
-                    rolled_back: false,
-                    error: None,
-                    probes: Vec::new(),
-                    stderr: None,
-                    timings: None,
-                    log_tail: Vec::new(),
-                },
+                OpResponse::new(OpStatus::Unchanged, Some(active)),
             ));
         }
     }
@@ -74,14 +65,9 @@ pub async fn rollback(d: Arc<Daemon>, guard: OpGuard, to: Option<String>) -> OpR
         return Ok((
             StatusCode::OK,
             OpResponse {
-                status: OpStatus::RolledBack,
-                release: target,
                 rolled_back: true,
-                error: None,
                 probes: vec![p],
-                stderr: None,
-                timings: None,
-                log_tail: Vec::new(),
+                ..OpResponse::new(OpStatus::RolledBack, target)
             },
         ));
     }

@@ -71,14 +71,9 @@ pub async fn update(d: Arc<Daemon>, form: Form, pushed_by: String, guard: OpGuar
         return Ok((
             StatusCode::OK,
             OpResponse {
-                status: OpStatus::Updated,
-                release: Some(manifest),
-                rolled_back: false,
-                error: None,
                 probes: vec![forward],
-                stderr: None,
                 timings: Some(timings),
-                log_tail: Vec::new(),
+                ..OpResponse::new(OpStatus::Updated, Some(manifest))
             },
         ));
     }
@@ -188,14 +183,8 @@ fn unchanged(
     (
         StatusCode::OK,
         OpResponse {
-            status: OpStatus::Unchanged,
-            release: Some(manifest),
-            rolled_back: false,
-            error: None,
-            probes: Vec::new(),
-            stderr: None,
             timings: Some(timings),
-            log_tail: Vec::new(),
+            ..OpResponse::new(OpStatus::Unchanged, Some(manifest))
         },
     )
 }

@@ -192,14 +192,8 @@ pub async fn update_self(
         "new updater checked; switching to it once the answer is sent"
     );
     let body = OpResponse {
-        status: OpStatus::Updated,
-        release: Some(manifest),
-        rolled_back: false,
-        error: None,
-        probes: Vec::new(),
-        stderr: None,
         timings: Some(timings),
-        log_tail: Vec::new(),
+        ..OpResponse::new(OpStatus::Updated, Some(manifest))
     };
     let handoff = Handoff {
         exe,
