@@ -211,44 +211,42 @@ impl Inventory {
         new: &NewHost,
         finish: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
-        let path = self.path.clone();
-        let db = |source| Error::Db {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(db)?;
-        let inserted = tx.execute(
-            "INSERT INTO hosts (name, address, sans, agent_port, updater_port,
-                                agent_fingerprint, agent_not_after,
-                                updater_fingerprint, updater_not_after, enrolled_at)
-             VALUES (:name, :address, :sans, :agent_port, :updater_port,
-                     :agent_fingerprint, :agent_not_after,
-                     :updater_fingerprint, :updater_not_after, :enrolled_at)",
-            rusqlite::named_params! {
-                ":name": new.host.as_str(),
-                ":address": new.address,
-                ":sans": serde_json::to_string(&new.sans).unwrap_or_else(|_| "[]".into()),
-                ":agent_port": new.agent_port,
-                ":updater_port": new.updater_port,
-                ":agent_fingerprint": new.agent_fingerprint.to_string(),
-                ":agent_not_after": rfc3339(new.agent_not_after),
-                ":updater_fingerprint": new.updater.map(|(fp, _)| fp.to_string()),
-                ":updater_not_after": new.updater.map(|(_, t)| rfc3339(t)),
-                ":enrolled_at": rfc3339(clock::now()),
+        self.write_then(
+            |tx, db| {
+                let inserted = tx.execute(
+                    "INSERT INTO hosts (name, address, sans, agent_port, updater_port,
+                                    agent_fingerprint, agent_not_after,
+                                    updater_fingerprint, updater_not_after, enrolled_at)
+                 VALUES (:name, :address, :sans, :agent_port, :updater_port,
+                         :agent_fingerprint, :agent_not_after,
+                         :updater_fingerprint, :updater_not_after, :enrolled_at)",
+                    rusqlite::named_params! {
+                        ":name": new.host.as_str(),
+                        ":address": new.address,
+                        ":sans": serde_json::to_string(&new.sans).unwrap_or_else(|_| "[]".into()),
+                        ":agent_port": new.agent_port,
+                        ":updater_port": new.updater_port,
+                        ":agent_fingerprint": new.agent_fingerprint.to_string(),
+                        ":agent_not_after": rfc3339(new.agent_not_after),
+                        ":updater_fingerprint": new.updater.map(|(fp, _)| fp.to_string()),
+                        ":updater_not_after": new.updater.map(|(_, t)| rfc3339(t)),
+                        ":enrolled_at": rfc3339(clock::now()),
+                    },
+                );
+                match inserted {
+                    Ok(_) => {}
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        return Err(already_enrolled(&new.host));
+                    }
+                    Err(e) => return Err(db(e)),
+                }
+                insert_tags(tx, tx.last_insert_rowid(), &new.tags).map_err(db)?;
+                Ok(())
             },
-        );
-        match inserted {
-            Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                return Err(already_enrolled(&new.host));
-            }
-            Err(e) => return Err(db(e)),
-        }
-        insert_tags(&tx, tx.last_insert_rowid(), &new.tags).map_err(db)?;
-        finish()?;
-        tx.commit().map_err(db)
+            finish,
+        )
     }
 
     /// Record an updater certificate for an active host that had none, in a
@@ -260,26 +258,24 @@ impl Inventory {
         not_after: OffsetDateTime,
         finish: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
-        let path = self.path.clone();
-        let db = |source| Error::Db {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(db)?;
-        let n = tx
-            .execute(
-                "UPDATE hosts SET updater_fingerprint = ?2, updater_not_after = ?3
-                 WHERE name = ?1 AND status = 'active' AND updater_fingerprint IS NULL",
-                params![host.as_str(), fingerprint.to_string(), rfc3339(not_after)],
-            )
-            .map_err(db)?;
-        if n != 1 {
-            return Err(Error::usage(format!(
-                "host {host} is not an active host without an updater certificate"
-            )));
-        }
-        finish()?;
-        tx.commit().map_err(db)
+        self.write_then(
+            |tx, db| {
+                let n = tx
+                    .execute(
+                        "UPDATE hosts SET updater_fingerprint = ?2, updater_not_after = ?3
+                     WHERE name = ?1 AND status = 'active' AND updater_fingerprint IS NULL",
+                        params![host.as_str(), fingerprint.to_string(), rfc3339(not_after)],
+                    )
+                    .map_err(db)?;
+                if n != 1 {
+                    return Err(Error::usage(format!(
+                        "host {host} is not an active host without an updater certificate"
+                    )));
+                }
+                Ok(())
+            },
+            finish,
+        )
     }
 
     /// Mark the active row of `host` decommissioned. Returns false if there

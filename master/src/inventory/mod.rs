@@ -147,6 +147,26 @@ impl Inventory {
         }
     }
 
+    /// Run `write` in a transaction, then `finish` (e.g. move bundles into
+    /// place): the transaction commits only if both succeed, and `finish`
+    /// never runs when `write` failed. `write` gets the transaction and
+    /// this database's error mapper.
+    fn write_then(
+        &mut self,
+        write: impl FnOnce(&rusqlite::Transaction<'_>, &dyn Fn(rusqlite::Error) -> Error) -> Result<()>,
+        finish: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let path = self.path.clone();
+        let db = move |source| Error::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(&db)?;
+        write(&tx, &db)?;
+        finish()?;
+        tx.commit().map_err(&db)
+    }
+
     fn migrate(&mut self) -> Result<()> {
         self.conn
             .busy_timeout(Duration::from_secs(10))

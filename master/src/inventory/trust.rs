@@ -92,24 +92,22 @@ impl Inventory {
         not_after: OffsetDateTime,
         finish: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
-        let path = self.path.clone();
-        let db = |source| Error::Db {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(db)?;
-        tx.execute(
-            "INSERT INTO operators (name, fingerprint, issued_at, not_after) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                name.as_str(),
-                fingerprint.to_string(),
-                rfc3339(clock::now()),
-                rfc3339(not_after)
-            ],
+        self.write_then(
+            |tx, db| {
+            tx.execute(
+                "INSERT INTO operators (name, fingerprint, issued_at, not_after) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    name.as_str(),
+                    fingerprint.to_string(),
+                    rfc3339(clock::now()),
+                    rfc3339(not_after)
+                ],
+            )
+            .map_err(db)?;
+                Ok(())
+            },
+            finish,
         )
-        .map_err(db)?;
-        finish()?;
-        tx.commit().map_err(db)
     }
 
     /// Mark the active operator `name` removed and deny its certificate,
