@@ -66,14 +66,6 @@ impl DenyList {
         self.read(|i| i.version)
     }
 
-    pub fn len(&self) -> usize {
-        self.read(|i| i.set.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Replace the whole list.
     pub fn replace(&self, version: i64, set: HashSet<Fingerprint>) {
         // A poisoned lock only means a panic elsewhere mid-replace of two

@@ -54,15 +54,6 @@ impl SwappableCert {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = key;
         Ok(())
     }
-
-    /// The fingerprint of the certificate presented now.
-    pub fn fingerprint(&self) -> Fingerprint {
-        let key = self.0.read().unwrap_or_else(|p| p.into_inner()).clone();
-        key.cert
-            .first()
-            .map(|c| Fingerprint::of_der(c))
-            .unwrap_or(Fingerprint([0; 32]))
-    }
 }
 
 impl rustls::server::ResolvesServerCert for SwappableCert {

@@ -76,13 +76,8 @@ async fn update(
     // half-way through a rotation.
     let d = app.clone();
     let by = cert.by(&who);
-    let journal_by = by.clone();
-    let task = tokio::spawn(async move { ops::update::update(d, form, by, guard).await });
-    let result = task
-        .await
-        .map_err(|e| UpdaterError::Internal(format!("update task: {e}")))?;
-    views::journal_op(&app, "update", &journal_by, &result).await;
-    let (code, body) = result?;
+    let run = ops::update::update(d, form, by.clone(), guard);
+    let (code, body) = views::detached(&app, "update", by, run).await?;
     Ok((code, Json(body)).into_response())
 }
 
@@ -103,13 +98,8 @@ async fn rollback(
 ) -> Result<Response, AppError> {
     let guard = app.try_begin("rollback")?;
     let to = rollback_target(&body)?;
-    let d = app.clone();
-    let task = tokio::spawn(async move { ops::rollback::rollback(d, guard, to).await });
-    let result = task
-        .await
-        .map_err(|e| UpdaterError::Internal(format!("rollback task: {e}")))?;
-    views::journal_op(&app, "rollback", &cert.by(&who), &result).await;
-    let (code, body) = result?;
+    let run = ops::rollback::rollback(app.clone(), guard, to);
+    let (code, body) = views::detached(&app, "rollback", cert.by(&who), run).await?;
     Ok((code, Json(body)).into_response())
 }
 

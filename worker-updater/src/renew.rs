@@ -44,6 +44,7 @@ pub async fn renew(
         .map_err(|e| UpdaterError::BadUpload(format!("renew refused, nothing changed: {e}")))?;
     let guard = app.try_begin("renew")?;
     let d = app.clone();
+    let by = cert.by(&who);
     let (a, u) = (agent.clone(), updater.clone());
     let task = tokio::spawn(async move {
         let dd = d.clone();
@@ -53,7 +54,10 @@ pub async fn renew(
             .map_err(|e| UpdaterError::Internal(format!("presenting the new certificate: {e}")))?;
         tracing::info!(fingerprint = %bundle.fingerprint(), "renewed: presenting the new updater certificate");
         crashpoint::at("renew-after-swap");
-        Ok::<_, UpdaterError>(crate::ops::caretaker::restart(d, guard).await)
+        // Journaled from this task, so a client that hangs up loses nothing.
+        let restarted = crate::ops::caretaker::restart(d.clone(), guard).await;
+        crate::views::journal_op(&d, "renew", &by, &restarted).await;
+        Ok::<_, UpdaterError>(restarted)
     });
     let restarted = task
         .await
@@ -67,7 +71,6 @@ pub async fn renew(
         ),
         Err(e) => (false, e.to_string()),
     };
-    crate::views::journal_op(&app, "renew", &cert.by(&who), &restarted).await;
     Ok(Json(RenewAnswer {
         status: "renewed".into(),
         agent_fingerprint: agent.fingerprint.to_string(),

@@ -97,23 +97,28 @@ pub async fn agent_restart(
 ) -> std::result::Result<Response, AppError> {
     let guard = app.try_begin("restart")?;
     let d = app.clone();
-    let task = tokio::spawn(async move { crate::ops::caretaker::restart(d, guard).await });
+    let by = cert.by(&who);
+    // Detached, and journaled from the same task (see `detached`).
+    let task = tokio::spawn(async move {
+        let result = crate::ops::caretaker::restart(d.clone(), guard).await;
+        // Outcomes as for the supervisor's own restarts: healthy or not.
+        let mut e = of_result("restart", &by, &result);
+        if let Ok((code, _)) = &result
+            && *code != StatusCode::NOT_FOUND
+        {
+            e.outcome = if code.is_success() {
+                "healthy"
+            } else {
+                "unhealthy"
+            }
+            .into();
+        }
+        record(&d.journal, e).await;
+        result
+    });
     let result = task
         .await
         .map_err(|e| UpdaterError::Internal(format!("restart task: {e}")))?;
-    // Outcomes as for the supervisor's own restarts: healthy or not.
-    let mut e = of_result("restart", &cert.by(&who), &result);
-    if let Ok((code, _)) = &result
-        && *code != StatusCode::NOT_FOUND
-    {
-        e.outcome = if code.is_success() {
-            "healthy"
-        } else {
-            "unhealthy"
-        }
-        .into();
-    }
-    record(&app.journal, e).await;
     let (code, body) = result?;
     Ok((code, Json(body)).into_response())
 }
@@ -122,6 +127,23 @@ pub async fn agent_restart(
 /// when nothing changed).
 pub async fn journal_op(app: &Daemon, op: &str, by: &str, result: &OpResult) {
     record(&app.journal, of_result(op, by, result)).await;
+}
+
+/// Run operation `op` detached from its connection, and journal its
+/// outcome from the same task: a client that hangs up cancels neither the
+/// operation nor its journal entry.
+pub async fn detached<F>(app: &Arc<Daemon>, op: &'static str, by: String, run: F) -> OpResult
+where
+    F: std::future::Future<Output = OpResult> + Send + 'static,
+{
+    let d = app.clone();
+    tokio::spawn(async move {
+        let result = run.await;
+        journal_op(&d, op, &by, &result).await;
+        result
+    })
+    .await
+    .map_err(|e| UpdaterError::Internal(format!("{op} task: {e}")))?
 }
 
 fn of_result(op: &str, by: &str, result: &OpResult) -> JournalEntry {

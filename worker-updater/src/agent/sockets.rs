@@ -141,7 +141,8 @@ impl Sockets {
         self.with(|i| Ok(i.inherited)).unwrap_or(false)
     }
 
-    /// The addresses held now.
+    /// The addresses held now (for the tests).
+    #[cfg(test)]
     pub fn held(&self) -> Vec<SocketAddr> {
         self.with(|i| Ok(i.slots.iter().filter_map(|(_, a)| *a).collect()))
             .unwrap_or_default()
