@@ -25,6 +25,18 @@ const HEADER: &str = "swarm-index v1";
 /// The mode recorded for every symbolic link.
 pub const LINK_MODE: u32 = 0o777;
 
+/// The mode a file of a release gets from the mode it came with: no
+/// group/other write, no setuid/setgid/sticky, always owner read-write
+/// (what extraction sets, and what an index entry must say).
+pub fn file_mode(mode: u32) -> u32 {
+    mode & 0o755 | 0o600
+}
+
+/// [`file_mode`] for a directory: always owner read-write-search.
+pub fn dir_mode(mode: u32) -> u32 {
+    mode & 0o755 | 0o700
+}
+
 /// What an entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -104,12 +104,8 @@ async fn logs_one(
         let resp = sent.map_err(|e| master.describe(&e, LOGS_TIMEOUT))?;
         if !resp.status().is_success() {
             // The refusal's own words, read under the cap.
-            return Err(LogsFailure::Peer(
-                said::read_json::<Ignored>(resp, said::HEALTH_CAP)
-                    .await
-                    .err()
-                    .unwrap_or_else(|| "unexpected answer".to_owned()),
-            ));
+            let (status, body) = said::read_answer(resp, said::HEALTH_CAP).await?;
+            return Err(LogsFailure::Peer(said::refusal(status, &body)));
         }
         if mark == Mark::Header {
             outln!("==> {} <==", rec.host).map_err(LogsFailure::Out)?;
@@ -130,16 +126,6 @@ enum LogsFailure {
 impl From<String> for LogsFailure {
     fn from(s: String) -> Self {
         LogsFailure::Peer(s)
-    }
-}
-
-/// An answer we only want the error of.
-#[derive(serde::Deserialize)]
-struct Ignored {}
-
-impl said::Clean for Ignored {
-    fn clean(self) -> Self {
-        self
     }
 }
 

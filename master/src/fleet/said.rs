@@ -12,7 +12,7 @@
 
 use pki::text::sanitize;
 use pki::wire::{
-    AgentHealth, FailedRelease, JournalEntry, Manifest, OpResponse, Probe, Releases, SlotVerify,
+    FailedRelease, JournalEntry, Manifest, OpResponse, Probe, Releases, SlotVerify,
     SupervisedAgent, UpdaterHealth, VerifyReport, WorkerHistory,
 };
 use serde::de::DeserializeOwned;
@@ -209,18 +209,6 @@ impl Clean for WorkerHistory {
     }
 }
 
-impl Clean for AgentHealth {
-    fn clean(self) -> Self {
-        AgentHealth {
-            status: field(self.status),
-            role: field(self.role),
-            host: field(self.host),
-            release: self.release.clean(),
-            ..self
-        }
-    }
-}
-
 impl Clean for FailedRelease {
     fn clean(self) -> Self {
         FailedRelease {
@@ -272,6 +260,16 @@ pub(super) async fn read_answer(
     }
 }
 
+/// A refusal in one safe line: `HTTP <status>: <its error field, or the
+/// start of its body>`.
+pub(super) fn refusal(status: reqwest::StatusCode, body: &[u8]) -> String {
+    let msg = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned());
+    format!("HTTP {status}: {}", line(&msg, 200))
+}
+
 /// A 2xx `resp` parsed as `T` (at most `cap` bytes) and cleaned; any other
 /// status is an error carrying its `error` field (or the start of the
 /// body), sanitised.
@@ -281,11 +279,7 @@ pub(super) async fn read_json<T: DeserializeOwned + Clean>(
 ) -> Result<T, String> {
     let (status, body) = read_answer(resp, cap).await?;
     if !status.is_success() {
-        let msg = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
-        return Err(format!("HTTP {status}: {}", line(&msg, 200)));
+        return Err(refusal(status, &body));
     }
     serde_json::from_slice::<T>(&body)
         .map(Clean::clean)

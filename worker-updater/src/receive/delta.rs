@@ -121,8 +121,8 @@ fn check_index(want: &TreeIndex, caps: &Caps) -> Result<()> {
             return Err(UpdaterError::unsafe_entry(&e.path, "reserved name"));
         }
         let ok = match e.kind {
-            EntryKind::File => e.mode == e.mode & 0o755 | 0o600 && e.sha256.is_some(),
-            EntryKind::Dir => e.mode == e.mode & 0o755 | 0o700,
+            EntryKind::File => e.mode == pki::index::file_mode(e.mode) && e.sha256.is_some(),
+            EntryKind::Dir => e.mode == pki::index::dir_mode(e.mode),
             EntryKind::Link => e.mode == pki::index::LINK_MODE && e.sha256.is_some(),
         };
         if !ok {

@@ -295,7 +295,7 @@ impl Extractor<'_> {
                         false
                     }
                 };
-                let mode = mode & 0o755 | 0o700;
+                let mode = pki::index::dir_mode(mode);
                 set_mode(&path, mode)?;
                 match implied.then(|| self.index.iter_mut().rev().find(|e| e.path == key)) {
                     // An implied directory named by its own entry later.
@@ -328,7 +328,7 @@ impl Extractor<'_> {
                         "{shown:?}: the tarball ends inside this file"
                     )));
                 }
-                let mode = mode & 0o755 | 0o600;
+                let mode = pki::index::file_mode(mode);
                 file.set_permissions(fs::Permissions::from_mode(mode))
                     .map_err(|e| UpdaterError::io(&path, e))?;
                 self.index

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use pki::wire::{AgentState, Releases, UpdaterHealth};
 
 use super::super::client::{Master, get_json};
-use super::super::said::{HEALTH_CAP, RELEASES_CAP, line};
+use super::super::said::{HEALTH_CAP, RELEASES_CAP};
 use super::super::short;
 use crate::inventory::HostRecord;
 
@@ -80,8 +80,8 @@ pub(super) async fn soak(
                 let at = secs(started.elapsed());
                 // Restarts count from the moment the release went live.
                 if agent.restarts > 0 {
-                    // Cleaned here: `said` leaves the `agent` object alone.
-                    let how = line(agent.last_exit.as_deref().unwrap_or("exited"), 200);
+                    // Already clean: `said` cleans the `agent` object.
+                    let how = agent.last_exit.as_deref().unwrap_or("exited");
                     return Soaked::Failed(format!(
                         "the agent restarted {} time(s) within {at} of the soak (last: {how})",
                         agent.restarts
