@@ -743,7 +743,8 @@ fn pause_after_canary_asks_on_the_terminal_and_a_no_halts() {
         out.contains("halted: the operator stopped it after the canary wave"),
         "{out}"
     );
-    assert!(workers[0].slot_sha("active").is_some());
+    let canary = workers[0].slot_sha("active");
+    assert!(canary.is_some());
     assert!(workers[1].slot_sha("active").is_none());
     assert!(workers[2].slot_sha("active").is_none());
     // Yes: the rest follows (the canary answers `unchanged`).
@@ -753,8 +754,9 @@ fn pause_after_canary_asks_on_the_terminal_and_a_no_halts() {
         out.contains(": 3 updated, 0 failed, 0 skipped, 0 reverted"),
         "{out}"
     );
+    // Every host runs the canary's release.
     for w in &workers {
-        assert!(w.slot_sha("active").is_some());
+        assert_eq!(w.slot_sha("active"), canary);
     }
 }
 

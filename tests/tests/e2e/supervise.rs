@@ -113,7 +113,10 @@ async fn a_killed_agent_is_restarted_at_once_and_counted() {
     .await;
     assert_eq!(after.restarts, 1, "{after:?}");
     assert!(
-        after.last_exit.as_deref().is_some_and(|e| e.contains('9')),
+        after
+            .last_exit
+            .as_deref()
+            .is_some_and(|e| e.contains("signal: 9")),
         "{after:?}"
     );
     let new = after.pid.unwrap_or_default() as i32;
