@@ -133,6 +133,7 @@ pub fn extract(reader: impl Read, dest: &Path, caps: &Caps) -> Result<Extracted>
         caps,
         kinds: HashMap::new(),
         explicit: HashSet::new(),
+        implied_at: HashMap::new(),
         out: Extracted::default(),
         entries: 0,
         index: Vec::new(),
@@ -209,6 +210,9 @@ struct Extractor<'a> {
     kinds: HashMap<String, Kind>,
     /// Paths named by an entry.
     explicit: HashSet<String>,
+    /// Where each implied directory's entry sits in `index`, so a later
+    /// entry naming it sets its mode without a scan.
+    implied_at: HashMap<String, usize>,
     out: Extracted,
     entries: u64,
     /// The index entries so far, in tar order.
@@ -297,10 +301,11 @@ impl Extractor<'_> {
                 };
                 let mode = pki::index::dir_mode(mode);
                 set_mode(&path, mode)?;
-                match implied.then(|| self.index.iter_mut().rev().find(|e| e.path == key)) {
+                let at = implied.then(|| self.implied_at.remove(&key)).flatten();
+                match at.and_then(|i| self.index.get_mut(i)) {
                     // An implied directory named by its own entry later.
-                    Some(Some(e)) => e.mode = mode,
-                    _ => self.index.push(IndexEntry::dir(key.clone(), mode)),
+                    Some(e) => e.mode = mode,
+                    None => self.index.push(IndexEntry::dir(key.clone(), mode)),
                 }
                 self.kinds.insert(key, Kind::Dir);
             }
@@ -405,6 +410,7 @@ impl Extractor<'_> {
                     let dir = self.dest.join(&prefix);
                     mkdir(&dir)?;
                     set_mode(&dir, 0o755)?;
+                    self.implied_at.insert(prefix.clone(), self.index.len());
                     self.index.push(IndexEntry::dir(prefix.clone(), 0o755));
                     self.kinds.insert(prefix, Kind::Dir);
                 }
@@ -800,6 +806,25 @@ mod tests {
         fs::create_dir(&dest).unwrap();
         let r = extract(bytes, &dest, &Caps::default());
         (tmp, r)
+    }
+
+    #[test]
+    fn a_directory_named_after_its_contents_keeps_one_entry_with_its_own_mode() {
+        let (tmp, r) = run(&[
+            entry(b"d/e/f.txt", b'0', b"x", 0o644, b""),
+            entry(b"d/e/", b'5', b"", 0o700, b""),
+            entry(b"d/", b'5', b"", 0o750, b""),
+        ]);
+        let out = r.unwrap();
+        let paths: Vec<_> = out
+            .index
+            .entries()
+            .iter()
+            .map(|e| (e.path.as_str(), e.mode))
+            .collect();
+        assert_eq!(paths, [("d", 0o750), ("d/e", 0o700), ("d/e/f.txt", 0o644)]);
+        let meta = std::fs::metadata(tmp.path().join("stage/d/e")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o700);
     }
 
     #[test]
