@@ -27,6 +27,9 @@ pub enum Endpoint {
     Renew,
     /// `POST /verify` (issue 12): re-hash the kept releases.
     Verify,
+    /// `POST /update-from-store` (issue 16): install a release the updater
+    /// downloads from an object store with presigned URLs.
+    UpdateFromStore,
 }
 
 impl Endpoint {
@@ -47,6 +50,7 @@ impl Endpoint {
             (&Method::POST, "/deny") => Endpoint::Deny,
             (&Method::POST, "/renew") => Endpoint::Renew,
             (&Method::POST, "/verify") => Endpoint::Verify,
+            (&Method::POST, "/update-from-store") => Endpoint::UpdateFromStore,
             _ => return None,
         })
     }
@@ -66,7 +70,8 @@ pub fn authorize(who: &Identity, endpoint: Endpoint) -> Result<(), String> {
         | Endpoint::AgentRestart
         | Endpoint::Deny
         | Endpoint::Renew
-        | Endpoint::Verify => {
+        | Endpoint::Verify
+        | Endpoint::UpdateFromStore => {
             if *who == Identity::Master {
                 Ok(())
             } else {
@@ -102,6 +107,11 @@ mod tests {
             Some(Endpoint::Verify)
         );
         assert_eq!(Endpoint::of(&Method::GET, "/verify"), None);
+        assert_eq!(
+            Endpoint::of(&Method::POST, "/update-from-store"),
+            Some(Endpoint::UpdateFromStore)
+        );
+        assert_eq!(Endpoint::of(&Method::GET, "/update-from-store"), None);
     }
 
     #[test]
@@ -122,6 +132,7 @@ mod tests {
                 Endpoint::UpdateSelf,
                 Endpoint::Rollback,
                 Endpoint::Verify,
+                Endpoint::UpdateFromStore,
             ] {
                 assert_eq!(authorize(w, e).is_ok(), *w == Identity::Master, "{w} {e:?}");
             }
@@ -129,7 +140,7 @@ mod tests {
     }
 
     /// Every endpoint, so a new one cannot be left out of the matrix.
-    const ALL: [Endpoint; 12] = [
+    const ALL: [Endpoint; 13] = [
         Endpoint::Health,
         Endpoint::Status,
         Endpoint::Releases,
@@ -142,6 +153,7 @@ mod tests {
         Endpoint::Deny,
         Endpoint::Renew,
         Endpoint::Verify,
+        Endpoint::UpdateFromStore,
     ];
 
     /// Issue 15: identities read from real certificates. A named operator

@@ -4,6 +4,7 @@
 //! - [`ports`]: loopback ports no two daemons are handed.
 //! - [`process`]: child-process guards, `/proc`, clean-up, timed commands.
 //! - [`ca`]: a fresh CA per test in a temp dir, a worker's bundles.
+//! - [`garage`]: a real single-node S3 store (Garage) for the store tests.
 //! - [`load`]: a load generator over fresh connections (zero downtime).
 //! - [`release`]: release tarballs built in memory (and raw, hostile ones).
 //! - [`worker`]: one `worker-updater` with its install dir, and its agent.
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub mod ca;
+pub mod garage;
 pub mod load;
 pub mod ports;
 pub mod process;
