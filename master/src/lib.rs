@@ -10,6 +10,7 @@
 //!   the bundles `enroll` wrote.
 //! - `shell`: shell completions and man pages, generated from `cli`.
 //! - `enroll`: `ca init`, `enroll`, `list`, `tag`, `decommission`, `operator`.
+//! - `store`: the S3-compatible store releases are published to (issue 16).
 //! - `pack`: the release tarball, built once per push.
 //! - `keyscan`: private keys found by content (PEM, escaped PEM, DER).
 //! - `home`: the state directory; `inventory`: the SQLite database.
@@ -32,6 +33,7 @@ mod output;
 mod pack;
 mod package;
 mod shell;
+mod store;
 
 pub use error::{EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_LOCAL, EXIT_USAGE, Error};
 
@@ -84,6 +86,7 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
         Command::Logs(args) => fleet::logs(&home, &args),
         Command::Verify(args) => fleet::verify(&home, &args),
         Command::Releases(args) => fleet::releases(&home, &args),
+        Command::Store { command } => store::run(&home, &command),
         Command::Demo(args) => demo::run(&args),
         Command::Package(args) => package::package(&home, &args).map(|()| 0),
         // Answered above.

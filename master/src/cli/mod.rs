@@ -91,6 +91,12 @@ pub enum Command {
     /// Re-hash each target's live and previous release against its index;
     /// exit 1 when anything was changed on the worker.
     Verify(VerifyArgs),
+    /// Publish releases through an S3-compatible object store (set, show,
+    /// unset, gc): workers then download them with presigned URLs.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Run a throwaway three-worker fleet on loopback and drive it.
     Demo(DemoArgs),
     /// Write the install package of an enrolled host from its bundles.
@@ -325,11 +331,75 @@ pub struct UpdateArgs {
     /// release on /health, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub self_timeout: u64,
+    /// Push over mTLS even when a store is set (`swarm store set`).
+    #[arg(long)]
+    pub direct: bool,
+    /// With a store set: push directly to the hosts that cannot reach it.
+    #[arg(long, conflicts_with = "direct")]
+    pub fallback_direct: bool,
     /// Print one JSON document instead of bars and a table.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
     pub rollout: RolloutArgs,
+}
+
+/// `swarm store …`.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Record the store `swarm update` publishes to (never its credentials).
+    Set(StoreSetArgs),
+    /// Show the recorded store.
+    Show {
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget the store: `swarm update` pushes over mTLS again.
+    Unset {
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete the objects no release among the newest N pushed references.
+    Gc(StoreGcArgs),
+}
+
+/// `swarm store set`.
+#[derive(Debug, Args)]
+pub struct StoreSetArgs {
+    /// Where: s3://BUCKET/PREFIX.
+    #[arg(value_name = "s3://BUCKET/PREFIX")]
+    pub url: String,
+    /// The store's S3 endpoint, e.g. https://s3.eu-west-1.amazonaws.com.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: String,
+    /// The region requests are signed for.
+    #[arg(long, value_name = "REGION", default_value = "us-east-1")]
+    pub region: String,
+    /// Path-style URLs (endpoint/bucket/key) instead of virtual-host ones
+    /// (bucket.endpoint/key): most self-hosted stores want this.
+    #[arg(long)]
+    pub path_style: bool,
+    /// An AWS shared credentials file (INI, profile [default] or
+    /// $AWS_PROFILE) to read the key from when AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY are not set; only its path is recorded.
+    #[arg(long, value_name = "FILE")]
+    pub credentials_file: Option<PathBuf>,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `swarm store gc`.
+#[derive(Debug, Args)]
+pub struct StoreGcArgs {
+    /// Keep every object of the newest N releases pushed.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub keep: u16,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The rollout plan of `swarm update` (also settable in the `[rollout]`

@@ -250,6 +250,8 @@ fn drive(
                 full: false,
                 include_self: false,
                 self_timeout: 30,
+                direct: true,
+                fallback_direct: false,
                 json,
                 rollout: RolloutArgs::default(),
             },

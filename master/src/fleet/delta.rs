@@ -109,6 +109,21 @@ impl Deltas {
     }
 }
 
+impl Deltas {
+    /// The index the master kept of release `base`, if it has one (the
+    /// store push asks for exactly what that release lacks, issue 16).
+    pub(super) fn kept_index(&self, base: &str) -> Option<TreeIndex> {
+        if base.len() != 64 || !base.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let path = self.dir.join(base);
+        if fs::metadata(&path).ok()?.len() > MAX_INDEX_BYTES {
+            return None;
+        }
+        TreeIndex::parse(&fs::read(&path).ok()?, usize::MAX).ok()
+    }
+}
+
 fn pack_delta(
     base_index: &Path,
     root: PathBuf,

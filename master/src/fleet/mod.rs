@@ -40,6 +40,7 @@ mod said;
 mod status;
 mod upload;
 mod verify;
+mod via_store;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

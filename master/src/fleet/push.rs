@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::client::{Master, STATUS_TIMEOUT};
 use super::delta::Deltas;
+use super::via_store::{Fetched, ViaStore};
 use super::history::Recorder;
 use super::progress::{Bars, packing_spinner, show_progress};
 use super::report::RolloutDoc;
@@ -75,6 +76,10 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
     if args.dry_run {
         return dry_run(&release, &plan, args.json);
     }
+    // Published before any worker is contacted (issue 16): a store that
+    // fails stops the command here.
+    let via_store = super::via_store::prepare(home, &release, args.direct, args.fallback_direct)?
+        .map(Arc::new);
     let master = Arc::new(Master::for_home(home)?);
     let self_wait = args
         .include_self
@@ -87,11 +92,19 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
         !args.full,
     ));
     let (mut report, interrupted) = if plan.staged {
-        staged(inv, master, plan, &release, args, self_wait, deltas)?
+        staged(inv, master, plan, &release, args, self_wait, (deltas, via_store.clone()))?
     } else {
         let hosts = plan.waves.into_iter().flatten().collect::<Vec<_>>();
         let waves = vec![hosts.iter().map(|h| h.host.to_string()).collect()];
-        let mut report = push(inv, master, hosts, &release, args, self_wait, deltas)?;
+        let mut report = push(
+            inv,
+            master,
+            hosts,
+            &release,
+            args,
+            self_wait,
+            (deltas, via_store.clone()),
+        )?;
         for r in &mut report.hosts {
             r.wave = Some(1);
         }
@@ -99,6 +112,9 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
         (report, false)
     };
     report.pack_ms = Some(pack_ms);
+    report.store = via_store
+        .as_ref()
+        .and_then(|v| serde_json::to_value(&v.published).ok());
     if !args.json {
         print_release(&release.info)?;
     }
@@ -118,7 +134,7 @@ fn staged(
     release: &Release,
     args: &UpdateArgs,
     self_wait: Option<Duration>,
-    deltas: Arc<Deltas>,
+    (deltas, via_store): (Arc<Deltas>, Option<Arc<ViaStore>>),
 ) -> Result<(FleetReport, bool)> {
     let id = rollout::new_id();
     let pusher = Pusher {
@@ -132,6 +148,7 @@ fn staged(
         self_wait,
         stop: Arc::new(AtomicBool::new(false)),
         deltas,
+        via_store,
     };
     let (rows, doc) = runtime()?.block_on(rollout::run(&pusher, &plan, &id));
     pusher.recorder.finish();
@@ -151,7 +168,7 @@ fn push(
     release: &Release,
     args: &UpdateArgs,
     self_wait: Option<Duration>,
-    deltas: Arc<Deltas>,
+    (deltas, via_store): (Arc<Deltas>, Option<Arc<ViaStore>>),
 ) -> Result<FleetReport> {
     let pusher = Pusher {
         master,
@@ -162,6 +179,7 @@ fn push(
         self_wait,
         stop: Arc::new(AtomicBool::new(false)),
         deltas,
+        via_store,
     };
     let results = runtime()?.block_on(pusher.wave(hosts, None));
     pusher.recorder.finish();
@@ -185,6 +203,8 @@ pub(super) struct Pusher {
     pub(super) stop: Arc<AtomicBool>,
     /// The deltas of this release, one per base (issue 12).
     pub(super) deltas: Arc<Deltas>,
+    /// The release as published to the store, when it goes that way (issue 16).
+    pub(super) via_store: Option<Arc<ViaStore>>,
 }
 
 impl Pusher {
@@ -212,7 +232,12 @@ impl Pusher {
                     bar,
                     self.self_wait,
                     self.recorder.clone(),
-                    (wave, self.stop.clone(), self.deltas.clone()),
+                    (
+                        wave,
+                        self.stop.clone(),
+                        self.deltas.clone(),
+                        self.via_store.clone(),
+                    ),
                 )
             },
             |rec, why| {
@@ -245,7 +270,12 @@ async fn push_one(
     bar: ProgressBar,
     self_wait: Option<Duration>,
     recorder: Arc<Recorder>,
-    (wave, stop, deltas): (Option<u32>, Arc<AtomicBool>, Arc<Deltas>),
+    (wave, stop, deltas, via_store): (
+        Option<u32>,
+        Arc<AtomicBool>,
+        Arc<Deltas>,
+        Option<Arc<ViaStore>>,
+    ),
 ) -> HostResult {
     let started = Instant::now();
     if stop.load(Ordering::SeqCst) {
@@ -265,7 +295,14 @@ async fn push_one(
     let r = match client {
         Ok(client) => {
             let mut r = push_agent(
-                &master, &client, &rec, &release, &deltas, &bar, timeout, started,
+                &master,
+                &client,
+                &rec,
+                &release,
+                (&deltas, via_store.as_deref()),
+                &bar,
+                timeout,
+                started,
             )
             .await;
             r.wave = wave;
@@ -381,7 +418,7 @@ async fn push_agent(
     client: &reqwest::Client,
     rec: &HostRecord,
     release: &(PathBuf, ReleaseInfo),
-    deltas: &Deltas,
+    (deltas, via_store): (&Deltas, Option<&ViaStore>),
     bar: &ProgressBar,
     timeout: Duration,
     started: Instant,
@@ -395,6 +432,39 @@ async fn push_agent(
     {
         return HostResult::unchanged(rec, active, started);
     }
+    let mut fallback = None;
+    if let Some(vs) = via_store {
+        bar.set_message("fetching from the store");
+        let base = live
+            .as_ref()
+            .and_then(|m| m.release_id.clone())
+            .and_then(|id| Some((id.clone(), deltas.kept_index(&id)?)));
+        match vs.push(master, client, rec, base, timeout, started).await {
+            Fetched::Done(r) => return *r,
+            Fetched::Direct(why) => fallback = Some(why),
+        }
+    }
+    let mut r = push_agent_direct(master, client, rec, release, deltas, live, bar, timeout, started).await;
+    if let Some(why) = fallback {
+        r.detail = format!("{} (pushed directly: {why})", r.detail);
+    }
+    r
+}
+
+/// [`push_agent`] over mTLS: a delta or the whole release.
+#[allow(clippy::too_many_arguments)]
+async fn push_agent_direct(
+    master: &Master,
+    client: &reqwest::Client,
+    rec: &HostRecord,
+    release: &(PathBuf, ReleaseInfo),
+    deltas: &Deltas,
+    live: Option<Manifest>,
+    bar: &ProgressBar,
+    timeout: Duration,
+    started: Instant,
+) -> HostResult {
+    let info = &release.1;
     let mut refused = None;
     if let Some(base) = live.and_then(|m| m.release_id)
         && let Some(d) = deltas.for_base(&base).await

@@ -77,6 +77,9 @@ pub(crate) struct HostResult {
     /// Whether the upload was a delta against the host's live release.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub(crate) delta: bool,
+    /// Whether the host fetched the release from the store (issue 16).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) store: bool,
     /// The audit-trail row this result was written to, once it was.
     #[serde(skip)]
     pub(super) recorded: Option<i64>,
@@ -104,6 +107,7 @@ impl HostResult {
             log_tail: Vec::new(),
             wire_bytes: None,
             delta: false,
+            store: false,
             recorded: None,
         }
     }
@@ -153,6 +157,9 @@ pub(crate) struct FleetReport {
     /// The rollout's waves and what became of it (update only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) rollout: Option<RolloutDoc>,
+    /// What publishing to the store did (update through a store only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) store: Option<serde_json::Value>,
     pub(crate) hosts: Vec<HostResult>,
 }
 
@@ -229,6 +236,7 @@ impl FleetReport {
             pack_ms: None,
             ok: hosts.iter().all(|r| r.ok(operation)),
             rollout: None,
+            store: None,
             hosts,
         }
     }
@@ -422,6 +430,7 @@ pub(super) fn interpret(
         wave: None,
         log_tail: resp.log_tail,
         delta: false,
+        store: false,
         recorded: None,
     }
 }

@@ -1,0 +1,220 @@
+//! `swarm update` through the store (issue 16): the release is published
+//! first ([`crate::store::publish`]: every object the store lacks, then the
+//! index), before any worker is contacted; each updater then gets a small
+//! `POST /update-from-store` — the index (a patch of its live release's when
+//! the master kept that one's index, as a delta push does), the commit, the
+//! link targets, and presigned GET URLs, valid for minutes, for exactly the
+//! contents its live release lacks. An expired URL (410) is answered once
+//! with fresh URLs; a base the host refuses (412) with the whole index and
+//! every object; a host that cannot reach the store (502) fails, or with
+//! `--fallback-direct` gets the direct push.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pki::index::{EntryKind, TreeIndex};
+use pki::store::{StoreObject, StoreUpdate};
+
+use super::client::Master;
+use super::report::{HostResult, interpret};
+use super::said::{self, ANSWER_CAP};
+use crate::error::{Error, Result};
+use crate::home::Home;
+use crate::inventory::{HostRecord, Op};
+use crate::pack::Release;
+use crate::store::gc::StoreLock;
+use crate::store::publish::{Published, publish};
+use crate::store::{self, Store};
+
+/// How long a presigned URL stays valid by default.
+const URL_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// A release published to the store, ready to be fetched by the hosts.
+pub(super) struct ViaStore {
+    store: Store,
+    pub(super) published: Published,
+    want: Arc<TreeIndex>,
+    release_sha256: String,
+    size_bytes: u64,
+    git_commit: Option<String>,
+    ttl: Duration,
+    pub(super) fallback_direct: bool,
+    _lock: StoreLock,
+}
+
+/// What became of a push through the store.
+pub(super) enum Fetched {
+    Done(Box<HostResult>),
+    /// The host could not reach the store, and `--fallback-direct` says:
+    /// push it directly (why it could not).
+    Direct(String),
+}
+
+/// Publish `release` when a store is set and `--direct` is not given;
+/// `Ok(None)` without a store. An unusable store stops the command before
+/// any worker is contacted.
+pub(super) fn prepare(
+    home: &Home,
+    release: &Release,
+    direct: bool,
+    fallback_direct: bool,
+) -> Result<Option<ViaStore>> {
+    if direct {
+        return Ok(None);
+    }
+    let Some(config) = store::configured(home)? else {
+        return Ok(None);
+    };
+    let url = config.url();
+    let lock = store::gc::lock_shared(home)?;
+    let store = Store::new(config)?;
+    let rt = super::runtime()?;
+    let published = rt
+        .block_on(publish(&store, &release.info.root, &release.index))
+        .map_err(|e| {
+            Error::Other(format!(
+                "publishing the release to the store {url} failed, so no worker was contacted: {e} (swarm update --direct pushes over mTLS instead)"
+            ))
+        })?;
+    Ok(Some(ViaStore {
+        store,
+        published,
+        want: Arc::new(release.index.clone()),
+        release_sha256: release.info.sha256.clone(),
+        size_bytes: release.info.size_bytes,
+        git_commit: release.info.git_commit.clone(),
+        ttl: url_ttl(),
+        fallback_direct,
+        _lock: lock,
+    }))
+}
+
+/// [`URL_TTL`]; debug builds (the tests) may shorten it with
+/// `SWARM_STORE_URL_TTL_SECS`.
+fn url_ttl() -> Duration {
+    #[cfg(debug_assertions)]
+    if let Some(secs) = std::env::var("SWARM_STORE_URL_TTL_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Duration::from_secs(secs);
+    }
+    URL_TTL
+}
+
+impl ViaStore {
+    /// The request for a host on `base` (its live release and the index
+    /// the master kept of it), or for one that gets everything.
+    fn request(&self, base: Option<(&str, &TreeIndex)>) -> StoreUpdate {
+        let have: HashSet<(&str, u64)> = base
+            .map(|(_, idx)| {
+                idx.entries()
+                    .iter()
+                    .filter(|e| e.kind == EntryKind::File)
+                    .filter_map(|e| Some((e.sha256.as_deref()?, e.size)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut seen = HashSet::new();
+        let mut objects = Vec::new();
+        for e in self.want.entries() {
+            let Some(sha) = e.sha256.as_deref() else {
+                continue;
+            };
+            if e.kind != EntryKind::File || have.contains(&(sha, e.size)) || !seen.insert(sha) {
+                continue;
+            }
+            let key = pki::store::object_key(&self.store.prefix(), sha);
+            objects.push(StoreObject {
+                sha256: sha.to_owned(),
+                stored_size: self.published.stored.get(sha).copied().unwrap_or_default(),
+                url: self.store.presign_get(&key, self.ttl),
+            });
+        }
+        let (base_id, index, index_patch) = match base {
+            Some((id, idx)) => (Some(id.to_owned()), None, Some(idx.patch_to(&self.want))),
+            None => (
+                None,
+                Some(String::from_utf8_lossy(&self.want.to_bytes()).into_owned()),
+                None,
+            ),
+        };
+        StoreUpdate {
+            release_sha256: self.release_sha256.clone(),
+            size_bytes: self.size_bytes,
+            release_id: self.want.release_id(),
+            git_commit: self.git_commit.clone(),
+            base: base_id,
+            index,
+            index_patch,
+            objects,
+            links: self.published.links.clone(),
+            signature: None,
+        }
+    }
+
+    /// Push to one host through the store.
+    pub(super) async fn push(
+        &self,
+        master: &Master,
+        client: &reqwest::Client,
+        rec: &HostRecord,
+        base: Option<(String, TreeIndex)>,
+        timeout: Duration,
+        started: Instant,
+    ) -> Fetched {
+        let mut base = base;
+        let mut retried_expired = false;
+        loop {
+            let req = self.request(base.as_ref().map(|(id, idx)| (id.as_str(), idx)));
+            let sent = client
+                .post(rec.updater_url("/update-from-store"))
+                .json(&req)
+                .send()
+                .await;
+            let resp = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    return Fetched::Done(Box::new(HostResult::error(
+                        rec,
+                        master.describe(&e, timeout),
+                        started,
+                    )));
+                }
+            };
+            let (status, body) = match said::read_answer(resp, ANSWER_CAP).await {
+                Ok(a) => a,
+                Err(why) => {
+                    return Fetched::Done(Box::new(HostResult::error(
+                        rec,
+                        format!("answer unusable: {why}"),
+                        started,
+                    )));
+                }
+            };
+            let mut r = interpret(
+                Op::Update,
+                rec,
+                status,
+                &body,
+                Some(&self.release_sha256),
+                started,
+            );
+            match status.as_u16() {
+                410 if !retried_expired => {
+                    retried_expired = true;
+                    continue;
+                }
+                412 if base.is_some() => {
+                    base = None;
+                    continue;
+                }
+                502 if self.fallback_direct => return Fetched::Direct(r.detail),
+                _ => {}
+            }
+            r.store = true;
+            return Fetched::Done(Box::new(r));
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The S3 calls the master makes (list, head, put, delete) and the
+//! presigned GET URLs it hands to workers: requests signed by rusty-s3
+//! (SigV4, query-string signing), sent with reqwest over rustls (system
+//! roots for https; plain http for a loopback store). Every call has a
+//! deadline and every answer body a cap.
+
+use std::time::Duration;
+
+use rusty_s3::actions::{ListObjectsV2, S3Action};
+use rusty_s3::{Bucket, Credentials, UrlStyle};
+
+use super::StoreConfig;
+use crate::error::{Error, Result};
+
+/// How long the URLs the master itself uses stay valid.
+const OWN_URLS: Duration = Duration::from_secs(600);
+/// Deadline of one small call (list, head, delete).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest answer body read (a list page is ~1000 keys).
+const MAX_ANSWER: usize = 4 << 20;
+
+/// The configured store, opened with its credentials.
+pub(crate) struct Store {
+    pub(crate) config: StoreConfig,
+    creds: Credentials,
+    bucket: Bucket,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the credentials.
+        f.debug_struct("Store")
+            .field("url", &self.config.url())
+            .finish()
+    }
+}
+
+impl Store {
+    pub(crate) fn new(config: StoreConfig) -> Result<Store> {
+        let creds = super::creds::load(config.credentials_file.as_deref())?;
+        let endpoint = reqwest::Url::parse(&config.endpoint)
+            .map_err(|e| Error::State(format!("store endpoint {:?}: {e}", config.endpoint)))?;
+        let style = if config.path_style {
+            UrlStyle::Path
+        } else {
+            UrlStyle::VirtualHost
+        };
+        let bucket = Bucket::new(endpoint, style, config.bucket.clone(), config.region.clone())
+            .map_err(|e| Error::State(format!("store {}: {e}", config.url())))?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::Other(format!("HTTP client for the store: {e}")))?;
+        Ok(Store {
+            config,
+            creds,
+            bucket,
+            client,
+        })
+    }
+
+    /// The key prefix, empty or ending in `/`.
+    pub(crate) fn prefix(&self) -> String {
+        pki::store::dir(&self.config.prefix)
+    }
+
+    /// A presigned GET of `key`, valid for `ttl`: names that one object,
+    /// carries no credential (only a signature by it).
+    pub(crate) fn presign_get(&self, key: &str, ttl: Duration) -> String {
+        self.bucket
+            .get_object(Some(&self.creds), key)
+            .sign(ttl)
+            .to_string()
+    }
+
+    /// Every key under `prefix` (a full key prefix), with its size.
+    pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut action = self.bucket.list_objects_v2(Some(&self.creds));
+            action.with_prefix(prefix.to_owned());
+            if let Some(t) = &token {
+                action.with_continuation_token(t.clone());
+            }
+            let url = action.sign(OWN_URLS);
+            let text = self.call(self.client.get(url), "listing").await?;
+            let page = ListObjectsV2::parse_response(&text).map_err(|e| {
+                self.fail(format!(
+                    "listing: unreadable answer ({e}): {}",
+                    pki::text::sanitize(&text, 200)
+                ))
+            })?;
+            out.extend(page.contents.into_iter().map(|c| (c.key, c.size)));
+            match page.next_continuation_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Upload `body` as `key`.
+    pub(crate) async fn put(&self, key: &str, body: Vec<u8>) -> Result<()> {
+        let url = self.bucket.put_object(Some(&self.creds), key).sign(OWN_URLS);
+        let timeout = CALL_TIMEOUT + Duration::from_secs(body.len() as u64 / (256 * 1024));
+        self.call(self.client.put(url).body(body).timeout(timeout), "uploading")
+            .await
+            .map(|_| ())
+    }
+
+    /// Delete `key` (absent is fine).
+    pub(crate) async fn delete(&self, key: &str) -> Result<()> {
+        let url = self
+            .bucket
+            .delete_object(Some(&self.creds), key)
+            .sign(OWN_URLS);
+        self.call(self.client.delete(url), "deleting")
+            .await
+            .map(|_| ())
+    }
+
+    /// Send `req`; a non-2xx answer is an error quoting the store.
+    async fn call(&self, req: reqwest::RequestBuilder, what: &str) -> Result<String> {
+        let resp = req
+            .timeout(CALL_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| self.fail(format!("{what}: {}", chain(&e))))?;
+        let status = resp.status();
+        let body = read_capped(resp).await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(self.fail(format!(
+                "{what}: HTTP {status}: {}",
+                pki::text::sanitize(&body, 300)
+            )));
+        }
+        Ok(body)
+    }
+
+    fn fail(&self, why: String) -> Error {
+        Error::Other(format!(
+            "store {} ({}): {why}",
+            self.config.url(),
+            self.config.endpoint
+        ))
+    }
+}
+
+/// An answer body, at most [`MAX_ANSWER`] bytes of it.
+async fn read_capped(mut resp: reqwest::Response) -> Option<String> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await.ok()? {
+        if buf.len() + chunk.len() > MAX_ANSWER {
+            break;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// An error with its causes.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
