@@ -230,7 +230,10 @@ root_domain = ".s3.garage.localhost"
             match status {
                 Ok(s) if s.is_success() => return Ok(()),
                 _ if std::time::Instant::now() > deadline => {
-                    bail!("Garage did not serve bucket {} within {BOOT:?}: {status:?}", self.bucket)
+                    bail!(
+                        "Garage did not serve bucket {} within {BOOT:?}: {status:?}",
+                        self.bucket
+                    )
                 }
                 _ => std::thread::sleep(Duration::from_millis(100)),
             }
@@ -302,7 +305,11 @@ root_domain = ".s3.garage.localhost"
             .get_object(Some(&self.credentials()), key)
             .sign(SIGN_FOR);
         let bytes = crate::block_on(async {
-            let r = reqwest::Client::new().get(url).send().await?.error_for_status()?;
+            let r = reqwest::Client::new()
+                .get(url)
+                .send()
+                .await?
+                .error_for_status()?;
             r.bytes().await
         })?;
         Ok(bytes.to_vec())

@@ -66,6 +66,9 @@ mod shell;
 /// Issue 14: held listen sockets, socket activation, start-first, zero downtime.
 #[path = "e2e/sockets.rs"]
 mod sockets;
+/// Issue 16: releases through a real S3-compatible store (Garage).
+#[path = "e2e/store.rs"]
+mod store;
 /// Issue 11 on the worker: supervision, crash-loop revert, unchanged, journal, logs.
 #[path = "e2e/supervise.rs"]
 mod supervise;

@@ -71,6 +71,14 @@ pub enum UpdaterError {
     /// Starting or stopping the agent failed.
     #[error("agent: {0}")]
     Agent(String),
+    /// The store could not be reached from this worker (issue 16): 502,
+    /// the master fails the host or pushes it directly.
+    #[error("{0}")]
+    StoreUnreachable(String),
+    /// A presigned URL expired before its download (issue 16): 410, the
+    /// master asks once more with fresh URLs.
+    #[error("{0}")]
+    UrlExpired(String),
     /// Anything else internal.
     #[error("{0}")]
     Internal(String),
@@ -105,6 +113,8 @@ impl UpdaterError {
             | UpdaterError::BadUpload(_)
             | UpdaterError::ReleaseConfig(_) => StatusCode::BAD_REQUEST,
             UpdaterError::NoPrevious => StatusCode::NOT_FOUND,
+            UpdaterError::StoreUnreachable(_) => StatusCode::BAD_GATEWAY,
+            UpdaterError::UrlExpired(_) => StatusCode::GONE,
             UpdaterError::NoBase(_) => StatusCode::PRECONDITION_FAILED,
             UpdaterError::NotKept(_) => StatusCode::NOT_FOUND,
             UpdaterError::Busy(_) | UpdaterError::StaleDenyList { .. } => StatusCode::CONFLICT,

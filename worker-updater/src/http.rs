@@ -27,6 +27,10 @@ pub fn router(app: Arc<Daemon>) -> Router {
         .route("/health", get(health))
         .route("/releases", get(releases))
         .route("/update", post(update).layer(DefaultBodyLimit::disable()))
+        .route(
+            "/update-from-store",
+            post(update_from_store).layer(DefaultBodyLimit::max(MAX_STORE_REQUEST)),
+        )
         .route("/rollback", post(rollback))
         .route("/history", get(views::history))
         .route("/logs", get(views::logs))
@@ -76,7 +80,37 @@ async fn update(
     // half-way through a rotation.
     let d = app.clone();
     let by = cert.by(&who);
-    let run = ops::update::update(d, form, by.clone(), guard);
+    let run = ops::update::update(d, ops::stage::Source::Form(form), by.clone(), guard);
+    let (code, body) = views::detached(&app, "update", by, run).await?;
+    Ok((code, Json(body)).into_response())
+}
+
+/// Largest `/update-from-store` body: the whole index (about 200 bytes an
+/// entry) and a URL per object.
+const MAX_STORE_REQUEST: usize = 96 << 20;
+
+/// `POST /update-from-store` (issue 16): a JSON [`pki::store::StoreUpdate`];
+/// the updater downloads what it lacks from the store, then the same path
+/// as `/update`.
+async fn update_from_store(
+    State(app): State<Arc<Daemon>>,
+    Peer(who): Peer,
+    cert: PeerCert,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    let guard = app.try_begin("update")?;
+    let req: pki::store::StoreUpdate = serde_json::from_slice(&body).map_err(|e| {
+        UpdaterError::BadUpload(format!(
+            "the /update-from-store body is not the JSON the master sends: {e}"
+        ))
+    })?;
+    let by = cert.by(&who);
+    let run = ops::update::update(
+        app.clone(),
+        ops::stage::Source::Store(Box::new(req)),
+        by.clone(),
+        guard,
+    );
     let (code, body) = views::detached(&app, "update", by, run).await?;
     Ok((code, Json(body)).into_response())
 }

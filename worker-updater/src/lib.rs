@@ -29,6 +29,7 @@ pub mod config;
 pub mod crashpoint;
 pub mod deny;
 pub mod error;
+pub mod fetch;
 pub mod http;
 pub mod install;
 pub mod journal;

@@ -374,6 +374,11 @@ pub struct StoreSetArgs {
     /// The store's S3 endpoint, e.g. https://s3.eu-west-1.amazonaws.com.
     #[arg(long, value_name = "URL")]
     pub endpoint: String,
+    /// The endpoint workers download from, when they reach the store by
+    /// another address than the master (default: --endpoint). The URLs
+    /// they get are signed for it.
+    #[arg(long, value_name = "URL")]
+    pub worker_endpoint: Option<String>,
     /// The region requests are signed for.
     #[arg(long, value_name = "REGION", default_value = "us-east-1")]
     pub region: String,

@@ -13,7 +13,6 @@ use serde::Serialize;
 
 use super::client::{Master, STATUS_TIMEOUT};
 use super::delta::Deltas;
-use super::via_store::{Fetched, ViaStore};
 use super::history::Recorder;
 use super::progress::{Bars, packing_spinner, show_progress};
 use super::report::RolloutDoc;
@@ -21,6 +20,7 @@ use super::report::{FleetReport, HostResult, SelfOutcome, interpret};
 use super::rollout;
 use super::said::{self, ANSWER_CAP, HEALTH_CAP, RELEASES_CAP};
 use super::upload::{release_form, upload};
+use super::via_store::{Fetched, ViaStore};
 use super::{elapsed_ms, fan_out, resolve_required, runtime, short};
 use crate::cli::UpdateArgs;
 use crate::error::{Error, Result};
@@ -78,8 +78,8 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
     }
     // Published before any worker is contacted (issue 16): a store that
     // fails stops the command here.
-    let via_store = super::via_store::prepare(home, &release, args.direct, args.fallback_direct)?
-        .map(Arc::new);
+    let via_store =
+        super::via_store::prepare(home, &release, args.direct, args.fallback_direct)?.map(Arc::new);
     let master = Arc::new(Master::for_home(home)?);
     let self_wait = args
         .include_self
@@ -92,7 +92,15 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
         !args.full,
     ));
     let (mut report, interrupted) = if plan.staged {
-        staged(inv, master, plan, &release, args, self_wait, (deltas, via_store.clone()))?
+        staged(
+            inv,
+            master,
+            plan,
+            &release,
+            args,
+            self_wait,
+            (deltas, via_store.clone()),
+        )?
     } else {
         let hosts = plan.waves.into_iter().flatten().collect::<Vec<_>>();
         let waves = vec![hosts.iter().map(|h| h.host.to_string()).collect()];
@@ -444,7 +452,10 @@ async fn push_agent(
             Fetched::Direct(why) => fallback = Some(why),
         }
     }
-    let mut r = push_agent_direct(master, client, rec, release, deltas, live, bar, timeout, started).await;
+    let mut r = push_agent_direct(
+        master, client, rec, release, deltas, live, bar, timeout, started,
+    )
+    .await;
     if let Some(why) = fallback {
         r.detail = format!("{} (pushed directly: {why})", r.detail);
     }

@@ -27,7 +27,9 @@ pub(super) fn load(file: Option<&Path>) -> Result<Credentials> {
             "no store credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or record a credentials file with `swarm store set … --credentials-file FILE`".into(),
         ));
     };
-    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
     if len > MAX_FILE {
         return Err(Error::State(format!(
             "{}: larger than {MAX_FILE} bytes: not a credentials file",

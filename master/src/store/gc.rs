@@ -134,7 +134,10 @@ fn newest_indexes(dir: &Path, n: usize) -> Result<Vec<(String, TreeIndex)>> {
     for (_, path) in found.into_iter().take(n) {
         let len = fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
         if len > MAX_INDEX_BYTES {
-            return Err(Error::State(format!("{}: too large for an index", path.display())));
+            return Err(Error::State(format!(
+                "{}: too large for an index",
+                path.display()
+            )));
         }
         let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
         // A kept index that does not parse would make gc delete what it

@@ -37,6 +37,9 @@ pub(crate) struct StoreConfig {
     /// Key prefix (no leading or trailing `/`; may be empty).
     pub(crate) prefix: String,
     pub(crate) endpoint: String,
+    /// The endpoint the URLs for workers are signed for (default: `endpoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) worker_endpoint: Option<String>,
     pub(crate) region: String,
     pub(crate) path_style: bool,
     /// An AWS-style credentials file to read the key from (its path only).
@@ -116,26 +119,22 @@ fn parse_url(url: &str) -> Result<(String, String)> {
 
 fn set(home: &Home, args: &StoreSetArgs) -> Result<()> {
     let (bucket, prefix) = parse_url(&args.url)?;
-    let endpoint = reqwest::Url::parse(&args.endpoint)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-        .ok_or_else(|| {
-            Error::usage(format!(
-                "--endpoint {:?}: give the store's http(s) URL, e.g. https://s3.eu-west-1.amazonaws.com",
-                args.endpoint
-            ))
-        })?;
+    let endpoint = http_url("--endpoint", &args.endpoint)?;
+    let worker_endpoint = match &args.worker_endpoint {
+        Some(u) => Some(http_url("--worker-endpoint", u)?),
+        None => None,
+    };
     let credentials_file = match &args.credentials_file {
         Some(p) => Some(
-            std::path::absolute(p)
-                .map_err(|e| Error::usage(format!("--credentials-file: {e}")))?,
+            std::path::absolute(p).map_err(|e| Error::usage(format!("--credentials-file: {e}")))?,
         ),
         None => None,
     };
     let config = StoreConfig {
         bucket,
         prefix,
-        endpoint: endpoint.as_str().trim_end_matches('/').to_owned(),
+        endpoint,
+        worker_endpoint,
         region: args.region.clone(),
         path_style: args.path_style,
         credentials_file,
@@ -147,6 +146,19 @@ fn set(home: &Home, args: &StoreSetArgs) -> Result<()> {
         outln!("store {} at {} recorded", config.url(), config.endpoint)?;
     }
     Ok(())
+}
+
+/// An http(s) URL with a host, without its trailing `/`.
+fn http_url(flag: &str, url: &str) -> Result<String> {
+    reqwest::Url::parse(url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .map(|u| u.as_str().trim_end_matches('/').to_owned())
+        .ok_or_else(|| {
+            Error::usage(format!(
+                "{flag} {url:?}: give the store's http(s) URL, e.g. https://s3.eu-west-1.amazonaws.com"
+            ))
+        })
 }
 
 fn write(root: &Path, config: &StoreConfig) -> Result<()> {
@@ -172,12 +184,20 @@ fn show(home: &Home, json: bool) -> Result<()> {
         });
     }
     match config {
-        None => outln!("no store: `swarm update` pushes over mTLS (swarm store set s3://BUCKET/PREFIX --endpoint URL)"),
+        None => outln!(
+            "no store: `swarm update` pushes over mTLS (swarm store set s3://BUCKET/PREFIX --endpoint URL)"
+        ),
         Some(c) => {
             outln!("store        {}", c.url())?;
             outln!("endpoint     {}", c.endpoint)?;
+            if let Some(w) = &c.worker_endpoint {
+                outln!("for workers  {w}")?;
+            }
             outln!("region       {}", c.region)?;
-            outln!("url style    {}", if c.path_style { "path" } else { "virtual-host" })?;
+            outln!(
+                "url style    {}",
+                if c.path_style { "path" } else { "virtual-host" }
+            )?;
             outln!(
                 "credentials  {}",
                 c.credentials_file.as_ref().map_or_else(

@@ -24,6 +24,8 @@ pub(crate) struct Store {
     pub(crate) config: StoreConfig,
     creds: Credentials,
     bucket: Bucket,
+    /// The bucket as workers reach it (`worker_endpoint`).
+    worker_bucket: Bucket,
     client: reqwest::Client,
 }
 
@@ -39,15 +41,8 @@ impl std::fmt::Debug for Store {
 impl Store {
     pub(crate) fn new(config: StoreConfig) -> Result<Store> {
         let creds = super::creds::load(config.credentials_file.as_deref())?;
-        let endpoint = reqwest::Url::parse(&config.endpoint)
-            .map_err(|e| Error::State(format!("store endpoint {:?}: {e}", config.endpoint)))?;
-        let style = if config.path_style {
-            UrlStyle::Path
-        } else {
-            UrlStyle::VirtualHost
-        };
-        let bucket = Bucket::new(endpoint, style, config.bucket.clone(), config.region.clone())
-            .map_err(|e| Error::State(format!("store {}: {e}", config.url())))?;
+        let bucket = bucket(&config, &config.endpoint)?;
+        let worker_bucket = bucket_for(&config, config.worker_endpoint.as_deref())?;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()
@@ -56,6 +51,7 @@ impl Store {
             config,
             creds,
             bucket,
+            worker_bucket,
             client,
         })
     }
@@ -68,7 +64,7 @@ impl Store {
     /// A presigned GET of `key`, valid for `ttl`: names that one object,
     /// carries no credential (only a signature by it).
     pub(crate) fn presign_get(&self, key: &str, ttl: Duration) -> String {
-        self.bucket
+        self.worker_bucket
             .get_object(Some(&self.creds), key)
             .sign(ttl)
             .to_string()
@@ -102,11 +98,17 @@ impl Store {
 
     /// Upload `body` as `key`.
     pub(crate) async fn put(&self, key: &str, body: Vec<u8>) -> Result<()> {
-        let url = self.bucket.put_object(Some(&self.creds), key).sign(OWN_URLS);
+        let url = self
+            .bucket
+            .put_object(Some(&self.creds), key)
+            .sign(OWN_URLS);
         let timeout = CALL_TIMEOUT + Duration::from_secs(body.len() as u64 / (256 * 1024));
-        self.call(self.client.put(url).body(body).timeout(timeout), "uploading")
-            .await
-            .map(|_| ())
+        self.call(
+            self.client.put(url).body(body).timeout(timeout),
+            "uploading",
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Delete `key` (absent is fine).
@@ -145,6 +147,24 @@ impl Store {
             self.config.endpoint
         ))
     }
+}
+
+/// The configured bucket at `endpoint`.
+fn bucket(config: &StoreConfig, endpoint: &str) -> Result<Bucket> {
+    let url = reqwest::Url::parse(endpoint)
+        .map_err(|e| Error::State(format!("store endpoint {endpoint:?}: {e}")))?;
+    let style = if config.path_style {
+        UrlStyle::Path
+    } else {
+        UrlStyle::VirtualHost
+    };
+    Bucket::new(url, style, config.bucket.clone(), config.region.clone())
+        .map_err(|e| Error::State(format!("store {}: {e}", config.url())))
+}
+
+/// [`bucket`] at `endpoint`, or at the master's.
+fn bucket_for(config: &StoreConfig, endpoint: Option<&str>) -> Result<Bucket> {
+    bucket(config, endpoint.unwrap_or(&config.endpoint))
 }
 
 /// An answer body, at most [`MAX_ANSWER`] bytes of it.

@@ -45,11 +45,19 @@ enum Prepared {
     Unchanged(Box<pki::wire::Manifest>),
 }
 
-/// Receive `form` into `layout`'s staging, check and hook it, flip it in.
+/// Where a push's release comes from.
+pub enum Source {
+    /// Uploaded in the request (`/update`, `/update-self`).
+    Form(Form),
+    /// To be fetched from the store (`/update-from-store`, issue 16).
+    Store(Box<pki::store::StoreUpdate>),
+}
+
+/// Receive `source` into `layout`'s staging, check and hook it, flip it in.
 pub async fn stage(
     d: &Arc<Daemon>,
     layout: &Layout,
-    form: Form,
+    source: Source,
     pushed_by: String,
     purpose: Purpose,
     timings: &mut Timings,
@@ -58,7 +66,7 @@ pub async fn stage(
     let staging = blocking(move || l.prepare_staging())
         .await
         .map_err(StageError::Before)?;
-    let prepared = prepare(d, layout, form, &staging, pushed_by, purpose, timings).await;
+    let prepared = prepare(d, layout, source, &staging, pushed_by, purpose, timings).await;
     let staged = match prepared {
         Ok(Prepared::Ready(s)) => *s,
         Ok(Prepared::Unchanged(m)) => {
@@ -86,49 +94,22 @@ pub async fn stage(
     Ok(staged)
 }
 
-/// Complete a delta push in `staging` from the live release `live`,
-/// which must be `base`; the whole release's index (`index`, as sent).
+/// Complete a delta (or store) push in `staging` from the live release
+/// `live`, which must be `base` when there is one; the whole release's
+/// index (`index`, as sent). The one call of [`receive::delta::materialize`].
 fn complete_delta(
     staging: &std::path::Path,
     got: &pki::index::TreeIndex,
-    base: &str,
+    base: Option<&str>,
     index: &receive::IndexSent,
     live: &std::path::Path,
     caps: &receive::Caps,
 ) -> Result<pki::index::TreeIndex> {
-    let max = usize::try_from(caps.max_entries).unwrap_or(usize::MAX);
-    let live_id = pki::wire::Manifest::read(live).and_then(|m| m.release_id);
-    if live_id.as_deref() != Some(base) {
-        return Err(UpdaterError::NoBase(format!(
-            "this delta is against release {base}, but the live release here is {}: push the whole release",
-            live_id.as_deref().unwrap_or("none with a release_id")
-        )));
-    }
-    let Some(base_index) = crate::release::read_index(live, max)? else {
-        return Err(UpdaterError::NoBase(format!(
-            "the live release {base} has no kept index: push the whole release"
-        )));
-    };
-    let want = match index {
-        receive::IndexSent::Whole(text) => pki::index::TreeIndex::parse(text.as_bytes(), max)
-            .map_err(|why| UpdaterError::BadUpload(format!("field `index`: {why}")))?,
-        receive::IndexSent::Patch { patch, release_id } => {
-            let want = base_index
-                .apply_patch(patch, max)
-                .map_err(|why| UpdaterError::BadUpload(format!("field `index_patch`: {why}")))?;
-            if want.release_id() != *release_id {
-                return Err(UpdaterError::BadUpload(format!(
-                    "field `index_patch` applied to release {base} gives release {}, not {release_id}",
-                    want.release_id()
-                )));
-            }
-            want
-        }
-    };
+    let (want, base_index) = receive::want::resolve(base, index, live, caps)?;
     let reused = receive::delta::materialize(staging, got, &want, live, &base_index, caps)?;
     crate::crashpoint::at("delta-materialized");
     tracing::info!(
-        base,
+        base = base.unwrap_or("none"),
         reused_bytes = reused,
         "delta completed from the live release"
     );
@@ -151,14 +132,25 @@ async fn discard(layout: &Layout) {
 async fn prepare(
     d: &Arc<Daemon>,
     layout: &Layout,
-    form: Form,
+    source: Source,
     staging: &std::path::Path,
     pushed_by: String,
     purpose: Purpose,
     timings: &mut Timings,
 ) -> Result<Prepared> {
     let t = Instant::now();
-    let mut received = receive::receive(form, staging, &d.config.caps).await?;
+    let mut received = match source {
+        Source::Form(form) => receive::receive(form, staging, &d.config.caps).await?,
+        Source::Store(req) => {
+            if purpose != Purpose::Agent {
+                return Err(UpdaterError::BadUpload(
+                    "/update-self takes uploads, not store fetches".into(),
+                ));
+            }
+            let (live, install) = (layout.active(), layout.install_dir().to_owned());
+            crate::fetch::receive(*req, staging, &live, &install, &d.config.caps).await?
+        }
+    };
     timings.received_bytes = received.size_bytes;
     if let Some(delta) = received.delta.take() {
         if purpose != Purpose::Agent {
@@ -171,7 +163,8 @@ async fn prepare(
         let got = received.extracted.index.clone();
         let (base, index) = (delta.base, delta.index);
         let want =
-            blocking(move || complete_delta(&dir, &got, &base, &index, &live, &caps)).await?;
+            blocking(move || complete_delta(&dir, &got, base.as_deref(), &index, &live, &caps))
+                .await?;
         received.extracted.files = want.files();
         received.extracted.index = want;
         if let Some(sha) = delta.release_sha256 {

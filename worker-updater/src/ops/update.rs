@@ -5,11 +5,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::receive::Form;
 use axum::http::StatusCode;
 use pki::wire::{OpResponse, OpStatus, Timings};
 
-use super::stage::{StageError, Staged, stage};
+use super::stage::{Source, StageError, Staged, stage};
 use super::{OpResult, recover, restart_and_probe};
 use crate::release::Purpose;
 use crate::state::{Daemon, OpGuard, blocking};
@@ -18,11 +17,11 @@ use crate::{ms, short};
 /// `POST /update`, holding the worker (`guard`). When the layout has to be
 /// repaired half-way, the guard passes to the reconcile that follows, so
 /// nothing else starts in between.
-pub async fn update(d: Arc<Daemon>, form: Form, pushed_by: String, guard: OpGuard) -> OpResult {
+pub async fn update(d: Arc<Daemon>, source: Source, pushed_by: String, guard: OpGuard) -> OpResult {
     let t0 = Instant::now();
     let mut timings = Timings::default();
     let layout = d.layout.clone();
-    let staged = stage(&d, &layout, form, pushed_by, Purpose::Agent, &mut timings).await;
+    let staged = stage(&d, &layout, source, pushed_by, Purpose::Agent, &mut timings).await;
     let Staged { spec, previous } = match staged {
         Ok(s) => s,
         Err(StageError::Before(e)) => return Err(e),

@@ -69,8 +69,9 @@ impl IndexSent {
 /// The fields of a delta push.
 #[derive(Debug)]
 pub struct DeltaFields {
-    /// The `release_id` the tarball is a delta against (the live one).
-    pub base: String,
+    /// The `release_id` the tarball is a delta against (the live one);
+    /// `None` for a store push with nothing to reuse (issue 16).
+    pub base: Option<String>,
     /// The whole new release's index (`index`, canonical bytes), or what
     /// turns the base's index into it (`index_patch`) and the `release_id`
     /// that must come out.
@@ -200,7 +201,7 @@ pub async fn receive(mut form: Form, staging: &Path, caps: &Caps) -> Result<Rece
     };
     let delta = match (base, sent) {
         (Some(base), Some(index)) => Some(DeltaFields {
-            base,
+            base: Some(base),
             index,
             release_sha256,
         }),

@@ -110,7 +110,15 @@ pub async fn update_self(
     let t0 = Instant::now();
     let mut timings = Timings::default();
     let layout = d.updater_layout.clone();
-    let staged = stage(&d, &layout, form, pushed_by, Purpose::Updater, &mut timings).await;
+    let staged = stage(
+        &d,
+        &layout,
+        crate::ops::stage::Source::Form(form),
+        pushed_by,
+        Purpose::Updater,
+        &mut timings,
+    )
+    .await;
     let Staged { spec, previous } = match staged {
         Ok(s) => s,
         Err(StageError::Before(e)) => return Err(e),

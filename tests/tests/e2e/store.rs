@@ -1,0 +1,376 @@
+//! Issue 16: releases through a real S3-compatible store (Garage 2.5.0 on
+//! 127.0.0.1). The master publishes each object once and the index before
+//! touching a worker; workers download what they lack with presigned URLs
+//! and never see a credential; an altered object is refused with nothing
+//! rotated; a store that is down stops the master before any worker; a
+//! worker that cannot reach the store fails alone, or is pushed directly
+//! with --fallback-direct; an expired URL fails clearly; a download killed
+//! half-way leaves a worker the next push updates; `swarm store gc`.
+
+use std::path::Path;
+use std::process::Output;
+
+use serde_json::Value;
+use tests::garage::Garage;
+use tests::release::toml_array;
+use tests::swarm::show;
+use tests::{Swarm, bin};
+
+fn write(root: &Path, rel: &str, text: &[u8]) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    std::fs::write(p, text).expect("write");
+}
+
+fn agent_toml() -> String {
+    let cmd = vec![
+        bin("worker-agent").display().to_string(),
+        "--listen".to_owned(),
+        "127.0.0.1:${AGENT_PORT}".to_owned(),
+    ];
+    format!(
+        "[agent]\ncommand = {}\nhealth_url = \"https://127.0.0.1:${{AGENT_PORT}}/health\"\n",
+        toml_array(&cmd)
+    )
+}
+
+fn noise(seed: &str, n: usize) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut out = Vec::with_capacity(n + 32);
+    let mut i = 0u64;
+    while out.len() < n {
+        out.extend_from_slice(&Sha256::digest(format!("{seed}-{i}").as_bytes()));
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+/// A tree of a few files (two with the same content), a link and an agent.
+fn tree(s: &Swarm, version: &str) -> std::path::PathBuf {
+    let t = s.tree("app");
+    write(&t, "swarm.toml", agent_toml().as_bytes());
+    write(&t, "VERSION", version.as_bytes());
+    for i in 0..4 {
+        write(
+            &t,
+            &format!("data/blob-{i}.bin"),
+            &noise(&format!("b{i}"), 50_000),
+        );
+    }
+    write(&t, "data/copy.bin", &noise("b0", 50_000));
+    let link = t.join("latest");
+    if !link.exists() {
+        std::os::unix::fs::symlink("data/blob-1.bin", &link).expect("symlink");
+    }
+    t
+}
+
+/// A master whose store is the Garage `g`, its key in a credentials file.
+fn with_store(s: &Swarm, g: &Garage, endpoint: &str) {
+    let creds = s.scratch().join("aws-credentials");
+    std::fs::write(
+        &creds,
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            g.key_id, g.secret
+        ),
+    )
+    .expect("credentials file");
+    s.ok(&[
+        "store",
+        "set",
+        &format!("s3://{}/fleet", g.bucket),
+        "--endpoint",
+        endpoint,
+        "--region",
+        tests::garage::REGION,
+        "--path-style",
+        "--credentials-file",
+        creds.to_str().expect("utf-8"),
+    ]);
+}
+
+fn run_env(s: &Swarm, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = s.command();
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run swarm")
+}
+
+fn json_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", show(out)))
+}
+
+fn objects(g: &Garage) -> Vec<(String, u64)> {
+    g.list("fleet/objects/").expect("list the bucket")
+}
+
+/// Every file under `dir`, recursively, as bytes (symlinks not followed).
+fn grep_tree(dir: &Path, needle: &str) -> Vec<String> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file()
+                && let Ok(bytes) = std::fs::read(e.path())
+                && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+            {
+                hits.push(e.path().display().to_string());
+            }
+        }
+    }
+    hits
+}
+
+#[test]
+fn a_release_goes_through_the_store_once_and_workers_never_see_credentials() {
+    let g = Garage::start("releases");
+    let s = Swarm::new();
+    let workers = s.fleet(&["w1", "w2", "w3"]);
+    with_store(&s, &g, &g.endpoint());
+    let shown = s.json(&["store", "show", "--json"], 0);
+    assert_eq!(shown["url"], "s3://releases/fleet", "{shown}");
+    assert!(!shown.to_string().contains(&g.secret), "{shown}");
+
+    let t = tree(&s, "1");
+    let root = t.to_str().unwrap();
+    let first = s.json(&["update", "--all", "--root", root, "--json"], 0);
+    // Five objects: four distinct blobs, VERSION, swarm.toml (copy.bin is blob-0).
+    let listed = objects(&g);
+    assert_eq!(listed.len(), 6, "{listed:?} {first}");
+    assert_eq!(first["store"]["uploaded"], 6, "{first}");
+    assert_eq!(first["store"]["index_uploaded"], true, "{first}");
+    let sha = first["release"]["sha256"].as_str().unwrap().to_owned();
+    for (w, h) in workers.iter().zip(first["hosts"].as_array().unwrap()) {
+        assert_eq!(h["agent"], "updated", "{first}");
+        assert_eq!(h["store"], true, "{first}");
+        w.wait_agent_release_blocking(&sha);
+        let active = w.install_dir.join("releases/active");
+        assert_eq!(
+            std::fs::read(active.join("data/copy.bin")).unwrap(),
+            noise("b0", 50_000)
+        );
+        assert_eq!(
+            std::fs::read_link(active.join("latest")).unwrap(),
+            Path::new("data/blob-1.bin")
+        );
+        // No credential anywhere on the worker.
+        assert!(grep_tree(&w.install_dir, &g.secret).is_empty());
+        assert!(grep_tree(&w.install_dir, &g.key_id).is_empty());
+        assert!(
+            !w.install_dir
+                .join(".fetch")
+                .read_dir()
+                .unwrap()
+                .any(|_| true)
+        );
+    }
+
+    // A one-file change uploads one object, and each worker fetches it.
+    write(&t, "VERSION", b"2");
+    let second = s.json(&["update", "--all", "--root", root, "--json"], 0);
+    assert_eq!(second["store"]["uploaded"], 1, "{second}");
+    assert_eq!(second["store"]["present"], 5, "{second}");
+    assert_eq!(objects(&g).len(), 7);
+    let sha2 = second["release"]["sha256"].as_str().unwrap().to_owned();
+    for w in &workers {
+        w.wait_agent_release_blocking(&sha2);
+        let active = w.install_dir.join("releases/active");
+        assert_eq!(
+            std::fs::read_to_string(active.join("VERSION")).unwrap(),
+            "2"
+        );
+    }
+    // A rerun uploads nothing (and changes nothing).
+    let third = s.json(&["update", "--all", "--root", root, "--json"], 0);
+    assert_eq!(third["store"]["uploaded"], 0, "{third}");
+    assert_eq!(third["hosts"][0]["agent"], "unchanged", "{third}");
+
+    // gc keeping the newest release removes the old VERSION object only.
+    let gc = s.json(&["store", "gc", "--keep", "1", "--json"], 0);
+    assert_eq!(gc["deleted_objects"], 1, "{gc}");
+    assert_eq!(objects(&g).len(), 6);
+}
+
+#[test]
+fn an_altered_object_is_refused_and_nothing_rotates() {
+    let g = Garage::start("altered");
+    let s = Swarm::new();
+    let w = s.worker("w1");
+    with_store(&s, &g, &g.endpoint());
+    let t = tree(&s, "1");
+    let root = t.to_str().unwrap();
+    s.json(&["update", "--host", "w1", "--root", root, "--json"], 0);
+    let before = w.slot_sha("active");
+
+    // Release 2's new VERSION object, then replaced in the store with
+    // other content (a valid zstd frame of the wrong bytes).
+    write(&t, "VERSION", b"2");
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"2"));
+    let evil = zstd_frame(b"3");
+    g.put(&format!("fleet/objects/{sha}"), evil).expect("put");
+    // The master sees the object there (it does not re-upload it).
+    let out = run_env(
+        &s,
+        &["update", "--host", "w1", "--root", root, "--json"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let doc = json_of(&out);
+    let detail = doc["hosts"][0]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("refused"), "{doc}");
+    assert!(detail.contains(&sha), "{doc}");
+    assert_eq!(w.slot_sha("active"), before, "nothing rotated");
+    assert!(!w.install_dir.join("releases/active.new").exists());
+}
+
+/// A zstd frame of `bytes`, as the master stores objects.
+fn zstd_frame(bytes: &[u8]) -> Vec<u8> {
+    // The smallest valid frame: magic, a single-segment header with the
+    // content size, one raw last block.
+    let mut f = vec![0x28, 0xb5, 0x2f, 0xfd, 0x20, bytes.len() as u8];
+    let block = ((bytes.len() as u32) << 3) | 1; // raw, last
+    f.extend_from_slice(&block.to_le_bytes()[..3]);
+    f.extend_from_slice(bytes);
+    f
+}
+
+#[test]
+fn a_store_that_is_down_stops_the_master_before_any_worker() {
+    let mut g = Garage::start("down");
+    let s = Swarm::new();
+    let w = s.worker("w1");
+    with_store(&s, &g, &g.endpoint());
+    g.stop();
+    let t = tree(&s, "1");
+    let out = run_env(
+        &s,
+        &["update", "--host", "w1", "--root", t.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no worker was contacted"), "{err}");
+    assert_eq!(w.slot_sha("active"), None, "the worker was not touched");
+    // --direct pushes over mTLS without the store.
+    let out = run_env(
+        &s,
+        &[
+            "update",
+            "--host",
+            "w1",
+            "--root",
+            t.to_str().unwrap(),
+            "--direct",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    // Unset: back to direct pushes for good.
+    s.ok(&["store", "unset"]);
+    assert_eq!(
+        s.json(&["store", "show", "--json"], 0)["store"],
+        Value::Null
+    );
+}
+
+#[test]
+fn a_worker_without_a_route_fails_alone_and_fallback_direct_pushes_it() {
+    let g = Garage::start("route");
+    let s = Swarm::new();
+    let w = s.worker("w1");
+    // The master reaches the store; the URLs workers get name an endpoint
+    // nothing listens on: a store the worker has no route to.
+    with_store(&s, &g, &g.endpoint());
+    let dead = tests::free_port();
+    let creds = s.scratch().join("aws-credentials");
+    s.ok(&[
+        "store",
+        "set",
+        &format!("s3://{}/fleet", g.bucket),
+        "--endpoint",
+        &g.endpoint(),
+        "--worker-endpoint",
+        &format!("http://127.0.0.1:{}", dead.get()),
+        "--region",
+        tests::garage::REGION,
+        "--path-style",
+        "--credentials-file",
+        creds.to_str().unwrap(),
+    ]);
+    let t = tree(&s, "1");
+    let root = t.to_str().unwrap();
+    let out = run_env(
+        &s,
+        &["update", "--host", "w1", "--root", root, "--json"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let doc = json_of(&out);
+    let detail = doc["hosts"][0]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("store unreachable from worker"), "{doc}");
+    assert_eq!(w.slot_sha("active"), None, "nothing installed");
+    let out = run_env(
+        &s,
+        &[
+            "update",
+            "--host",
+            "w1",
+            "--root",
+            root,
+            "--fallback-direct",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let doc = json_of(&out);
+    assert_eq!(doc["hosts"][0]["agent"], "updated", "{doc}");
+    assert!(
+        doc["hosts"][0]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("pushed directly"),
+        "{doc}"
+    );
+    w.wait_agent_release_blocking(doc["release"]["sha256"].as_str().unwrap());
+}
+
+#[test]
+fn an_expired_url_fails_clearly_and_nothing_rotates() {
+    let g = Garage::start("expired");
+    let s = Swarm::new();
+    let options = tests::worker::WorkerOptions {
+        env: vec![("SWARM_UPDATER_FETCH_DELAY_MS".into(), "2500".into())],
+        ..Default::default()
+    };
+    let w = s.try_worker("w1", options).expect("worker");
+    with_store(&s, &g, &g.endpoint());
+    let t = tree(&s, "1");
+    let out = run_env(
+        &s,
+        &[
+            "update",
+            "--host",
+            "w1",
+            "--root",
+            t.to_str().unwrap(),
+            "--json",
+        ],
+        &[("SWARM_STORE_URL_TTL_SECS", "1")],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let doc = json_of(&out);
+    let detail = doc["hosts"][0]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("presigned URL expired"), "{doc}");
+    assert_eq!(w.slot_sha("active"), None, "nothing installed");
+}

@@ -1,0 +1,71 @@
+//! Turning a downloaded object into its content: the zstd frame is
+//! decompressed (window capped as for uploads) into `<fetch dir>/<sha256>`,
+//! at most the index's size, hashed as it is written; content that does not
+//! hash to the index's SHA-256 (an object altered in the store) is refused
+//! before anything uses it.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Result, UpdaterError};
+
+/// The largest zstd window accepted (as for uploads: 8 MiB).
+const WINDOW_LOG_MAX: u32 = 23;
+
+/// Decompress `part` into `dir/<sha>`: exactly `size` bytes hashing to
+/// `sha`, else refused (and both files removed).
+pub(super) fn unpack(part: &Path, sha: &str, size: u64, dir: &Path) -> Result<PathBuf> {
+    let out = dir.join(sha);
+    let result = unpack_to(part, &out, sha, size);
+    if result.is_err() {
+        let _ = fs::remove_file(&out);
+        let _ = fs::remove_file(part);
+    }
+    result.map(|()| out)
+}
+
+fn unpack_to(part: &Path, out: &Path, sha: &str, size: u64) -> Result<()> {
+    let src = fs::File::open(part).map_err(|e| UpdaterError::io(part, e))?;
+    let mut dec = zstd::stream::read::Decoder::new(src)
+        .map_err(|e| UpdaterError::Internal(format!("zstd decoder: {e}")))?;
+    dec.window_log_max(WINDOW_LOG_MAX)
+        .map_err(|e| UpdaterError::Internal(format!("zstd decoder: {e}")))?;
+    let dst = fs::File::create(out).map_err(|e| UpdaterError::io(out, e))?;
+    let mut w = io::BufWriter::with_capacity(256 * 1024, &dst);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n_total = 0u64;
+    let mut limited = (&mut dec).take(size.saturating_add(1));
+    loop {
+        let n = match limited.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(UpdaterError::BadUpload(format!(
+                    "object {sha} from the store is not a zstd frame we accept ({e}): refused"
+                )));
+            }
+        };
+        n_total += n as u64;
+        hasher.update(&buf[..n]);
+        w.write_all(&buf[..n])
+            .map_err(|e| UpdaterError::io(out, e))?;
+    }
+    w.flush().map_err(|e| UpdaterError::io(out, e))?;
+    let got = hex::encode(hasher.finalize());
+    if n_total != size || got != sha {
+        return Err(UpdaterError::BadUpload(format!(
+            "object {sha} from the store holds {} bytes hashing to {got}, not the {size} bytes the index names: refused (altered in the store?); nothing was installed",
+            if n_total > size {
+                format!("more than {size}")
+            } else {
+                n_total.to_string()
+            }
+        )));
+    }
+    Ok(())
+}
