@@ -129,7 +129,7 @@ fn newest_indexes(dir: &Path, n: usize) -> Result<Vec<(String, TreeIndex)>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(Error::io(dir, e)),
     };
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|b| std::cmp::Reverse(b.0));
     let mut out = Vec::new();
     for (_, path) in found.into_iter().take(n) {
         let len = fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
