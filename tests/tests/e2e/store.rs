@@ -380,17 +380,18 @@ fn a_worker_killed_mid_download_is_repaired_and_the_next_push_works() {
     let g = Garage::start("crash");
     let s = Swarm::new();
     let options = tests::worker::WorkerOptions {
-        env: vec![(
-            "SWARM_UPDATER_CRASH_AT".into(),
-            "fetch-downloading".into(),
-        )],
+        env: vec![("SWARM_UPDATER_CRASH_AT".into(), "fetch-downloading".into())],
         ..Default::default()
     };
     let mut w = s.try_worker("w1", options).expect("worker");
     with_store(&s, &g, &g.endpoint());
     let t = tree(&s, "1");
     let root = t.to_str().unwrap();
-    let out = run_env(&s, &["update", "--host", "w1", "--root", root, "--json"], &[]);
+    let out = run_env(
+        &s,
+        &["update", "--host", "w1", "--root", root, "--json"],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     w.options.env.clear();
     w.restart();
@@ -402,5 +403,11 @@ fn a_worker_killed_mid_download_is_repaired_and_the_next_push_works() {
     let doc = s.json(&["update", "--host", "w1", "--root", root, "--json"], 0);
     assert_eq!(doc["hosts"][0]["agent"], "updated", "{doc}");
     w.wait_agent_release_blocking(doc["release"]["sha256"].as_str().unwrap());
-    assert!(!w.install_dir.join(".fetch").read_dir().unwrap().any(|_| true));
+    assert!(
+        !w.install_dir
+            .join(".fetch")
+            .read_dir()
+            .unwrap()
+            .any(|_| true)
+    );
 }

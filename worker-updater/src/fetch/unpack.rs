@@ -69,3 +69,37 @@ fn unpack_to(part: &Path, out: &Path, sha: &str, size: u64) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(bytes: &[u8]) -> Vec<u8> {
+        zstd::bulk::compress(bytes, 3).unwrap()
+    }
+
+    #[test]
+    fn only_the_content_the_index_names_is_accepted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sha = pki::index::sha256_hex(b"hello");
+        let part = tmp.path().join("p.part");
+        std::fs::write(&part, frame(b"hello")).unwrap();
+        let out = unpack(&part, &sha, 5, tmp.path()).unwrap();
+        assert_eq!(std::fs::read(out).unwrap(), b"hello");
+
+        // Other bytes under that name: refused, both files gone.
+        std::fs::write(&part, frame(b"hellO")).unwrap();
+        let e = unpack(&part, &sha, 5, tmp.path()).unwrap_err();
+        assert!(e.to_string().contains("refused"), "{e}");
+        assert!(!part.exists() && !tmp.path().join(&sha).exists());
+
+        // More bytes than the index says: read no further than size + 1.
+        std::fs::write(&part, frame(&vec![b'x'; 1 << 20])).unwrap();
+        let e = unpack(&part, &sha, 5, tmp.path()).unwrap_err();
+        assert!(e.to_string().contains("more than 5"), "{e}");
+
+        // Not zstd at all.
+        std::fs::write(&part, b"plain text").unwrap();
+        assert!(unpack(&part, &sha, 5, tmp.path()).is_err());
+    }
+}
