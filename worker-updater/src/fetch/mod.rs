@@ -117,7 +117,14 @@ pub async fn receive(
         )));
     }
     let mut jobs = Vec::new();
+    let mut named = HashSet::new();
     for obj in &req.objects {
+        if !hex64(&obj.sha256) || !named.insert(obj.sha256.as_str()) {
+            return Err(UpdaterError::BadUpload(format!(
+                "object {:?}: not a hex SHA-256, or named twice",
+                pki::text::sanitize(&obj.sha256, 80)
+            )));
+        }
         let Some(size) = sizes.get(obj.sha256.as_str()).copied() else {
             return Err(UpdaterError::BadUpload(format!(
                 "object {} is not content of the release's index",
@@ -135,7 +142,9 @@ pub async fn receive(
     let listed: HashSet<&str> = req.objects.iter().map(|o| o.sha256.as_str()).collect();
     for (sha, size) in &sizes {
         if !listed.contains(sha) && !have.contains(&(*sha, *size)) {
-            return Err(UpdaterError::BadUpload(format!(
+            // The master thought the live release had it: 412, and it
+            // asks again with every object.
+            return Err(UpdaterError::NoBase(format!(
                 "content {sha} is neither in the request nor in the live release"
             )));
         }
