@@ -57,8 +57,8 @@ pub struct StoreObject {
 /// index carries only their hashes). No credential is ever part of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreUpdate {
-    /// The digest of the whole release as the master packed it: the
-    /// manifest's `sha256` on every host.
+    /// The manifest's `sha256` on the host: the whole pack's digest when
+    /// the master packed one, else the `release_id` (nothing was uploaded).
     pub release_sha256: String,
     /// The packed release's size (the manifest's `size_bytes`).
     pub size_bytes: u64,

@@ -22,7 +22,7 @@ use super::said::{self, ANSWER_CAP};
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::inventory::{HostRecord, Op};
-use crate::pack::Release;
+use crate::pack::Tree;
 use crate::store::gc::StoreLock;
 use crate::store::publish::{Published, publish};
 use crate::store::{self, Store};
@@ -35,6 +35,7 @@ pub(super) struct ViaStore {
     store: Store,
     pub(super) published: Published,
     want: Arc<TreeIndex>,
+    want_id: String,
     release_sha256: String,
     size_bytes: u64,
     git_commit: Option<String>,
@@ -56,7 +57,7 @@ pub(super) enum Fetched {
 /// any worker is contacted.
 pub(super) fn prepare(
     home: &Home,
-    release: &Release,
+    release: &Tree,
     direct: bool,
     fallback_direct: bool,
 ) -> Result<Option<ViaStore>> {
@@ -81,8 +82,15 @@ pub(super) fn prepare(
         store,
         published,
         want: Arc::new(release.index.clone()),
-        release_sha256: release.info.sha256.clone(),
-        size_bytes: release.info.size_bytes,
+        want_id: release.info.release_id.clone(),
+        // Nothing is uploaded to the host: its manifest's sha256 is the
+        // whole pack's digest when one was packed, else the release_id.
+        release_sha256: release
+            .info
+            .sha256
+            .clone()
+            .unwrap_or_else(|| release.info.release_id.clone()),
+        size_bytes: release.info.size_bytes.unwrap_or(release.info.tree_bytes),
         git_commit: release.info.git_commit.clone(),
         ttl: url_ttl(),
         fallback_direct,
@@ -193,14 +201,7 @@ impl ViaStore {
                     )));
                 }
             };
-            let mut r = interpret(
-                Op::Update,
-                rec,
-                status,
-                &body,
-                Some(&self.release_sha256),
-                started,
-            );
+            let mut r = interpret(Op::Update, rec, status, &body, Some(&self.want_id), started);
             match status.as_u16() {
                 410 if !retried_expired => {
                     retried_expired = true;
