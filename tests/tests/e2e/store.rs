@@ -149,7 +149,9 @@ fn a_release_goes_through_the_store_once_and_workers_never_see_credentials() {
     assert_eq!(listed.len(), 6, "{listed:?} {first}");
     assert_eq!(first["store"]["uploaded"], 6, "{first}");
     assert_eq!(first["store"]["index_uploaded"], true, "{first}");
-    let sha = first["release"]["sha256"].as_str().unwrap().to_owned();
+    // Nothing was packed whole: each host's manifest names the release by
+    // its release_id.
+    let sha = first["release"]["release_id"].as_str().unwrap().to_owned();
     for (w, h) in workers.iter().zip(first["hosts"].as_array().unwrap()) {
         assert_eq!(h["agent"], "updated", "{first}");
         assert_eq!(h["store"], true, "{first}");
@@ -181,7 +183,7 @@ fn a_release_goes_through_the_store_once_and_workers_never_see_credentials() {
     assert_eq!(second["store"]["uploaded"], 1, "{second}");
     assert_eq!(second["store"]["present"], 5, "{second}");
     assert_eq!(objects(&g).len(), 7);
-    let sha2 = second["release"]["sha256"].as_str().unwrap().to_owned();
+    let sha2 = second["release"]["release_id"].as_str().unwrap().to_owned();
     for w in &workers {
         w.wait_agent_release_blocking(&sha2);
         let active = w.install_dir.join("releases/active");
@@ -395,14 +397,17 @@ fn a_worker_killed_mid_download_is_repaired_and_the_next_push_works() {
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     w.options.env.clear();
     w.restart();
-    assert!(
-        !w.install_dir.join("releases/active.new").exists(),
-        "staging repaired at start-up"
+    // The start-up repair runs once the updater listens.
+    let staging = w.install_dir.join("releases/active.new");
+    tests::eventually(
+        std::time::Duration::from_secs(15),
+        "the start-up repair to remove the staging",
+        || (!staging.exists()).then_some(()),
     );
     assert_eq!(w.slot_sha("active"), None);
     let doc = s.json(&["update", "--host", "w1", "--root", root, "--json"], 0);
     assert_eq!(doc["hosts"][0]["agent"], "updated", "{doc}");
-    w.wait_agent_release_blocking(doc["release"]["sha256"].as_str().unwrap());
+    w.wait_agent_release_blocking(doc["release"]["release_id"].as_str().unwrap());
     assert!(
         !w.install_dir
             .join(".fetch")
