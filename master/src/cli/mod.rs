@@ -371,7 +371,7 @@ pub struct StoreSetArgs {
     /// Where: s3://BUCKET/PREFIX.
     #[arg(value_name = "s3://BUCKET/PREFIX")]
     pub url: String,
-    /// The store's S3 endpoint, e.g. https://s3.eu-west-1.amazonaws.com.
+    /// The store's S3 endpoint, e.g. `https://s3.eu-west-1.amazonaws.com`.
     #[arg(long, value_name = "URL")]
     pub endpoint: String,
     /// The endpoint workers download from, when they reach the store by
@@ -386,7 +386,7 @@ pub struct StoreSetArgs {
     /// (bucket.endpoint/key): most self-hosted stores want this.
     #[arg(long)]
     pub path_style: bool,
-    /// An AWS shared credentials file (INI, profile [default] or
+    /// An AWS shared credentials file (INI, profile `default` or
     /// $AWS_PROFILE) to read the key from when AWS_ACCESS_KEY_ID and
     /// AWS_SECRET_ACCESS_KEY are not set; only its path is recorded.
     #[arg(long, value_name = "FILE")]

@@ -1,9 +1,9 @@
 //! `POST /update-from-store` (issue 16): the master sends the index, the
 //! link targets and presigned GET URLs for the contents this worker lacks;
-//! the updater downloads them itself ([`download`]: bounded parallelism,
+//! the updater downloads them itself (`download`: bounded parallelism,
 //! deadlines, retries with backoff, resume by `Range`, every byte capped),
-//! checks each against the index ([`unpack`]), writes the tree into staging
-//! through the one extractor ([`assemble`]), and hands staging and the
+//! checks each against the index (`unpack`), writes the tree into staging
+//! through the one extractor (`assemble`), and hands staging and the
 //! index to the same completion, hook, flip, restart, probe and revert path
 //! as `/update` (`ops::stage`). Nothing here holds a credential: a URL
 //! names one object and expires.
