@@ -416,3 +416,27 @@ fn a_worker_killed_mid_download_is_repaired_and_the_next_push_works() {
             .any(|_| true)
     );
 }
+
+#[test]
+fn a_kept_file_changed_on_the_worker_is_fetched_again_not_reused() {
+    let g = Garage::start("tampered");
+    let s = Swarm::new();
+    let w = s.worker("w1");
+    with_store(&s, &g, &g.endpoint());
+    let t = tree(&s, "1");
+    let root = t.to_str().unwrap();
+    s.json(&["update", "--host", "w1", "--root", root, "--json"], 0);
+    // Changed by hand on the worker: the live release no longer has the
+    // content its index names, so it cannot be the base of the fetch.
+    let kept = w.install_dir.join("releases/active/data/blob-2.bin");
+    std::fs::write(&kept, b"changed by hand").unwrap();
+    write(&t, "VERSION", b"2");
+    let doc = s.json(&["update", "--host", "w1", "--root", root, "--json"], 0);
+    assert_eq!(doc["hosts"][0]["agent"], "updated", "{doc}");
+    w.wait_agent_release_blocking(doc["release"]["release_id"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read(w.install_dir.join("releases/active/data/blob-2.bin")).unwrap(),
+        noise("b2", 50_000),
+        "fetched from the store again"
+    );
+}
