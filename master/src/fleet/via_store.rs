@@ -219,3 +219,74 @@ impl ViaStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreConfig;
+    use pki::index::IndexEntry;
+
+    /// What a worker is sent: URLs for exactly the contents its base lacks,
+    /// each naming one object and expiring, and no credential anywhere.
+    #[test]
+    fn a_request_names_only_missing_objects_and_carries_no_credential() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::resolve(Some(tmp.path())).unwrap();
+        let creds = tmp.path().join("credentials");
+        std::fs::write(
+            &creds,
+            "[default]\naws_access_key_id = GKkeyid0123\naws_secret_access_key = s3cretv4lue\n",
+        )
+        .unwrap();
+        let store = Store::new(StoreConfig {
+            bucket: "rel".into(),
+            prefix: "p".into(),
+            endpoint: "http://127.0.0.1:9".into(),
+            worker_endpoint: Some("http://10.1.2.3:3900".into()),
+            region: "garage".into(),
+            path_style: true,
+            credentials_file: Some(creds),
+        })
+        .unwrap();
+        let (a, b) = (pki::index::sha256_hex(b"a"), pki::index::sha256_hex(b"b"));
+        let want = TreeIndex::new(vec![
+            IndexEntry::file("x", 0o644, 1, a.clone()),
+            IndexEntry::file("y", 0o644, 1, b.clone()),
+            IndexEntry::file("z", 0o644, 1, b.clone()),
+        ])
+        .unwrap();
+        let base = TreeIndex::new(vec![IndexEntry::file("old", 0o644, 1, a.clone())]).unwrap();
+        let vs = ViaStore {
+            store,
+            published: Published {
+                uploaded: 0,
+                uploaded_bytes: 0,
+                present: 2,
+                index_uploaded: false,
+                stored: [(a.clone(), 10), (b.clone(), 10)].into_iter().collect(),
+                links: Vec::new(),
+            },
+            want: Arc::new(want.clone()),
+            want_id: want.release_id(),
+            release_sha256: want.release_id(),
+            size_bytes: 2,
+            git_commit: None,
+            ttl: Duration::from_secs(60),
+            fallback_direct: false,
+            _lock: store::gc::lock_shared(&home).unwrap(),
+        };
+        let req = vs.request(Some(("base", &base)));
+        assert_eq!(req.objects.len(), 1, "only b, once: {req:?}");
+        let url = &req.objects[0].url;
+        assert!(
+            url.starts_with(&format!("http://10.1.2.3:3900/rel/p/objects/{b}?")),
+            "{url}"
+        );
+        assert!(url.contains("X-Amz-Expires=60"), "{url}");
+        assert!(req.index.is_none() && req.index_patch.is_some());
+        let body = serde_json::to_string(&req).unwrap();
+        assert!(!body.contains("s3cretv4lue"), "{body}");
+        // Without a base: every distinct content.
+        assert_eq!(vs.request(None).objects.len(), 2);
+    }
+}
