@@ -393,7 +393,11 @@ pub(crate) async fn rollback_section(
     // prev), measured the same way: three more pushes, then each rep goes
     // back to the oldest of the last three and forward is a push again.
     for rep in 0..plan.reps {
-        step!("rollback --to a kept release: rep {}/{}", rep + 1, plan.reps);
+        step!(
+            "rollback --to a kept release: rep {}/{}",
+            rep + 1,
+            plan.reps
+        );
         let third = push_healthy(fleet, &host, tree, revs).await?;
         push_healthy(fleet, &host, tree, revs).await?;
         push_healthy(fleet, &host, tree, revs).await?;
