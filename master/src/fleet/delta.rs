@@ -125,15 +125,20 @@ impl Deltas {
     /// The index the master kept of release `base`, if it has one (the
     /// store push asks for exactly what that release lacks, issue 16).
     pub(super) fn kept_index(&self, base: &str) -> Option<TreeIndex> {
-        if base.len() != 64 || !base.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        let path = self.dir.join(base);
-        if fs::metadata(&path).ok()?.len() > MAX_INDEX_BYTES {
-            return None;
-        }
-        TreeIndex::parse(&fs::read(&path).ok()?, usize::MAX).ok()
+        kept_index_in(&self.dir, base)
     }
+}
+
+/// The index kept as `dir/<id>`, if there is a readable one.
+pub(super) fn kept_index_in(dir: &Path, id: &str) -> Option<TreeIndex> {
+    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let path = dir.join(id);
+    if fs::metadata(&path).ok()?.len() > MAX_INDEX_BYTES {
+        return None;
+    }
+    TreeIndex::parse(&fs::read(&path).ok()?, usize::MAX).ok()
 }
 
 /// What the base at `base_index` has, and the patch from it to `tree`;

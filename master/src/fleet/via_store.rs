@@ -78,6 +78,9 @@ pub(super) fn prepare(
                 "publishing the release to the store {url} failed, so no worker was contacted: {e} (swarm update --direct pushes over mTLS instead)"
             ))
         })?;
+    // The link targets, for a later `rollback --to` through the store (the
+    // index names links by hash only).
+    let _ = keep_links(home, &release.info.release_id, &published.links);
     Ok(Some(ViaStore {
         store,
         published,
@@ -94,6 +97,101 @@ pub(super) fn prepare(
         git_commit: release.info.git_commit.clone(),
         ttl: url_ttl(),
         fallback_direct,
+        _lock: lock,
+    }))
+}
+
+/// Where the link targets of pushed releases are kept.
+fn links_dir(home: &Home) -> std::path::PathBuf {
+    home.root().join("store-links")
+}
+
+/// Keep `links` as `store-links/<id>`; drop the files of releases whose
+/// index the master no longer keeps.
+fn keep_links(home: &Home, id: &str, links: &[(String, String)]) -> std::io::Result<()> {
+    let dir = links_dir(home);
+    std::fs::create_dir_all(&dir)?;
+    let body = serde_json::to_vec(links).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join(id), body)?;
+    let indexes = home.root().join("indexes");
+    for e in std::fs::read_dir(&dir)?.flatten() {
+        if e.file_name() != id && !indexes.join(e.file_name()).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// A release the master pushed through the store before, to send a host
+/// that no longer keeps it (`rollback --to PREFIX`): `Ok(None)` without a
+/// store, or when the master has no single kept index starting with
+/// `prefix`, or the store lacks one of its objects (the host's 404 stands).
+pub(super) fn for_rollback(home: &Home, prefix: &str) -> Result<Option<ViaStore>> {
+    let Some(config) = store::configured(home)? else {
+        return Ok(None);
+    };
+    let indexes = home.root().join("indexes");
+    let ids: Vec<String> = std::fs::read_dir(&indexes)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix) && !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    let [id] = ids.as_slice() else {
+        return Ok(None);
+    };
+    let Some(index) = super::delta::kept_index_in(&indexes, id) else {
+        return Ok(None);
+    };
+    let links: Vec<(String, String)> = match std::fs::read(links_dir(home).join(id)) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let has_links = index.entries().iter().any(|e| e.kind == EntryKind::Link);
+    if has_links && links.is_empty() {
+        return Ok(None);
+    }
+    let lock = store::gc::lock_shared(home)?;
+    let store = Store::new(config)?;
+    let prefix_key = format!("{}objects/", store.prefix());
+    let listed = super::runtime()?.block_on(store.list(&prefix_key))?;
+    let stored: std::collections::HashMap<String, u64> = listed
+        .into_iter()
+        .filter_map(|(k, n)| Some((k.rsplit('/').next()?.to_owned(), n)))
+        .collect();
+    let all_there = index
+        .entries()
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .all(|e| e.sha256.as_ref().is_some_and(|s| stored.contains_key(s)));
+    if !all_there {
+        return Ok(None);
+    }
+    let size: u64 = index
+        .entries()
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .map(|e| e.size)
+        .sum();
+    Ok(Some(ViaStore {
+        store,
+        published: Published {
+            uploaded: 0,
+            uploaded_bytes: 0,
+            present: stored.len() as u64,
+            index_uploaded: false,
+            stored,
+            links,
+        },
+        want_id: id.clone(),
+        release_sha256: id.clone(),
+        want: Arc::new(index),
+        size_bytes: size,
+        git_commit: None,
+        ttl: url_ttl(),
+        fallback_direct: false,
         _lock: lock,
     }))
 }

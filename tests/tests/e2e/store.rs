@@ -440,3 +440,47 @@ fn a_kept_file_changed_on_the_worker_is_fetched_again_not_reused() {
         "fetched from the store again"
     );
 }
+
+#[test]
+fn rollback_to_a_release_the_host_no_longer_keeps_goes_through_the_store() {
+    let g = Garage::start("rollback");
+    let s = Swarm::new();
+    let options = tests::worker::WorkerOptions {
+        extra_args: vec!["--keep-releases".into(), "2".into()],
+        ..Default::default()
+    };
+    let w = s.try_worker("w1", options).expect("worker");
+    with_store(&s, &g, &g.endpoint());
+    let t = tree(&s, "1");
+    let root = t.to_str().unwrap();
+    let mut ids = Vec::new();
+    for v in ["1", "2", "3"] {
+        write(&t, "VERSION", v.as_bytes());
+        let doc = s.json(&["update", "--host", "w1", "--root", root, "--json"], 0);
+        ids.push(doc["release"]["release_id"].as_str().unwrap().to_owned());
+    }
+    // Release 1 is neither active nor prev nor kept on the host any more.
+    let doc = s.json(
+        &["rollback", "--host", "w1", "--to", &ids[0][..12], "--json"],
+        0,
+    );
+    let host = &doc["hosts"][0];
+    assert_eq!(host["agent"], "rolled-back", "{doc}");
+    assert!(
+        host["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("fetched from the store"),
+        "{doc}"
+    );
+    w.wait_agent_release_blocking(&ids[0]);
+    let active = w.install_dir.join("releases/active");
+    assert_eq!(
+        std::fs::read_to_string(active.join("VERSION")).unwrap(),
+        "1"
+    );
+    assert_eq!(
+        std::fs::read_link(active.join("latest")).unwrap(),
+        Path::new("data/blob-1.bin")
+    );
+}
