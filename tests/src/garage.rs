@@ -183,10 +183,26 @@ root_domain = ".s3.garage.localhost"
             }
         };
         let node = id.split('@').next().unwrap_or_default().to_owned();
-        self.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node])?;
-        self.cli(&["layout", "apply", "--version", "1"])?;
-        self.cli(&["bucket", "create", &self.bucket])?;
-        let out = self.cli(&["json-api", "CreateKey", r#"{"name":"swarm-test"}"#])?;
+        // A node just booted may refuse a step for a moment: each is
+        // retried until the deadline (a step that already took effect on a
+        // refused-looking try is recognised by its message).
+        self.cli_until(
+            &["layout", "assign", "-z", "dc1", "-c", "1G", &node],
+            None,
+            deadline,
+        )?;
+        self.cli_until(
+            &["layout", "apply", "--version", "1"],
+            Some("version"),
+            deadline,
+        )?;
+        let bucket = self.bucket.clone();
+        self.cli_until(&["bucket", "create", &bucket], Some("already"), deadline)?;
+        let out = self.cli_until(
+            &["json-api", "CreateKey", r#"{"name":"swarm-test"}"#],
+            None,
+            deadline,
+        )?;
         let key: serde_json::Value =
             serde_json::from_str(&out).with_context(|| format!("CreateKey said {out}"))?;
         self.key_id = key["accessKeyId"].as_str().unwrap_or_default().to_owned();
@@ -197,17 +213,43 @@ root_domain = ".s3.garage.localhost"
         if self.key_id.is_empty() || self.secret.is_empty() {
             bail!("CreateKey gave no key: {key}");
         }
-        self.cli(&[
-            "bucket",
-            "allow",
-            "--read",
-            "--write",
-            "--owner",
-            &self.bucket,
-            "--key",
-            &self.key_id,
-        ])?;
+        let key_id = self.key_id.clone();
+        self.cli_until(
+            &[
+                "bucket", "allow", "--read", "--write", "--owner", &bucket, "--key", &key_id,
+            ],
+            None,
+            deadline,
+        )?;
         self.wait_s3()
+    }
+
+    /// [`Garage::cli`], retried every 200 ms until `deadline`; a failure
+    /// whose message holds `done` means the step had taken effect.
+    fn cli_until(
+        &self,
+        args: &[&str],
+        done: Option<&str>,
+        deadline: std::time::Instant,
+    ) -> anyhow::Result<String> {
+        loop {
+            match self.cli(args) {
+                Ok(out) => return Ok(out),
+                Err(e) if done.is_some_and(|d| format!("{e:#}").contains(d)) => {
+                    return Ok(String::new());
+                }
+                Err(e) if std::time::Instant::now() > deadline => {
+                    let log = std::fs::read_to_string(self.dir.path().join("garage.log"))
+                        .unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                    return Err(e.context(format!(
+                        "Garage log, last lines first:\n{}",
+                        tail.join("\n")
+                    )));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
     }
 
     /// Wait until an authenticated HEAD of the bucket answers 200.

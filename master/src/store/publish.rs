@@ -100,8 +100,14 @@ pub(crate) async fn publish(store: &Store, root: &Path, index: &TreeIndex) -> Re
                 let body = tokio::task::spawn_blocking(move || compress(&p, &sha2, want))
                     .await
                     .map_err(|e| Error::Other(format!("compressing {}: {e}", path.display())))??;
-                let len = body.len() as u64;
-                store_ref.put(&object_key(prefix_ref, &sha), body).await?;
+                let len = body
+                    .as_file()
+                    .metadata()
+                    .map_err(|e| Error::io(body.path(), e))?
+                    .len();
+                store_ref
+                    .put_file(&object_key(prefix_ref, &sha), body.path(), len)
+                    .await?;
                 Ok::<_, Error>((sha, len))
             }
         })
@@ -134,11 +140,37 @@ fn changed(path: &Path) -> Error {
     ))
 }
 
-/// The zstd frame of `path`, which must hash to `sha` and be `size` bytes.
-fn compress(path: &Path, sha: &str, size: u64) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if bytes.len() as u64 != size || hex::encode(Sha256::digest(&bytes)) != sha {
+/// The zstd frame of `path`, written to a temporary file (streamed: no
+/// file is ever held in memory), which must hash to `sha` and be `size`
+/// bytes.
+fn compress(path: &Path, sha: &str, size: u64) -> Result<tempfile::NamedTempFile> {
+    use std::io::{Read, Write};
+    let mut src = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let out = tempfile::NamedTempFile::new().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let mut enc = zstd::stream::write::Encoder::new(out, LEVEL).map_err(|e| Error::io(path, e))?;
+    enc.include_contentsize(true)
+        .map_err(|e| Error::io(path, e))?;
+    enc.set_pledged_src_size(Some(size))
+        .map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n_total = 0u64;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        n_total += n as u64;
+        if n_total > size {
+            return Err(changed(path));
+        }
+        hasher.update(&buf[..n]);
+        enc.write_all(&buf[..n]).map_err(|e| Error::io(path, e))?;
+    }
+    if n_total != size || hex::encode(hasher.finalize()) != sha {
         return Err(changed(path));
     }
-    zstd::bulk::compress(&bytes, LEVEL).map_err(|e| Error::io(path, e))
+    enc.finish().map_err(|e| Error::io(path, e))
 }

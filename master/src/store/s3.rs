@@ -111,6 +111,30 @@ impl Store {
         .map(|_| ())
     }
 
+    /// Upload the file `path` (`len` bytes) as `key`, streamed.
+    pub(crate) async fn put_file(&self, key: &str, path: &std::path::Path, len: u64) -> Result<()> {
+        let url = self
+            .bucket
+            .put_object(Some(&self.creds), key)
+            .sign(OWN_URLS);
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| Error::io(path, e))?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+            file,
+            256 * 1024,
+        ));
+        let timeout = CALL_TIMEOUT + Duration::from_secs(len / (256 * 1024));
+        let req = self
+            .client
+            .put(url)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body);
+        self.call_within(req, "uploading", timeout)
+            .await
+            .map(|_| ())
+    }
+
     /// Delete `key` (absent is fine).
     pub(crate) async fn delete(&self, key: &str) -> Result<()> {
         let url = self
@@ -124,8 +148,18 @@ impl Store {
 
     /// Send `req`; a non-2xx answer is an error quoting the store.
     async fn call(&self, req: reqwest::RequestBuilder, what: &str) -> Result<String> {
+        self.call_within(req, what, CALL_TIMEOUT).await
+    }
+
+    /// [`Store::call`] with its own deadline.
+    async fn call_within(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<String> {
         let resp = req
-            .timeout(CALL_TIMEOUT)
+            .timeout(timeout)
             .send()
             .await
             .map_err(|e| self.fail(format!("{what}: {}", chain(&e))))?;
