@@ -149,6 +149,19 @@ fn a_release_goes_through_the_store_once_and_workers_never_see_credentials() {
     assert_eq!(listed.len(), 6, "{listed:?} {first}");
     assert_eq!(first["store"]["uploaded"], 6, "{first}");
     assert_eq!(first["store"]["index_uploaded"], true, "{first}");
+    // What the master uploaded for three hosts is one release's worth:
+    // at most 1.1x the release packed whole (as a direct push sends it to
+    // each host).
+    let dry = s.json(
+        &["update", "--all", "--root", root, "--dry-run", "--json"],
+        0,
+    );
+    let packed = dry["release"]["size_bytes"].as_u64().expect("size_bytes");
+    let uploaded = first["store"]["uploaded_bytes"].as_u64().unwrap();
+    assert!(
+        uploaded * 10 <= packed * 11,
+        "uploaded {uploaded} bytes for a {packed}-byte release"
+    );
     // Nothing was packed whole: each host's manifest names the release by
     // its release_id.
     let sha = first["release"]["release_id"].as_str().unwrap().to_owned();
