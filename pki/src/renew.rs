@@ -16,6 +16,10 @@ pub struct RenewBody {
     pub agent_key_pem: String,
     pub updater_cert_pem: String,
     pub updater_key_pem: String,
+    /// The master's release-signing public key (SPKI PEM), for the
+    /// updater's bundle: from then on it takes only signed releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_pub: Option<String>,
 }
 
 impl std::fmt::Debug for RenewBody {
@@ -44,7 +48,17 @@ impl RenewBody {
             agent_key_pem: agent.key_pem.clone(),
             updater_cert_pem: updater.cert_pem.clone(),
             updater_key_pem: updater.key_pem.clone(),
+            release_pub: None,
         }
+    }
+
+    /// The same body, delivering `release_pub` too.
+    pub fn with_release_pub(
+        mut self,
+        release_pub: &crate::sign::ReleasePub,
+    ) -> Result<RenewBody, PkiError> {
+        self.release_pub = Some(release_pub.to_pem()?);
+        Ok(self)
     }
 
     /// Check both certificates: signed by `ours`' CA and valid now, CN
