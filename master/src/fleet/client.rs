@@ -27,6 +27,8 @@ pub(crate) struct Master {
     not_after: OffsetDateTime,
     /// The deny list hosts are given before anything else (issue 15).
     deny: Option<DenySync>,
+    /// The `signature` field of this run's pushes (issue 15), if the home signs.
+    signature: Option<String>,
 }
 
 impl Master {
@@ -37,7 +39,21 @@ impl Master {
             not_before: info.not_before,
             not_after: info.not_after,
             deny: None,
+            signature: None,
         })
+    }
+
+    /// The same master, sending `signature` with every push of this run.
+    pub(crate) fn with_signature(
+        mut self,
+        signature: Option<pki::sign::ReleaseSignature>,
+    ) -> Master {
+        self.signature = signature.map(|s| s.to_json());
+        self
+    }
+
+    pub(super) fn signature(&self) -> Option<&str> {
+        self.signature.as_deref()
     }
 
     /// The master identity of `home`, with its deny list to deliver.

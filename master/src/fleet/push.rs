@@ -41,7 +41,7 @@ fn upload_timeout(info: &ReleaseInfo) -> Duration {
 
 /// `swarm update`.
 pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
-    let inv = home.inventory()?;
+    let mut inv = home.inventory()?;
     let hosts = resolve_required(&inv, &args.targets)?;
     let packing = Instant::now();
     let spinner = packing_spinner(show_progress(args.json), &args.root);
@@ -75,7 +75,10 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
     if args.dry_run {
         return dry_run(&release, &plan, args.json);
     }
-    let master = Arc::new(Master::for_home(home)?);
+    // One signature (one seq) for every host of this run (issue 15).
+    let signature =
+        crate::signing::sign_release(home, &mut inv, &release.info.release_id, &args.signing)?;
+    let master = Arc::new(Master::for_home(home)?.with_signature(signature));
     let self_wait = args
         .include_self
         .then(|| Duration::from_secs(args.self_timeout));
@@ -310,10 +313,11 @@ async fn push_self(
 ) -> (SelfOutcome, String) {
     let info = &release.1;
     bar.set_message("uploading the updater");
-    let form = match release_form(release, bar, &[("confirm_self", "true".to_owned())]).await {
-        Ok(f) => f,
-        Err(e) => return (SelfOutcome::Failed, e),
-    };
+    let form =
+        match release_form(master, release, bar, &[("confirm_self", "true".to_owned())]).await {
+            Ok(f) => f,
+            Err(e) => return (SelfOutcome::Failed, e),
+        };
     let sent = client
         .post(rec.updater_url("/update-self"))
         .multipart(form)

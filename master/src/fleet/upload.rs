@@ -15,8 +15,10 @@ use crate::inventory::{HostRecord, Op};
 use crate::pack::ReleaseInfo;
 
 /// The multipart body of a push: the digest, the commit, `extra` text
-/// fields, and the release file streamed (counted on `bar`).
+/// fields, the run's `signature` (issue 15) and the release file streamed
+/// (counted on `bar`).
 pub(super) async fn release_form(
+    master: &Master,
     release: &(PathBuf, ReleaseInfo),
     bar: &ProgressBar,
     extra: &[(&'static str, String)],
@@ -46,6 +48,9 @@ pub(super) async fn release_form(
     for (k, v) in extra {
         form = form.text(*k, v.clone());
     }
+    if let Some(sig) = master.signature() {
+        form = form.text("signature", sig.to_owned());
+    }
     Ok(form.part("tarball", part))
 }
 
@@ -64,7 +69,7 @@ pub(super) async fn upload(
     started: Instant,
 ) -> HostResult {
     bar.set_message("uploading");
-    let form = match release_form(release, bar, extra).await {
+    let form = match release_form(master, release, bar, extra).await {
         Ok(f) => f,
         Err(e) => return HostResult::error(rec, e, started),
     };

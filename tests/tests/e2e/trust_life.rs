@@ -72,7 +72,7 @@ fn add_operator(s: &Swarm, name: &str) -> Bundle {
 
 #[test]
 fn a_named_operator_acts_as_master_and_is_recorded_by_name() {
-    let s = Swarm::new();
+    let s = Swarm::unsigned();
     let w = s.worker("w1");
     let alice = add_operator(&s, "alice");
     let info = CertInfo::parse(&alice.chain()[0]).expect("cert");
@@ -368,7 +368,7 @@ fn listed_updater_fp(s: &Swarm, host: &str) -> String {
 
 #[test]
 fn renew_delivers_new_certificates_and_pins_them_once_presented() {
-    let s = Swarm::new();
+    let s = Swarm::unsigned();
     let w = s.worker("w1");
     start_agent(&s, &w);
     let old_updater = fingerprint_in(&w.bundles.updater_dir);
@@ -519,7 +519,7 @@ fn kill_9_in_the_middle_of_a_renew_never_locks_the_master_out() {
         "renew-after-updater-bundle",
         "renew-after-swap",
     ] {
-        let s = Swarm::new();
+        let s = Swarm::unsigned();
         let mut w = s.worker("w1");
         start_agent(&s, &w);
         let pinned = listed_updater_fp(&s, "w1");
