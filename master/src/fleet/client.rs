@@ -67,6 +67,27 @@ impl Master {
         self.deny.as_ref()
     }
 
+    /// A client for `rec`'s updater whose deny list is up to date (issue
+    /// 15): what every command that contacts an updater starts with.
+    pub(super) async fn ready_client(
+        &self,
+        rec: &HostRecord,
+        timeout: Duration,
+    ) -> std::result::Result<reqwest::Client, String> {
+        let client = self.updater_client(rec, timeout)?;
+        super::deny::deliver(self, &client, rec).await?;
+        Ok(client)
+    }
+
+    /// [`Master::updater_stream_client`], once the deny list is up to date.
+    pub(super) async fn ready_stream_client(
+        &self,
+        rec: &HostRecord,
+    ) -> std::result::Result<reqwest::Client, String> {
+        self.ready_client(rec, STATUS_TIMEOUT).await?;
+        self.updater_stream_client(rec)
+    }
+
     /// A client for `rec`'s updater, pinned to its CN and recorded fingerprint.
     pub(super) fn updater_client(
         &self,

@@ -122,8 +122,9 @@ async fn settle(
     };
     if confirm(master, &rec, pending, Duration::ZERO).await.is_ok() {
         let host = rec.host.clone();
+        let retired = replaced(&rec);
         with_inventory(db, move |inv| {
-            inv.confirm_renewal(&host, pending)?;
+            pin_and_deny(inv, &host, pending, &retired)?;
             inv.find(&host)?
                 .ok_or_else(|| Error::State(format!("host {host} vanished from the inventory")))
         })
