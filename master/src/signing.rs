@@ -220,16 +220,16 @@ pub(crate) fn sign_release(
     Ok(Some(key.sign(claim)))
 }
 
-/// `swarm sign --root DIR`: pack the tree as `swarm update` would, sign
+/// `swarm sign --root DIR`: scan the tree as `swarm update` would, sign
 /// its `release_id`, print the `signature` field (or, with `--json`, a
 /// document that holds it).
 pub(crate) fn sign(home: &Home, args: &SignArgs) -> Result<()> {
     let mut inv = home.inventory()?;
-    let release = pack::pack_reporting(
+    let release = pack::scan(
         &PackOptions {
             root: args.root.clone(),
             excludes: args.exclude.clone(),
-            delta: None,
+            cache_dir: Some(home.root().join("cache")),
         },
         &pack::PackProgress::new(&|_, _| {}),
     )?;

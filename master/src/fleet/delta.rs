@@ -4,12 +4,12 @@
 //! that host only the files whose content the live release lacks, with
 //! every directory and link, what turns the base's index into the new one
 //! (`index_patch`, one line per changed path) with the `release_id` it must
-//! give, the base (`base`) and the whole release's digest
-//! (`release_sha256`). Hosts on the
-//! same base share one packed delta. A host that refuses the base (412:
-//! it no longer has it, or a kept file changed) gets the whole release.
+//! give, and the base (`base`). Hosts on the same base share one packed
+//! delta (held in memory up to [`SHARED_CAP`]; a larger one is packed by
+//! each upload). A host that refuses the base (412: it no longer has it,
+//! or a kept file changed) gets the whole release.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex};
 use pki::index::{EntryKind, TreeIndex};
 use tokio::sync::OnceCell;
 
+use super::upload::Payload;
 use crate::home::Home;
-use crate::pack::{self, DeltaOf, PackOptions, Release, ReleaseInfo};
+use crate::pack::{Have, Recording, Tree};
 
 /// How many pushed releases' indexes the master keeps.
 pub(super) const KEEP_INDEXES: usize = 64;
@@ -26,61 +27,65 @@ pub(super) const KEEP_INDEXES: usize = 64;
 /// Largest index file read back (about 200 bytes an entry).
 const MAX_INDEX_BYTES: u64 = 64 << 20;
 
-/// A packed delta against one base.
+/// Largest pack (by the tree bytes it reads) recorded in memory for the
+/// uploads that share it; a larger one is packed by each upload.
+const SHARED_CAP: u64 = 64 << 20;
+
+/// A delta against one base.
 #[derive(Debug)]
-pub(super) struct Packed {
-    /// Keeps the packed file alive.
-    _release: Release,
-    pub(super) shared: (PathBuf, ReleaseInfo),
+pub(super) struct Delta {
+    pub(super) payload: Payload,
     /// What turns the base's index into the release's
     /// ([`TreeIndex::patch_to`]): one line per changed path.
     pub(super) index_patch: String,
+    /// The tree bytes it packs (what a progress bar counts).
+    pub(super) bytes: u64,
 }
 
-type Cell = Arc<OnceCell<Option<Arc<Packed>>>>;
+type Cell = Arc<OnceCell<Option<Arc<Delta>>>>;
 
 /// The deltas of one `swarm update`, packed on demand, once per base.
 #[derive(Debug)]
 pub(super) struct Deltas {
     dir: PathBuf,
-    root: PathBuf,
-    excludes: Vec<String>,
-    want: Arc<TreeIndex>,
-    want_id: String,
+    tree: Arc<Tree>,
     /// `false` with `--full`: every host gets the whole release.
     enabled: bool,
     cells: Mutex<HashMap<String, Cell>>,
+    /// The whole release, recorded once for every host that gets it.
+    whole: std::sync::OnceLock<Arc<Recording>>,
 }
 
 impl Deltas {
-    /// The deltas of `release` (packed from `root` with `excludes`); keeps
-    /// its index for the pushes to come.
-    pub(super) fn new(
-        home: &Home,
-        root: &Path,
-        excludes: &[String],
-        release: &Release,
-        enabled: bool,
-    ) -> Deltas {
+    /// The deltas of `tree`; keeps its index for the pushes to come.
+    pub(super) fn new(home: &Home, tree: Arc<Tree>, enabled: bool) -> Deltas {
         let dir = home.root().join("indexes");
         // Without the kept index the next push is a full one: not an error.
-        let _ = store(&dir, &release.info.release_id, &release.index);
+        let _ = store(&dir, &tree.info.release_id, &tree.index);
         Deltas {
             dir,
-            root: root.to_owned(),
-            excludes: excludes.to_vec(),
-            want: Arc::new(release.index.clone()),
-            want_id: release.info.release_id.clone(),
+            tree,
             enabled,
             cells: Mutex::new(HashMap::new()),
+            whole: std::sync::OnceLock::new(),
         }
+    }
+
+    /// What a host that gets the whole release is sent: one recorded pack
+    /// for every such host when the tree is small, else a pack of its own
+    /// (every whole pack of a tree is the same bytes).
+    pub(super) fn whole(&self) -> Payload {
+        if self.tree.info.tree_bytes > SHARED_CAP {
+            return Payload::Whole;
+        }
+        Payload::Shared(self.whole.get_or_init(|| self.tree.record(None)).clone())
     }
 
     /// The delta against `base`, or `None` when the master has no index
     /// of it, the two share no content, or packing it failed.
-    pub(super) async fn for_base(&self, base: &str) -> Option<Arc<Packed>> {
+    pub(super) async fn for_base(&self, base: &str) -> Option<Arc<Delta>> {
         if !self.enabled
-            || base == self.want_id
+            || base == self.tree.info.release_id
             || base.len() != 64
             || !base.bytes().all(|b| b.is_ascii_hexdigit())
         {
@@ -90,43 +95,47 @@ impl Deltas {
             let mut cells = self.cells.lock().ok()?;
             cells.entry(base.to_owned()).or_default().clone()
         };
-        let (path, root, excludes, want, want_id) = (
-            self.dir.join(base),
-            self.root.clone(),
-            self.excludes.clone(),
-            self.want.clone(),
-            self.want_id.clone(),
-        );
+        let (path, tree) = (self.dir.join(base), self.tree.clone());
         cell.get_or_init(|| async move {
-            tokio::task::spawn_blocking(move || pack_delta(&path, root, excludes, want, &want_id))
+            let tree2 = tree.clone();
+            let have = tokio::task::spawn_blocking(move || have_of(&path, &tree2))
                 .await
                 .ok()
-                .flatten()
-                .map(Arc::new)
+                .flatten()?;
+            let index_patch = have.1;
+            let have = Arc::new(have.0);
+            let bytes = tree.bytes_without(&have);
+            let payload = if bytes > SHARED_CAP {
+                Payload::Without(have)
+            } else {
+                Payload::Shared(tree.record(Some(have)))
+            };
+            Some(Arc::new(Delta {
+                payload,
+                index_patch,
+                bytes,
+            }))
         })
         .await
         .clone()
     }
 }
 
-fn pack_delta(
-    base_index: &Path,
-    root: PathBuf,
-    excludes: Vec<String>,
-    want: Arc<TreeIndex>,
-    want_id: &str,
-) -> Option<Packed> {
+/// What the base at `base_index` has, and the patch from it to `tree`;
+/// `None` when its index is unreadable or it shares no content.
+fn have_of(base_index: &Path, tree: &Tree) -> Option<(Have, String)> {
     let len = fs::metadata(base_index).ok()?.len();
     if len > MAX_INDEX_BYTES {
         return None;
     }
     let base = TreeIndex::parse(&fs::read(base_index).ok()?, usize::MAX).ok()?;
-    let have: HashSet<(String, u64)> = base
+    let have: Have = base
         .entries()
         .iter()
         .filter(|e| e.kind == EntryKind::File)
         .filter_map(|e| Some((e.sha256.clone()?, e.size)))
         .collect();
+    let want = &tree.index;
     let shared = want.entries().iter().any(|e| {
         e.kind == EntryKind::File
             && e.sha256
@@ -136,28 +145,8 @@ fn pack_delta(
     if !shared {
         return None;
     }
-    let index_patch = base.patch_to(&want);
-    let release = pack::pack_reporting(
-        &PackOptions {
-            root,
-            excludes,
-            delta: Some(DeltaOf {
-                want,
-                have: Arc::new(have),
-            }),
-        },
-        &pack::PackProgress::new(&|_, _| {}),
-    )
-    .ok()?;
-    // The tree changed since the full pack: send it whole.
-    if release.info.release_id != want_id {
-        return None;
-    }
-    Some(Packed {
-        shared: (release.path(), release.info.clone()),
-        index_patch,
-        _release: release,
-    })
+    let index_patch = base.patch_to(want);
+    Some((have, index_patch))
 }
 
 /// Keep `index` as `dir/<id>` (written aside, then renamed), and only the
