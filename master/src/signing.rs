@@ -11,7 +11,9 @@
 
 use std::path::{Path, PathBuf};
 
-use pki::sign::{Claim, RELEASE_KEY, RELEASE_PUB, ReleaseKey, ReleasePub, ReleaseSignature};
+use pki::sign::{
+    Claim, ENDORSEMENT, RELEASE_KEY, RELEASE_PUB, ReleaseKey, ReleasePub, ReleaseSignature,
+};
 use serde::Serialize;
 
 use crate::cli::{SignArgs, SigningArgs};
@@ -33,16 +35,39 @@ pub(crate) fn release_pub(home: &Home) -> Result<Option<ReleasePub>> {
     Ok(ReleasePub::load(&pub_path(home))?)
 }
 
+/// What `swarm renew` sends: the home's release public key and, after a
+/// rotation, the previous key's endorsement of it (`ca/release.pub.endorsement`).
+pub(crate) fn for_renew(home: &Home) -> Result<Option<(ReleasePub, Option<String>)>> {
+    let Some(key) = release_pub(home)? else {
+        return Ok(None);
+    };
+    let path = home.ca_dir().join(ENDORSEMENT);
+    let endorsement = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    Ok(Some((key, endorsement)))
+}
+
 /// What `key init` (or `ca init`) made.
 #[derive(Debug, Serialize)]
 pub(crate) struct KeyDoc {
     pub(crate) key_file: PathBuf,
     pub(crate) public_key: PathBuf,
     pub(crate) key_id: String,
+    /// After a rotation: the id of the old key that endorsed this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) endorsed_by: Option<String>,
 }
 
 impl KeyDoc {
     pub(crate) fn print_lines(&self) -> Result<()> {
+        if let Some(old) = &self.endorsed_by {
+            outln!(
+                "endorsed by the previous key {old}: `swarm renew --all` moves updaters to the new key"
+            )?;
+        }
         outln!(
             "release key {} in {} (0600; keep it safe: it signs every push)",
             self.key_id,
@@ -91,6 +116,7 @@ pub(crate) fn create(ca_dir: &Path, key_file: Option<&Path>) -> Result<(Option<P
             key_file: path,
             public_key: public,
             key_id: key.public().id(),
+            endorsed_by: None,
         },
     ))
 }
@@ -107,6 +133,7 @@ pub(crate) fn key_init(
     let mut inv = home.inventory()?;
     let public = pub_path(home);
     let old_key = key_path(home, &inv, None)?;
+    let mut endorser = None;
     if let Some(p) = key_file
         && absolute(p)?.exists()
     {
@@ -122,8 +149,19 @@ pub(crate) fn key_init(
                 public.display()
             )));
         }
-        // Rotation: the old public key moves aside (kept, for the record);
-        // the old private key is left where it is for its owner to destroy.
+        // Rotation: the old key endorses the new one (updaters that hold
+        // it take the new one from `swarm renew` only so), so it must be
+        // at hand; then the old public key moves aside (kept, for the
+        // record), and the old private key is left where it is for its
+        // owner to destroy.
+        let old = load_key(home, &inv, None)
+            .map_err(|e| {
+                Error::State(format!(
+                    "{e}; rotation needs the old key to endorse the new one (updaters holding it take no other)"
+                ))
+            })?
+            .ok_or_else(|| Error::State("no release key to rotate".into()))?;
+        endorser = Some(old);
         let aside = home
             .ca_dir()
             .join(format!("release.pub.old-{}", clock::now().unix_timestamp()));
@@ -135,8 +173,19 @@ pub(crate) fn key_init(
             std::fs::rename(&old_key, &old).map_err(|e| Error::io(&old_key, e))?;
         }
     }
-    let (recorded, doc) = create(&home.ca_dir(), key_file)?;
+    let (recorded, mut doc) = create(&home.ca_dir(), key_file)?;
     inv.set_release_key_file(recorded.as_deref())?;
+    let endorsement = home.ca_dir().join(ENDORSEMENT);
+    match endorser.zip(release_pub(home)?) {
+        Some((old, new)) => {
+            std::fs::write(&endorsement, old.endorse(&new) + "\n")
+                .map_err(|e| Error::io(&endorsement, e))?;
+            doc.endorsed_by = Some(old.public().id());
+        }
+        None => {
+            let _ = std::fs::remove_file(&endorsement);
+        }
+    }
     if json {
         return output::json(&doc);
     }

@@ -28,6 +28,11 @@ pub const MAX_SIGNATURE_FIELD: usize = 2048;
 /// What every signed message starts with, so no other swarm (or foreign)
 /// ed25519 signature can pass for a release signature.
 const DOMAIN: &[u8] = b"swarm release signature v1\0";
+/// What a key's endorsement of its successor signs, before the new key.
+const ROTATION_DOMAIN: &[u8] = b"swarm release key rotation v1\0";
+/// The file beside `release.pub` in the home holding the previous key's
+/// endorsement of it (hex), sent with `swarm renew`.
+pub const ENDORSEMENT: &str = "release.pub.endorsement";
 /// The format version in the JSON.
 const VERSION: u32 = 1;
 /// Longest signer name and `created_at` accepted.
@@ -83,6 +88,12 @@ impl ReleaseKey {
         ReleasePub(self.0.verifying_key())
     }
 
+    /// Endorse `next` as this key's successor (rotation): what lets an
+    /// updater that trusts this key take `next` from `swarm renew`.
+    pub fn endorse(&self, next: &ReleasePub) -> String {
+        hex::encode(self.0.sign(&rotation_bytes(next)).to_bytes())
+    }
+
     /// Sign `claim`.
     pub fn sign(&self, claim: Claim) -> ReleaseSignature {
         let sig = self.0.sign(&claim.signed_bytes());
@@ -135,6 +146,26 @@ impl ReleasePub {
         hex::encode(&Sha256::digest(self.0.as_bytes())[..8])
     }
 
+    /// Whether `endorsement` is this key's endorsement of `next`.
+    pub fn check_endorsement(&self, next: &ReleasePub, endorsement: &str) -> Result<(), PkiError> {
+        let raw: [u8; 64] = hex::decode(endorsement.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| bad("the endorsement is not 128 hex digits"))?;
+        self.0
+            .verify_strict(
+                &rotation_bytes(next),
+                &ed25519_dalek::Signature::from_bytes(&raw),
+            )
+            .map_err(|_| {
+                bad(format!(
+                    "key {} is not endorsed by key {}, the one held",
+                    next.id(),
+                    self.id()
+                ))
+            })
+    }
+
     /// Check `sig` against this key; the claim it makes, when it holds.
     pub fn verify(&self, sig: &ReleaseSignature) -> Result<Claim, PkiError> {
         if sig.v != VERSION {
@@ -160,6 +191,12 @@ impl ReleasePub {
             })?;
         Ok(sig.claim.clone())
     }
+}
+
+fn rotation_bytes(next: &ReleasePub) -> Vec<u8> {
+    let mut out = ROTATION_DOMAIN.to_vec();
+    out.extend_from_slice(next.0.as_bytes());
+    out
 }
 
 /// What a release signature says.
@@ -287,6 +324,28 @@ mod tests {
         }
         let other = ReleaseKey::generate().unwrap();
         assert!(other.public().verify(&back).is_err());
+    }
+
+    #[test]
+    fn only_the_held_key_endorses_its_successor() {
+        let (old, new, other) = (
+            ReleaseKey::generate().unwrap(),
+            ReleaseKey::generate().unwrap(),
+            ReleaseKey::generate().unwrap(),
+        );
+        let e = old.endorse(&new.public());
+        old.public().check_endorsement(&new.public(), &e).unwrap();
+        assert!(old.public().check_endorsement(&other.public(), &e).is_err());
+        assert!(new.public().check_endorsement(&new.public(), &e).is_err());
+        let by_other = other.endorse(&new.public());
+        assert!(
+            old.public()
+                .check_endorsement(&new.public(), &by_other)
+                .is_err()
+        );
+        // A release signature is no endorsement (domains differ).
+        let sig = old.sign(claim()).sig;
+        assert!(old.public().check_endorsement(&new.public(), &sig).is_err());
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! connections, the agent and its supervisor are untouched) and the agent
 //! is restarted through the normal probed path to pick up its bundle.
 //! The new updater bundle carries `release.pub`: the one the body sends
-//! (`release_pub`), else the one the old bundle held.
+//! (`release_pub`; another key than the one held only with the held key's
+//! endorsement, `release_pub_endorsement`), else the one the old bundle held.
 //!
 //! Either certificate is valid under the CA, so whatever instant a kill
 //! hits, the master (which accepts the old or the pending fingerprint
@@ -45,12 +46,34 @@ pub async fn renew(
         .check(&app.config.bundle, &app.config.host)
         .map_err(|e| UpdaterError::BadUpload(format!("renew refused, nothing changed: {e}")))?;
     // The release key goes into the new updater bundle: the one sent, or
-    // the one held (a renew never drops the signing requirement).
+    // the one held (a renew never drops the signing requirement). Another
+    // key than the one held needs the held key's endorsement, so a stolen
+    // master key cannot swap in a release key of its own.
+    let held = crate::signing::release_pub(&app.config.bundle.dir)?;
+    let refuse = |why: String| {
+        UpdaterError::BadUpload(format!(
+            "renew refused, nothing changed: release_pub: {why}"
+        ))
+    };
     let release_pub = match &body.release_pub {
-        Some(pem) => Some(pki::sign::ReleasePub::parse(pem).map_err(|e| {
-            UpdaterError::BadUpload(format!("renew refused, nothing changed: release_pub: {e}"))
-        })?),
-        None => crate::signing::release_pub(&app.config.bundle.dir)?,
+        Some(pem) => {
+            let new = pki::sign::ReleasePub::parse(pem).map_err(|e| refuse(e.to_string()))?;
+            if let Some(old) = &held
+                && *old != new
+            {
+                let endorsement = body.release_pub_endorsement.as_deref().ok_or_else(|| {
+                    refuse(format!(
+                        "key {} is not the key {} this updater holds, and no endorsement by it came along (rotate with `swarm key init --force` while the old key is at hand)",
+                        new.id(),
+                        old.id()
+                    ))
+                })?;
+                old.check_endorsement(&new, endorsement)
+                    .map_err(|e| refuse(e.to_string()))?;
+            }
+            Some(new)
+        }
+        None => held,
     };
     let guard = app.try_begin("renew")?;
     let d = app.clone();

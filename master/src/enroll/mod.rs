@@ -71,6 +71,7 @@ pub(crate) fn ca_init(home: &Home, force: bool, key_file: Option<&Path>, json: b
             .unwrap_or_else(|| home.ca_dir().join(pki::sign::RELEASE_KEY)),
         public_key: home.ca_dir().join(pki::sign::RELEASE_PUB),
         key_id: key_doc.key_id,
+        endorsed_by: None,
     };
 
     // Move any previous identity aside, then the new one into place.

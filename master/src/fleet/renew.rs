@@ -71,7 +71,7 @@ pub(crate) fn renew(home: &Home, args: &RenewArgs) -> Result<u8> {
     let db = home.db_path();
     let days = i64::from(args.days);
     // The home's release key goes with every renewal (issue 15).
-    let release_pub = Arc::new(crate::signing::release_pub(home)?);
+    let release_pub = Arc::new(crate::signing::for_renew(home)?);
     let rows =
         runtime()?.block_on(fan_out(
             hosts,
@@ -178,7 +178,7 @@ async fn renew_one(
     rec: HostRecord,
     days: i64,
     db: &std::path::Path,
-    release_pub: Option<&pki::sign::ReleasePub>,
+    release_pub: Option<&(pki::sign::ReleasePub, Option<String>)>,
 ) -> RenewRow {
     if rec.updater_fingerprint.is_none() {
         return RenewRow::error(
@@ -218,7 +218,9 @@ async fn renew_one(
         return RenewRow::error(rec, e);
     }
     let body = match release_pub {
-        Some(key) => RenewBody::new(&agent, &updater).with_release_pub(key),
+        Some((key, endorsement)) => {
+            RenewBody::new(&agent, &updater).with_release_pub(key, endorsement.clone())
+        }
         None => Ok(RenewBody::new(&agent, &updater)),
     };
     let body = match body {

@@ -364,3 +364,52 @@ fn a_key_file_elsewhere_is_recorded_not_copied_and_can_be_given_per_command() {
         "not the one",
     );
 }
+
+#[test]
+fn a_rotated_key_reaches_updaters_by_renew_only_with_the_old_keys_endorsement() {
+    let s = Swarm::new();
+    let w = s.worker("w1");
+    let pub_file = w.bundles.updater_dir.join("release.pub");
+    let held = std::fs::read_to_string(&pub_file).expect("release.pub");
+    // A master key alone (stolen) cannot swap in a release key of its own,
+    // endorsed by nobody or by itself.
+    let foreign = ReleaseKey::generate().expect("key");
+    let self_endorsed = foreign.endorse(&foreign.public());
+    for endorsement in [None, Some(self_endorsed)] {
+        let body = pki::renew::RenewBody::new(&w.bundles.agent, &w.bundles.updater)
+            .with_release_pub(&foreign.public(), endorsement)
+            .expect("body");
+        let (code, text) = tests::block_on(async {
+            let r = s
+                .master_client(&w.bundles.host.updater_cn())
+                .post(w.url("/renew"))
+                .json(&body)
+                .send()
+                .await
+                .expect("renew");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        });
+        assert_eq!(code, 400, "{text}");
+        assert!(text.contains("nothing changed"), "{text}");
+        assert_eq!(
+            std::fs::read_to_string(&pub_file).expect("release.pub"),
+            held
+        );
+    }
+    // Rotation: the old key endorses the new one.
+    let doc = s.json(&["key", "init", "--force", "--json"], 0);
+    assert!(doc["endorsed_by"].is_string(), "{doc}");
+    let (a, _) = tree(&s, &w, "a", "1");
+    let out = s.code(&["update", "--host", "w1", "--root", root(&a)], 1);
+    assert!(out.contains("does not verify"), "{out}");
+    let doc = s.json(&["renew", "--host", "w1", "--json"], 0);
+    assert_eq!(doc["hosts"][0]["renewed"], true, "{doc}");
+    let now = std::fs::read_to_string(&pub_file).expect("release.pub");
+    assert_ne!(now, held);
+    assert_eq!(
+        now,
+        std::fs::read_to_string(s.home().join("ca/release.pub")).expect("home release.pub")
+    );
+    s.ok(&["update", "--host", "w1", "--root", root(&a)]);
+    assert_eq!(active_id(&w), Some(release_id(&s, &a)));
+}
