@@ -258,12 +258,7 @@ async fn push_one(
         return r;
     }
     let timeout = upload_timeout(&release.info);
-    let client = match master.updater_client(&rec, timeout) {
-        Ok(client) => super::deny::deliver(&master, &client, &rec)
-            .await
-            .map(|()| client),
-        Err(e) => Err(e),
-    };
+    let client = master.ready_client(&rec, timeout).await;
     let r = match client {
         Ok(client) => {
             let mut r = push_agent(

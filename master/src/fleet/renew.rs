@@ -210,13 +210,10 @@ async fn renew_one(
         Err(e) => return RenewRow::error(&rec, e),
     };
     let rec = &rec;
-    let client = match master.updater_client(rec, RENEW_TIMEOUT) {
+    let client = match master.ready_client(rec, RENEW_TIMEOUT).await {
         Ok(c) => c,
         Err(e) => return RenewRow::error(rec, e),
     };
-    if let Err(e) = super::deny::deliver(master, &client, rec).await {
-        return RenewRow::error(rec, e);
-    }
     let body = match release_pub {
         Some((key, endorsement)) => {
             RenewBody::new(&agent, &updater).with_release_pub(key, endorsement.clone())
