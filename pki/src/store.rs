@@ -75,10 +75,10 @@ pub struct StoreUpdate {
     /// `[path, target]` of every symbolic link of the release.
     #[serde(default)]
     pub links: Vec<(String, String)>,
-    /// A release signature, when the master has one (checked where
-    /// `/update` checks it).
+    /// The release signature (issue 15), the same one line of JSON as
+    /// `/update`'s `signature` field, checked where `/update` checks it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<serde_json::Value>,
+    pub signature: Option<String>,
 }
 
 /// The `error` of an updater's answer that could not reach the store

@@ -169,7 +169,7 @@ fn drive(
     json: bool,
 ) -> Result<u8> {
     say("swarm ca init")?;
-    enroll::ca_init(home, false, json)?;
+    enroll::ca_init(home, false, None, json)?;
     output::capture_exit(0);
 
     for host in HOSTS {
@@ -254,6 +254,7 @@ fn drive(
                 fallback_direct: false,
                 json,
                 rollout: RolloutArgs::default(),
+                signing: Default::default(),
             },
         )?;
         expect(&format!("swarm update ({name})"), code, want, &mut failures);

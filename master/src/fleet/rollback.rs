@@ -22,15 +22,28 @@ const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// `swarm rollback`.
 pub(crate) fn rollback(home: &Home, args: &RollbackArgs) -> Result<u8> {
-    let inv = home.inventory()?;
+    let mut inv = home.inventory()?;
     let hosts = resolve_required(&inv, &args.targets)?;
-    let master = Arc::new(Master::for_home(home)?);
     // `--to` a release some host may no longer keep: the store can still
-    // have it (issue 16).
+    // have it (issue 16). A host that fetches it installs it as a push, so
+    // it is signed as a push is (a fresh seq: the operator asked for it).
     let via_store = match &args.to {
         Some(prefix) => super::via_store::for_rollback(home, prefix)?.map(Arc::new),
         None => None,
     };
+    let signature = match &via_store {
+        Some(vs) => crate::signing::sign_release(
+            home,
+            &mut inv,
+            vs.release_id(),
+            &crate::cli::SigningArgs {
+                key_file: None,
+                allow_downgrade: false,
+            },
+        )?,
+        None => None,
+    };
+    let master = Arc::new(Master::for_home(home)?.with_signature(signature));
     let indexes = home.root().join("indexes");
     let report = rollback_hosts(
         inv,
@@ -79,13 +92,10 @@ async fn rollback_one(
     (via_store, indexes): (Option<Arc<ViaStore>>, PathBuf),
 ) -> HostResult {
     let started = Instant::now();
-    let client = match master.updater_client(&rec, ROLLBACK_TIMEOUT) {
+    let client = match master.ready_client(&rec, ROLLBACK_TIMEOUT).await {
         Ok(c) => c,
         Err(e) => return HostResult::error(&rec, e, started),
     };
-    if let Err(e) = super::deny::deliver(&master, &client, &rec).await {
-        return HostResult::error(&rec, e, started);
-    }
     let mut req = client.post(rec.updater_url("/rollback"));
     if let Some(id) = to {
         req = req.json(&serde_json::json!({ "release_id": id }));

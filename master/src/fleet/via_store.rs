@@ -210,9 +210,14 @@ fn url_ttl() -> Duration {
 }
 
 impl ViaStore {
+    /// The release it sends.
+    pub(super) fn release_id(&self) -> &str {
+        &self.want_id
+    }
+
     /// The request for a host on `base` (its live release and the index
     /// the master kept of it), or for one that gets everything.
-    fn request(&self, base: Option<(&str, &TreeIndex)>) -> StoreUpdate {
+    fn request(&self, base: Option<(&str, &TreeIndex)>, signature: Option<&str>) -> StoreUpdate {
         let have: HashSet<(&str, u64)> = base
             .map(|(_, idx)| {
                 idx.entries()
@@ -256,7 +261,7 @@ impl ViaStore {
             index_patch,
             objects,
             links: self.published.links.clone(),
-            signature: None,
+            signature: signature.map(str::to_owned),
         }
     }
 
@@ -273,7 +278,10 @@ impl ViaStore {
         let mut base = base;
         let mut retried_expired = false;
         loop {
-            let req = self.request(base.as_ref().map(|(id, idx)| (id.as_str(), idx)));
+            let req = self.request(
+                base.as_ref().map(|(id, idx)| (id.as_str(), idx)),
+                master.signature(),
+            );
             let sent = client
                 .post(rec.updater_url("/update-from-store"))
                 .json(&req)
@@ -373,7 +381,7 @@ mod tests {
             fallback_direct: false,
             _lock: store::gc::lock_shared(&home).unwrap(),
         };
-        let req = vs.request(Some(("base", &base)));
+        let req = vs.request(Some(("base", &base)), Some("{\"sig\":1}"));
         assert_eq!(req.objects.len(), 1, "only b, once: {req:?}");
         let url = &req.objects[0].url;
         assert!(
@@ -385,6 +393,7 @@ mod tests {
         let body = serde_json::to_string(&req).unwrap();
         assert!(!body.contains("s3cretv4lue"), "{body}");
         // Without a base: every distinct content.
-        assert_eq!(vs.request(None).objects.len(), 2);
+        assert_eq!(req.signature.as_deref(), Some("{\"sig\":1}"));
+        assert_eq!(vs.request(None, None).objects.len(), 2);
     }
 }

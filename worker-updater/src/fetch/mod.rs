@@ -67,6 +67,16 @@ pub async fn receive(
         ));
     }
     let release_sha256 = req.release_sha256.to_ascii_lowercase();
+    if req
+        .signature
+        .as_ref()
+        .is_some_and(|s| s.len() > pki::sign::MAX_SIGNATURE_FIELD)
+    {
+        return Err(UpdaterError::BadUpload(format!(
+            "`signature` is longer than {} bytes",
+            pki::sign::MAX_SIGNATURE_FIELD
+        )));
+    }
     let index = match (req.index, req.index_patch) {
         (Some(i), None) => IndexSent::Whole(i),
         (None, Some(patch)) => IndexSent::Patch {
@@ -194,6 +204,8 @@ pub async fn receive(
             .map(|c| pki::text::sanitize(&c, 128))
             .filter(|c| !c.is_empty()),
         confirm_self: None,
+        // Checked by the same `signing::check` as an upload's (ops::stage).
+        signature: req.signature,
         delta: Some(DeltaFields {
             base,
             index,
