@@ -86,55 +86,6 @@ pub async fn stage(
     Ok(staged)
 }
 
-/// Complete a delta push in `staging` from the live release `live`,
-/// which must be `base`; the whole release's index (`index`, as sent).
-fn complete_delta(
-    staging: &std::path::Path,
-    got: &pki::index::TreeIndex,
-    base: &str,
-    index: &receive::IndexSent,
-    live: &std::path::Path,
-    caps: &receive::Caps,
-) -> Result<pki::index::TreeIndex> {
-    let max = usize::try_from(caps.max_entries).unwrap_or(usize::MAX);
-    let live_id = pki::wire::Manifest::read(live).and_then(|m| m.release_id);
-    if live_id.as_deref() != Some(base) {
-        return Err(UpdaterError::NoBase(format!(
-            "this delta is against release {base}, but the live release here is {}: push the whole release",
-            live_id.as_deref().unwrap_or("none with a release_id")
-        )));
-    }
-    let Some(base_index) = crate::release::read_index(live, max)? else {
-        return Err(UpdaterError::NoBase(format!(
-            "the live release {base} has no kept index: push the whole release"
-        )));
-    };
-    let want = match index {
-        receive::IndexSent::Whole(text) => pki::index::TreeIndex::parse(text.as_bytes(), max)
-            .map_err(|why| UpdaterError::BadUpload(format!("field `index`: {why}")))?,
-        receive::IndexSent::Patch { patch, release_id } => {
-            let want = base_index
-                .apply_patch(patch, max)
-                .map_err(|why| UpdaterError::BadUpload(format!("field `index_patch`: {why}")))?;
-            if want.release_id() != *release_id {
-                return Err(UpdaterError::BadUpload(format!(
-                    "field `index_patch` applied to release {base} gives release {}, not {release_id}",
-                    want.release_id()
-                )));
-            }
-            want
-        }
-    };
-    let reused = receive::delta::materialize(staging, got, &want, live, &base_index, caps)?;
-    crate::crashpoint::at("delta-materialized");
-    tracing::info!(
-        base,
-        reused_bytes = reused,
-        "delta completed from the live release"
-    );
-    Ok(want)
-}
-
 /// Remove `layout`'s staging dir.
 async fn discard(layout: &Layout) {
     let l = layout.clone();
@@ -167,16 +118,24 @@ async fn prepare(
             ));
         }
         timings.received_bytes += delta.index.wire_len() as u64;
-        let (live, dir, caps) = (layout.active(), staging.to_owned(), d.config.caps.clone());
+        let (l, dir, caps) = (layout.clone(), staging.to_owned(), d.config.caps.clone());
         let got = received.extracted.index.clone();
         let (base, index) = (delta.base, delta.index);
         let want =
-            blocking(move || complete_delta(&dir, &got, &base, &index, &live, &caps)).await?;
+            blocking(move || super::materialize::delta(&dir, &got, &base, &index, &l, &caps))
+                .await?;
         received.extracted.files = want.files();
         received.extracted.index = want;
         if let Some(sha) = delta.release_sha256 {
             received.sha256 = sha;
         }
+    } else {
+        let (l, dir, index) = (
+            layout.clone(),
+            staging.to_owned(),
+            received.extracted.index.clone(),
+        );
+        blocking(move || super::materialize::whole(&dir, &index, &l)).await?;
     }
     if purpose == Purpose::Updater && received.confirm_self.as_deref() != Some("true") {
         return Err(UpdaterError::BadUpload(

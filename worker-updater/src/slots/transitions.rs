@@ -96,7 +96,7 @@ impl Layout {
 
     /// [`Layout::confirm`], except that the dropped `prev` is only renamed
     /// to a trash name of its own (`releases/.trash-prev-<pid>-<n>`), which
-    /// is returned for the caller to delete later (`delete_in_background`).
+    /// is returned for the caller to delete later (`store::gc::sweep_in_background`).
     /// A trash dir left by a crash is removed by the start-up repair.
     pub fn confirm_to_trash(&self) -> Result<Option<PathBuf>> {
         let mut trash = None;
