@@ -459,6 +459,13 @@ impl Worker {
         manifest_sha(&self.install_dir.join("releases").join(slot))
     }
 
+    /// The `release_id` of the release in `releases/<slot>` (what the
+    /// master names a release by).
+    pub fn slot_id(&self, slot: &str) -> Option<String> {
+        let dir = self.install_dir.join("releases").join(slot);
+        pki::wire::Manifest::read(&dir)?.release_id
+    }
+
     /// The pid in `agent.pid`, if it names one.
     pub fn agent_pid(&self) -> Option<i32> {
         process::read_pidfile(&self.install_dir.join("agent.pid"))

@@ -4,12 +4,12 @@
 //! that host only the files whose content the live release lacks, with
 //! every directory and link, what turns the base's index into the new one
 //! (`index_patch`, one line per changed path) with the `release_id` it must
-//! give, the base (`base`) and the whole release's digest
-//! (`release_sha256`). Hosts on the
-//! same base share one packed delta. A host that refuses the base (412:
-//! it no longer has it, or a kept file changed) gets the whole release.
+//! give, and the base (`base`). Hosts on the same base share one packed
+//! delta (held in memory up to [`SHARED_CAP`]; a larger one is packed by
+//! each upload). A host that refuses the base (412: it no longer has it,
+//! or a kept file changed) gets the whole release.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex};
 use pki::index::{EntryKind, TreeIndex};
 use tokio::sync::OnceCell;
 
+use super::upload::Payload;
 use crate::home::Home;
-use crate::pack::{self, DeltaOf, PackOptions, Release, ReleaseInfo};
+use crate::pack::{Have, Tree};
 
 /// How many pushed releases' indexes the master keeps.
 pub(super) const KEEP_INDEXES: usize = 64;
@@ -26,51 +27,40 @@ pub(super) const KEEP_INDEXES: usize = 64;
 /// Largest index file read back (about 200 bytes an entry).
 const MAX_INDEX_BYTES: u64 = 64 << 20;
 
-/// A packed delta against one base.
+/// Largest delta kept in memory for the hosts that share its base; a
+/// larger one is packed by each host's upload.
+const SHARED_CAP: u64 = 64 << 20;
+
+/// A delta against one base.
 #[derive(Debug)]
-pub(super) struct Packed {
-    /// Keeps the packed file alive.
-    _release: Release,
-    pub(super) shared: (PathBuf, ReleaseInfo),
+pub(super) struct Delta {
+    pub(super) payload: Payload,
     /// What turns the base's index into the release's
     /// ([`TreeIndex::patch_to`]): one line per changed path.
     pub(super) index_patch: String,
 }
 
-type Cell = Arc<OnceCell<Option<Arc<Packed>>>>;
+type Cell = Arc<OnceCell<Option<Arc<Delta>>>>;
 
 /// The deltas of one `swarm update`, packed on demand, once per base.
 #[derive(Debug)]
 pub(super) struct Deltas {
     dir: PathBuf,
-    root: PathBuf,
-    excludes: Vec<String>,
-    want: Arc<TreeIndex>,
-    want_id: String,
+    tree: Arc<Tree>,
     /// `false` with `--full`: every host gets the whole release.
     enabled: bool,
     cells: Mutex<HashMap<String, Cell>>,
 }
 
 impl Deltas {
-    /// The deltas of `release` (packed from `root` with `excludes`); keeps
-    /// its index for the pushes to come.
-    pub(super) fn new(
-        home: &Home,
-        root: &Path,
-        excludes: &[String],
-        release: &Release,
-        enabled: bool,
-    ) -> Deltas {
+    /// The deltas of `tree`; keeps its index for the pushes to come.
+    pub(super) fn new(home: &Home, tree: Arc<Tree>, enabled: bool) -> Deltas {
         let dir = home.root().join("indexes");
         // Without the kept index the next push is a full one: not an error.
-        let _ = store(&dir, &release.info.release_id, &release.index);
+        let _ = store(&dir, &tree.info.release_id, &tree.index);
         Deltas {
             dir,
-            root: root.to_owned(),
-            excludes: excludes.to_vec(),
-            want: Arc::new(release.index.clone()),
-            want_id: release.info.release_id.clone(),
+            tree,
             enabled,
             cells: Mutex::new(HashMap::new()),
         }
@@ -78,9 +68,9 @@ impl Deltas {
 
     /// The delta against `base`, or `None` when the master has no index
     /// of it, the two share no content, or packing it failed.
-    pub(super) async fn for_base(&self, base: &str) -> Option<Arc<Packed>> {
+    pub(super) async fn for_base(&self, base: &str) -> Option<Arc<Delta>> {
         if !self.enabled
-            || base == self.want_id
+            || base == self.tree.info.release_id
             || base.len() != 64
             || !base.bytes().all(|b| b.is_ascii_hexdigit())
         {
@@ -90,15 +80,9 @@ impl Deltas {
             let mut cells = self.cells.lock().ok()?;
             cells.entry(base.to_owned()).or_default().clone()
         };
-        let (path, root, excludes, want, want_id) = (
-            self.dir.join(base),
-            self.root.clone(),
-            self.excludes.clone(),
-            self.want.clone(),
-            self.want_id.clone(),
-        );
+        let (path, tree) = (self.dir.join(base), self.tree.clone());
         cell.get_or_init(|| async move {
-            tokio::task::spawn_blocking(move || pack_delta(&path, root, excludes, want, &want_id))
+            tokio::task::spawn_blocking(move || pack_delta(&path, &tree))
                 .await
                 .ok()
                 .flatten()
@@ -109,24 +93,19 @@ impl Deltas {
     }
 }
 
-fn pack_delta(
-    base_index: &Path,
-    root: PathBuf,
-    excludes: Vec<String>,
-    want: Arc<TreeIndex>,
-    want_id: &str,
-) -> Option<Packed> {
+fn pack_delta(base_index: &Path, tree: &Tree) -> Option<Delta> {
     let len = fs::metadata(base_index).ok()?.len();
     if len > MAX_INDEX_BYTES {
         return None;
     }
     let base = TreeIndex::parse(&fs::read(base_index).ok()?, usize::MAX).ok()?;
-    let have: HashSet<(String, u64)> = base
+    let have: Have = base
         .entries()
         .iter()
         .filter(|e| e.kind == EntryKind::File)
         .filter_map(|e| Some((e.sha256.clone()?, e.size)))
         .collect();
+    let want = &tree.index;
     let shared = want.entries().iter().any(|e| {
         e.kind == EntryKind::File
             && e.sha256
@@ -136,27 +115,16 @@ fn pack_delta(
     if !shared {
         return None;
     }
-    let index_patch = base.patch_to(&want);
-    let release = pack::pack_reporting(
-        &PackOptions {
-            root,
-            excludes,
-            delta: Some(DeltaOf {
-                want,
-                have: Arc::new(have),
-            }),
-        },
-        &pack::PackProgress::new(&|_, _| {}),
-    )
-    .ok()?;
-    // The tree changed since the full pack: send it whole.
-    if release.info.release_id != want_id {
-        return None;
-    }
-    Some(Packed {
-        shared: (release.path(), release.info.clone()),
+    let index_patch = base.patch_to(want);
+    let payload = match tree.pack_in_memory(&have, SHARED_CAP) {
+        Ok(Some(packed)) => Payload::Shared(Arc::new(packed)),
+        Ok(None) => Payload::Without(Arc::new(have)),
+        // The tree changed since the scan: the whole push says so.
+        Err(_) => return None,
+    };
+    Some(Delta {
+        payload,
         index_patch,
-        _release: release,
     })
 }
 

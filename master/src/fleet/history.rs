@@ -56,7 +56,8 @@ impl Recorder {
             at: clock::now(),
             operation: Op::Rollback,
             host: r.host.clone(),
-            release_sha256: release.map(str::to_owned),
+            release_sha256: None,
+            release_id: release.map(str::to_owned),
             git_commit: None,
             git_dirty: None,
             outcome,
@@ -90,9 +91,16 @@ impl Recorder {
                     at: clock::now(),
                     operation: self.op,
                     host: r.host.clone(),
-                    release_sha256: match self.op {
-                        Op::Update => release.map(|i| i.sha256.clone()),
-                        Op::Rollback => r.release.as_ref().map(|m| m.sha256.clone()),
+                    // What this host was sent, as its updater names it
+                    // (a delta's digest is its own); else the whole pack's.
+                    release_sha256: match (self.op, &r.release) {
+                        (_, Some(m)) => Some(m.sha256.clone()),
+                        (Op::Update, None) => release.and_then(|i| i.sha256.clone()),
+                        (Op::Rollback, None) => None,
+                    },
+                    release_id: match self.op {
+                        Op::Update => release.map(|i| i.release_id.clone()),
+                        Op::Rollback => r.release.as_ref().and_then(|m| m.release_id.clone()),
                     },
                     git_commit: match self.op {
                         Op::Update => release.and_then(|i| i.git_commit.clone()),
@@ -164,6 +172,7 @@ pub(crate) fn history(home: &Home, args: &HistoryArgs) -> Result<u8> {
         .into_iter()
         .map(|r| PushRecord {
             release_sha256: r.release_sha256.map(|s| said::line(&s, 200)),
+            release_id: r.release_id.map(|s| said::line(&s, 200)),
             git_commit: r.git_commit.map(|s| said::line(&s, 200)),
             detail: said::line(&r.detail, 4 * said::DETAIL_CHARS),
             rollout: r.rollout.map(|s| said::line(&s, 200)),
@@ -197,7 +206,8 @@ pub(crate) fn history(home: &Home, args: &HistoryArgs) -> Result<u8> {
             (None, _) => "-".to_owned(),
         };
         // A tree pushed with uncommitted changes says so next to its sha.
-        let release = match (r.release_sha256.as_deref(), r.git_dirty) {
+        let id = r.release_id.as_deref().or(r.release_sha256.as_deref());
+        let release = match (id, r.git_dirty) {
             (Some(sha), Some(true)) => format!("{}+dirty", short(sha)),
             (Some(sha), _) => short(sha).to_owned(),
             (None, _) => "-".to_owned(),

@@ -1,8 +1,8 @@
-//! `swarm update`: pack the tree once, then stream it to every target's
-//! `/update` (and, with `--include-self`, to its `/update-self`), or show
-//! what would be pushed (`--dry-run`).
+//! `swarm update`: scan the tree once, then pack it straight into every
+//! target's `/update` (a delta where the host's release allows; with
+//! `--include-self`, the whole release to its `/update-self` too), or
+//! show what would be pushed (`--dry-run`).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -18,15 +18,15 @@ use super::progress::{Bars, packing_spinner, show_progress};
 use super::report::RolloutDoc;
 use super::report::{FleetReport, HostResult, SelfOutcome, interpret};
 use super::rollout;
-use super::said::{self, ANSWER_CAP, HEALTH_CAP, RELEASES_CAP};
-use super::upload::{release_form, upload};
+use super::said::{self, HEALTH_CAP, RELEASES_CAP};
+use super::upload::{Payload, Upload, send, upload};
 use super::{elapsed_ms, fan_out, resolve_required, runtime, short};
 use crate::cli::UpdateArgs;
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::inventory::{HostRecord, Inventory, Op, Outcome};
 use crate::output::{self, outln};
-use crate::pack::{self, PackOptions, Release, ReleaseInfo};
+use crate::pack::{self, PackOptions, ReleaseInfo, Tree};
 
 /// The upload limit: a base for the restart and probes, the install hook's
 /// own timeout, the release's own probe deadline twice (its probe, and the
@@ -35,7 +35,7 @@ fn upload_timeout(info: &ReleaseInfo) -> Duration {
     Duration::from_secs(
         120 + info.install_timeout_secs.unwrap_or(300)
             + 2 * info.probe_deadline_secs.unwrap_or(0).min(3600)
-            + info.size_bytes / (256 * 1024),
+            + info.tree_bytes / (256 * 1024),
     )
 }
 
@@ -48,16 +48,16 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
     let report = |files: u64, bytes: u64| {
         spinner.set_message(format!("{files} files, {}", HumanBytes(bytes)));
     };
-    let packed = pack::pack_reporting(
+    let scanned = pack::scan(
         &PackOptions {
             root: args.root.clone(),
             excludes: args.exclude.clone(),
-            delta: None,
+            cache_dir: Some(home.root().join("cache")),
         },
         &pack::PackProgress::new(&report),
     );
     spinner.finish_and_clear();
-    let release = packed?;
+    let release = Arc::new(scanned?);
     let pack_ms = elapsed_ms(packing);
     if args.include_self && !release.info.ships_updater {
         return Err(Error::usage(format!(
@@ -79,13 +79,7 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
     let self_wait = args
         .include_self
         .then(|| Duration::from_secs(args.self_timeout));
-    let deltas = Arc::new(Deltas::new(
-        home,
-        &args.root,
-        &args.exclude,
-        &release,
-        !args.full,
-    ));
+    let deltas = Arc::new(Deltas::new(home, release.clone(), !args.full));
     let (mut report, interrupted) = if plan.staged {
         staged(inv, master, plan, &release, args, self_wait, deltas)?
     } else {
@@ -99,8 +93,9 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
         (report, false)
     };
     report.pack_ms = Some(pack_ms);
+    report.release = Some(release.info_now());
     if !args.json {
-        print_release(&release.info)?;
+        print_release(&release.info_now())?;
     }
     report.print(args.json)?;
     if interrupted {
@@ -115,7 +110,7 @@ fn staged(
     inv: Inventory,
     master: Arc<Master>,
     plan: rollout::Plan,
-    release: &Release,
+    release: &Arc<Tree>,
     args: &UpdateArgs,
     self_wait: Option<Duration>,
     deltas: Arc<Deltas>,
@@ -123,7 +118,7 @@ fn staged(
     let id = rollout::new_id();
     let pusher = Pusher {
         master,
-        release: Arc::new((release.path().to_owned(), release.info.clone())),
+        release: release.clone(),
         recorder: Arc::new(
             Recorder::new(inv, Op::Update, Some(release.info.clone())).with_rollout(&id),
         ),
@@ -148,14 +143,14 @@ fn push(
     inv: Inventory,
     master: Arc<Master>,
     hosts: Vec<HostRecord>,
-    release: &Release,
+    release: &Arc<Tree>,
     args: &UpdateArgs,
     self_wait: Option<Duration>,
     deltas: Arc<Deltas>,
 ) -> Result<FleetReport> {
     let pusher = Pusher {
         master,
-        release: Arc::new((release.path().to_owned(), release.info.clone())),
+        release: release.clone(),
         recorder: Arc::new(Recorder::new(inv, Op::Update, Some(release.info.clone()))),
         parallel: usize::from(args.parallel),
         json: args.json,
@@ -176,7 +171,7 @@ fn push(
 /// (`super::rollout`) calls [`Pusher::wave`] once per wave.
 pub(super) struct Pusher {
     pub(super) master: Arc<Master>,
-    pub(super) release: Arc<(PathBuf, ReleaseInfo)>,
+    pub(super) release: Arc<Tree>,
     pub(super) recorder: Arc<Recorder>,
     pub(super) parallel: usize,
     pub(super) json: bool,
@@ -197,7 +192,7 @@ impl Pusher {
             .map(|h| h.host.as_str().len())
             .max()
             .unwrap_or(0);
-        let bars = Bars::new(show_progress(self.json), width, self.release.1.size_bytes);
+        let bars = Bars::new(show_progress(self.json), width, self.release.info.tree_bytes);
         let started = Instant::now();
         let recorder = &self.recorder;
         let results = fan_out(
@@ -241,7 +236,7 @@ impl Pusher {
 async fn push_one(
     master: Arc<Master>,
     rec: HostRecord,
-    release: Arc<(PathBuf, ReleaseInfo)>,
+    release: Arc<Tree>,
     bar: ProgressBar,
     self_wait: Option<Duration>,
     recorder: Arc<Recorder>,
@@ -255,7 +250,7 @@ async fn push_one(
         recorder.record(&mut r);
         return r;
     }
-    let timeout = upload_timeout(&release.1);
+    let timeout = upload_timeout(&release.info);
     let client = match master.updater_client(&rec, timeout) {
         Ok(client) => super::deny::deliver(&master, &client, &rec)
             .await
@@ -303,29 +298,28 @@ async fn push_self(
     master: &Master,
     client: &reqwest::Client,
     rec: &HostRecord,
-    release: &(PathBuf, ReleaseInfo),
+    release: &Arc<Tree>,
     bar: &ProgressBar,
     timeout: Duration,
     wait: Duration,
 ) -> (SelfOutcome, String) {
-    let info = &release.1;
+    let info = &release.info;
     bar.set_message("uploading the updater");
-    let form = match release_form(release, bar, &[("confirm_self", "true".to_owned())]).await {
-        Ok(f) => f,
-        Err(e) => return (SelfOutcome::Failed, e),
+    bar.set_length(info.tree_bytes);
+    let up = Upload {
+        path: "/update-self",
+        payload: Payload::Whole,
+        fields: vec![("confirm_self", "true".to_owned())],
+        bar,
     };
-    let sent = client
-        .post(rec.updater_url("/update-self"))
-        .multipart(form)
-        .send()
-        .await;
-    bar.set_message("switching the updater");
-    let answered = match sent {
-        Ok(resp) => said::read_answer(resp, ANSWER_CAP).await.ok(),
-        // Nothing reached the updater: nothing happened.
-        Err(e) if e.is_connect() => return (SelfOutcome::Failed, master.describe(&e, timeout)),
+    // A connection that drops before the answer means "maybe": `/health`
+    // decides; one that never reached the updater changed nothing.
+    let answered = match send(master, client, rec, release, up, timeout).await {
+        Ok(answer) => Some(answer),
+        Err(e) if !e.reached => return (SelfOutcome::Failed, e.why),
         Err(_) => None,
     };
+    bar.set_message("switching the updater");
     if let Some((status, body)) = answered
         && !status.is_success()
     {
@@ -347,8 +341,8 @@ async fn push_self(
                     Ok(h) if h.busy.as_deref() == Some("update-self") => {
                         last = "it is still switching".to_owned();
                     }
-                    Ok(h) => match h.release.map(|m| m.sha256) {
-                        Some(sha) if sha == info.sha256 => {
+                    Ok(h) => match h.release.map(|m| m.id().to_owned()) {
+                        Some(sha) if sha == info.release_id => {
                             return (SelfOutcome::Ok, format!("updater {}", short(&sha)));
                         }
                         Some(sha) => last = format!("it reports release {}", short(&sha)),
@@ -366,32 +360,32 @@ async fn push_self(
         SelfOutcome::Failed,
         format!(
             "the updater did not report release {} within {}s ({last}); it reverts to its previous binary by itself (see updater/watchdog.log on the host)",
-            short(&info.sha256),
+            short(&info.release_id),
             wait.as_secs()
         ),
     )
 }
 
-/// `POST /update` with the release file: only a delta when the host's
-/// live release is one the master kept the index of (issue 12), the whole
+/// `POST /update` with the release: only a delta when the host's live
+/// release is one the master kept the index of (issue 12), the whole
 /// release otherwise or when the host refuses the delta's base (412).
 #[allow(clippy::too_many_arguments)]
 async fn push_agent(
     master: &Master,
     client: &reqwest::Client,
     rec: &HostRecord,
-    release: &(PathBuf, ReleaseInfo),
+    release: &Arc<Tree>,
     deltas: &Deltas,
     bar: &ProgressBar,
     timeout: Duration,
     started: Instant,
 ) -> HostResult {
-    let info = &release.1;
+    let info = &release.info;
     bar.set_message("checking");
     let live = live_release(client, rec).await;
     if let Some(active) = live
         .clone()
-        .filter(|m| m.sha256 == info.sha256 || m.release_id.as_deref() == Some(&info.release_id))
+        .filter(|m| m.release_id.as_deref() == Some(&info.release_id))
     {
         return HostResult::unchanged(rec, active, started);
     }
@@ -400,37 +394,36 @@ async fn push_agent(
         && let Some(d) = deltas.for_base(&base).await
     {
         bar.set_message("uploading a delta");
-        bar.set_length(d.shared.1.size_bytes);
-        let extra = [
-            ("base", base),
-            ("index_patch", d.index_patch.clone()),
-            ("release_id", info.release_id.clone()),
-            ("release_sha256", info.sha256.clone()),
-        ];
-        let mut r = upload(
-            master, client, rec, &d.shared, &extra, info, bar, timeout, started,
-        )
-        .await;
+        bar.set_length(match &d.payload {
+            Payload::Shared(p) => p.digest.size,
+            _ => info.tree_bytes,
+        });
+        let up = Upload {
+            path: "/update",
+            payload: d.payload.clone(),
+            fields: vec![
+                ("base", base),
+                ("index_patch", d.index_patch.clone()),
+                ("release_id", info.release_id.clone()),
+            ],
+            bar,
+        };
+        let mut r = upload(master, client, rec, release, up, timeout, started).await;
         if r.http_status != Some(412) {
             r.delta = true;
             return r;
         }
         refused = Some(r.detail);
         bar.reset();
-        bar.set_length(info.size_bytes);
+        bar.set_length(info.tree_bytes);
     }
-    let mut r = upload(
-        master,
-        client,
-        rec,
-        release,
-        &[],
-        info,
+    let up = Upload {
+        path: "/update",
+        payload: Payload::Whole,
+        fields: Vec::new(),
         bar,
-        timeout,
-        started,
-    )
-    .await;
+    };
+    let mut r = upload(master, client, rec, release, up, timeout, started).await;
     if let Some(why) = refused {
         r.detail = format!("{} (sent whole: the delta was refused: {why})", r.detail);
     }
@@ -467,7 +460,15 @@ struct DryTarget {
     address: String,
 }
 
-fn dry_run(release: &Release, plan: &rollout::Plan, json: bool) -> Result<u8> {
+fn dry_run(release: &Tree, plan: &rollout::Plan, json: bool) -> Result<u8> {
+    // Packed for its size and digest only: nothing is kept or sent.
+    release
+        .pack_counted()
+        .map_err(|e| Error::Pack {
+            root: release.info.root.clone(),
+            message: e.to_string(),
+        })?;
+    let info = &release.info_now();
     let targets: Vec<DryTarget> = plan
         .waves
         .iter()
@@ -480,22 +481,19 @@ fn dry_run(release: &Release, plan: &rollout::Plan, json: bool) -> Result<u8> {
     if json {
         output::json(&DryRun {
             dry_run: true,
-            release: &release.info,
+            release: info,
             targets,
             rollout: plan.doc(),
         })?;
         return Ok(0);
     }
-    let info = &release.info;
     outln!("dry run: nothing was sent")?;
     outln!("root     {}", info.root.display())?;
     outln!("files    {}", info.files)?;
-    outln!(
-        "size     {} ({} bytes)",
-        HumanBytes(info.size_bytes),
-        info.size_bytes
-    )?;
-    outln!("sha256   {}", info.sha256)?;
+    let size = info.size_bytes.unwrap_or(0);
+    outln!("size     {} ({} bytes)", HumanBytes(size), size)?;
+    outln!("release  {}", info.release_id)?;
+    outln!("sha256   {}", info.sha256.as_deref().unwrap_or("-"))?;
     outln!("git      {}", git_label(info, info.git_commit.as_deref()))?;
     if !info.skipped_secrets.is_empty() {
         outln!("secrets left out: {}", info.skipped_secrets.join(", "))?;
@@ -522,9 +520,9 @@ fn git_label(info: &ReleaseInfo, commit: Option<&str>) -> String {
 fn print_release(info: &ReleaseInfo) -> Result<()> {
     outln!(
         "release {}  {} files  {}  git {}",
-        short(&info.sha256),
+        short(&info.release_id),
         info.files,
-        HumanBytes(info.size_bytes),
+        HumanBytes(info.tree_bytes),
         git_label(info, info.git_commit.as_deref().map(short))
     )?;
     if !info.skipped_secrets.is_empty() {

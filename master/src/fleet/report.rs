@@ -121,7 +121,7 @@ impl HostResult {
     pub(super) fn unchanged(rec: &HostRecord, active: Manifest, started: Instant) -> HostResult {
         HostResult {
             agent: Outcome::Unchanged,
-            detail: format!("{} already active; nothing changed", short(&active.sha256)),
+            detail: format!("{} already active; nothing changed", short(active.id())),
             release: Some(active),
             wire_bytes: Some(0),
             ..HostResult::error(rec, String::new(), started)
@@ -313,7 +313,7 @@ pub(super) fn interpret(
     rec: &HostRecord,
     status: reqwest::StatusCode,
     body: &[u8],
-    expect_sha: Option<&str>,
+    expect_id: Option<&str>,
     started: Instant,
 ) -> HostResult {
     // Cleaned once, here: every string below is safe to print and store.
@@ -332,25 +332,25 @@ pub(super) fn interpret(
         .unwrap_or_default();
     let message = resp.error.clone().unwrap_or(probe_error);
     let (agent, detail) = match (op, resp.status, status.is_success()) {
-        (Op::Update, OpStatus::Updated, true) => match (&resp.release, expect_sha) {
-            (Some(m), Some(want)) if m.sha256 != want => (
+        (Op::Update, OpStatus::Updated, true) => match (&resp.release, expect_id) {
+            (Some(m), Some(want)) if m.id() != want => (
                 Outcome::Error,
                 format!(
                     "updater reports release {} but {} was pushed",
-                    short(&m.sha256),
+                    short(m.id()),
                     short(want)
                 ),
             ),
-            (Some(m), _) => (Outcome::Updated, short(&m.sha256).to_owned()),
+            (Some(m), _) => (Outcome::Updated, short(m.id()).to_owned()),
             (None, _) => (
                 Outcome::Updated,
-                expect_sha.map(short).unwrap_or("").to_owned(),
+                expect_id.map(short).unwrap_or("").to_owned(),
             ),
         },
         (Op::Update, OpStatus::Unchanged, true) => (
             Outcome::Unchanged,
             match &resp.release {
-                Some(m) => format!("{} already active; nothing changed", short(&m.sha256)),
+                Some(m) => format!("{} already active; nothing changed", short(m.id())),
                 None => "already active; nothing changed".to_owned(),
             },
         ),
@@ -373,7 +373,7 @@ pub(super) fn interpret(
         (Op::Rollback, OpStatus::RolledBack, true) => (
             Outcome::RolledBack,
             match &resp.release {
-                Some(m) => format!("now {}", short(&m.sha256)),
+                Some(m) => format!("now {}", short(m.id())),
                 None => "rolled back".to_owned(),
             },
         ),

@@ -198,7 +198,7 @@ impl HostStatusRow {
         self.active = r.active.as_ref().map(ReleaseBrief::from);
         self.prev = r.prev.as_ref().map(ReleaseBrief::from);
         self.failed = r.failed.len();
-        self.release = r.active.map(|m| m.sha256);
+        self.release = r.active.map(|m| m.id().to_owned());
         self.drift = self
             .desired
             .as_ref()

@@ -1,105 +1,212 @@
-//! One upload to an updater's `/update` (or `/update-self`): the multipart
-//! form with the release file streamed from its temp file, and the answer
+//! One upload to an updater's `/update` (or `/update-self`): a multipart
+//! body written by hand so the release can be packed straight into it —
+//! the text fields, the `tarball` part (the whole release streamed from
+//! the packer, or a shared delta from memory), then the `sha256` part,
+//! known only once the last byte is packed (the updater checks the digest
+//! at the end, whichever order the fields come in) — and the answer
 //! interpreted, including an updater that refused the release part-way.
 
-use std::path::PathBuf;
+use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, stream};
 use indicatif::ProgressBar;
 
 use super::client::Master;
 use super::report::{HostResult, interpret};
 use super::said::{self, ANSWER_CAP};
 use crate::inventory::{HostRecord, Op};
-use crate::pack::ReleaseInfo;
+use crate::pack::{Have, Packed, Tree};
 
-/// The multipart body of a push: the digest, the commit, `extra` text
-/// fields, and the release file streamed (counted on `bar`).
-pub(super) async fn release_form(
-    release: &(PathBuf, ReleaseInfo),
-    bar: &ProgressBar,
-    extra: &[(&'static str, String)],
-) -> std::result::Result<reqwest::multipart::Form, String> {
-    let (path, info) = (&release.0, &release.1);
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let counter = bar.clone();
-    let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024).map(move |chunk| {
-        if let Ok(c) = &chunk {
-            counter.inc(c.len() as u64);
-        }
-        chunk
-    });
-    let part = reqwest::multipart::Part::stream_with_length(
-        reqwest::Body::wrap_stream(stream),
-        info.size_bytes,
-    )
-    .file_name("release.tar.zst")
-    .mime_str("application/zstd")
-    .map_err(|e| e.to_string())?;
-    let mut form = reqwest::multipart::Form::new().text("sha256", info.sha256.clone());
-    if let Some(commit) = &info.git_commit {
-        form = form.text("git_commit", commit.clone());
-    }
-    for (k, v) in extra {
-        form = form.text(*k, v.clone());
-    }
-    Ok(form.part("tarball", part))
+/// What goes in the `tarball` part.
+#[derive(Clone, Debug)]
+pub(super) enum Payload {
+    /// The whole release, packed for this upload.
+    Whole,
+    /// A delta kept in memory, shared by the hosts on its base.
+    Shared(Arc<Packed>),
+    /// A delta too large to keep, packed for this upload.
+    Without(Arc<Have>),
 }
 
-/// Upload `release` (the whole one, or a delta with its `extra` fields) to
-/// `/update`; `info` is the whole release the host should end up on.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn upload(
+/// Where an upload goes and what it carries besides the release.
+pub(super) struct Upload<'a> {
+    pub(super) path: &'static str,
+    pub(super) payload: Payload,
+    /// Text fields sent before the tarball.
+    pub(super) fields: Vec<(&'static str, String)>,
+    pub(super) bar: &'a ProgressBar,
+}
+
+/// The multipart body and why packing it failed, if it did.
+struct Body {
+    content_type: String,
+    body: reqwest::Body,
+    failure: Option<Arc<std::sync::Mutex<Option<String>>>>,
+}
+
+fn part_head(boundary: &str, name: &str) -> String {
+    format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n")
+}
+
+/// The form: `fields`, the tarball, then `sha256`.
+fn body(tree: &Arc<Tree>, up: &Upload<'_>) -> Body {
+    let boundary = format!("swarm-{:032x}", rand::random::<u128>());
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let mut head = String::new();
+    if let Some(commit) = &tree.info.git_commit {
+        head += &part_head(&boundary, "git_commit");
+        head += commit;
+        head += "\r\n";
+    }
+    for (k, v) in &up.fields {
+        head += &part_head(&boundary, k);
+        head += v;
+        head += "\r\n";
+    }
+    head += &format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"tarball\"; filename=\"release.tar.zst\"\r\nContent-Type: application/zstd\r\n\r\n"
+    );
+    let tail = move |sha: &str| {
+        Bytes::from(format!(
+            "\r\n{}{sha}\r\n--{boundary}--\r\n",
+            part_head(&boundary, "sha256")
+        ))
+    };
+    let head = stream::once(async move { Ok::<_, io::Error>(Bytes::from(head)) });
+    let counter = up.bar.clone();
+    type Chunks = std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+    let (tarball, failure): (Chunks, _) = match &up.payload {
+        Payload::Shared(packed) => {
+            let sha = packed.digest.sha256.clone();
+            let chunks = packed.chunks.clone().into_iter().map(move |c| {
+                counter.inc(c.len() as u64);
+                Ok(c)
+            });
+            let end = stream::once(async move { Ok(tail(&sha)) });
+            (Box::pin(stream::iter(chunks).chain(end)), None)
+        }
+        Payload::Whole | Payload::Without(_) => {
+            let have = match &up.payload {
+                Payload::Without(h) => Some(h.clone()),
+                _ => None,
+            };
+            let packing = tree.stream(have, move |n| counter.inc(n));
+            let failure = packing.failure.clone();
+            let chunks = stream::unfold(packing.chunks, |mut rx| async move {
+                rx.recv().await.map(|c| (c, rx))
+            });
+            let done = packing.done;
+            let end = stream::once(async move {
+                match done.await {
+                    Ok(Ok(d)) => Ok(tail(&d.sha256)),
+                    Ok(Err(why)) => Err(io::Error::other(why)),
+                    Err(_) => Err(io::Error::other("the packer stopped")),
+                }
+            });
+            (Box::pin(chunks.chain(end)), Some(failure))
+        }
+    };
+    Body {
+        content_type,
+        body: reqwest::Body::wrap_stream(head.chain(tarball)),
+        failure,
+    }
+}
+
+/// Why an upload got no usable answer.
+#[derive(Debug)]
+pub(super) struct Unanswered {
+    pub(super) why: String,
+    /// Whether the request may have reached the updater (`false`: the
+    /// connection failed or the pack did, so nothing was installed).
+    pub(super) reached: bool,
+}
+
+/// Send `up` to `rec` and read the answer (`tree` is the release being
+/// sent).
+pub(super) async fn send(
     master: &Master,
     client: &reqwest::Client,
     rec: &HostRecord,
-    release: &(PathBuf, ReleaseInfo),
-    extra: &[(&'static str, String)],
-    info: &ReleaseInfo,
-    bar: &ProgressBar,
+    tree: &Arc<Tree>,
+    up: Upload<'_>,
     timeout: Duration,
-    started: Instant,
-) -> HostResult {
-    bar.set_message("uploading");
-    let form = match release_form(release, bar, extra).await {
-        Ok(f) => f,
-        Err(e) => return HostResult::error(rec, e, started),
-    };
+) -> Result<(reqwest::StatusCode, Vec<u8>), Unanswered> {
+    let Body {
+        content_type,
+        body,
+        failure,
+    } = body(tree, &up);
     let sent = client
-        .post(rec.updater_url("/update"))
-        .multipart(form)
+        .post(rec.updater_url(up.path))
+        .header(reqwest::header::CONTENT_TYPE, content_type)
+        .body(body)
         .send()
         .await;
-    bar.set_message("installing and probing");
+    up.bar.set_message("installing and probing");
+    let packing_failed = || {
+        failure
+            .as_ref()
+            .and_then(|f| f.lock().ok().and_then(|f| f.clone()))
+    };
     // An updater that refuses a release part-way answers 400 at once and
     // drains the rest; an older one closes, and the error may come while
     // sending, before any answer could be read: say what it means.
     let resp = match sent {
         Ok(r) => r,
-        Err(e) if !e.is_connect() && !e.is_timeout() && cut_while_sending(&e) => {
-            let detail = format!(
-                "the updater closed the connection during the upload, before an answer could be read (it refused the release part-way: a cap such as --max-upload-bytes, or an unsafe entry; its log says which): {}",
+        Err(e) => {
+            let unsent = |why| Unanswered { why, reached: false };
+            if let Some(why) = packing_failed() {
+                return Err(unsent(format!("{why}; nothing was installed")));
+            }
+            if e.is_connect() {
+                return Err(unsent(master.describe(&e, timeout)));
+            }
+            let why = if !e.is_timeout() && cut_while_sending(&e) {
+                format!(
+                    "the updater closed the connection during the upload, before an answer could be read (it refused the release part-way: a cap such as --max-upload-bytes, or an unsafe entry; its log says which): {}",
+                    master.describe(&e, timeout)
+                )
+            } else {
                 master.describe(&e, timeout)
-            );
-            return HostResult::error(rec, detail, started);
+            };
+            return Err(Unanswered { why, reached: true });
         }
-        Err(e) => return HostResult::error(rec, master.describe(&e, timeout), started),
     };
-    // An answer came: report it (read under the cap), even when its body is
-    // cut off or too large.
     let status = resp.status();
-    match said::read_answer(resp, ANSWER_CAP).await {
-        Ok((status, body)) => {
-            interpret(Op::Update, rec, status, &body, Some(&info.sha256), started)
-        }
-        Err(why) => {
-            let mut r = HostResult::error(rec, format!("answer unusable: {why}"), started);
-            r.http_status = Some(status.as_u16());
-            r
-        }
+    said::read_answer(resp, ANSWER_CAP)
+        .await
+        .map_err(|why| Unanswered {
+            why: format!("answer unusable: {why} (HTTP {})", status.as_u16()),
+            reached: true,
+        })
+}
+
+/// Upload to `/update` and make the host's row: `tree` is the release the
+/// host should end up on.
+pub(super) async fn upload(
+    master: &Master,
+    client: &reqwest::Client,
+    rec: &HostRecord,
+    tree: &Arc<Tree>,
+    up: Upload<'_>,
+    timeout: Duration,
+    started: Instant,
+) -> HostResult {
+    up.bar.set_message("uploading");
+    match send(master, client, rec, tree, up, timeout).await {
+        Ok((status, body)) => interpret(
+            Op::Update,
+            rec,
+            status,
+            &body,
+            Some(&tree.info.release_id),
+            started,
+        ),
+        Err(e) => HostResult::error(rec, e.why, started),
     }
 }
 

@@ -108,6 +108,8 @@ pub(crate) struct PushRecord {
     pub(crate) operation: Op,
     pub(crate) host: String,
     pub(crate) release_sha256: Option<String>,
+    /// The release's `release_id` (issue 12; `None` on rows from before).
+    pub(crate) release_id: Option<String>,
     pub(crate) git_commit: Option<String>,
     /// Whether the pushed tree had uncommitted changes (`None`: unknown).
     pub(crate) git_dirty: Option<bool>,
@@ -127,15 +129,16 @@ impl Inventory {
     pub(crate) fn record_push(&self, rec: &PushRecord) -> Result<i64> {
         self.conn
             .execute(
-                "INSERT INTO pushes (at, operation, host, release_sha256, git_commit, git_dirty,
-                                     outcome, detail, rollout, wave)
-                 VALUES (:at, :operation, :host, :release_sha256, :git_commit, :git_dirty,
-                         :outcome, :detail, :rollout, :wave)",
+                "INSERT INTO pushes (at, operation, host, release_sha256, release_id, git_commit,
+                                     git_dirty, outcome, detail, rollout, wave)
+                 VALUES (:at, :operation, :host, :release_sha256, :release_id, :git_commit,
+                         :git_dirty, :outcome, :detail, :rollout, :wave)",
                 rusqlite::named_params! {
                     ":at": rfc3339(rec.at),
                     ":operation": rec.operation,
                     ":host": rec.host,
                     ":release_sha256": rec.release_sha256,
+                    ":release_id": rec.release_id,
                     ":git_commit": rec.git_commit,
                     ":git_dirty": rec.git_dirty,
                     ":outcome": rec.outcome,
@@ -168,7 +171,9 @@ impl Inventory {
     /// release it answered with), or a halted rollout's revert (issue 13:
     /// back to the release the host ran before). An update the host itself
     /// rolled back (its probe failed there), or a host a halted rollout
-    /// skipped, leaves the intent where it was. `None`:
+    /// skipped, leaves the intent where it was. The release is named by
+    /// its `release_id` (by its upload digest on rows from before issue
+    /// 12, as [`pki::wire::Manifest::id`] names an old release). `None`:
     /// nothing was ever pushed to this enrollment.
     pub(crate) fn desired_release(
         &self,
@@ -178,8 +183,9 @@ impl Inventory {
         use rusqlite::OptionalExtension;
         self.conn
             .query_row(
-                "SELECT release_sha256 FROM pushes
-                 WHERE host = ?1 AND at >= ?2 AND release_sha256 IS NOT NULL
+                "SELECT COALESCE(release_id, release_sha256) FROM pushes
+                 WHERE host = ?1 AND at >= ?2
+                   AND COALESCE(release_id, release_sha256) IS NOT NULL
                    AND ((operation = 'update' AND outcome IN ('updated', 'unchanged', 'error'))
                         OR (operation = 'rollback' AND outcome IN ('rolled-back', 'reverted')))
                  ORDER BY id DESC LIMIT 1",
@@ -196,8 +202,8 @@ impl Inventory {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT at, operation, host, release_sha256, git_commit, git_dirty, outcome, detail,
-                        rollout, wave
+                "SELECT at, operation, host, release_sha256, release_id, git_commit, git_dirty,
+                        outcome, detail, rollout, wave
                  FROM (SELECT * FROM pushes WHERE ?1 IS NULL OR host = ?1 ORDER BY id DESC LIMIT ?2)
                  ORDER BY id",
             )
@@ -216,6 +222,7 @@ impl Inventory {
                     operation: row.get("operation")?,
                     host: row.get("host")?,
                     release_sha256: row.get("release_sha256")?,
+                    release_id: row.get("release_id")?,
                     git_commit: row.get("git_commit")?,
                     git_dirty: row.get("git_dirty")?,
                     outcome: row.get("outcome")?,
@@ -247,6 +254,7 @@ mod tests {
             operation: op,
             host: host.to_owned(),
             release_sha256: sha.map(str::to_owned),
+            release_id: None,
             git_commit: None,
             git_dirty: None,
             outcome,
@@ -294,5 +302,20 @@ mod tests {
         // A later enrollment of the same name starts with no intent.
         let later = t0 + time::Duration::seconds(5);
         assert_eq!(desired(later), None);
+    }
+
+    #[test]
+    fn a_release_is_desired_by_its_release_id_whatever_its_upload_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = Inventory::open(&dir.path().join("inv.db")).unwrap();
+        let w1 = HostName::new("w1").unwrap();
+        let t0 = clock::now();
+        let mut delta = line(Op::Update, "w1", Some("delta-digest"), Outcome::Updated, t0);
+        delta.release_id = Some("rid".to_owned());
+        inv.record_push(&delta).unwrap();
+        assert_eq!(inv.desired_release(&w1, t0).unwrap().as_deref(), Some("rid"));
+        let back = inv.history(Some(&w1), 10).unwrap();
+        assert_eq!(back[0].release_id.as_deref(), Some("rid"));
+        assert_eq!(back[0].release_sha256.as_deref(), Some("delta-digest"));
     }
 }

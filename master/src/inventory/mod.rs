@@ -108,6 +108,10 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
             ALTER TABLE hosts ADD COLUMN pending_updater_fingerprint TEXT;
             ALTER TABLE hosts ADD COLUMN pending_updater_not_after TEXT;",
         ),
+        // Issue 12: a release is named by its `release_id` (the hash of
+        // its tree's index), whatever its upload's digest was (NULL: a row
+        // from before, named by `release_sha256` alone).
+        M::up("ALTER TABLE pushes ADD COLUMN release_id TEXT;"),
     ])
 });
 
@@ -191,7 +195,7 @@ impl Inventory {
 }
 
 /// How many migrations [`MIGRATIONS`] holds (the latest `user_version`).
-const MIGRATIONS_LEN: usize = 4;
+const MIGRATIONS_LEN: usize = 5;
 
 #[cfg(test)]
 mod tests {

@@ -85,8 +85,9 @@ fn update_all_updates_every_worker_and_ships_only_the_tree() {
         assert_eq!(row[2], "updated", "{out}");
         assert_eq!(row[3], "skipped");
         assert_eq!(row[4], sha_prefix);
+        let id = w.slot_id("active").expect("active release");
+        assert!(id.starts_with(&sha_prefix), "{id} vs {sha_prefix}");
         let active = w.slot_sha("active").expect("active release");
-        assert!(active.starts_with(&sha_prefix), "{active} vs {sha_prefix}");
         w.wait_agent_release_blocking(&active);
 
         let current = w.install_dir.join("current");

@@ -103,7 +103,7 @@ fn journal(s: &Swarm, host: &str) -> Vec<Value> {
 }
 
 fn sha_of(update: &Value, host: &str) -> String {
-    host_row(update, host)["release"]["sha256"]
+    host_row(update, host)["release"]["release_id"]
         .as_str()
         .unwrap_or_else(|| panic!("no release for {host} in {update}"))
         .to_owned()
@@ -160,7 +160,7 @@ fn a_host_down_during_a_push_drifts_and_the_next_push_converges_only_it() {
     let mut workers = s.fleet(&["w1", "w2", "w3"]);
     let v1 = good_tree(&s, "v1");
     s.ok(&["update", "--all", "--root", &v1]);
-    let sha1 = workers[1].slot_sha("active").expect("w2 on v1");
+    let sha1 = workers[1].slot_id("active").expect("w2 on v1");
 
     workers[1].kill_updater();
     let v2 = good_tree(&s, "v2");
@@ -191,7 +191,7 @@ fn a_host_down_during_a_push_drifts_and_the_next_push_converges_only_it() {
     assert_eq!(journal(&s, "w1").len(), before, "w1's updater saw a push");
     assert_eq!(workers[0].slot_sha("prev"), prev1, "w1's prev moved");
     assert_eq!(
-        workers[1].slot_sha("active").as_deref(),
+        workers[1].slot_id("active").as_deref(),
         Some(sha2.as_str())
     );
     let doc = s.json(&["status", "--json"], 0);
@@ -211,7 +211,7 @@ fn an_automatic_revert_shows_as_drift_and_in_the_worker_journal() {
     let w = s.worker("w1");
     let v1 = good_tree(&s, "v1");
     s.ok(&["update", "--all", "--root", &v1]);
-    let sha1 = w.slot_sha("active").expect("v1 active");
+    let sha1 = w.slot_id("active").expect("v1 active");
     // Serves long enough to pass its probe, then every run exits at once.
     let marker = w.dir().join("served-once");
     let agent = format!(
@@ -269,7 +269,7 @@ fn a_rolled_back_row_shows_the_failed_agents_last_lines() {
     let w = s.worker("w1");
     let v1 = good_tree(&s, "v1");
     s.ok(&["update", "--all", "--root", &v1]);
-    let sha1 = w.slot_sha("active").expect("v1 active");
+    let sha1 = w.slot_id("active").expect("v1 active");
     let broken = script_tree(
         &s,
         "broken",
@@ -290,7 +290,7 @@ fn a_rolled_back_row_shows_the_failed_agents_last_lines() {
     let tail = row["log_tail"].as_array().expect("log_tail");
     assert!(tail.iter().any(|l| l == "json-fail-marker"), "{row}");
     // Still on v1, healthy, and that is what it should run.
-    assert_eq!(w.slot_sha("active"), Some(sha1));
+    assert_eq!(w.slot_id("active"), Some(sha1));
     s.code(&["status"], 0);
 }
 

@@ -276,11 +276,13 @@ fn a_release_that_crashes_after_its_probe_fails_its_soak_and_is_reverted() {
         reverts.iter().all(|l| l.2 == "reverted" && l.3 == 1),
         "{reverts:?}"
     );
-    // A revert is the operator's intent too: no host drifts from it.
+    // A revert is the operator's intent too: no host drifts from it (the
+    // master names a release by its release_id).
+    let v1_id = workers[0].slot_id("active").expect("v1 active");
     let out = s.run(&["status", "--json"]);
     let status: Value = serde_json::from_slice(&out.stdout).expect("status --json");
     for h in status["hosts"].as_array().expect("hosts") {
-        assert_eq!(h["desired"], v1.as_str(), "{h}");
+        assert_eq!(h["desired"], v1_id.as_str(), "{h}");
         assert_eq!(h["drift"], false, "{h}");
     }
 }

@@ -90,7 +90,7 @@ pub(crate) async fn run(pusher: &Pusher, plan: &Plan, id: &str) -> (Vec<HostResu
             &format!("warning: cannot catch Ctrl-C ({e}); it will end swarm at once"),
         ),
     }
-    let sha = pusher.release.1.sha256.clone();
+    let sha = pusher.release.info.release_id.clone();
     let n = plan.waves.len();
     let mut rows: Vec<HostResult> = Vec::new();
     let mut touched: Vec<Touched> = Vec::new();
@@ -236,7 +236,7 @@ async fn releases_before(pusher: &Pusher, wave: &[HostRecord]) -> Vec<Option<Str
         )
         .await
         .ok()?;
-        r.active.map(|m| m.sha256)
+        r.active.map(|m| m.id().to_owned())
     });
     futures_util::stream::iter(looks)
         .buffered(pusher.parallel.max(1))
@@ -253,7 +253,7 @@ async fn soak_wave(
     results: &mut [HostResult],
     updated: &[usize],
 ) {
-    let sha = &pusher.release.1.sha256;
+    let sha = &pusher.release.info.release_id;
     let stop = &pusher.stop;
     let watches = updated
         .iter()

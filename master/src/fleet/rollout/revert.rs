@@ -57,7 +57,7 @@ async fn attempt(
             Ok(r) => r,
             Err(e) => return (Outcome::Error, format!("not reverted: {e}")),
         };
-    let active = releases.active.map(|m| m.sha256);
+    let active = releases.active.map(|m| m.id().to_owned());
     if active.as_deref() == Some(before) {
         // Its updater reverted by itself (a crash loop) already.
         return (
@@ -66,7 +66,7 @@ async fn attempt(
         );
     }
     if active.as_deref() != Some(pushed)
-        || releases.prev.map(|m| m.sha256).as_deref() != Some(before)
+        || releases.prev.as_ref().map(|m| m.id()) != Some(before)
     {
         return (
             Outcome::Error,
@@ -103,7 +103,7 @@ async fn attempt(
         }
         break interpret(Op::Rollback, rec, status, &body, None, started);
     };
-    match (row.agent, row.release.as_ref().map(|m| m.sha256.as_str())) {
+    match (row.agent, row.release.as_ref().map(|m| m.id())) {
         (Outcome::RolledBack, Some(now)) if now == before => {
             (Outcome::Reverted, format!("reverted to {}", short(before)))
         }

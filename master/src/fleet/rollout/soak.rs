@@ -119,7 +119,7 @@ pub(super) async fn soak(
     }
     // An updater that reverted by itself (a crash loop) runs another release.
     match get_json::<Releases>(master, &client, rec.updater_url("/releases"), RELEASES_CAP).await {
-        Ok(r) => match r.active.map(|m| m.sha256) {
+        Ok(r) => match r.active.map(|m| m.id().to_owned()) {
             Some(active) if active == sha => Soaked::Healthy,
             Some(active) => Soaked::Failed(format!(
                 "it runs release {} now, not the pushed {} (its updater reverted it)",
