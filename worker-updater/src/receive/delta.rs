@@ -20,6 +20,8 @@
 //!   some kept release lists but the store no longer has (changed on the
 //!   worker, dropped) → 412 ([`UpdaterError::NoBase`]); content no kept
 //!   release lists → 400;
+//! - a file left out must sit in a directory of the index (never below a
+//!   link);
 //! - a base that is not kept → 412, which the master answers with a full
 //!   push.
 
@@ -79,6 +81,16 @@ pub fn materialize(
                 w.path, w.kind
             )));
         }
+        // The link lands in a directory the index names (and so the
+        // upload brought), never through a link nor in a missing one.
+        if let Some((parent, _)) = w.path.rsplit_once('/')
+            && want.get(parent).is_none_or(|p| p.kind != EntryKind::Dir)
+        {
+            return Err(UpdaterError::unsafe_entry(
+                &w.path,
+                "its parent is not a directory of the index",
+            ));
+        }
         if !store.link_to(&staging.join(&w.path), w)? {
             let sha = w.sha256.as_deref().unwrap_or_default();
             if kept_lists(sha, w.size) {
@@ -133,4 +145,70 @@ fn check_index(want: &TreeIndex, caps: &Caps) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use pki::index::{IndexEntry, sha256_hex};
+
+    use super::*;
+    use crate::store::Store;
+
+    #[test]
+    fn content_is_linked_only_below_a_directory_of_the_index() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path().join("store"));
+        // The store holds "kept" (from an earlier release).
+        let old = tmp.path().join("old");
+        fs::create_dir(&old).unwrap();
+        fs::write(old.join("f"), b"kept").unwrap();
+        let kept = IndexEntry::file("f", 0o644, 4, sha256_hex(b"kept"));
+        let mut s = store.begin().unwrap();
+        s.adopt(&old.join("f"), &kept).unwrap();
+        // Received: a directory `x` and a link `d -> x`.
+        let staging = tmp.path().join("staging");
+        fs::create_dir_all(staging.join("x")).unwrap();
+        std::os::unix::fs::symlink("x", staging.join("d")).unwrap();
+        let received = TreeIndex::new(vec![
+            IndexEntry::dir("x", 0o755),
+            IndexEntry::link("d", "x"),
+        ])
+        .unwrap();
+        let file = |p: &str| IndexEntry::file(p, 0o644, 4, sha256_hex(b"kept"));
+        let mut none = |_: &str, _: u64| false;
+        for (path, why) in [("d/f", "below a link"), ("y/f", "no directory")] {
+            let mut want = received.entries().to_vec();
+            want.push(file(path));
+            let want = TreeIndex::new(want).unwrap();
+            let r = materialize(
+                &staging,
+                &received,
+                &want,
+                &mut s,
+                &mut none,
+                &Caps::default(),
+            );
+            assert!(
+                matches!(r, Err(UpdaterError::Unsafe { .. })),
+                "{why}: {r:?}"
+            );
+            assert!(!staging.join("x/f").exists(), "{why}: nothing written");
+        }
+        // Below a directory of the index: linked.
+        let mut want = received.entries().to_vec();
+        want.push(file("x/f"));
+        let want = TreeIndex::new(want).unwrap();
+        let r = materialize(
+            &staging,
+            &received,
+            &want,
+            &mut s,
+            &mut none,
+            &Caps::default(),
+        );
+        assert_eq!(r.unwrap(), 4);
+        assert_eq!(fs::read(staging.join("x/f")).unwrap(), b"kept");
+    }
 }
