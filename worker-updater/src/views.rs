@@ -180,47 +180,23 @@ fn status_word(s: OpStatus) -> &'static str {
     }
 }
 
-/// `key=value` pairs of a query string, percent-decoded.
+/// `key=value` pairs of a query string, percent-decoded (the
+/// `application/x-www-form-urlencoded` rules, by `form_urlencoded`: the
+/// parser `url` and reqwest use). A value that is not UTF-8 is refused.
 fn pairs(q: Option<&str>) -> Result<Vec<(String, String)>> {
     let Some(q) = q else {
         return Ok(Vec::new());
     };
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let dec = |s: &str| {
-                percent_decode(s).ok_or_else(|| {
-                    UpdaterError::BadUpload("the query string is not valid UTF-8".into())
-                })
-            };
-            Ok((dec(k)?, dec(v)?))
+    form_urlencoded::parse(q.as_bytes())
+        .map(|(k, v)| {
+            if k.contains('\u{fffd}') || v.contains('\u{fffd}') {
+                return Err(UpdaterError::BadUpload(
+                    "the query string is not valid UTF-8".into(),
+                ));
+            }
+            Ok((k.into_owned(), v.into_owned()))
         })
         .collect()
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// `value` as a count in 1..=`max`, or a 400 that says so.

@@ -19,7 +19,7 @@ use tokio::sync::OnceCell;
 
 use super::upload::Payload;
 use crate::home::Home;
-use crate::pack::{Have, Tree};
+use crate::pack::{Have, Recording, Tree};
 
 /// How many pushed releases' indexes the master keeps.
 pub(super) const KEEP_INDEXES: usize = 64;
@@ -27,8 +27,8 @@ pub(super) const KEEP_INDEXES: usize = 64;
 /// Largest index file read back (about 200 bytes an entry).
 const MAX_INDEX_BYTES: u64 = 64 << 20;
 
-/// Largest delta kept in memory for the hosts that share its base; a
-/// larger one is packed by each host's upload.
+/// Largest pack (by the tree bytes it reads) recorded in memory for the
+/// uploads that share it; a larger one is packed by each upload.
 const SHARED_CAP: u64 = 64 << 20;
 
 /// A delta against one base.
@@ -38,6 +38,8 @@ pub(super) struct Delta {
     /// What turns the base's index into the release's
     /// ([`TreeIndex::patch_to`]): one line per changed path.
     pub(super) index_patch: String,
+    /// The tree bytes it packs (what a progress bar counts).
+    pub(super) bytes: u64,
 }
 
 type Cell = Arc<OnceCell<Option<Arc<Delta>>>>;
@@ -50,6 +52,8 @@ pub(super) struct Deltas {
     /// `false` with `--full`: every host gets the whole release.
     enabled: bool,
     cells: Mutex<HashMap<String, Cell>>,
+    /// The whole release, recorded once for every host that gets it.
+    whole: std::sync::OnceLock<Arc<Recording>>,
 }
 
 impl Deltas {
@@ -63,7 +67,18 @@ impl Deltas {
             tree,
             enabled,
             cells: Mutex::new(HashMap::new()),
+            whole: std::sync::OnceLock::new(),
         }
+    }
+
+    /// What a host that gets the whole release is sent: one recorded pack
+    /// for every such host when the tree is small, else a pack of its own
+    /// (every whole pack of a tree is the same bytes).
+    pub(super) fn whole(&self) -> Payload {
+        if self.tree.info.tree_bytes > SHARED_CAP {
+            return Payload::Whole;
+        }
+        Payload::Shared(self.whole.get_or_init(|| self.tree.record(None)).clone())
     }
 
     /// The delta against `base`, or `None` when the master has no index
@@ -82,18 +97,33 @@ impl Deltas {
         };
         let (path, tree) = (self.dir.join(base), self.tree.clone());
         cell.get_or_init(|| async move {
-            tokio::task::spawn_blocking(move || pack_delta(&path, &tree))
+            let tree2 = tree.clone();
+            let have = tokio::task::spawn_blocking(move || have_of(&path, &tree2))
                 .await
                 .ok()
-                .flatten()
-                .map(Arc::new)
+                .flatten()?;
+            let index_patch = have.1;
+            let have = Arc::new(have.0);
+            let bytes = tree.bytes_without(&have);
+            let payload = if bytes > SHARED_CAP {
+                Payload::Without(have)
+            } else {
+                Payload::Shared(tree.record(Some(have)))
+            };
+            Some(Arc::new(Delta {
+                payload,
+                index_patch,
+                bytes,
+            }))
         })
         .await
         .clone()
     }
 }
 
-fn pack_delta(base_index: &Path, tree: &Tree) -> Option<Delta> {
+/// What the base at `base_index` has, and the patch from it to `tree`;
+/// `None` when its index is unreadable or it shares no content.
+fn have_of(base_index: &Path, tree: &Tree) -> Option<(Have, String)> {
     let len = fs::metadata(base_index).ok()?.len();
     if len > MAX_INDEX_BYTES {
         return None;
@@ -116,16 +146,7 @@ fn pack_delta(base_index: &Path, tree: &Tree) -> Option<Delta> {
         return None;
     }
     let index_patch = base.patch_to(want);
-    let payload = match tree.pack_in_memory(&have, SHARED_CAP) {
-        Ok(Some(packed)) => Payload::Shared(Arc::new(packed)),
-        Ok(None) => Payload::Without(Arc::new(have)),
-        // The tree changed since the scan: the whole push says so.
-        Err(_) => return None,
-    };
-    Some(Delta {
-        payload,
-        index_patch,
-    })
+    Some((have, index_patch))
 }
 
 /// Keep `index` as `dir/<id>` (written aside, then renamed), and only the

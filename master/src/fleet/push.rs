@@ -192,7 +192,11 @@ impl Pusher {
             .map(|h| h.host.as_str().len())
             .max()
             .unwrap_or(0);
-        let bars = Bars::new(show_progress(self.json), width, self.release.info.tree_bytes);
+        let bars = Bars::new(
+            show_progress(self.json),
+            width,
+            self.release.info.tree_bytes,
+        );
         let started = Instant::now();
         let recorder = &self.recorder;
         let results = fan_out(
@@ -394,10 +398,7 @@ async fn push_agent(
         && let Some(d) = deltas.for_base(&base).await
     {
         bar.set_message("uploading a delta");
-        bar.set_length(match &d.payload {
-            Payload::Shared(p) => p.digest.size,
-            _ => info.tree_bytes,
-        });
+        bar.set_length(d.bytes);
         let up = Upload {
             path: "/update",
             payload: d.payload.clone(),
@@ -417,9 +418,10 @@ async fn push_agent(
         bar.reset();
         bar.set_length(info.tree_bytes);
     }
+    let payload = deltas.whole();
     let up = Upload {
         path: "/update",
-        payload: Payload::Whole,
+        payload,
         fields: Vec::new(),
         bar,
     };
@@ -462,12 +464,10 @@ struct DryTarget {
 
 fn dry_run(release: &Tree, plan: &rollout::Plan, json: bool) -> Result<u8> {
     // Packed for its size and digest only: nothing is kept or sent.
-    release
-        .pack_counted()
-        .map_err(|e| Error::Pack {
-            root: release.info.root.clone(),
-            message: e.to_string(),
-        })?;
+    release.pack_counted().map_err(|e| Error::Pack {
+        root: release.info.root.clone(),
+        message: e.to_string(),
+    })?;
     let info = &release.info_now();
     let targets: Vec<DryTarget> = plan
         .waves

@@ -18,15 +18,16 @@ use super::client::Master;
 use super::report::{HostResult, interpret};
 use super::said::{self, ANSWER_CAP};
 use crate::inventory::{HostRecord, Op};
-use crate::pack::{Have, Packed, Tree};
+use crate::pack::{Have, Next, Recording, Tree};
 
 /// What goes in the `tarball` part.
 #[derive(Clone, Debug)]
 pub(super) enum Payload {
     /// The whole release, packed for this upload.
     Whole,
-    /// A delta kept in memory, shared by the hosts on its base.
-    Shared(Arc<Packed>),
+    /// A pack recorded in memory, shared by the uploads that send it (a
+    /// small whole release, or the delta of the hosts on one base).
+    Shared(Arc<Recording>),
     /// A delta too large to keep, packed for this upload.
     Without(Arc<Have>),
 }
@@ -79,14 +80,24 @@ fn body(tree: &Arc<Tree>, up: &Upload<'_>) -> Body {
     let counter = up.bar.clone();
     type Chunks = std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
     let (tarball, failure): (Chunks, _) = match &up.payload {
-        Payload::Shared(packed) => {
-            let sha = packed.digest.sha256.clone();
-            let chunks = packed.chunks.clone().into_iter().map(move |c| {
-                counter.inc(c.len() as u64);
-                Ok(c)
+        Payload::Shared(rec) => {
+            let rec = rec.clone();
+            // (chunk index, tree bytes counted so far); `None` once ended.
+            let chunks = stream::unfold(Some((0usize, 0u64)), move |at| {
+                let (rec, counter, tail) = (rec.clone(), counter.clone(), tail.clone());
+                async move {
+                    let (i, counted) = at?;
+                    match rec.get(i).await {
+                        Next::Chunk(c, read) => {
+                            counter.inc(read.saturating_sub(counted));
+                            Some((Ok(c), Some((i + 1, read.max(counted)))))
+                        }
+                        Next::End(Ok(d)) => Some((Ok(tail(&d.sha256)), None)),
+                        Next::End(Err(why)) => Some((Err(io::Error::other(why)), None)),
+                    }
+                }
             });
-            let end = stream::once(async move { Ok(tail(&sha)) });
-            (Box::pin(stream::iter(chunks).chain(end)), None)
+            (Box::pin(chunks), None)
         }
         Payload::Whole | Payload::Without(_) => {
             let have = match &up.payload {
@@ -158,7 +169,10 @@ pub(super) async fn send(
     let resp = match sent {
         Ok(r) => r,
         Err(e) => {
-            let unsent = |why| Unanswered { why, reached: false };
+            let unsent = |why| Unanswered {
+                why,
+                reached: false,
+            };
             if let Some(why) = packing_failed() {
                 return Err(unsent(format!("{why}; nothing was installed")));
             }

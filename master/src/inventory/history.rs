@@ -313,7 +313,10 @@ mod tests {
         let mut delta = line(Op::Update, "w1", Some("delta-digest"), Outcome::Updated, t0);
         delta.release_id = Some("rid".to_owned());
         inv.record_push(&delta).unwrap();
-        assert_eq!(inv.desired_release(&w1, t0).unwrap().as_deref(), Some("rid"));
+        assert_eq!(
+            inv.desired_release(&w1, t0).unwrap().as_deref(),
+            Some("rid")
+        );
         let back = inv.history(Some(&w1), 10).unwrap();
         assert_eq!(back[0].release_id.as_deref(), Some("rid"));
         assert_eq!(back[0].release_sha256.as_deref(), Some("delta-digest"));

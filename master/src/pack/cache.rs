@@ -104,16 +104,18 @@ impl HashCache {
 
     /// The cached hash of `rel`, if its stat still is the recorded one.
     pub(super) fn get(&mut self, rel: &str, meta: &Metadata) -> Option<Hashed> {
-        let hit = self.old.get(rel).filter(|h| h.stamp == Stamp::of(meta))?.clone();
+        let hit = self
+            .old
+            .get(rel)
+            .filter(|h| h.stamp == Stamp::of(meta))?
+            .clone();
         self.new.insert(rel.to_owned(), hit.clone());
         Some(hit)
     }
 
     /// Record what hashing `rel` found (`meta`: its stat before it was read).
     pub(super) fn put(&mut self, rel: &str, meta: &Metadata, sha256: &str, holds_key: bool) {
-        let racy = meta
-            .modified()
-            .map_or(true, |m| m + RACY > self.started);
+        let racy = meta.modified().map_or(true, |m| m + RACY > self.started);
         if !racy {
             self.new.insert(
                 rel.to_owned(),

@@ -40,7 +40,7 @@ use crate::error::Error;
 use pki::index::TreeIndex;
 
 pub(crate) use scan::{PackProgress, scan};
-pub(crate) use stream::{Digest, Have, Packed};
+pub(crate) use stream::{Digest, Have, Next, Recording};
 
 /// What to pack.
 #[derive(Clone, Debug)]

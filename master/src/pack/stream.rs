@@ -1,7 +1,8 @@
 //! Packing a scanned [`Tree`]: a deterministic zstd tar, produced on a
-//! blocking thread straight into an upload ([`Tree::stream`]: chunks
-//! through a bounded channel, the digest at the end) or into memory under
-//! a cap ([`Tree::pack_in_memory`], for a delta that several hosts share).
+//! blocking thread straight into one upload ([`Tree::stream`]: chunks
+//! through a bounded channel, the digest at the end) or into a
+//! [`Recording`] that several uploads replay ([`Tree::record`]: a small
+//! release, or a delta several hosts share; the caller bounds its size).
 //! A delta leaves out every file whose content the worker has ([`Have`]);
 //! directories and links always go.
 //!
@@ -34,11 +35,87 @@ const CHUNK: usize = 256 * 1024;
 /// Chunks in flight between the packer and the upload.
 const DEPTH: usize = 8;
 
-/// A pack held in memory: its chunks, digest and size.
-#[derive(Debug)]
-pub(crate) struct Packed {
-    pub(crate) chunks: Vec<Bytes>,
-    pub(crate) digest: Digest,
+/// A pack recorded in memory as it is produced, for every upload that
+/// shares it (a small whole release, or a delta several hosts are on):
+/// each reader replays it from the start, waiting for chunks not yet
+/// packed, so the first upload streams while the pack is being made.
+#[derive(Debug, Default)]
+pub(crate) struct Recording {
+    state: Mutex<Recorded>,
+    more: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct Recorded {
+    /// Each chunk, with the tree bytes read when it was packed.
+    chunks: Vec<(Bytes, u64)>,
+    /// Set once the pack ended: its digest, or why it failed.
+    end: Option<std::result::Result<Digest, String>>,
+}
+
+/// What a reader of a [`Recording`] gets next.
+pub(crate) enum Next {
+    /// A chunk, and the tree bytes packed up to its end.
+    Chunk(Bytes, u64),
+    End(std::result::Result<Digest, String>),
+}
+
+impl Recording {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recorded> {
+        // A panic while holding it leaves whole chunks: still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Chunk `i`, waiting until it is packed, or the end.
+    pub(crate) async fn get(&self, i: usize) -> Next {
+        loop {
+            let more = self.more.notified();
+            tokio::pin!(more);
+            more.as_mut().enable();
+            {
+                let state = self.lock();
+                if let Some((c, read)) = state.chunks.get(i) {
+                    return Next::Chunk(c.clone(), *read);
+                }
+                if let Some(end) = &state.end {
+                    return Next::End(end.clone());
+                }
+            }
+            more.await;
+        }
+    }
+}
+
+/// Chunks into a [`Recording`].
+struct Recorder {
+    to: Arc<Recording>,
+    buf: BytesMut,
+    read: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Recorder {
+    fn push(&mut self) {
+        if !self.buf.is_empty() {
+            let chunk = self.buf.split().freeze();
+            let read = self.read.load(std::sync::atomic::Ordering::Relaxed);
+            self.to.lock().chunks.push((chunk, read));
+            self.to.more.notify_waiters();
+        }
+    }
+}
+
+impl Write for Recorder {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(buf);
+        if self.buf.len() >= CHUNK {
+            self.push();
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.push();
+        Ok(())
+    }
 }
 
 /// A pack being produced for one upload.
@@ -98,34 +175,6 @@ impl Write for Channel {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.send()
-    }
-}
-
-/// Chunks kept in memory, at most `cap` bytes in all.
-struct Memory {
-    chunks: Vec<Bytes>,
-    buf: BytesMut,
-    total: u64,
-    cap: u64,
-}
-
-impl Write for Memory {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.total += buf.len() as u64;
-        if self.total > self.cap {
-            return Err(io::Error::new(io::ErrorKind::FileTooLarge, "over the cap"));
-        }
-        self.buf.extend_from_slice(buf);
-        if self.buf.len() >= CHUNK {
-            self.chunks.push(self.buf.split().freeze());
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.chunks.push(self.buf.split().freeze());
-        }
-        Ok(())
     }
 }
 
@@ -279,23 +328,47 @@ impl Tree {
         }
     }
 
-    /// Pack a delta into memory; `Ok(None)` when it would be over `cap`
-    /// bytes (each host's upload then packs its own).
-    pub(crate) fn pack_in_memory(&self, have: &Have, cap: u64) -> io::Result<Option<Packed>> {
-        let out = Memory {
-            chunks: Vec::new(),
-            buf: BytesMut::with_capacity(CHUNK),
-            total: 0,
-            cap,
-        };
-        match self.pack_into(out, Some(have), &|_| {}) {
-            Ok((mem, digest)) => Ok(Some(Packed {
-                chunks: mem.chunks,
-                digest,
-            })),
-            Err(e) if e.kind() == io::ErrorKind::FileTooLarge => Ok(None),
-            Err(e) => Err(e),
-        }
+    /// Start packing into a [`Recording`] that uploads share: the whole
+    /// tree (`have` = `None`) or a delta.
+    pub(crate) fn record(self: &Arc<Self>, have: Option<Arc<Have>>) -> Arc<Recording> {
+        let to = Arc::new(Recording::default());
+        let (tree, rec) = (self.clone(), to.clone());
+        tokio::task::spawn_blocking(move || {
+            let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let out = Recorder {
+                to: rec.clone(),
+                buf: BytesMut::with_capacity(CHUNK),
+                read: read.clone(),
+            };
+            let count = |n| {
+                read.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            };
+            let end = match tree.pack_into(out, have.as_deref(), &count) {
+                Ok((_, digest)) => {
+                    if have.is_none() {
+                        let _ = tree.whole.set(digest.clone());
+                    }
+                    Ok(digest)
+                }
+                Err(e) => Err(format!("packing {} failed: {e}", tree.root.display())),
+            };
+            rec.lock().end = Some(end);
+            rec.more.notify_waiters();
+        });
+        to
+    }
+
+    /// Bytes of the regular files a pack without `have` reads.
+    pub(crate) fn bytes_without(&self, have: &Have) -> u64 {
+        self.items
+            .iter()
+            .filter_map(|i| match &i.kind {
+                ItemKind::File { size, sha256, .. } if !have.contains(&(sha256.clone(), *size)) => {
+                    Some(*size)
+                }
+                _ => None,
+            })
+            .sum()
     }
 
     /// Pack the whole tree only to learn its digest and size (a dry run):

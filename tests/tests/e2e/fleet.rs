@@ -127,8 +127,11 @@ fn update_all_updates_every_worker_and_ships_only_the_tree() {
     );
     assert_eq!(doc["ok"], true);
     assert_eq!(doc["operation"], "update");
-    let sha = doc["release"]["sha256"].as_str().expect("sha256");
-    assert!(sha.starts_with(&sha_prefix));
+    // Nothing was packed (every host already ran it): the release is
+    // named by its release_id, which the table shows.
+    assert_eq!(doc["release"]["sha256"], Value::Null, "{doc}");
+    let id = doc["release"]["release_id"].as_str().expect("release_id");
+    assert!(id.starts_with(&sha_prefix));
     assert_eq!(doc["release"]["git_commit"], commit);
     let hosts = doc["hosts"].as_array().expect("hosts");
     assert_eq!(hosts.len(), table.len());
@@ -143,14 +146,20 @@ fn update_all_updates_every_worker_and_ships_only_the_tree() {
             format!("{} already active; nothing changed", row[4]),
             "{doc}"
         );
-        assert_eq!(h["release"]["sha256"], sha);
+        assert_eq!(h["release"]["release_id"], id);
     }
 
-    // Every push is in the audit trail.
+    // Every push is in the audit trail, under the release's name and the
+    // digest of what each host was sent (the first, whole push).
     let history = s.json(&["history", "--json"], 0);
     let entries = history["history"].as_array().expect("history");
     assert_eq!(entries.len(), 6);
-    assert!(entries.iter().all(|e| e["release_sha256"] == sha));
+    assert!(entries.iter().all(|e| e["release_id"] == id), "{history}");
+    let sha = workers[0].slot_sha("active").expect("active");
+    assert!(
+        entries.iter().all(|e| e["release_sha256"] == sha.as_str()),
+        "{history}"
+    );
     let outcomes: Vec<&str> = entries
         .iter()
         .filter_map(|e| e["outcome"].as_str())

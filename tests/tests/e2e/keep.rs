@@ -190,10 +190,7 @@ fn a_host_down_during_a_push_drifts_and_the_next_push_converges_only_it() {
     assert_eq!(host_row(&up, "w2")["agent"], "updated", "{up}");
     assert_eq!(journal(&s, "w1").len(), before, "w1's updater saw a push");
     assert_eq!(workers[0].slot_sha("prev"), prev1, "w1's prev moved");
-    assert_eq!(
-        workers[1].slot_id("active").as_deref(),
-        Some(sha2.as_str())
-    );
+    assert_eq!(workers[1].slot_id("active").as_deref(), Some(sha2.as_str()));
     let doc = s.json(&["status", "--json"], 0);
     assert!(
         doc["hosts"]

@@ -283,9 +283,14 @@ fn one_changed_file_in_a_large_tree_is_a_small_upload() {
         sent < 64 * 1024,
         "one changed file sent {sent} bytes: {second}"
     );
-    // The host runs the new release, whole, under the whole release's
-    // sha256 and release_id.
-    let sha = second["release"]["sha256"].as_str().unwrap();
+    // The host runs the new release, whole, under the release's
+    // release_id (its sha256 is the delta's: what it was sent).
+    assert_eq!(
+        second["release"]["sha256"],
+        serde_json::Value::Null,
+        "{second}"
+    );
+    let sha = host["release"]["sha256"].as_str().unwrap();
     let id = second["release"]["release_id"].as_str().unwrap();
     let h = w.wait_agent_release_blocking(sha);
     assert_eq!(h.release.and_then(|m| m.release_id).as_deref(), Some(id));

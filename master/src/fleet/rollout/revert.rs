@@ -65,9 +65,7 @@ async fn attempt(
             format!("reverted: already back on {}", short(before)),
         );
     }
-    if active.as_deref() != Some(pushed)
-        || releases.prev.as_ref().map(|m| m.id()) != Some(before)
-    {
+    if active.as_deref() != Some(pushed) || releases.prev.as_ref().map(|m| m.id()) != Some(before) {
         return (
             Outcome::Error,
             format!(

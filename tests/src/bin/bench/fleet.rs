@@ -29,6 +29,8 @@ pub(crate) struct HostOutcome {
     pub(crate) host: String,
     pub(crate) status: String,
     pub(crate) sha256: Option<String>,
+    /// The release's `release_id` (issue 12), when reported.
+    pub(crate) release_id: Option<String>,
     /// The updater's `timings`, when the CLI passes them on.
     pub(crate) timings: Option<pki::wire::Timings>,
     /// The CLI's own per-host time, ms, when it reports one.
@@ -131,6 +133,13 @@ impl Fleet {
         self.run_json(&mut cmd).await
     }
 
+    /// `swarm rollback --host H --to ID` (a kept release, issue 12).
+    pub(crate) async fn rollback_to(&self, host: &str, id: &str) -> anyhow::Result<Outcome> {
+        let mut cmd = self.swarm();
+        cmd.args(["rollback", "--host", host, "--to", id, "--json"]);
+        self.run_json(&mut cmd).await
+    }
+
     async fn run_json(&self, cmd: &mut Command) -> anyhow::Result<Outcome> {
         let t = process::run_timed(cmd, CMD_TIMEOUT).await?;
         let raw: Value = serde_json::from_str(t.stdout.trim()).with_context(|| {
@@ -224,6 +233,12 @@ fn host_outcomes(raw: &Value) -> Vec<HostOutcome> {
                     .and_then(Value::as_str)
                     .map(str::to_owned)
             });
+            let release_id = [agent, body, h].iter().find_map(|v| {
+                v.get("release")
+                    .and_then(|r| r.get("release_id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            });
             let timings = [agent, body, h].iter().find_map(|v| {
                 v.get("timings")
                     .and_then(|t| serde_json::from_value(t.clone()).ok())
@@ -240,6 +255,7 @@ fn host_outcomes(raw: &Value) -> Vec<HostOutcome> {
                 host,
                 status,
                 sha256,
+                release_id,
                 timings,
                 elapsed_ms,
                 probes,

@@ -389,6 +389,50 @@ pub(crate) async fn rollback_section(
         ph.push("wall", ms(at - start));
         std::mem::swap(&mut prev, &mut active);
     }
+    // Issue 12: back to the third-newest kept release (neither active nor
+    // prev), measured the same way: three more pushes, then each rep goes
+    // back to the oldest of the last three and forward is a push again.
+    for rep in 0..plan.reps {
+        step!(
+            "rollback --to a kept release: rep {}/{}",
+            rep + 1,
+            plan.reps
+        );
+        let third = push_healthy(fleet, &host, tree, revs).await?;
+        push_healthy(fleet, &host, tree, revs).await?;
+        push_healthy(fleet, &host, tree, revs).await?;
+        let h = third.outcome.host(&host)?;
+        let id = h
+            .release_id
+            .clone()
+            .ok_or_else(|| anyhow!("no release_id in {}", third.outcome.raw))?;
+        settle::settle().await;
+        let start = Instant::now();
+        let out = fleet.rollback_to(&host, &id[..12]).await?;
+        let r = out.host(&host)?;
+        ensure!(
+            r.status == "rolled-back",
+            "rollback --to {} of {host} failed: {}",
+            short(&id),
+            out.raw
+        );
+        let at = fleet::wait_release(worker, &third.sha256, SETTLE_TIMEOUT).await?;
+        let row = report.row(
+            "rollback-kept",
+            "swarm rollback --to the third-newest kept release until it serves",
+            Unit::Seconds,
+        );
+        row.samples.push(secs(at - start));
+        row.baselines = vec!["rollback".into()];
+        let ph = report.phases("rollback-kept");
+        for p in &r.probes {
+            ph.push(&format!("{} probe", p.phase), p.elapsed_ms as f64);
+        }
+        if let Some(e) = r.elapsed_ms {
+            ph.push("updater round trip (CLI)", e);
+        }
+        ph.push("wall", ms(at - start));
+    }
     Ok(())
 }
 
@@ -538,7 +582,8 @@ pub(crate) async fn memory_section(
             // Reset the peak (VmHWM) so each rep reads its own.
             std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
                 .context("resetting VmHWM via /proc/<pid>/clear_refs")?;
-            let p = push_healthy(&fleet, &host, &tree, revs).await?;
+            // Whole (`--full`): a delta would send a few bytes.
+            let p = push_healthy_with(&fleet, &host, &tree, revs, &["--full"]).await?;
             let hwm = process::status_bytes(pid, "VmHWM")?;
             let row = report.row(
                 &format!("mem-{mb}"),
@@ -624,6 +669,15 @@ pub(crate) fn set_targets(report: &mut Report) {
             Target {
                 text: "< 3 s".into(),
                 limit: 3.0,
+            },
+        ));
+    }
+    if let Some(plain) = m("rollback") {
+        targets.push((
+            "rollback-kept".into(),
+            Target {
+                text: format!("≤ 1.5× rollback = {:.3} s", 1.5 * plain),
+                limit: 1.5 * plain,
             },
         ));
     }
