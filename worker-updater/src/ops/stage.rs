@@ -86,14 +86,27 @@ pub async fn stage(
     Ok(staged)
 }
 
-/// Remove `layout`'s staging dir.
+/// Remove `layout`'s staging dir: renamed to trash at once, deleted by
+/// the content store's sweep, which reseals the objects it linked instead
+/// of re-hashing them (issue 12).
 async fn discard(layout: &Layout) {
     let l = layout.clone();
-    let _ = blocking(move || {
-        l.discard_staging();
-        Ok(())
-    })
-    .await;
+    match blocking(move || l.staging_to_trash()).await {
+        Ok(Some(trash)) => crate::store::gc::sweep_in_background(
+            crate::store::Store::new(layout.store()),
+            vec![trash],
+        ),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!("moving the staging dir to trash: {e}");
+            let l = layout.clone();
+            let _ = blocking(move || {
+                l.discard_staging();
+                Ok(())
+            })
+            .await;
+        }
+    }
 }
 
 /// Receive, write the manifest, parse the spec (the agent command for an
