@@ -283,6 +283,11 @@ fn one_changed_file_in_a_large_tree_is_a_small_upload() {
         sent < 64 * 1024,
         "one changed file sent {sent} bytes: {second}"
     );
+    // And the updater says it received that little.
+    let received = host["timings"]["received_bytes"]
+        .as_u64()
+        .expect("received_bytes");
+    assert!(received > 0 && received <= sent, "{second}");
     // The host runs the new release, whole, under the release's
     // release_id (its sha256 is the delta's: what it was sent).
     assert_eq!(
