@@ -10,6 +10,8 @@
 //!   the bundles `enroll` wrote.
 //! - `shell`: shell completions and man pages, generated from `cli`.
 //! - `enroll`: `ca init`, `enroll`, `list`, `tag`, `decommission`, `operator`.
+//! - `signing`: the release-signing key, `key init`, `sign`, the one
+//!   signature of an update run.
 //! - `pack`: the release tarball, built once per push.
 //! - `keyscan`: private keys found by content (PEM, escaped PEM, DER).
 //! - `home`: the state directory; `inventory`: the SQLite database.
@@ -32,10 +34,11 @@ mod output;
 mod pack;
 mod package;
 mod shell;
+mod signing;
 
 pub use error::{EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_LOCAL, EXIT_USAGE, Error};
 
-use cli::{CaCommand, Cli, Command, OperatorCommand};
+use cli::{CaCommand, Cli, Command, KeyCommand, OperatorCommand};
 use home::Home;
 
 /// Run one parsed command line. `Ok(code)` is the exit code of a command
@@ -52,8 +55,22 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
     let home = Home::resolve(cli.home.as_deref())?;
     match cli.command {
         Command::Ca {
-            command: CaCommand::Init { force, json },
-        } => enroll::ca_init(&home, force, json).map(|()| 0),
+            command:
+                CaCommand::Init {
+                    force,
+                    key_file,
+                    json,
+                },
+        } => enroll::ca_init(&home, force, key_file.as_deref(), json).map(|()| 0),
+        Command::Key {
+            command:
+                KeyCommand::Init {
+                    key_file,
+                    force,
+                    json,
+                },
+        } => signing::key_init(&home, key_file.as_deref(), force, json).map(|()| 0),
+        Command::Sign(args) => signing::sign(&home, &args).map(|()| 0),
         Command::Enroll(args) => package::enroll(&home, args).map(|()| 0),
         Command::List {
             json,

@@ -69,6 +69,9 @@ pub enum PkiError {
     /// A response body that is not the JSON expected (message sanitised).
     #[error("answer is not the expected JSON: {0}")]
     BadBody(String),
+    /// A release key or signature that is unusable, or does not verify.
+    #[error("release signature: {0}")]
+    Signature(String),
 }
 
 impl PkiError {

@@ -29,6 +29,7 @@ pub mod renew;
 pub mod rollout;
 #[cfg(feature = "server")]
 pub mod serve;
+pub mod sign;
 pub mod swarm_toml;
 pub mod text;
 pub mod tls;

@@ -16,6 +16,15 @@ pub struct RenewBody {
     pub agent_key_pem: String,
     pub updater_cert_pem: String,
     pub updater_key_pem: String,
+    /// The master's release-signing public key (SPKI PEM), for the
+    /// updater's bundle: from then on it takes only signed releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_pub: Option<String>,
+    /// The previous release key's endorsement of `release_pub` (hex,
+    /// [`crate::sign::ReleaseKey::endorse`]): an updater that holds another
+    /// key takes the new one only with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_pub_endorsement: Option<String>,
 }
 
 impl std::fmt::Debug for RenewBody {
@@ -44,7 +53,20 @@ impl RenewBody {
             agent_key_pem: agent.key_pem.clone(),
             updater_cert_pem: updater.cert_pem.clone(),
             updater_key_pem: updater.key_pem.clone(),
+            release_pub: None,
+            release_pub_endorsement: None,
         }
+    }
+
+    /// The same body, delivering `release_pub` too.
+    pub fn with_release_pub(
+        mut self,
+        release_pub: &crate::sign::ReleasePub,
+        endorsement: Option<String>,
+    ) -> Result<RenewBody, PkiError> {
+        self.release_pub = Some(release_pub.to_pem()?);
+        self.release_pub_endorsement = endorsement;
+        Ok(self)
     }
 
     /// Check both certificates: signed by `ours`' CA and valid now, CN

@@ -97,6 +97,19 @@ impl ReleaseTree {
         self.file("swarm.toml", toml.as_bytes())
     }
 
+    /// Write the tree under `dir` (for `swarm update --root` and `swarm sign --root`).
+    pub fn write_to(&self, dir: &std::path::Path) {
+        use std::os::unix::fs::PermissionsExt;
+        for (path, contents, mode) in &self.files {
+            let p = dir.join(path);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).expect("mkdir");
+            }
+            std::fs::write(&p, contents).expect("write tree file");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).expect("chmod");
+        }
+    }
+
     /// The gzip tarball (regular files, with their parent directories implied).
     pub fn tarball(&self) -> Vec<u8> {
         let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

@@ -45,6 +45,18 @@ impl Swarm {
         s
     }
 
+    /// A home as swarm made them before signed releases (issue 15): `swarm
+    /// ca init` run, then its release key removed, so the updater bundles
+    /// it issues have no `release.pub` and unsigned pushes are taken.
+    pub fn unsigned() -> Swarm {
+        let s = Swarm::new();
+        for f in ["release.key", "release.pub"] {
+            let path = s.home().join("ca").join(f);
+            std::fs::remove_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+        s
+    }
+
     /// A home in a new temp dir, no CA yet; panics on failure.
     pub fn uninitialised() -> Swarm {
         let tmp = tempfile::tempdir().expect("tempdir");

@@ -63,6 +63,9 @@ mod self_update;
 /// A CLI that fits a shell: usage errors, an unreadable home, `--json`, colour, path rule.
 #[path = "e2e/shell.rs"]
 mod shell;
+/// Issue 15: signed releases: the release key, refusals, downgrade, curl with `swarm sign`, renew.
+#[path = "e2e/signing.rs"]
+mod signing;
 /// Issue 14: held listen sockets, socket activation, start-first, zero downtime.
 #[path = "e2e/sockets.rs"]
 mod sockets;

@@ -54,6 +54,9 @@ pub enum UpdaterError {
     /// `POST /rollback` to a release this worker does not keep: 404.
     #[error("{0}")]
     NotKept(String),
+    /// A release an updater with `release.pub` refuses (issue 15): 403.
+    #[error("{0}")]
+    Unsigned(String),
     /// Another operation holds the worker. The answer's `status` already
     /// says `busy` (and the master prints `busy: <error>`): not repeated here.
     #[error("{0} in progress; retry when it is done")]
@@ -107,6 +110,7 @@ impl UpdaterError {
             UpdaterError::NoPrevious => StatusCode::NOT_FOUND,
             UpdaterError::NoBase(_) => StatusCode::PRECONDITION_FAILED,
             UpdaterError::NotKept(_) => StatusCode::NOT_FOUND,
+            UpdaterError::Unsigned(_) => StatusCode::FORBIDDEN,
             UpdaterError::Busy(_) | UpdaterError::StaleDenyList { .. } => StatusCode::CONFLICT,
             UpdaterError::NoSpace { .. } => StatusCode::INSUFFICIENT_STORAGE,
             UpdaterError::Install { .. }

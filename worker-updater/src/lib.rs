@@ -15,6 +15,7 @@
 //! primitives), [`agent`] (supervisor, pidfile, `/proc`, terminate, the
 //! supervision state machine), [`probe`] (mTLS health checks), [`ops`]
 //! (stage, update, rollback, reconcile, hook, the caretaker), [`selfupdate`] (trial, watchdog, hand-over),
+//! [`signing`] (signed releases: `release.pub`, the highest `seq`),
 //! [`verify`] (`POST /verify`: the slots re-hashed against their indexes), [`error`],
 //! [`crashpoint`] (test-only crash steps, debug builds).
 //!
@@ -39,6 +40,7 @@ pub mod receive;
 pub mod release;
 pub mod renew;
 pub mod selfupdate;
+pub mod signing;
 pub mod slots;
 pub mod state;
 pub mod store;

@@ -8,6 +8,9 @@
 //! live swap of the server certificate, [`pki::SwappableCert`]; open
 //! connections, the agent and its supervisor are untouched) and the agent
 //! is restarted through the normal probed path to pick up its bundle.
+//! The new updater bundle carries `release.pub`: the one the body sends
+//! (`release_pub`; another key than the one held only with the held key's
+//! endorsement, `release_pub_endorsement`), else the one the old bundle held.
 //!
 //! Either certificate is valid under the CA, so whatever instant a kill
 //! hits, the master (which accepts the old or the pending fingerprint
@@ -42,13 +45,43 @@ pub async fn renew(
     let (agent, updater) = body
         .check(&app.config.bundle, &app.config.host)
         .map_err(|e| UpdaterError::BadUpload(format!("renew refused, nothing changed: {e}")))?;
+    // The release key goes into the new updater bundle: the one sent, or
+    // the one held (a renew never drops the signing requirement). Another
+    // key than the one held needs the held key's endorsement, so a stolen
+    // master key cannot swap in a release key of its own.
+    let held = crate::signing::release_pub(&app.config.bundle.dir)?;
+    let refuse = |why: String| {
+        UpdaterError::BadUpload(format!(
+            "renew refused, nothing changed: release_pub: {why}"
+        ))
+    };
+    let release_pub = match &body.release_pub {
+        Some(pem) => {
+            let new = pki::sign::ReleasePub::parse(pem).map_err(|e| refuse(e.to_string()))?;
+            if let Some(old) = &held
+                && *old != new
+            {
+                let endorsement = body.release_pub_endorsement.as_deref().ok_or_else(|| {
+                    refuse(format!(
+                        "key {} is not the key {} this updater holds, and no endorsement by it came along (rotate with `swarm key init --force` while the old key is at hand)",
+                        new.id(),
+                        old.id()
+                    ))
+                })?;
+                old.check_endorsement(&new, endorsement)
+                    .map_err(|e| refuse(e.to_string()))?;
+            }
+            Some(new)
+        }
+        None => held,
+    };
     let guard = app.try_begin("renew")?;
     let d = app.clone();
     let by = cert.by(&who);
     let (a, u) = (agent.clone(), updater.clone());
     let task = tokio::spawn(async move {
         let dd = d.clone();
-        let bundle = blocking(move || write_both(&dd, &a, &u)).await?;
+        let bundle = blocking(move || write_both(&dd, &a, &u, release_pub.as_ref())).await?;
         d.cert
             .replace(&bundle)
             .map_err(|e| UpdaterError::Internal(format!("presenting the new certificate: {e}")))?;
@@ -85,12 +118,19 @@ fn write_both(
     d: &Daemon,
     agent: &IssuedLeaf,
     updater: &IssuedLeaf,
+    release_pub: Option<&pki::sign::ReleasePub>,
 ) -> crate::error::Result<Bundle> {
     let ca_pem = std::fs::read_to_string(d.config.bundle.dir.join("ca.crt"))
         .map_err(|e| UpdaterError::io(d.config.bundle.dir.join("ca.crt"), e))?;
-    replace_bundle(&d.config.agent_dir, BundleKind::Agent, &ca_pem, agent)?;
+    replace_bundle(&d.config.agent_dir, BundleKind::Agent, &ca_pem, agent, None)?;
     crashpoint::at("renew-after-agent-bundle");
-    replace_bundle(&d.config.bundle.dir, BundleKind::Updater, &ca_pem, updater)?;
+    replace_bundle(
+        &d.config.bundle.dir,
+        BundleKind::Updater,
+        &ca_pem,
+        updater,
+        release_pub,
+    )?;
     crashpoint::at("renew-after-updater-bundle");
     Bundle::load_kind(&d.config.bundle.dir, BundleKind::Updater)
         .map_err(|e| UpdaterError::Internal(format!("reading back the new bundle: {e}")))
@@ -102,15 +142,27 @@ fn replace_bundle(
     kind: BundleKind,
     ca_pem: &str,
     leaf: &IssuedLeaf,
+    release_pub: Option<&pki::sign::ReleasePub>,
 ) -> crate::error::Result<()> {
     let pki_err =
         |e: pki::PkiError| UpdaterError::Internal(format!("writing {}: {e}", dir.display()));
+    // The whole bundle, release.pub (0644) included, before it is swapped in.
+    let write = |at: &Path| {
+        Bundle::write(at, kind, ca_pem, leaf)?;
+        if let Some(key) = release_pub {
+            key.save(&at.join(pki::sign::RELEASE_PUB))?;
+        }
+        Ok::<(), pki::PkiError>(())
+    };
     if !dir.exists() {
-        Bundle::write(dir, kind, ca_pem, leaf).map_err(pki_err)?;
+        write(dir).map_err(pki_err)?;
         return fsx::fsync_dir(fsx::parent(dir));
     }
     let tmp = fsx::temp_sibling(dir);
-    Bundle::write(&tmp, kind, ca_pem, leaf).map_err(pki_err)?;
+    if let Err(e) = write(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(pki_err(e));
+    }
     if let Err(e) = fsx::exchange(&tmp, dir) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);

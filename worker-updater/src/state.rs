@@ -126,6 +126,9 @@ impl Daemon {
         let journal = Journal::new(crate::journal::path_in(&config.install_dir));
         let spawn_log = SpawnLog::new(install.spawn_log());
         let deny = crate::deny::load(&config.install_dir)?;
+        // An unusable release.pub or seq file stops the start (fail closed).
+        crate::signing::release_pub(&config.bundle.dir)?;
+        crate::signing::highest(&config.install_dir)?;
         let cert = Arc::new(pki::SwappableCert::new(&config.bundle)?);
         Ok(Daemon {
             config,

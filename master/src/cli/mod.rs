@@ -45,6 +45,14 @@ pub enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Manage the release-signing key.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Print the `signature` field for a tree, for a push made by hand
+    /// (`curl -F signature="$(swarm sign --root DIR)" …`).
+    Sign(SignArgs),
     /// Issue a worker's agent (and updater) certificate bundles and record it.
     Enroll(EnrollCommand),
     /// List enrolled hosts (or, with --denied, the certificate deny list).
@@ -136,10 +144,60 @@ pub enum CaCommand {
         /// Replace an existing CA (every enrolled host must then be re-enrolled).
         #[arg(long)]
         force: bool,
+        /// Write the release-signing key to this new file instead of
+        /// ca/release.key (e.g. on removable media); the home records where.
+        #[arg(long, value_name = "PATH")]
+        key_file: Option<PathBuf>,
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create the release-signing key (ed25519) for a home that has a CA.
+    Init {
+        /// Write the key to this new file instead of ca/release.key (e.g.
+        /// on removable media); the home records where, never a copy.
+        #[arg(long, value_name = "PATH")]
+        key_file: Option<PathBuf>,
+        /// Replace the home's release key (rotation: `swarm renew` then
+        /// gives updaters the new release.pub).
+        #[arg(long)]
+        force: bool,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How a signing command finds its key and what it allows.
+#[derive(Clone, Debug, Default, Args)]
+pub struct SigningArgs {
+    /// The release-signing key, if it is not where the home recorded it
+    /// (ca/release.key, or the --key-file of `key init`).
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// Sign a downgrade: updaters take this release even though they
+    /// accepted a newer signature before.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The working tree to sign (packed as `swarm update` would).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub root: PathBuf,
+    /// Leave out paths matching this gitignore-style glob (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Print one JSON document ({release_id, seq, signature}).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub signing: SigningArgs,
 }
 
 #[derive(Debug, Args)]
@@ -330,6 +388,8 @@ pub struct UpdateArgs {
     pub json: bool,
     #[command(flatten)]
     pub rollout: RolloutArgs,
+    #[command(flatten)]
+    pub signing: SigningArgs,
 }
 
 /// The rollout plan of `swarm update` (also settable in the `[rollout]`

@@ -169,7 +169,7 @@ fn drive(
     json: bool,
 ) -> Result<u8> {
     say("swarm ca init")?;
-    enroll::ca_init(home, false, json)?;
+    enroll::ca_init(home, false, None, json)?;
     output::capture_exit(0);
 
     for host in HOSTS {
@@ -252,6 +252,7 @@ fn drive(
                 self_timeout: 30,
                 json,
                 rollout: RolloutArgs::default(),
+                signing: Default::default(),
             },
         )?;
         expect(&format!("swarm update ({name})"), code, want, &mut failures);

@@ -33,7 +33,7 @@ use report::{BundleDoc, CaInitDoc, DecommissionDoc, EnrollDoc};
 pub(crate) use tag::tag;
 
 /// `swarm ca init [--force]`.
-pub(crate) fn ca_init(home: &Home, force: bool, json: bool) -> Result<()> {
+pub(crate) fn ca_init(home: &Home, force: bool, key_file: Option<&Path>, json: bool) -> Result<()> {
     if home.has_ca()? && !force {
         return Err(Error::usage(format!(
             "a CA already exists in {}: keep it, or pass --force to replace it (every enrolled host must then be re-enrolled)",
@@ -60,6 +60,19 @@ pub(crate) fn ca_init(home: &Home, force: bool, json: bool) -> Result<()> {
     cleanup.add(&new_master);
     ca.save(&new_ca)?;
     Bundle::write(&new_master, BundleKind::Master, ca.cert_pem(), &master)?;
+    // The release-signing key (issue 15): beside the CA, or at --key-file.
+    let (key_recorded, key_doc) = crate::signing::create(&new_ca, key_file)?;
+    if key_recorded.is_some() {
+        cleanup.add(&key_doc.key_file);
+    }
+    let key_doc = crate::signing::KeyDoc {
+        key_file: key_recorded
+            .clone()
+            .unwrap_or_else(|| home.ca_dir().join(pki::sign::RELEASE_KEY)),
+        public_key: home.ca_dir().join(pki::sign::RELEASE_PUB),
+        key_id: key_doc.key_id,
+        endorsed_by: None,
+    };
 
     // Move any previous identity aside, then the new one into place.
     let mut olds = Vec::new();
@@ -97,6 +110,7 @@ pub(crate) fn ca_init(home: &Home, force: bool, json: bool) -> Result<()> {
     }
 
     let mut inv = home.inventory()?;
+    inv.set_release_key_file(key_recorded.as_deref())?;
     let mut retired = Vec::new();
     if force {
         for rec in inv.active_hosts()? {
@@ -112,6 +126,7 @@ pub(crate) fn ca_init(home: &Home, force: bool, json: bool) -> Result<()> {
         master_cn: "master",
         inventory: home.db_path(),
         decommissioned: retired,
+        release_key: key_doc,
     }
     .print(json)
 }
@@ -186,10 +201,16 @@ fn stage_bundle(
     ca: &Ca,
     leaf: &pki::IssuedLeaf,
     cleanup: &Cleanup,
+    release_pub: Option<&pki::sign::ReleasePub>,
 ) -> Result<PathBuf> {
     let tmp = temp_sibling(dir, "enroll")?;
     cleanup.add(&tmp);
-    Bundle::write(&tmp, kind, ca.cert_pem(), leaf).map_err(|e| match e {
+    let written = Bundle::write(&tmp, kind, ca.cert_pem(), leaf).and_then(|()| match release_pub {
+        // An updater bundle carries the home's release key (issue 15).
+        Some(key) if kind == BundleKind::Updater => key.save(&tmp.join(pki::sign::RELEASE_PUB)),
+        _ => Ok(()),
+    });
+    written.map_err(|e| match e {
         PkiError::Io { source, .. } => Error::State(format!(
             "cannot write the bundle {}: {source}; choose a writable --out-dir",
             dir.display()
@@ -244,7 +265,15 @@ pub(crate) fn enroll(home: &Home, args: &EnrollArgs) -> Result<()> {
 
     let cleanup = Cleanup::new();
     create_parents(&out_dir, &cleanup)?;
-    let agent_tmp = stage_bundle(&out_dir, BundleKind::Agent, &ca, &agent_leaf, &cleanup)?;
+    let agent_tmp = stage_bundle(
+        &out_dir,
+        BundleKind::Agent,
+        &ca,
+        &agent_leaf,
+        &cleanup,
+        None,
+    )?;
+    let release_pub = crate::signing::release_pub(home)?;
     let updater_tmp = match &updater_leaf {
         Some(leaf) => Some(stage_bundle(
             &updater_dir,
@@ -252,6 +281,7 @@ pub(crate) fn enroll(home: &Home, args: &EnrollArgs) -> Result<()> {
             &ca,
             leaf,
             &cleanup,
+            release_pub.as_ref(),
         )?),
         None => None,
     };
@@ -327,7 +357,15 @@ fn enroll_updater_only(home: &Home, host: &HostName, updater_dir: &Path, json: b
     let leaf = ca.issue(&spec)?;
     let cleanup = Cleanup::new();
     create_parents(updater_dir, &cleanup)?;
-    let tmp = stage_bundle(updater_dir, BundleKind::Updater, &ca, &leaf, &cleanup)?;
+    let release_pub = crate::signing::release_pub(home)?;
+    let tmp = stage_bundle(
+        updater_dir,
+        BundleKind::Updater,
+        &ca,
+        &leaf,
+        &cleanup,
+        release_pub.as_ref(),
+    )?;
     inv.set_updater_with(
         host,
         leaf.fingerprint,

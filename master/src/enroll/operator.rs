@@ -45,7 +45,7 @@ pub(crate) fn operator_add(home: &Home, name: &str, out_dir: &Path, json: bool) 
     let leaf = ca.issue(&LeafSpec::operator(&name))?;
     let cleanup = Cleanup::new();
     create_parents(&out_dir, &cleanup)?;
-    let tmp = stage_bundle(&out_dir, BundleKind::Master, &ca, &leaf, &cleanup)?;
+    let tmp = stage_bundle(&out_dir, BundleKind::Master, &ca, &leaf, &cleanup, None)?;
     let not_after = whole_seconds(leaf.not_after);
     inv.insert_operator_with(&name, leaf.fingerprint, not_after, || {
         place(&tmp, &out_dir, &cleanup)?;

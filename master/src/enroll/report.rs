@@ -21,6 +21,8 @@ pub(super) struct CaInitDoc {
     pub(super) inventory: PathBuf,
     /// Hosts decommissioned because `--force` replaced their CA.
     pub(super) decommissioned: Vec<String>,
+    /// The release-signing key made with it (issue 15).
+    pub(super) release_key: crate::signing::KeyDoc,
 }
 
 /// One bundle `swarm enroll` wrote.
@@ -76,6 +78,7 @@ impl CaInitDoc {
             self.master_cn
         )?;
         outln!("inventory {}", self.inventory.display())?;
+        self.release_key.print_lines()?;
         if !self.decommissioned.is_empty() {
             outln!(
                 "decommissioned {} host(s) enrolled under the old CA: {}; enroll them again",

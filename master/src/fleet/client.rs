@@ -27,6 +27,8 @@ pub(crate) struct Master {
     not_after: OffsetDateTime,
     /// The deny list hosts are given before anything else (issue 15).
     deny: Option<DenySync>,
+    /// The `signature` field of this run's pushes (issue 15), if the home signs.
+    signature: Option<String>,
 }
 
 impl Master {
@@ -37,7 +39,21 @@ impl Master {
             not_before: info.not_before,
             not_after: info.not_after,
             deny: None,
+            signature: None,
         })
+    }
+
+    /// The same master, sending `signature` with every push of this run.
+    pub(crate) fn with_signature(
+        mut self,
+        signature: Option<pki::sign::ReleaseSignature>,
+    ) -> Master {
+        self.signature = signature.map(|s| s.to_json());
+        self
+    }
+
+    pub(super) fn signature(&self) -> Option<&str> {
+        self.signature.as_deref()
     }
 
     /// The master identity of `home`, with its deny list to deliver.
@@ -49,6 +65,27 @@ impl Master {
 
     pub(super) fn deny(&self) -> Option<&DenySync> {
         self.deny.as_ref()
+    }
+
+    /// A client for `rec`'s updater whose deny list is up to date (issue
+    /// 15): what every command that contacts an updater starts with.
+    pub(super) async fn ready_client(
+        &self,
+        rec: &HostRecord,
+        timeout: Duration,
+    ) -> std::result::Result<reqwest::Client, String> {
+        let client = self.updater_client(rec, timeout)?;
+        super::deny::deliver(self, &client, rec).await?;
+        Ok(client)
+    }
+
+    /// [`Master::updater_stream_client`], once the deny list is up to date.
+    pub(super) async fn ready_stream_client(
+        &self,
+        rec: &HostRecord,
+    ) -> std::result::Result<reqwest::Client, String> {
+        self.ready_client(rec, STATUS_TIMEOUT).await?;
+        self.updater_stream_client(rec)
     }
 
     /// A client for `rec`'s updater, pinned to its CN and recorded fingerprint.

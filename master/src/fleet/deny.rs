@@ -1,6 +1,8 @@
 //! Delivering the certificate deny list (issue 15): before any other
-//! request of update, rollback, status and restart, a host that holds an
-//! older version of the list than the inventory gets the whole list
+//! request of a command that contacts an updater (update, rollback,
+//! status, restart, renew, verify, releases, logs, history --worker, all
+//! through `Master::ready_client`), a host that holds an older
+//! version of the list than the inventory gets the whole list
 //! (`POST /deny`, [`deliver`]); `swarm decommission` and `swarm operator
 //! remove` push it to every active host at once ([`deliver_all`]), and a
 //! host that was unreachable then gets it on its next contact.

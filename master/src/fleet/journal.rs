@@ -35,9 +35,9 @@ pub(super) fn worker_history(home: &Home, host: &str, limit: usize, json: bool) 
     let host = HostName::new(host.trim())?;
     let rec = resolve_host(&inv, &host)?;
     drop(inv);
-    let master = Master::new(home.master_bundle()?)?;
+    let master = Master::for_home(home)?;
     let asked = runtime()?.block_on(async {
-        let client = master.updater_client(&rec, STATUS_TIMEOUT)?;
+        let client = master.ready_client(&rec, STATUS_TIMEOUT).await?;
         let url = rec.updater_url(&format!("/history?limit={limit}"));
         get_json::<WorkerHistory>(&master, &client, url, HISTORY_CAP).await
     });

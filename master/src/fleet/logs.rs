@@ -38,7 +38,7 @@ pub(crate) fn logs(home: &Home, args: &LogsArgs) -> Result<u8> {
         None => super::tagged(&inv, &Tag::parse_all(&args.tags)?)?,
     };
     drop(inv);
-    let master = Master::new(home.master_bundle()?)?;
+    let master = Master::for_home(home)?;
     let many = recs.len() > 1;
     let run = async {
         if args.follow {
@@ -87,9 +87,9 @@ async fn logs_one(
     mark: Mark,
 ) -> std::result::Result<(), LogsFailure> {
     let client = if args.follow {
-        master.updater_stream_client(rec)
+        master.ready_stream_client(rec).await
     } else {
-        master.updater_client(rec, LOGS_TIMEOUT)
+        master.ready_client(rec, LOGS_TIMEOUT).await
     };
     let url = rec.updater_url(&format!(
         "/logs?lines={}{}",

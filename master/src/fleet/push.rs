@@ -41,7 +41,7 @@ fn upload_timeout(info: &ReleaseInfo) -> Duration {
 
 /// `swarm update`.
 pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
-    let inv = home.inventory()?;
+    let mut inv = home.inventory()?;
     let hosts = resolve_required(&inv, &args.targets)?;
     let packing = Instant::now();
     let spinner = packing_spinner(show_progress(args.json), &args.root);
@@ -75,7 +75,10 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
     if args.dry_run {
         return dry_run(&release, &plan, args.json);
     }
-    let master = Arc::new(Master::for_home(home)?);
+    // One signature (one seq) for every host of this run (issue 15).
+    let signature =
+        crate::signing::sign_release(home, &mut inv, &release.info.release_id, &args.signing)?;
+    let master = Arc::new(Master::for_home(home)?.with_signature(signature));
     let self_wait = args
         .include_self
         .then(|| Duration::from_secs(args.self_timeout));
@@ -255,12 +258,7 @@ async fn push_one(
         return r;
     }
     let timeout = upload_timeout(&release.info);
-    let client = match master.updater_client(&rec, timeout) {
-        Ok(client) => super::deny::deliver(&master, &client, &rec)
-            .await
-            .map(|()| client),
-        Err(e) => Err(e),
-    };
+    let client = master.ready_client(&rec, timeout).await;
     let r = match client {
         Ok(client) => {
             let mut r = push_agent(

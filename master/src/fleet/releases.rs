@@ -16,16 +16,11 @@ use crate::output::{self, Table};
 pub(crate) fn releases(home: &Home, args: &ReleasesArgs) -> Result<u8> {
     let inv = home.inventory()?;
     let rec = resolve_host(&inv, &HostName::new(args.host.trim())?)?;
-    let master = Master::new(home.master_bundle()?)?;
-    let client = master
-        .updater_client(&rec, STATUS_TIMEOUT)
-        .map_err(Error::Other)?;
-    let got: std::result::Result<Releases, String> = runtime()?.block_on(get_json(
-        &master,
-        &client,
-        rec.updater_url("/releases"),
-        RELEASES_CAP,
-    ));
+    let master = Master::for_home(home)?;
+    let got: std::result::Result<Releases, String> = runtime()?.block_on(async {
+        let client = master.ready_client(&rec, STATUS_TIMEOUT).await?;
+        get_json(&master, &client, rec.updater_url("/releases"), RELEASES_CAP).await
+    });
     let r = got.map_err(|e| Error::Other(format!("{}: {e}", rec.host)))?;
     if args.json {
         output::json(&r)?;

@@ -1,6 +1,7 @@
 //! `swarm renew` (issue 15): new agent and updater certificates (new keys,
 //! same names and SANs) delivered over the pinned mTLS channel
-//! (`POST /renew`), without SSH.
+//! (`POST /renew`), without SSH, with the home's `release.pub` (issue 15:
+//! from then on that updater takes only signed releases).
 //!
 //! Invariant: the inventory pins the new fingerprints only after the
 //! updater presented the new certificate to a client that accepts nothing
@@ -69,16 +70,22 @@ pub(crate) fn renew(home: &Home, args: &RenewArgs) -> Result<u8> {
     let master = Arc::new(Master::for_home(home)?);
     let db = home.db_path();
     let days = i64::from(args.days);
-    let rows = runtime()?.block_on(fan_out(
-        hosts,
-        8,
-        |rec| {
-            let (master, ca, db) = (master.clone(), ca.clone(), db.clone());
-            async move { renew_one(&master, &ca, rec, days, &db).await }
-        },
-        RenewRow::error,
-        |_| {},
-    ));
+    // The home's release key goes with every renewal (issue 15).
+    let release_pub = Arc::new(crate::signing::for_renew(home)?);
+    let rows =
+        runtime()?.block_on(fan_out(
+            hosts,
+            8,
+            |rec| {
+                let (master, ca, db) = (master.clone(), ca.clone(), db.clone());
+                let release_pub = release_pub.clone();
+                async move {
+                    renew_one(&master, &ca, rec, days, &db, release_pub.as_ref().as_ref()).await
+                }
+            },
+            RenewRow::error,
+            |_| {},
+        ));
     print(&rows, args.json)?;
     Ok(if rows.iter().all(|r| r.renewed) {
         0
@@ -115,8 +122,9 @@ async fn settle(
     };
     if confirm(master, &rec, pending, Duration::ZERO).await.is_ok() {
         let host = rec.host.clone();
+        let retired = replaced(&rec);
         with_inventory(db, move |inv| {
-            inv.confirm_renewal(&host, pending)?;
+            pin_and_deny(inv, &host, pending, &retired)?;
             inv.find(&host)?
                 .ok_or_else(|| Error::State(format!("host {host} vanished from the inventory")))
         })
@@ -126,6 +134,32 @@ async fn settle(
     } else {
         Err("unreachable with an earlier renewal in flight: both certificates stay accepted; run swarm renew again once it answers".into())
     }
+}
+
+/// The certificate pair a renewal of `rec` replaces (its pinned one).
+fn replaced(rec: &HostRecord) -> Vec<(Fingerprint, String)> {
+    let mut retired = vec![(rec.agent_fingerprint, format!("{} (renewed)", rec.host))];
+    if let Some(old) = rec.updater_fingerprint {
+        retired.push((old, format!("{} (renewed)", rec.host.updater_cn())));
+    }
+    retired
+}
+
+/// Pin the pending pair of `host` (if its updater certificate is `fp`) and
+/// deny the pair it replaces, `retired`: a renewal is also the rotation of
+/// a key that may have leaked (every host gets the list on its next
+/// contact). Whether it was pinned.
+fn pin_and_deny(
+    inv: &Inventory,
+    host: &pki::HostName,
+    fp: Fingerprint,
+    retired: &[(Fingerprint, String)],
+) -> Result<bool> {
+    let pinned = inv.confirm_renewal(host, fp)?;
+    if pinned {
+        inv.deny(retired)?;
+    }
+    Ok(pinned)
 }
 
 /// New agent and updater leaves for `rec`: same names and SANs, `days` long.
@@ -144,6 +178,7 @@ async fn renew_one(
     rec: HostRecord,
     days: i64,
     db: &std::path::Path,
+    release_pub: Option<&(pki::sign::ReleasePub, Option<String>)>,
 ) -> RenewRow {
     if rec.updater_fingerprint.is_none() {
         return RenewRow::error(
@@ -175,16 +210,23 @@ async fn renew_one(
         Err(e) => return RenewRow::error(&rec, e),
     };
     let rec = &rec;
-    let client = match master.updater_client(rec, RENEW_TIMEOUT) {
+    let client = match master.ready_client(rec, RENEW_TIMEOUT).await {
         Ok(c) => c,
         Err(e) => return RenewRow::error(rec, e),
     };
-    if let Err(e) = super::deny::deliver(master, &client, rec).await {
-        return RenewRow::error(rec, e);
-    }
+    let body = match release_pub {
+        Some((key, endorsement)) => {
+            RenewBody::new(&agent, &updater).with_release_pub(key, endorsement.clone())
+        }
+        None => Ok(RenewBody::new(&agent, &updater)),
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return RenewRow::error(rec, e.to_string()),
+    };
     let resp = match client
         .post(rec.updater_url("/renew"))
-        .json(&RenewBody::new(&agent, &updater))
+        .json(&body)
         .send()
         .await
     {
@@ -201,22 +243,8 @@ async fn renew_one(
             format!("renewed, but not confirmed yet ({e}): run swarm renew again"),
         );
     }
-    // Pin the new pair, and deny the pair it replaces: a renewal is also
-    // the rotation of a key that may have leaked (every host gets the list
-    // on its next contact).
-    let (host, fp) = (rec.host.clone(), updater.fingerprint);
-    let mut retired = vec![(rec.agent_fingerprint, format!("{} (renewed)", rec.host))];
-    if let Some(old) = rec.updater_fingerprint {
-        retired.push((old, format!("{} (renewed)", rec.host.updater_cn())));
-    }
-    let pinned = with_inventory(db, move |inv| {
-        let pinned = inv.confirm_renewal(&host, fp)?;
-        if pinned {
-            inv.deny(&retired)?;
-        }
-        Ok(pinned)
-    })
-    .await;
+    let (host, fp, retired) = (rec.host.clone(), updater.fingerprint, replaced(rec));
+    let pinned = with_inventory(db, move |inv| pin_and_deny(inv, &host, fp, &retired)).await;
     match pinned {
         Ok(true) => {}
         Ok(false) => return RenewRow::error(rec, "a later renewal replaced this one"),

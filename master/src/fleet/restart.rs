@@ -127,13 +127,10 @@ pub(crate) fn restart(home: &Home, args: &RestartArgs) -> Result<u8> {
 /// Ask one host's updater to restart its agent.
 async fn restart_one(master: Arc<Master>, rec: HostRecord) -> RestartRow {
     let started = Instant::now();
-    let client = match master.updater_client(&rec, RESTART_TIMEOUT) {
+    let client = match master.ready_client(&rec, RESTART_TIMEOUT).await {
         Ok(c) => c,
         Err(e) => return RestartRow::error(&rec, e, started),
     };
-    if let Err(e) = super::deny::deliver(&master, &client, &rec).await {
-        return RestartRow::error(&rec, e, started);
-    }
     let resp = match client.post(rec.updater_url("/agent/restart")).send().await {
         Ok(r) => r,
         Err(e) => return RestartRow::error(&rec, master.describe(&e, RESTART_TIMEOUT), started),

@@ -57,13 +57,10 @@ fn rollback_hosts(
 /// Ask one host's updater to roll back.
 async fn rollback_one(master: Arc<Master>, rec: HostRecord, to: Option<String>) -> HostResult {
     let started = Instant::now();
-    let client = match master.updater_client(&rec, ROLLBACK_TIMEOUT) {
+    let client = match master.ready_client(&rec, ROLLBACK_TIMEOUT).await {
         Ok(c) => c,
         Err(e) => return HostResult::error(&rec, e, started),
     };
-    if let Err(e) = super::deny::deliver(&master, &client, &rec).await {
-        return HostResult::error(&rec, e, started);
-    }
     let mut req = client.post(rec.updater_url("/rollback"));
     if let Some(id) = to {
         req = req.json(&serde_json::json!({ "release_id": id }));

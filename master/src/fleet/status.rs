@@ -261,17 +261,13 @@ async fn status_one(
     desired: Option<String>,
 ) -> HostStatusRow {
     let mut row = HostStatusRow::new(&rec, desired);
-    let client = match master.updater_client(&rec, STATUS_TIMEOUT) {
+    let client = match master.ready_client(&rec, STATUS_TIMEOUT).await {
         Ok(c) => c,
         Err(e) => {
             row.updater_error = Some(e);
             return row;
         }
     };
-    if let Err(e) = super::deny::deliver(&master, &client, &rec).await {
-        row.updater_error = Some(e);
-        return row;
-    }
     match get_json::<UpdaterHealth>(&master, &client, rec.updater_url("/health"), HEALTH_CAP).await
     {
         Ok(h) => row.health(h),

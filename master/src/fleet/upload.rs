@@ -52,8 +52,9 @@ fn part_head(boundary: &str, name: &str) -> String {
     format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n")
 }
 
-/// The form: `fields`, the tarball, then `sha256`.
-fn body(tree: &Arc<Tree>, up: &Upload<'_>) -> Body {
+/// The form: `fields`, the run's `signature` (issue 15; one line of JSON),
+/// the tarball, then `sha256`.
+fn body(tree: &Arc<Tree>, up: &Upload<'_>, signature: Option<&str>) -> Body {
     let boundary = format!("swarm-{:032x}", rand::random::<u128>());
     let content_type = format!("multipart/form-data; boundary={boundary}");
     let mut head = String::new();
@@ -65,6 +66,11 @@ fn body(tree: &Arc<Tree>, up: &Upload<'_>) -> Body {
     for (k, v) in &up.fields {
         head += &part_head(&boundary, k);
         head += v;
+        head += "\r\n";
+    }
+    if let Some(sig) = signature {
+        head += &part_head(&boundary, "signature");
+        head += sig;
         head += "\r\n";
     }
     head += &format!(
@@ -150,7 +156,7 @@ pub(super) async fn send(
         content_type,
         body,
         failure,
-    } = body(tree, &up);
+    } = body(tree, &up, master.signature());
     let sent = client
         .post(rec.updater_url(up.path))
         .header(reqwest::header::CONTENT_TYPE, content_type)

@@ -51,7 +51,7 @@ struct Report {
 pub(crate) fn verify(home: &Home, args: &VerifyArgs) -> Result<u8> {
     let inv = home.inventory()?;
     let hosts = resolve_required(&inv, &args.targets)?;
-    let master = Arc::new(Master::new(home.master_bundle()?)?);
+    let master = Arc::new(Master::for_home(home)?);
     let results = runtime()?.block_on(fan_out(
         hosts,
         usize::from(args.parallel),
@@ -86,7 +86,7 @@ async fn verify_one(master: Arc<Master>, rec: HostRecord) -> HostVerify {
         slots: Vec::new(),
         elapsed_ms: 0,
     };
-    let answer = match master.updater_client(&rec, VERIFY_TIMEOUT) {
+    let answer = match master.ready_client(&rec, VERIFY_TIMEOUT).await {
         Ok(client) => match client.post(rec.updater_url("/verify")).send().await {
             Ok(resp) => said::read_json::<VerifyReport>(resp, VERIFY_CAP).await,
             Err(e) => Err(master.describe(&e, VERIFY_TIMEOUT)),

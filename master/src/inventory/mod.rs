@@ -12,6 +12,7 @@
 
 mod history;
 mod hosts;
+mod signing;
 mod tags;
 mod trust;
 
@@ -112,6 +113,17 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         // its tree's index), whatever its upload's digest was (NULL: a row
         // from before, named by `release_sha256` alone).
         M::up("ALTER TABLE pushes ADD COLUMN release_id TEXT;"),
+        // Issue 15: release signing: the home's monotonic signature `seq`
+        // (one row), and where the private key lives when `--key-file`
+        // put it outside the home (NULL: `ca/release.key`).
+        M::up(
+            "CREATE TABLE release_signing (
+                id       INTEGER PRIMARY KEY CHECK (id = 1),
+                seq      INTEGER NOT NULL DEFAULT 0 CHECK (seq >= 0),
+                key_file TEXT
+            );
+            INSERT INTO release_signing (id, seq) VALUES (1, 0);",
+        ),
     ])
 });
 
@@ -195,7 +207,7 @@ impl Inventory {
 }
 
 /// How many migrations [`MIGRATIONS`] holds (the latest `user_version`).
-const MIGRATIONS_LEN: usize = 5;
+const MIGRATIONS_LEN: usize = 6;
 
 #[cfg(test)]
 mod tests {

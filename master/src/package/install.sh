@@ -292,6 +292,10 @@ install_files() {
             [ -f "$src/$f" ] || die "$src/$f is missing: unpack the whole package"
             put "$src/$f" "$dst/$f" 600 "$SVC_USER" "$SVC_USER"
         done
+        # The release-signing public key: its updater takes only signed releases.
+        if [ -f "$src/release.pub" ]; then
+            put "$src/release.pub" "$dst/release.pub" 644 "$SVC_USER" "$SVC_USER"
+        fi
     done
     put "$PKG/updater.env" "$ENV_FILE" 644 root root
     dir "$BIN_DIR" 755 root root

@@ -347,6 +347,15 @@ fn build(
         &updater_dir,
         BundleKind::Updater,
     )?);
+    // The home's release key (issue 15), even for a bundle enrolled before
+    // it existed: the installed updater takes only signed releases.
+    if let Some(key) = crate::signing::release_pub(home)? {
+        entries.push(Entry::Bytes {
+            path: format!("{top}/updater/{}", pki::sign::RELEASE_PUB),
+            mode: 0o644,
+            data: key.to_pem()?.into_bytes(),
+        });
+    }
     entries.push(Entry::Dir {
         path: format!("{top}/bin"),
         mode: 0o700,

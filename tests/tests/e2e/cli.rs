@@ -126,7 +126,16 @@ fn enroll_writes_both_bundles_and_records_the_host() {
     let updater_dir = s.out("worker-01-updater");
     assert_only(&s.scratch(), &["worker-01", "worker-01-updater"]);
     assert_only(&dir, &["ca.crt", "worker.crt", "worker.key"]);
-    assert_only(&updater_dir, &["ca.crt", "updater.crt", "updater.key"]);
+    // The updater bundle carries the home's release key (issue 15), 0644.
+    assert_only(
+        &updater_dir,
+        &["ca.crt", "release.pub", "updater.crt", "updater.key"],
+    );
+    assert_eq!(
+        std::fs::read(updater_dir.join("release.pub")).expect("release.pub"),
+        std::fs::read(s.home().join("ca/release.pub")).expect("home release.pub")
+    );
+    assert_eq!(mode(&updater_dir.join("release.pub")), 0o644);
     for d in [&dir, &updater_dir] {
         assert_eq!(mode(d), 0o700, "{}", d.display());
         assert_eq!(mode(&d.join("ca.crt")), 0o644);

@@ -72,7 +72,7 @@ fn add_operator(s: &Swarm, name: &str) -> Bundle {
 
 #[test]
 fn a_named_operator_acts_as_master_and_is_recorded_by_name() {
-    let s = Swarm::new();
+    let s = Swarm::unsigned();
     let w = s.worker("w1");
     let alice = add_operator(&s, "alice");
     let info = CertInfo::parse(&alice.chain()[0]).expect("cert");
@@ -368,7 +368,7 @@ fn listed_updater_fp(s: &Swarm, host: &str) -> String {
 
 #[test]
 fn renew_delivers_new_certificates_and_pins_them_once_presented() {
-    let s = Swarm::new();
+    let s = Swarm::unsigned();
     let w = s.worker("w1");
     start_agent(&s, &w);
     let old_updater = fingerprint_in(&w.bundles.updater_dir);
@@ -519,7 +519,7 @@ fn kill_9_in_the_middle_of_a_renew_never_locks_the_master_out() {
         "renew-after-updater-bundle",
         "renew-after-swap",
     ] {
-        let s = Swarm::new();
+        let s = Swarm::unsigned();
         let mut w = s.worker("w1");
         start_agent(&s, &w);
         let pinned = listed_updater_fp(&s, "w1");
@@ -558,5 +558,100 @@ fn kill_9_in_the_middle_of_a_renew_never_locks_the_master_out() {
             fingerprint_in(&w.bundles.updater_dir),
             "{step}"
         );
+    }
+}
+
+fn denied_fingerprints(s: &Swarm) -> Vec<String> {
+    let v: Value = s.json(&["list", "--denied", "--json"], 0);
+    v["denied"]
+        .as_array()
+        .expect("denied array")
+        .iter()
+        .map(|d| d["fingerprint"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// A renewal cut short after the updater switched (kill -9) is pinned by
+/// the next `swarm renew` (settle): the pair it replaced is denied then,
+/// as it would have been had the first run finished.
+#[test]
+fn a_pending_renewal_pinned_later_denies_the_pair_it_replaced() {
+    const CRASH_AT: &str = "SWARM_UPDATER_CRASH_AT";
+    let s = Swarm::unsigned();
+    let mut w = s.worker("w1");
+    start_agent(&s, &w);
+    let original = [
+        fingerprint_in(&w.bundles.updater_dir),
+        fingerprint_in(&w.bundles.agent_dir),
+    ];
+    w.options
+        .env
+        .push((CRASH_AT.into(), "renew-after-swap".into()));
+    w.restart();
+    let answering = |s: &Swarm| {
+        tests::eventually(Duration::from_secs(30), "status reaching w1", || {
+            let out = s.run(&["status", "--json"]);
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v["hosts"][0]["updater"] == "ok").then_some(())
+        })
+    };
+    answering(&s);
+    let doc = s.json(&["renew", "--host", "w1", "--json"], 1);
+    assert_eq!(doc["hosts"][0]["renewed"], false, "{doc}");
+    w.options.env.retain(|(k, _)| k != CRASH_AT);
+    w.restart();
+    answering(&s);
+    let pending = fingerprint_in(&w.bundles.updater_dir);
+    assert!(!original.contains(&pending));
+    let doc = s.json(&["renew", "--host", "w1", "--json"], 0);
+    assert_eq!(doc["hosts"][0]["renewed"], true, "{doc}");
+    let denied = denied_fingerprints(&s);
+    for fp in original.iter().chain([&pending]) {
+        assert!(denied.contains(fp), "{fp} not denied: {denied:?}");
+    }
+}
+
+/// `swarm verify`, `releases`, `logs` and `history --worker` bring a
+/// host's deny list up to date before anything else, like every other
+/// command that contacts an updater.
+#[test]
+fn every_command_that_contacts_an_updater_delivers_the_deny_list_first() {
+    let s = Swarm::new();
+    let mut w = s.worker("w1");
+    let commands: [&[&str]; 4] = [
+        &["verify", "--host", "w1", "--json"],
+        &["releases", "--host", "w1", "--json"],
+        &["logs", "--host", "w1"],
+        &["history", "--host", "w1", "--worker", "--json"],
+    ];
+    for (i, args) in commands.iter().enumerate() {
+        let name = format!("op{i}");
+        let op = add_operator(&s, &name);
+        w.terminate_updater();
+        s.run(&["operator", "remove", &name, "--json"]);
+        w.restart();
+        tests::block_on(async {
+            let c = client_for(&op, &w.bundles.host.updater_cn());
+            let got = eventually_async(Duration::from_secs(20), "w1 answering again", || async {
+                call(&c, &w, "GET", "/health").await.ok()
+            })
+            .await;
+            assert_eq!(got, 200, "{args:?}: w1 cannot have the list yet");
+        });
+        let out = s.run(args);
+        assert_ne!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            tests::swarm::show(&out)
+        );
+        tests::block_on(async {
+            let c = client_for(&op, &w.bundles.host.updater_cn());
+            assert_eq!(
+                call(&c, &w, "GET", "/health").await,
+                Ok(403),
+                "{args:?} did not deliver the deny list"
+            );
+        });
     }
 }

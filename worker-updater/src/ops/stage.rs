@@ -1,7 +1,8 @@
 //! The prologue every push shares, `/update` and `/update-self` alike:
-//! receive into staging → parse the [`ReleaseSpec`] once → run the install
-//! hook → (on any error: discard staging) → read the release it replaces →
-//! flip. Nothing outside staging is touched before the flip.
+//! receive into staging → check its signature when this updater requires
+//! one ([`crate::signing`]) → parse the [`ReleaseSpec`] once → run the
+//! install hook → record the accepted `seq` → (on any error: discard
+//! staging) → read the release it replaces → flip. Nothing outside staging is touched before the flip.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -156,6 +157,14 @@ async fn prepare(
                 .into(),
         ));
     }
+    // Signed releases (issue 15): before the hook and the flip.
+    let (bundle, install) = (d.config.bundle.dir.clone(), d.config.install_dir.clone());
+    let (sig, id) = (
+        received.signature.take(),
+        received.extracted.index.release_id(),
+    );
+    let accepted =
+        blocking(move || crate::signing::check(&bundle, &install, sig.as_deref(), &id)).await?;
     let manifest = received.manifest(pushed_by);
     timings.receive_ms = crate::ms(t);
     tracing::info!(
@@ -202,5 +211,9 @@ async fn prepare(
         run_install(&hook, layout).await?;
     }
     timings.install_ms = crate::ms(t);
+    if let Some(claim) = accepted {
+        let install = d.config.install_dir.clone();
+        blocking(move || crate::signing::accept(&install, &claim)).await?;
+    }
     Ok(Prepared::Ready(Box::new(staged)))
 }

@@ -47,6 +47,8 @@ pub struct Received {
     pub confirm_self: Option<String>,
     /// A delta push (issue 12).
     pub delta: Option<DeltaFields>,
+    /// The `signature` field, as sent (issue 15; checked by `signing`).
+    pub signature: Option<String>,
 }
 
 /// How a delta push sent the new index.
@@ -109,6 +111,7 @@ pub async fn receive(mut form: Form, staging: &Path, caps: &Caps) -> Result<Rece
     let mut index_patch: Option<String> = None;
     let mut release_id: Option<String> = None;
     let mut tarball: Option<(String, u64, Extracted)> = None;
+    let mut signature: Option<String> = None;
     let mut fields = 0;
     while let Some(field) = form.next_field().await.map_err(multipart_error)? {
         fields += 1;
@@ -173,6 +176,9 @@ pub async fn receive(mut form: Form, staging: &Path, caps: &Caps) -> Result<Rece
                 }
                 release_sha256 = Some(v);
             }
+            "signature" => {
+                signature = Some(text(field, &name, pki::sign::MAX_SIGNATURE_FIELD).await?)
+            }
             // Fields of newer masters: read and ignored.
             _ => {
                 text(field, &name, MAX_TEXT_FIELD).await?;
@@ -219,6 +225,7 @@ pub async fn receive(mut form: Form, staging: &Path, caps: &Caps) -> Result<Rece
         git_commit,
         confirm_self,
         delta,
+        signature,
     })
 }
 
