@@ -1165,3 +1165,52 @@ async fn kill_9_during_the_content_store_collection_is_repaired() {
     let (code, body) = w.push(&client, &tree(4)).await;
     assert_eq!(code, 200, "{body:?}\n{}", w.log());
 }
+
+#[test]
+fn a_refused_signature_writes_nothing_into_the_content_store() {
+    let s = Swarm::new();
+    let mut w = s.worker("w1");
+    let tree = s.tree("app");
+    write(&tree, "swarm.toml", &agent_toml());
+    write(&tree, "VERSION", "1");
+    let root = tree.to_str().unwrap();
+    s.ok(&["update", "--host", "w1", "--root", root]);
+    let store = w.install_dir.join("releases/store");
+    let objects = || {
+        let mut v: Vec<String> = std::fs::read_dir(&store)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = objects();
+    // An updater that dies the moment anything is linked into its store.
+    w.options
+        .env
+        .push(("SWARM_UPDATER_CRASH_AT".into(), "store-linking".into()));
+    let pid = w.updater_pid() as i32;
+    w.restart();
+    tests::process::wait_dead(pid, "the previous updater");
+    // Unsigned, with content the store lacks: refused before any of it
+    // is stored.
+    let tgz = ReleaseTree::new()
+        .file("VERSION", b"unsigned")
+        .file("new.bin", &noise("new", 10_000))
+        .tarball();
+    let (code, body) = tests::block_on(async {
+        let r = s
+            .master_client(&w.bundles.host.updater_cn())
+            .post(w.url("/update"))
+            .multipart(tests::release::release_form(&tgz, &sha256_hex(&tgz), &[]))
+            .send()
+            .await
+            .expect("the updater answers (it did not die storing content)");
+        let code = r.status().as_u16();
+        (code, r.json::<pki::wire::OpResponse>().await.expect("json"))
+    });
+    assert_eq!(code, 403, "{body:?}");
+    assert_eq!(objects(), before);
+}

@@ -1,7 +1,9 @@
 //! A received push made whole in staging through the content store
 //! (issue 12): a whole push's files become stored objects (or links to
 //! the objects that already hold their content); a delta is completed
-//! against the kept release it names as its base.
+//! against the kept release it names as its base. Both run only once the
+//! release is accepted (its signature checked): a refused push stores
+//! nothing.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -42,34 +44,31 @@ pub fn whole(staging: &Path, index: &TreeIndex, layout: &Layout) -> Result<()> {
     store.commit()
 }
 
-/// Complete a delta push in `staging` (which holds `got`) against the kept
-/// release `base`; the new release's index (`index`, as sent).
-pub fn delta(
-    staging: &Path,
-    got: &TreeIndex,
+/// The new release's index of a delta push (`index`, as sent: whole, or
+/// a patch of the kept release `base`'s index). Nothing is written.
+pub fn delta_index(
     base: &str,
     index: &IndexSent,
     layout: &Layout,
     caps: &Caps,
 ) -> Result<TreeIndex> {
     let max = usize::try_from(caps.max_entries).unwrap_or(usize::MAX);
-    let kept = kept_dirs(layout);
-    let Some(base_dir) = kept
-        .iter()
+    let Some(base_dir) = kept_dirs(layout)
+        .into_iter()
         .find(|d| Manifest::read(d).and_then(|m| m.release_id).as_deref() == Some(base))
     else {
         return Err(UpdaterError::NoBase(format!(
             "this delta is against release {base}, which this worker does not keep: push the whole release"
         )));
     };
-    let Some(base_index) = read_index(base_dir, max)? else {
+    let Some(base_index) = read_index(&base_dir, max)? else {
         return Err(UpdaterError::NoBase(format!(
             "the kept release {base} has no kept index: push the whole release"
         )));
     };
-    let want = match index {
+    match index {
         IndexSent::Whole(text) => TreeIndex::parse(text.as_bytes(), max)
-            .map_err(|why| UpdaterError::BadUpload(format!("field `index`: {why}")))?,
+            .map_err(|why| UpdaterError::BadUpload(format!("field `index`: {why}"))),
         IndexSent::Patch { patch, release_id } => {
             let want = base_index
                 .apply_patch(patch, max)
@@ -80,9 +79,22 @@ pub fn delta(
                     want.release_id()
                 )));
             }
-            want
+            Ok(want)
         }
-    };
+    }
+}
+
+/// Complete a delta push in `staging` (which holds `got`) into the release
+/// `want` ([`delta_index`]) through the content store.
+pub fn delta(
+    staging: &Path,
+    got: &TreeIndex,
+    want: &TreeIndex,
+    layout: &Layout,
+    caps: &Caps,
+) -> Result<()> {
+    let max = usize::try_from(caps.max_entries).unwrap_or(usize::MAX);
+    let kept = kept_dirs(layout);
     // Read only when the store lacks some content: what every kept
     // release lists, to tell content lost on the worker (412) from
     // content the master should have sent (400).
@@ -100,13 +112,12 @@ pub fn delta(
     };
     let mut store = Store::new(layout.store()).begin()?;
     let reused =
-        receive::delta::materialize(staging, got, &want, &mut store, &mut kept_lists, caps)?;
+        receive::delta::materialize(staging, got, want, &mut store, &mut kept_lists, caps)?;
     store.commit()?;
     crate::crashpoint::at("delta-materialized");
     tracing::info!(
-        base,
         reused_bytes = reused,
         "delta completed from the content store"
     );
-    Ok(want)
+    Ok(())
 }

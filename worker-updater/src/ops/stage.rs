@@ -125,6 +125,8 @@ async fn prepare(
     let t = Instant::now();
     let mut received = receive::receive(form, staging, &d.config.caps).await?;
     timings.received_bytes = received.size_bytes;
+    // A delta: what was received, completed from the store after the checks.
+    let mut delta_got = None;
     if let Some(delta) = received.delta.take() {
         if purpose != Purpose::Agent {
             return Err(UpdaterError::BadUpload(
@@ -132,24 +134,16 @@ async fn prepare(
             ));
         }
         timings.received_bytes += delta.index.wire_len() as u64;
-        let (l, dir, caps) = (layout.clone(), staging.to_owned(), d.config.caps.clone());
-        let got = received.extracted.index.clone();
+        let (l, caps) = (layout.clone(), d.config.caps.clone());
         let (base, index) = (delta.base, delta.index);
         let want =
-            blocking(move || super::materialize::delta(&dir, &got, &base, &index, &l, &caps))
-                .await?;
+            blocking(move || super::materialize::delta_index(&base, &index, &l, &caps)).await?;
         received.extracted.files = want.files();
-        received.extracted.index = want;
+        let got = std::mem::replace(&mut received.extracted.index, want);
         if let Some(sha) = delta.release_sha256 {
             received.sha256 = sha;
         }
-    } else {
-        let (l, dir, index) = (
-            layout.clone(),
-            staging.to_owned(),
-            received.extracted.index.clone(),
-        );
-        blocking(move || super::materialize::whole(&dir, &index, &l)).await?;
+        delta_got = Some(got);
     }
     if purpose == Purpose::Updater && received.confirm_self.as_deref() != Some("true") {
         return Err(UpdaterError::BadUpload(
@@ -165,6 +159,14 @@ async fn prepare(
     );
     let accepted =
         blocking(move || crate::signing::check(&bundle, &install, sig.as_deref(), &id)).await?;
+    // Into the content store, only now (issue 12).
+    let (l, dir, caps) = (layout.clone(), staging.to_owned(), d.config.caps.clone());
+    let want = received.extracted.index.clone();
+    blocking(move || match delta_got {
+        Some(got) => super::materialize::delta(&dir, &got, &want, &l, &caps),
+        None => super::materialize::whole(&dir, &want, &l),
+    })
+    .await?;
     let manifest = received.manifest(pushed_by);
     timings.receive_ms = crate::ms(t);
     tracing::info!(
