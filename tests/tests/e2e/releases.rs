@@ -326,6 +326,51 @@ fn one_changed_file_in_a_large_tree_is_a_small_upload() {
 }
 
 #[test]
+fn content_only_an_older_kept_release_has_is_not_sent_again() {
+    let s = Swarm::new();
+    let w = s.worker("w1");
+    let tree = large_tree(&s);
+    let root = tree.to_str().unwrap();
+    let big = "data/0/blob-0.bin";
+    let a = noise("blob0", 100_000);
+    s.ok(&["update", "--host", "w1", "--root", root]); // v1: big is A
+    std::fs::write(tree.join(big), noise("other", 100_000)).unwrap();
+    s.ok(&["update", "--host", "w1", "--root", root]); // v2: big is B
+    write(&tree, "VERSION", "3");
+    s.ok(&["update", "--host", "w1", "--root", root]); // v3
+    // A now lives only in the oldest kept release (not active, not prev).
+    std::fs::write(tree.join(big), &a).unwrap();
+    write(&tree, "VERSION", "4");
+    let doc = s.json(&["update", "--host", "w1", "--root", root, "--json"], 0);
+    let host = &doc["hosts"][0];
+    assert_eq!(host["agent"], "updated", "{doc}");
+    assert_eq!(host["delta"], true, "{doc}");
+    let sent = host["wire_bytes"].as_u64().expect("wire_bytes");
+    assert!(sent < 64 * 1024, "A was sent again ({sent} bytes): {doc}");
+    let active = w.install_dir.join("releases/active");
+    assert_eq!(std::fs::read(active.join(big)).unwrap(), a);
+    assert_eq!(
+        std::fs::read_to_string(active.join("VERSION")).unwrap(),
+        "4"
+    );
+    let id = doc["release"]["release_id"].as_str().unwrap();
+    assert_eq!(w.slot_id("active").as_deref(), Some(id));
+    // The master's view of the same release, pushed again: nothing at all.
+    let again = s.json(&["update", "--host", "w1", "--root", root, "--json"], 0);
+    assert_eq!(again["hosts"][0]["agent"], "unchanged", "{again}");
+    // And back to v3's tree, which the worker keeps as prev: a delta with
+    // no file content (not a whole push).
+    std::fs::write(tree.join(big), noise("other", 100_000)).unwrap();
+    write(&tree, "VERSION", "3");
+    let back = s.json(&["update", "--host", "w1", "--root", root, "--json"], 0);
+    assert_eq!(back["hosts"][0]["delta"], true, "{back}");
+    assert!(
+        back["hosts"][0]["wire_bytes"].as_u64().unwrap() < 64 * 1024,
+        "{back}"
+    );
+}
+
+#[test]
 fn a_tampered_kept_file_is_rehashed_not_reused() {
     let s = Swarm::new();
     let w = s.worker("w1");
