@@ -44,6 +44,7 @@ pub mod selfupdate;
 pub mod signing;
 pub mod slots;
 pub mod state;
+pub mod store;
 pub mod verify;
 pub mod views;
 
@@ -88,6 +89,10 @@ pub async fn run(
     let repair = blocking(move || ops::repair_install(&d)).await?;
     for action in &repair.actions {
         tracing::warn!("start-up repair: {action}");
+    }
+    // What a crash left in the content stores (issue 12), off the path.
+    for layout in [&app.layout, &app.updater_layout] {
+        store::gc::sweep_in_background(store::Store::new(layout.store()), Vec::new());
     }
     // The programs of the releases on disk, for the `/proc` scan.
     let d = app.clone();

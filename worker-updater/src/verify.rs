@@ -5,22 +5,23 @@
 //!
 //! The scan builds the same canonical index the extractor builds
 //! ([`pki::index`]): the manifest and index files at the root are no
-//! entries; the index file must hash to the manifest's `release_id`, or
+//! entries, a file's mode is the canonical one its read-only stored mode
+//! stands for (a file made writable is modified:
+//! [`crate::store::canonical_mode`]); the index file must hash to the manifest's `release_id`, or
 //! the slot is reported as not checkable (the index itself was altered).
 
 use std::fs;
-use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
 use pki::index::{EntryKind, INDEX_FILE, IndexEntry, TreeIndex, sha256_hex};
 use pki::wire::{MANIFEST_FILE, Manifest, SlotVerify, VerifyReport};
-use sha2::{Digest, Sha256};
 
 use crate::error::{Result, UpdaterError};
 use crate::release::read_index;
 use crate::state::{Daemon, OpGuard, blocking};
+use crate::store::{canonical_mode, hash_file};
 
 /// Verify `active` and `prev`, holding the worker (`guard`): nothing
 /// flips under the scan.
@@ -126,7 +127,13 @@ pub fn scan(dir: &Path, max_entries: usize) -> Result<TreeIndex> {
                 entries.push(IndexEntry::link(key, &target.to_string_lossy()));
             } else if ft.is_file() {
                 let sha = hash_file(&path)?;
-                entries.push(IndexEntry::file(key, mode, meta.size(), sha));
+                // Stored read-only; the index has the canonical mode.
+                entries.push(IndexEntry::file(
+                    key,
+                    canonical_mode(mode),
+                    meta.size(),
+                    sha,
+                ));
             } else {
                 entries.push(IndexEntry {
                     path: key,
@@ -142,22 +149,6 @@ pub fn scan(dir: &Path, max_entries: usize) -> Result<TreeIndex> {
     TreeIndex::new(entries).map_err(UpdaterError::Internal)
 }
 
-/// SHA-256 (hex) of the file at `path`, read in 256 KiB pieces.
-pub fn hash_file(path: &Path) -> Result<String> {
-    let mut f = fs::File::open(path).map_err(|e| UpdaterError::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(UpdaterError::io(path, e)),
-        }
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,10 +162,12 @@ mod tests {
         fs::write(d.join("a/b/f"), "hello").unwrap();
         fs::write(d.join("g"), "x").unwrap();
         std::os::unix::fs::symlink("a/b/f", d.join("l")).unwrap();
-        for (p, m) in [("a", 0o755), ("a/b", 0o755), ("a/b/f", 0o644), ("g", 0o755)] {
+        // Files as the store installs them: read-only.
+        for (p, m) in [("a", 0o755), ("a/b", 0o755), ("a/b/f", 0o444), ("g", 0o555)] {
             fs::set_permissions(d.join(p), fs::Permissions::from_mode(m)).unwrap();
         }
         let index = scan(d, 100).unwrap();
+        assert_eq!(index.get("g").unwrap().mode, 0o755, "the canonical mode");
         write_index(d, &index).unwrap();
         let clean = verify_slot("active", d, 100);
         assert!(clean.clean, "{clean:?}");
@@ -182,12 +175,18 @@ mod tests {
         fs::write(d.join("a/b/f"), "hellO").unwrap();
         fs::write(d.join("new"), "n").unwrap();
         fs::remove_file(d.join("l")).unwrap();
-        fs::set_permissions(d.join("g"), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(d.join("g"), fs::Permissions::from_mode(0o444)).unwrap();
         let v = verify_slot("active", d, 100);
         assert!(!v.clean);
         assert_eq!(v.modified, ["a/b/f", "g"]);
         assert_eq!(v.added, ["new"]);
         assert_eq!(v.missing, ["l"]);
+        // A stored file made writable (its content unchanged) is modified:
+        // the shared inode is no longer protected.
+        write_index(d, &scan(d, 100).unwrap()).unwrap();
+        assert!(verify_slot("active", d, 100).clean);
+        fs::set_permissions(d.join("g"), fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(verify_slot("active", d, 100).modified, ["g"]);
         assert!(scan(d, 2).is_err(), "cap");
     }
 

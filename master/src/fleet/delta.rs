@@ -81,43 +81,57 @@ impl Deltas {
         Payload::Shared(self.whole.get_or_init(|| self.tree.record(None)).clone())
     }
 
-    /// The delta against `base`, or `None` when the master has no index
-    /// of it, the two share no content, or packing it failed.
-    pub(super) async fn for_base(&self, base: &str) -> Option<Arc<Delta>> {
-        if !self.enabled
-            || base == self.tree.info.release_id
-            || base.len() != 64
-            || !base.bytes().all(|b| b.is_ascii_hexdigit())
-        {
+    /// The delta for a host that keeps the releases `kept` (their
+    /// `release_id`s, newest first: active, prev, then `kept/`): the
+    /// contents none of them has, the index as a patch of the newest of
+    /// them whose index the master kept (the base, returned with it).
+    /// `None` when the master has the index of none of them, they share no
+    /// content with the release, or packing is off (`--full`). Hosts that
+    /// keep the same releases share one delta; a host that keeps the
+    /// release itself (not active) gets a delta with no file content.
+    pub(super) async fn for_host(&self, kept: &[String]) -> Option<(String, Arc<Delta>)> {
+        if !self.enabled {
             return None;
         }
+        let known: Vec<String> = kept
+            .iter()
+            .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .filter(|id| self.dir.join(id).is_file())
+            .cloned()
+            .collect();
+        let base = known.first()?.clone();
+        let mut key = known.clone();
+        key[1..].sort();
         let cell = {
             let mut cells = self.cells.lock().ok()?;
-            cells.entry(base.to_owned()).or_default().clone()
+            cells.entry(key.join(",")).or_default().clone()
         };
-        let (path, tree) = (self.dir.join(base), self.tree.clone());
-        cell.get_or_init(|| async move {
-            let tree2 = tree.clone();
-            let have = tokio::task::spawn_blocking(move || have_of(&path, &tree2))
-                .await
-                .ok()
-                .flatten()?;
-            let index_patch = have.1;
-            let have = Arc::new(have.0);
-            let bytes = tree.bytes_without(&have);
-            let payload = if bytes > SHARED_CAP {
-                Payload::Without(have)
-            } else {
-                Payload::Shared(tree.record(Some(have)))
-            };
-            Some(Arc::new(Delta {
-                payload,
-                index_patch,
-                bytes,
-            }))
-        })
-        .await
-        .clone()
+        let paths: Vec<PathBuf> = known.iter().map(|id| self.dir.join(id)).collect();
+        let tree = self.tree.clone();
+        let delta = cell
+            .get_or_init(|| async move {
+                let tree2 = tree.clone();
+                let have = tokio::task::spawn_blocking(move || have_of(&paths, &tree2))
+                    .await
+                    .ok()
+                    .flatten()?;
+                let index_patch = have.1;
+                let have = Arc::new(have.0);
+                let bytes = tree.bytes_without(&have);
+                let payload = if bytes > SHARED_CAP {
+                    Payload::Without(have)
+                } else {
+                    Payload::Shared(tree.record(Some(have)))
+                };
+                Some(Arc::new(Delta {
+                    payload,
+                    index_patch,
+                    bytes,
+                }))
+            })
+            .await
+            .clone()?;
+        Some((base, delta))
     }
 }
 
@@ -141,20 +155,30 @@ pub(super) fn kept_index_in(dir: &Path, id: &str) -> Option<TreeIndex> {
     TreeIndex::parse(&fs::read(&path).ok()?, usize::MAX).ok()
 }
 
-/// What the base at `base_index` has, and the patch from it to `tree`;
-/// `None` when its index is unreadable or it shares no content.
-fn have_of(base_index: &Path, tree: &Tree) -> Option<(Have, String)> {
-    let len = fs::metadata(base_index).ok()?.len();
-    if len > MAX_INDEX_BYTES {
-        return None;
+/// What the releases whose indexes are at `indexes` hold between them,
+/// and the patch from the first (the base) to `tree`; `None` when the
+/// base's index is unreadable or they share no content with `tree`. An
+/// unreadable other index only makes the delta larger.
+fn have_of(indexes: &[PathBuf], tree: &Tree) -> Option<(Have, String)> {
+    let read = |p: &Path| {
+        let len = fs::metadata(p).ok()?.len();
+        if len > MAX_INDEX_BYTES {
+            return None;
+        }
+        TreeIndex::parse(&fs::read(p).ok()?, usize::MAX).ok()
+    };
+    let base = read(indexes.first()?)?;
+    let mut have = Have::new();
+    let others = indexes[1..].iter().filter_map(|p| read(p));
+    for index in std::iter::once(base.clone()).chain(others) {
+        have.extend(
+            index
+                .entries()
+                .iter()
+                .filter(|e| e.kind == EntryKind::File)
+                .filter_map(|e| Some((e.sha256.clone()?, e.size))),
+        );
     }
-    let base = TreeIndex::parse(&fs::read(base_index).ok()?, usize::MAX).ok()?;
-    let have: Have = base
-        .entries()
-        .iter()
-        .filter(|e| e.kind == EntryKind::File)
-        .filter_map(|e| Some((e.sha256.clone()?, e.size)))
-        .collect();
     let want = &tree.index;
     let shared = want.entries().iter().any(|e| {
         e.kind == EntryKind::File

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar};
-use pki::wire::{Manifest, Releases, UpdaterHealth};
+use pki::wire::{Releases, UpdaterHealth};
 use serde::Serialize;
 
 use super::client::{Master, STATUS_TIMEOUT};
@@ -429,9 +429,10 @@ async fn push_agent(
 ) -> HostResult {
     let info = &release.info;
     bar.set_message("checking");
-    let live = live_release(client, rec).await;
-    if let Some(active) = live
-        .clone()
+    let releases = live_releases(client, rec).await;
+    if let Some(active) = releases
+        .as_ref()
+        .and_then(|r| r.active.clone())
         .filter(|m| m.release_id.as_deref() == Some(&info.release_id))
     {
         return HostResult::unchanged(rec, active, started);
@@ -439,8 +440,9 @@ async fn push_agent(
     let mut fallback = None;
     if let Some(vs) = via_store {
         bar.set_message("fetching from the store");
-        let base = live
+        let base = releases
             .as_ref()
+            .and_then(|r| r.active.as_ref())
             .and_then(|m| m.release_id.clone())
             .and_then(|id| Some((id.clone(), deltas.kept_index(&id)?)));
         match vs.push(master, client, rec, base, timeout, started).await {
@@ -449,7 +451,7 @@ async fn push_agent(
         }
     }
     let mut r = push_agent_direct(
-        master, client, rec, release, deltas, live, bar, timeout, started,
+        master, client, rec, release, deltas, releases, bar, timeout, started,
     )
     .await;
     if let Some(why) = fallback {
@@ -466,16 +468,28 @@ async fn push_agent_direct(
     rec: &HostRecord,
     release: &Arc<Tree>,
     deltas: &Deltas,
-    live: Option<Manifest>,
+    releases: Option<Releases>,
     bar: &ProgressBar,
     timeout: Duration,
     started: Instant,
 ) -> HostResult {
     let info = &release.info;
+    // What the host keeps, newest first (an older updater lists only its
+    // active and prev releases).
+    let kept: Vec<String> = match &releases {
+        Some(r) if !r.kept.is_empty() => {
+            r.kept.iter().filter_map(|m| m.release_id.clone()).collect()
+        }
+        Some(r) => r
+            .active
+            .iter()
+            .chain(&r.prev)
+            .filter_map(|m| m.release_id.clone())
+            .collect(),
+        None => Vec::new(),
+    };
     let mut refused = None;
-    if let Some(base) = live.and_then(|m| m.release_id)
-        && let Some(d) = deltas.for_base(&base).await
-    {
+    if let Some((base, d)) = deltas.for_host(&kept).await {
         bar.set_message("uploading a delta");
         bar.set_length(d.bytes);
         let up = Upload {
@@ -511,20 +525,19 @@ async fn push_agent_direct(
     r
 }
 
-/// The host's live release, asked on `/releases`: when it already is the
-/// one being pushed (the same sha256, or the same tree: `release_id`),
-/// nothing is uploaded and nothing restarts; else it may be the base of a
-/// delta. `None` when the host could not say: the push goes ahead whole,
-/// and an updater that has it answers `unchanged` itself.
-async fn live_release(client: &reqwest::Client, rec: &HostRecord) -> Option<Manifest> {
+/// The host's releases, asked on `/releases`: when its active one already
+/// is the one being pushed (the same tree: `release_id`), nothing is
+/// uploaded and nothing restarts; else what it keeps decides the delta.
+/// `None` when the host could not say: the push goes ahead whole, and an
+/// updater that has it answers `unchanged` itself.
+async fn live_releases(client: &reqwest::Client, rec: &HostRecord) -> Option<Releases> {
     let resp = client
         .get(rec.updater_url("/releases"))
         .timeout(STATUS_TIMEOUT)
         .send()
         .await
         .ok()?;
-    let releases: Releases = said::read_json(resp, RELEASES_CAP).await.ok()?;
-    releases.active
+    said::read_json(resp, RELEASES_CAP).await.ok()
 }
 
 #[derive(Serialize)]

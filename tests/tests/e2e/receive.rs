@@ -59,7 +59,12 @@ fn small_cap_worker(pki: &TestPki) -> Worker {
 
 /// `curl -F sha256=… -F tarball=@file` with the master's identity: the
 /// HTTP code and the body, or curl's own failure.
-fn curl_push(pki: &TestPki, w: &Worker, file: &Path, sha: &str) -> Result<(u16, String), String> {
+pub(crate) fn curl_push(
+    pki: &TestPki,
+    w: &Worker,
+    file: &Path,
+    sha: &str,
+) -> Result<(u16, String), String> {
     let master = pki.path().join("master");
     pki.master();
     let out = Command::new("curl")

@@ -283,6 +283,11 @@ fn one_changed_file_in_a_large_tree_is_a_small_upload() {
         sent < 64 * 1024,
         "one changed file sent {sent} bytes: {second}"
     );
+    // And the updater says it received that little.
+    let received = host["timings"]["received_bytes"]
+        .as_u64()
+        .expect("received_bytes");
+    assert!(received > 0 && received <= sent, "{second}");
     // The host runs the new release, whole, under the release's
     // release_id (its sha256 is the delta's: what it was sent).
     assert_eq!(
@@ -317,6 +322,51 @@ fn one_changed_file_in_a_large_tree_is_a_small_upload() {
     assert!(
         third["hosts"][0]["wire_bytes"].as_u64().unwrap() > 2_000_000,
         "{third}"
+    );
+}
+
+#[test]
+fn content_only_an_older_kept_release_has_is_not_sent_again() {
+    let s = Swarm::new();
+    let w = s.worker("w1");
+    let tree = large_tree(&s);
+    let root = tree.to_str().unwrap();
+    let big = "data/0/blob-0.bin";
+    let a = noise("blob0", 100_000);
+    s.ok(&["update", "--host", "w1", "--root", root]); // v1: big is A
+    std::fs::write(tree.join(big), noise("other", 100_000)).unwrap();
+    s.ok(&["update", "--host", "w1", "--root", root]); // v2: big is B
+    write(&tree, "VERSION", "3");
+    s.ok(&["update", "--host", "w1", "--root", root]); // v3
+    // A now lives only in the oldest kept release (not active, not prev).
+    std::fs::write(tree.join(big), &a).unwrap();
+    write(&tree, "VERSION", "4");
+    let doc = s.json(&["update", "--host", "w1", "--root", root, "--json"], 0);
+    let host = &doc["hosts"][0];
+    assert_eq!(host["agent"], "updated", "{doc}");
+    assert_eq!(host["delta"], true, "{doc}");
+    let sent = host["wire_bytes"].as_u64().expect("wire_bytes");
+    assert!(sent < 64 * 1024, "A was sent again ({sent} bytes): {doc}");
+    let active = w.install_dir.join("releases/active");
+    assert_eq!(std::fs::read(active.join(big)).unwrap(), a);
+    assert_eq!(
+        std::fs::read_to_string(active.join("VERSION")).unwrap(),
+        "4"
+    );
+    let id = doc["release"]["release_id"].as_str().unwrap();
+    assert_eq!(w.slot_id("active").as_deref(), Some(id));
+    // The master's view of the same release, pushed again: nothing at all.
+    let again = s.json(&["update", "--host", "w1", "--root", root, "--json"], 0);
+    assert_eq!(again["hosts"][0]["agent"], "unchanged", "{again}");
+    // And back to v3's tree, which the worker keeps as prev: a delta with
+    // no file content (not a whole push).
+    std::fs::write(tree.join(big), noise("other", 100_000)).unwrap();
+    write(&tree, "VERSION", "3");
+    let back = s.json(&["update", "--host", "w1", "--root", root, "--json"], 0);
+    assert_eq!(back["hosts"][0]["delta"], true, "{back}");
+    assert!(
+        back["hosts"][0]["wire_bytes"].as_u64().unwrap() < 64 * 1024,
+        "{back}"
     );
 }
 
@@ -551,7 +601,7 @@ async fn a_delta_is_completed_from_the_live_release_and_bad_ones_are_refused() {
 
 #[tokio::test]
 async fn kill_9_during_a_delta_push_is_repaired() {
-    for step in ["delta-copying", "delta-materialized"] {
+    for step in ["store-linking", "delta-copying", "delta-materialized"] {
         let pki = TestPki::new();
         let mut w = Worker::start(&pki, "w1", WorkerOptions::default());
         let client = w.master_client(&pki);
@@ -860,4 +910,352 @@ async fn kill_9_during_garbage_collection_or_a_rollback_to_a_kept_release_is_rep
     assert_eq!(resp.status(), 200, "{}", w.log());
     let active = w.releases(&client).await.active.and_then(|m| m.release_id);
     assert_eq!(active.as_deref(), Some(ids[1].as_str()));
+}
+
+/// Inode and permission bits of `path`.
+fn inode(path: &Path) -> (u64, u32) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (m.ino(), m.permissions().mode() & 0o7777)
+}
+
+/// The objects in the content store with a link count of 1 (what the
+/// collection removes), by name.
+fn unlinked_objects(w: &Worker) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = std::fs::read_dir(w.install_dir.join("releases/store")) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| e.metadata().is_ok_and(|m| m.nlink() == 1))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn unchanged_files_of_two_releases_share_one_read_only_inode() {
+    let s = Swarm::new();
+    let w = s.worker("w1");
+    let tree = large_tree(&s);
+    std::fs::set_permissions(
+        tree.join("data/0/blob-0.bin"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let root = tree.to_str().unwrap();
+    s.ok(&["update", "--host", "w1", "--root", root]);
+    write(&tree, "VERSION", "2");
+    s.ok(&["update", "--host", "w1", "--root", root]);
+    let (active, prev) = (
+        w.install_dir.join("releases/active"),
+        w.install_dir.join("releases/prev"),
+    );
+    for (file, mode) in [("data/1/blob-5.bin", 0o444), ("data/0/blob-0.bin", 0o555)] {
+        let (a, p) = (inode(&active.join(file)), inode(&prev.join(file)));
+        assert_eq!(a.0, p.0, "{file}: one inode for both releases");
+        assert_eq!(a.1, mode, "{file}: read-only, exec bits kept");
+    }
+    let (a, p) = (inode(&active.join("VERSION")), inode(&prev.join("VERSION")));
+    assert_ne!(a.0, p.0, "changed content is its own inode");
+    assert_eq!(std::fs::read_to_string(prev.join("VERSION")).unwrap(), "1");
+    // The index keeps the canonical mode: the release_id is the master's.
+    let index = TreeIndex::parse(&std::fs::read(active.join(INDEX_FILE)).unwrap(), 1000).unwrap();
+    assert_eq!(index.get("data/1/blob-5.bin").unwrap().mode, 0o644);
+    assert_eq!(index.get("data/0/blob-0.bin").unwrap().mode, 0o755);
+    assert_eq!(
+        s.json(&["verify", "--host", "w1", "--json"], 0)["clean"],
+        true
+    );
+}
+
+#[test]
+fn a_stored_file_changed_with_its_mtime_put_back_is_rehashed_not_reused() {
+    let s = Swarm::new();
+    let w = s.worker("w1");
+    let tree = large_tree(&s);
+    let root = tree.to_str().unwrap();
+    s.ok(&["update", "--host", "w1", "--root", root]);
+    // Changed in place, size kept, and its mtime put back to the
+    // nanosecond: size, mtime and inode are as stored; only the content
+    // (and the ctime no user call can set) tells.
+    let kept = w.install_dir.join("releases/active/data/2/blob-6.bin");
+    let stamp = std::process::Command::new("stat")
+        .args(["-c", "%y"])
+        .arg(&kept)
+        .output()
+        .unwrap();
+    let stamp = String::from_utf8(stamp.stdout).unwrap().trim().to_owned();
+    let before = inode(&kept).0;
+    let mut bytes = std::fs::read(&kept).unwrap();
+    bytes[99] ^= 0x5a;
+    std::fs::write(&kept, &bytes).unwrap();
+    let touched = std::process::Command::new("touch")
+        .arg("-d")
+        .arg(&stamp)
+        .arg(&kept)
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    let again = std::process::Command::new("stat")
+        .args(["-c", "%y"])
+        .arg(&kept)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(again.stdout).unwrap().trim(), stamp);
+    assert_eq!(inode(&kept).0, before);
+
+    write(&tree, "VERSION", "2");
+    let out = s.json(&["update", "--host", "w1", "--root", root, "--json"], 0);
+    let host = &out["hosts"][0];
+    assert_eq!(host["agent"], "updated", "{out}");
+    assert_eq!(host.get("delta"), None, "the delta was refused: {out}");
+    let detail = host["detail"].as_str().unwrap();
+    assert!(detail.contains("blob-6.bin"), "{detail}");
+    // The whole push that followed ends on the right release, whole.
+    let sha = out["release"]["sha256"].as_str().unwrap();
+    w.wait_agent_release_blocking(sha);
+    let active = w.install_dir.join("releases/active");
+    assert_eq!(
+        std::fs::read(active.join("data/2/blob-6.bin")).unwrap(),
+        noise("blob6", 100_000)
+    );
+    assert_eq!(
+        std::fs::read_to_string(active.join("VERSION")).unwrap(),
+        "2"
+    );
+    let v = s.json(&["verify", "--host", "w1", "--json"], 1);
+    let slots = v["hosts"][0]["slots"].as_array().unwrap();
+    assert_eq!(slots[0]["clean"], true, "active is whole: {v}");
+    assert_eq!(
+        slots[1]["modified"],
+        serde_json::json!(["data/2/blob-6.bin"]),
+        "prev still holds the change made by hand: {v}"
+    );
+}
+
+#[tokio::test]
+async fn a_delta_against_prev_takes_content_from_every_kept_release() {
+    let pki = TestPki::new();
+    let w = Worker::start(&pki, "w1", WorkerOptions::default());
+    let client = w.master_client(&pki);
+    let a = base_release(&w, &client).await;
+    let a_dir_index =
+        std::fs::read(w.install_dir.join("releases/active").join(INDEX_FILE)).unwrap();
+    // B, whole: A plus only-b.txt. A becomes prev.
+    let only_b = noise("only-b", 30_000);
+    let b = ReleaseTree::new()
+        .file("VERSION", b"B")
+        .file("keep/a.txt", &noise("a", 50_000))
+        .file("keep/b.txt", &noise("b", 50_000))
+        .file("keep/only-b.txt", &only_b)
+        .reference_agent(w.agent_port, &[])
+        .tarball();
+    let (code, body) = w.push(&client, &b).await;
+    assert_eq!(code, 200, "{body:?}");
+    // C against A (prev, not live): A's files and B's only-b.txt, none sent.
+    let c = index_b(
+        &w,
+        b"C",
+        vec![IndexEntry::file(
+            "keep/only-b.txt",
+            0o644,
+            only_b.len() as u64,
+            sha256_hex(&only_b),
+        )],
+    );
+    let want = TreeIndex::new(c.clone()).unwrap();
+    let patch = TreeIndex::parse(&a_dir_index, 100).unwrap().patch_to(&want);
+    let tgz = delta_tgz(b"C");
+    let form = tests::release::release_form(
+        &tgz,
+        &sha256_hex(&tgz),
+        &[
+            ("base", a.as_str()),
+            ("index_patch", patch.as_str()),
+            ("release_id", want.release_id().as_str()),
+        ],
+    );
+    let resp = client
+        .post(w.url("/update"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let code = resp.status().as_u16();
+    let body: pki::wire::OpResponse = resp.json().await.unwrap();
+    assert_eq!(code, 200, "{body:?}\n{}", w.log());
+    let m = body.release.unwrap();
+    assert_eq!(m.release_id.as_deref(), Some(want.release_id().as_str()));
+    assert_eq!(
+        m.sha256,
+        sha256_hex(&tgz),
+        "no release_sha256: the delta's own"
+    );
+    w.wait_agent_release(&m.sha256).await;
+    let active = w.install_dir.join("releases/active");
+    assert_eq!(std::fs::read(active.join("VERSION")).unwrap(), b"C");
+    assert_eq!(
+        std::fs::read(active.join("keep/only-b.txt")).unwrap(),
+        only_b
+    );
+    let prev = w.install_dir.join("releases/prev");
+    assert_eq!(
+        inode(&active.join("keep/only-b.txt")).0,
+        inode(&prev.join("keep/only-b.txt")).0
+    );
+    // A is in kept/ now: still a base.
+    let d = text(index_b(&w, b"D", vec![]));
+    let (code, body) = push_delta(&w, &client, &delta_tgz(b"D"), &a, &d).await;
+    assert_eq!(code, 200, "{body:?}\n{}", w.log());
+    assert_eq!(std::fs::read(active.join("VERSION")).unwrap(), b"D");
+}
+
+#[tokio::test]
+async fn a_curl_tgz_push_is_stored_like_any_other() {
+    let pki = TestPki::new();
+    let w = Worker::start(&pki, "w1", WorkerOptions::default());
+    let client = w.master_client(&pki);
+    base_release(&w, &client).await;
+    let tgz = ReleaseTree::new()
+        .file("VERSION", b"curl")
+        .file("keep/a.txt", &noise("a", 50_000))
+        .reference_agent(w.agent_port, &[])
+        .tarball();
+    let file = pki.path().join("tree.tgz");
+    std::fs::write(&file, &tgz).unwrap();
+    let (code, body) =
+        super::receive::curl_push(&pki, &w, &file, &sha256_hex(&tgz)).expect("curl runs");
+    assert_eq!(code, 200, "{body}\n{}", w.log());
+    w.wait_agent_release(&sha256_hex(&tgz)).await;
+    let rel = w.install_dir.join("releases");
+    assert_eq!(
+        inode(&rel.join("active/keep/a.txt")),
+        inode(&rel.join("prev/keep/a.txt")),
+        "the content it shares with A is A's inode"
+    );
+    assert!(!rel.join("active/keep/b.txt").exists());
+}
+
+#[tokio::test]
+async fn kill_9_during_the_content_store_collection_is_repaired() {
+    let pki = TestPki::new();
+    let mut w = Worker::start(
+        &pki,
+        "w1",
+        WorkerOptions {
+            env: vec![("SWARM_UPDATER_KEEP_RELEASES".into(), "3".into())],
+            ..WorkerOptions::default()
+        },
+    );
+    let client = w.master_client(&pki);
+    let port = w.agent_port;
+    let tree = |v: usize| {
+        ReleaseTree::new()
+            .file("VERSION", format!("{v}").as_bytes())
+            .file("shared.bin", &noise("shared", 40_000))
+            .reference_agent(port, &[])
+            .tarball()
+    };
+    let mut ids = Vec::new();
+    for v in 0..3 {
+        let (code, body) = w.push(&client, &tree(v)).await;
+        assert_eq!(code, 200, "{body:?}");
+        ids.push(body.release.and_then(|m| m.release_id).unwrap());
+    }
+    // The next push prunes release 0: its VERSION is linked by nothing
+    // then, and the collection dies removing it.
+    w.options
+        .env
+        .push(("SWARM_UPDATER_CRASH_AT".into(), "gc-unlinking".into()));
+    let pid = w.updater_pid() as i32;
+    w.restart();
+    tests::process::wait_dead(pid, "the previous updater");
+    let form = tests::release::release_form(&tree(3), &sha256_hex(&tree(3)), &[]);
+    // The answer may or may not leave before the collection kills it.
+    let _ = client.post(w.url("/update")).multipart(form).send().await;
+    let pid = w.updater_pid() as i32;
+    tests::process::wait_dead(pid, "the updater killed in the collection");
+    w.options.env.retain(|(k, _)| k != "SWARM_UPDATER_CRASH_AT");
+    w.restart();
+    // Repaired: every kept release whole, the live one and prev verified,
+    // and the collection at start-up finished what the crash left.
+    let v: pki::wire::VerifyReport = client
+        .post(w.url("/verify"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v.clean, "{v:?}");
+    assert_eq!(kept_on_disk(&w), [ids[1].clone()]);
+    let r = w.releases(&client).await;
+    let kept: Vec<_> = r.kept.iter().filter_map(|m| m.release_id.clone()).collect();
+    assert_eq!(kept.len(), 3, "{r:?}");
+    assert_eq!(kept[1..], [ids[2].clone(), ids[1].clone()], "{r:?}");
+    tests::eventually(
+        std::time::Duration::from_secs(10),
+        "the start-up collection removes what nothing links",
+        || unlinked_objects(&w).is_empty().then_some(()),
+    );
+    // Every kept release can still run, and the next push works.
+    let resp = client
+        .post(w.url("/rollback"))
+        .json(&serde_json::json!({ "release_id": &ids[1][..12] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", w.log());
+    let (code, body) = w.push(&client, &tree(4)).await;
+    assert_eq!(code, 200, "{body:?}\n{}", w.log());
+}
+
+#[test]
+fn a_refused_signature_writes_nothing_into_the_content_store() {
+    let s = Swarm::new();
+    let mut w = s.worker("w1");
+    let tree = s.tree("app");
+    write(&tree, "swarm.toml", &agent_toml());
+    write(&tree, "VERSION", "1");
+    let root = tree.to_str().unwrap();
+    s.ok(&["update", "--host", "w1", "--root", root]);
+    let store = w.install_dir.join("releases/store");
+    let objects = || {
+        let mut v: Vec<String> = std::fs::read_dir(&store)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = objects();
+    // An updater that dies the moment anything is linked into its store.
+    w.options
+        .env
+        .push(("SWARM_UPDATER_CRASH_AT".into(), "store-linking".into()));
+    let pid = w.updater_pid() as i32;
+    w.restart();
+    tests::process::wait_dead(pid, "the previous updater");
+    // Unsigned, with content the store lacks: refused before any of it
+    // is stored.
+    let tgz = ReleaseTree::new()
+        .file("VERSION", b"unsigned")
+        .file("new.bin", &noise("new", 10_000))
+        .tarball();
+    let (code, body) = tests::block_on(async {
+        let r = s
+            .master_client(&w.bundles.host.updater_cn())
+            .post(w.url("/update"))
+            .multipart(tests::release::release_form(&tgz, &sha256_hex(&tgz), &[]))
+            .send()
+            .await
+            .expect("the updater answers (it did not die storing content)");
+        let code = r.status().as_u16();
+        (code, r.json::<pki::wire::OpResponse>().await.expect("json"))
+    });
+    assert_eq!(code, 403, "{body:?}");
+    assert_eq!(objects(), before);
 }

@@ -11,6 +11,7 @@
 
 pub mod caretaker;
 pub mod hook;
+pub mod materialize;
 pub mod reconcile;
 pub mod restart;
 pub mod rollback;

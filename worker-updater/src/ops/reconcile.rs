@@ -102,9 +102,10 @@ pub async fn reconcile(d: Arc<Daemon>, guard: OpGuard, pending: Pending) {
             match blocking(move || layout.confirm_to_trash()).await {
                 Ok(trash) => {
                     tracing::info!("start-up: the unconfirmed update is healthy; confirmed");
-                    if let Some(trash) = trash {
-                        crate::slots::delete_in_background(trash);
-                    }
+                    crate::store::gc::sweep_in_background(
+                        crate::store::Store::new(d.layout.store()),
+                        trash.into_iter().collect(),
+                    );
                 }
                 Err(e) => tracing::error!("start-up: confirming the update: {e}"),
             }

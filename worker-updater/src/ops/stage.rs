@@ -95,36 +95,27 @@ pub async fn stage(
     Ok(staged)
 }
 
-/// Complete a delta (or store) push in `staging` from the live release
-/// `live`, which must be `base` when there is one; the whole release's
-/// index (`index`, as sent). The one call of [`receive::delta::materialize`].
-fn complete_delta(
-    staging: &std::path::Path,
-    got: &pki::index::TreeIndex,
-    base: Option<&str>,
-    index: &receive::IndexSent,
-    live: &std::path::Path,
-    caps: &receive::Caps,
-) -> Result<pki::index::TreeIndex> {
-    let (want, base_index) = receive::want::resolve(base, index, live, caps)?;
-    let reused = receive::delta::materialize(staging, got, &want, live, &base_index, caps)?;
-    crate::crashpoint::at("delta-materialized");
-    tracing::info!(
-        base = base.unwrap_or("none"),
-        reused_bytes = reused,
-        "delta completed from the live release"
-    );
-    Ok(want)
-}
-
-/// Remove `layout`'s staging dir.
+/// Remove `layout`'s staging dir: renamed to trash at once, deleted by
+/// the content store's sweep, which reseals the objects it linked instead
+/// of re-hashing them (issue 12).
 async fn discard(layout: &Layout) {
     let l = layout.clone();
-    let _ = blocking(move || {
-        l.discard_staging();
-        Ok(())
-    })
-    .await;
+    match blocking(move || l.staging_to_trash()).await {
+        Ok(Some(trash)) => crate::store::gc::sweep_in_background(
+            crate::store::Store::new(layout.store()),
+            vec![trash],
+        ),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!("moving the staging dir to trash: {e}");
+            let l = layout.clone();
+            let _ = blocking(move || {
+                l.discard_staging();
+                Ok(())
+            })
+            .await;
+        }
+    }
 }
 
 /// Receive, write the manifest, parse the spec (the agent command for an
@@ -153,6 +144,8 @@ async fn prepare(
         }
     };
     timings.received_bytes = received.size_bytes;
+    // A delta: what was received, completed from the store after the checks.
+    let mut delta_got = None;
     if let Some(delta) = received.delta.take() {
         if purpose != Purpose::Agent {
             return Err(UpdaterError::BadUpload(
@@ -160,17 +153,29 @@ async fn prepare(
             ));
         }
         timings.received_bytes += delta.index.wire_len() as u64;
-        let (live, dir, caps) = (layout.active(), staging.to_owned(), d.config.caps.clone());
-        let got = received.extracted.index.clone();
+        let (l, caps) = (layout.clone(), d.config.caps.clone());
         let (base, index) = (delta.base, delta.index);
-        let want =
-            blocking(move || complete_delta(&dir, &got, base.as_deref(), &index, &live, &caps))
-                .await?;
+        let want = blocking(move || match base {
+            Some(b) => super::materialize::delta_index(&b, &index, &l, &caps),
+            // A store fetch with nothing to reuse: the index comes whole.
+            None => match &index {
+                receive::IndexSent::Whole(text) => pki::index::TreeIndex::parse(
+                    text.as_bytes(),
+                    usize::try_from(caps.max_entries).unwrap_or(usize::MAX),
+                )
+                .map_err(|why| UpdaterError::BadUpload(format!("field `index`: {why}"))),
+                receive::IndexSent::Patch { .. } => Err(UpdaterError::BadUpload(
+                    "an `index_patch` needs the `base` it patches".into(),
+                )),
+            },
+        })
+        .await?;
         received.extracted.files = want.files();
-        received.extracted.index = want;
+        let got = std::mem::replace(&mut received.extracted.index, want);
         if let Some(sha) = delta.release_sha256 {
             received.sha256 = sha;
         }
+        delta_got = Some(got);
     }
     if purpose == Purpose::Updater && received.confirm_self.as_deref() != Some("true") {
         return Err(UpdaterError::BadUpload(
@@ -186,6 +191,14 @@ async fn prepare(
     );
     let accepted =
         blocking(move || crate::signing::check(&bundle, &install, sig.as_deref(), &id)).await?;
+    // Into the content store, only now (issue 12).
+    let (l, dir, caps) = (layout.clone(), staging.to_owned(), d.config.caps.clone());
+    let want = received.extracted.index.clone();
+    blocking(move || match delta_got {
+        Some(got) => super::materialize::delta(&dir, &got, &want, &l, &caps),
+        None => super::materialize::whole(&dir, &want, &l),
+    })
+    .await?;
     let manifest = received.manifest(pushed_by);
     timings.receive_ms = crate::ms(t);
     tracing::info!(

@@ -12,12 +12,26 @@ use super::stage::{Source, StageError, Staged, stage};
 use super::{OpResult, recover, restart_and_probe};
 use crate::release::Purpose;
 use crate::state::{Daemon, OpGuard, blocking};
+use crate::store::Store;
 use crate::{ms, short};
 
 /// `POST /update`, holding the worker (`guard`). When the layout has to be
 /// repaired half-way, the guard passes to the reconcile that follows, so
 /// nothing else starts in between.
 pub async fn update(d: Arc<Daemon>, source: Source, pushed_by: String, guard: OpGuard) -> OpResult {
+    let store = Store::new(d.layout.store());
+    let result = push(d, source, pushed_by, guard).await;
+    let swept = matches!(&result, Ok((StatusCode::OK, r)) if r.status == OpStatus::Updated);
+    if !swept {
+        // What a refused or failed push left unlinked (its staging, a
+        // pruned failed release): off the request path.
+        crate::store::gc::sweep_in_background(store, Vec::new());
+    }
+    result
+}
+
+/// [`update`] itself; a healthy push sweeps what it replaced.
+async fn push(d: Arc<Daemon>, source: Source, pushed_by: String, guard: OpGuard) -> OpResult {
     let t0 = Instant::now();
     let mut timings = Timings::default();
     let layout = d.layout.clone();
@@ -51,20 +65,18 @@ pub async fn update(d: Arc<Daemon>, source: Source, pushed_by: String, guard: Op
         let trash = blocking(move || layout.confirm_to_trash()).await?;
         timings.confirm_ms = ms(t);
         // The release it replaced can take seconds to delete (a big tree,
-        // a busy disk): not the pusher's wait.
-        if let Some(trash) = trash {
-            crate::slots::delete_in_background(trash);
-        }
-        // Kept releases beyond --keep-releases, likewise (issue 12).
+        // a busy disk): not the pusher's wait. Kept releases beyond
+        // --keep-releases likewise, then the content no release links
+        // any more (issue 12).
+        let mut trash: Vec<_> = trash.into_iter().collect();
         let layout = d.layout.clone();
         if let Ok(pruned) = blocking(move || Ok(layout.prune_kept())).await {
             if !pruned.is_empty() {
                 crate::crashpoint::at("kept-pruned");
             }
-            pruned
-                .into_iter()
-                .for_each(crate::slots::delete_in_background);
+            trash.extend(pruned);
         }
+        crate::store::gc::sweep_in_background(Store::new(d.layout.store()), trash);
         timings.total_ms = ms(t0);
         tracing::info!(sha256 = %manifest.sha256, "update healthy");
         return Ok((

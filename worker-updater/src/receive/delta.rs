@@ -2,8 +2,9 @@
 //! does not have, plus every directory and link; the new release's index
 //! comes whole (`index`) or as a patch of the base's (`index_patch`, with
 //! the `release_id` it must give), and `base` is the `release_id` of the
-//! live release the delta is against. [`materialize`] completes staging from
-//! the live release, then the push goes through the same hook, flip,
+//! kept release (active, prev or `kept/`) whose index the patch applies to.
+//! [`materialize`] completes staging from the content store (content of
+//! any kept release), then the push goes through the same hook, flip,
 //! restart, probe and revert as any other.
 //!
 //! Rules (each a 400 with staging removed, nothing rotated, unless said):
@@ -14,39 +15,36 @@
 //!   the SHA-256 of the content as received): a file whose hash differs is
 //!   refused;
 //! - what the index has and the upload does not must be a regular file
-//!   whose content the base has (same SHA-256 and size); it is copied from
-//!   the base, hashed as it is read, and refused if the copy does not hash
-//!   to the index (a kept file changed on the worker is re-hashed, never
-//!   trusted). A file missing from the upload and from the base → 400;
-//! - a base that is not the live release → 412 ([`UpdaterError::NoBase`]),
-//!   which the master answers with a full push.
-//!
-//! Unchanged content is copied, not hardlinked: without a read-only content
-//! store, a hardlink would let an app writing into its live release change
-//! the new release too (see `wiki/security.md`).
+//!   whose content the store holds (trusted by its seal, else re-hashed,
+//!   see [`crate::store`]); it is hardlinked from the store. Content that
+//!   some kept release lists but the store no longer has (changed on the
+//!   worker, dropped) → 412 ([`UpdaterError::NoBase`]); content no kept
+//!   release lists → 400;
+//! - a file left out must sit in a directory of the index (never below a
+//!   link);
+//! - a base that is not kept → 412, which the master answers with a full
+//!   push.
 
-use std::collections::HashMap;
-use std::fs;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use pki::index::{EntryKind, INDEX_FILE, IndexEntry, TreeIndex};
+use pki::index::{EntryKind, INDEX_FILE, TreeIndex};
 use pki::wire::MANIFEST_FILE;
-use sha2::{Digest, Sha256};
 
 use super::extract::{Caps, normalize};
 use crate::error::{Result, UpdaterError};
+use crate::store::Session;
 
 /// Complete `staging` (which holds what was `received`) into the release
-/// `want` describes, copying what is missing from `base_dir` (the live
-/// release, whose kept index is `base`). Returns the bytes reused.
+/// `want` describes: what was received goes into the store, what was not
+/// is linked from it. `kept_lists(sha256, size)` says whether a kept
+/// release lists that content (only asked when the store lacks it).
+/// Returns the bytes reused.
 pub fn materialize(
     staging: &Path,
     received: &TreeIndex,
     want: &TreeIndex,
-    base_dir: &Path,
-    base: &TreeIndex,
+    store: &mut Session,
+    kept_lists: &mut dyn FnMut(&str, u64) -> bool,
     caps: &Caps,
 ) -> Result<u64> {
     check_index(want, caps)?;
@@ -67,12 +65,11 @@ pub fn materialize(
             }
         }
     }
-    let by_content: HashMap<(&str, u64), &str> = base
-        .entries()
-        .iter()
-        .filter(|e| e.kind == EntryKind::File)
-        .filter_map(|e| Some(((e.sha256.as_deref()?, e.size), e.path.as_str())))
-        .collect();
+    for w in want.entries() {
+        if w.kind == EntryKind::File && received.get(&w.path).is_some() {
+            store.adopt(&staging.join(&w.path), w)?;
+        }
+    }
     let mut reused = 0;
     for w in want.entries() {
         if received.get(&w.path).is_some() {
@@ -84,14 +81,29 @@ pub fn materialize(
                 w.path, w.kind
             )));
         }
-        let sha = w.sha256.as_deref().unwrap_or_default();
-        let Some(from) = by_content.get(&(sha, w.size)) else {
+        // The link lands in a directory the index names (and so the
+        // upload brought), never through a link nor in a missing one.
+        if let Some((parent, _)) = w.path.rsplit_once('/')
+            && want.get(parent).is_none_or(|p| p.kind != EntryKind::Dir)
+        {
+            return Err(UpdaterError::unsafe_entry(
+                &w.path,
+                "its parent is not a directory of the index",
+            ));
+        }
+        if !store.link_to(&staging.join(&w.path), w)? {
+            let sha = w.sha256.as_deref().unwrap_or_default();
+            if kept_lists(sha, w.size) {
+                return Err(UpdaterError::NoBase(format!(
+                    "the kept copy of {:?} no longer has the content it was installed with (changed on the worker?): push the whole release",
+                    w.path
+                )));
+            }
             return Err(UpdaterError::BadUpload(format!(
                 "{:?} is missing from the upload and from every release this worker keeps",
                 w.path
             )));
-        };
-        copy_checked(&base_dir.join(from), &staging.join(&w.path), w)?;
+        }
         if reused == 0 {
             crate::crashpoint::at("delta-copying");
         }
@@ -135,46 +147,68 @@ fn check_index(want: &TreeIndex, caps: &Caps) -> Result<()> {
     Ok(())
 }
 
-/// Copy the kept file `from` to the new `to`, hashing what is read: it
-/// must be the content `want` names (a kept file changed on the worker
-/// since it was installed is refused, not reused).
-fn copy_checked(from: &Path, to: &Path, want: &IndexEntry) -> Result<()> {
-    let mut src = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(from)
-        .map_err(|e| UpdaterError::NoBase(format!("the kept copy {}: {e}", from.display())))?;
-    let dst = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(to)
-        .map_err(|e| UpdaterError::io(to, e))?;
-    let mut out = io::BufWriter::with_capacity(256 * 1024, &dst);
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = match src.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(UpdaterError::io(from, e)),
-        };
-        hasher.update(&buf[..n]);
-        size += n as u64;
-        out.write_all(&buf[..n])
-            .map_err(|e| UpdaterError::io(to, e))?;
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use pki::index::{IndexEntry, sha256_hex};
+
+    use super::*;
+    use crate::store::Store;
+
+    #[test]
+    fn content_is_linked_only_below_a_directory_of_the_index() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path().join("store"));
+        // The store holds "kept" (from an earlier release).
+        let old = tmp.path().join("old");
+        fs::create_dir(&old).unwrap();
+        fs::write(old.join("f"), b"kept").unwrap();
+        let kept = IndexEntry::file("f", 0o644, 4, sha256_hex(b"kept"));
+        let mut s = store.begin().unwrap();
+        s.adopt(&old.join("f"), &kept).unwrap();
+        // Received: a directory `x` and a link `d -> x`.
+        let staging = tmp.path().join("staging");
+        fs::create_dir_all(staging.join("x")).unwrap();
+        std::os::unix::fs::symlink("x", staging.join("d")).unwrap();
+        let received = TreeIndex::new(vec![
+            IndexEntry::dir("x", 0o755),
+            IndexEntry::link("d", "x"),
+        ])
+        .unwrap();
+        let file = |p: &str| IndexEntry::file(p, 0o644, 4, sha256_hex(b"kept"));
+        let mut none = |_: &str, _: u64| false;
+        for (path, why) in [("d/f", "below a link"), ("y/f", "no directory")] {
+            let mut want = received.entries().to_vec();
+            want.push(file(path));
+            let want = TreeIndex::new(want).unwrap();
+            let r = materialize(
+                &staging,
+                &received,
+                &want,
+                &mut s,
+                &mut none,
+                &Caps::default(),
+            );
+            assert!(
+                matches!(r, Err(UpdaterError::Unsafe { .. })),
+                "{why}: {r:?}"
+            );
+            assert!(!staging.join("x/f").exists(), "{why}: nothing written");
+        }
+        // Below a directory of the index: linked.
+        let mut want = received.entries().to_vec();
+        want.push(file("x/f"));
+        let want = TreeIndex::new(want).unwrap();
+        let r = materialize(
+            &staging,
+            &received,
+            &want,
+            &mut s,
+            &mut none,
+            &Caps::default(),
+        );
+        assert_eq!(r.unwrap(), 4);
+        assert_eq!(fs::read(staging.join("x/f")).unwrap(), b"kept");
     }
-    out.flush().map_err(|e| UpdaterError::io(to, e))?;
-    drop(out);
-    let sha = hex::encode(hasher.finalize());
-    if size != want.size || Some(sha.as_str()) != want.sha256.as_deref() {
-        return Err(UpdaterError::NoBase(format!(
-            "the kept copy of {:?} ({}) no longer has the content it was installed with (changed on the worker?): push the whole release",
-            want.path,
-            from.display()
-        )));
-    }
-    dst.set_permissions(fs::Permissions::from_mode(want.mode))
-        .map_err(|e| UpdaterError::io(to, e))
 }

@@ -232,20 +232,6 @@ pub fn delete_trash(path: &Path) {
     }
 }
 
-/// Delete a trash dir on the blocking pool, without waiting for it: the
-/// release an update replaced goes once the update has answered.
-pub fn delete_in_background(path: PathBuf) {
-    tokio::task::spawn_blocking(move || {
-        let t = std::time::Instant::now();
-        delete_trash(&path);
-        tracing::debug!(
-            "deleted {} in {} ms",
-            path.display(),
-            t.elapsed().as_millis()
-        );
-    });
-}
-
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|f| f.sync_all())

@@ -38,7 +38,7 @@ mod transitions;
 
 use std::path::{Path, PathBuf};
 
-pub use fsx::{check_exchange, delete_in_background, delete_trash, remove_tree};
+pub use fsx::{check_exchange, delete_trash, remove_tree};
 pub use journal::{HookJournal, RollbackJournal};
 pub use paths::Layout;
 pub use repair::Repair;

@@ -82,6 +82,11 @@ impl Layout {
     pub fn kept(&self) -> PathBuf {
         self.releases.join("kept")
     }
+    /// The content store every release's files are hardlinks into
+    /// (`crate::store`).
+    pub fn store(&self) -> PathBuf {
+        self.releases.join("store")
+    }
     pub fn journal(&self) -> PathBuf {
         self.releases.join(".incoming.json")
     }

@@ -97,6 +97,25 @@ fn confirm_to_trash_leaves_the_old_prev_for_later_and_repair_removes_it() {
 }
 
 #[test]
+fn discarded_staging_goes_to_trash_and_the_repair_removes_what_is_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let l = Layout::new(tmp.path(), 2);
+    assert_eq!(l.staging_to_trash().unwrap(), None, "no staging");
+    stage(&l, "aaaa");
+    let t = l.staging_to_trash().unwrap().expect("staging renamed");
+    assert!(!l.staging().exists());
+    assert_eq!(Manifest::read(&t).unwrap().sha256, "aaaa");
+    assert!(
+        t.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(".trash-staging-")
+    );
+    l.repair().unwrap();
+    assert!(!t.exists(), "a crash before its delete: swept at start-up");
+}
+
+#[test]
 fn first_install_failure_leaves_nothing_live() {
     let tmp = tempfile::tempdir().unwrap();
     let l = Layout::new(tmp.path(), 2);

@@ -34,6 +34,17 @@ impl Layout {
         }
     }
 
+    /// Rename `active.new/` to a trash name of its own, for the caller to
+    /// delete later; `None` when there is none.
+    pub fn staging_to_trash(&self) -> Result<Option<PathBuf>> {
+        if fs::symlink_metadata(self.staging()).is_err() {
+            return Ok(None);
+        }
+        let t = self.trash_name("staging");
+        rename(&self.staging(), &t)?;
+        Ok(Some(t))
+    }
+
     /// Promote the complete staging release `incoming`: journal it, sync
     /// once, swap it into `active` atomically, keep the old one as
     /// `active.old`, and point `current` at `releases/active`.
@@ -96,7 +107,7 @@ impl Layout {
 
     /// [`Layout::confirm`], except that the dropped `prev` is only renamed
     /// to a trash name of its own (`releases/.trash-prev-<pid>-<n>`), which
-    /// is returned for the caller to delete later (`delete_in_background`).
+    /// is returned for the caller to delete later (`store::gc::sweep_in_background`).
     /// A trash dir left by a crash is removed by the start-up repair.
     pub fn confirm_to_trash(&self) -> Result<Option<PathBuf>> {
         let mut trash = None;
