@@ -94,10 +94,20 @@ impl IndexEntry {
 
 /// A tree index: entries sorted by path, no path twice (private: checked
 /// by [`TreeIndex::new`] and [`TreeIndex::parse`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct TreeIndex {
     entries: Vec<IndexEntry>,
+    /// [`TreeIndex::release_id`], once computed (the entries never change).
+    id: std::sync::OnceLock<String>,
 }
+
+impl PartialEq for TreeIndex {
+    fn eq(&self, other: &TreeIndex) -> bool {
+        self.entries == other.entries
+    }
+}
+
+impl Eq for TreeIndex {}
 
 /// How two indexes of one tree differ (what [`TreeIndex::diff`] found).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,7 +133,10 @@ impl TreeIndex {
         if let Some(w) = entries.windows(2).find(|w| w[0].path == w[1].path) {
             return Err(format!("duplicate path {:?} in the index", w[0].path));
         }
-        Ok(TreeIndex { entries })
+        Ok(TreeIndex {
+            entries,
+            id: std::sync::OnceLock::new(),
+        })
     }
 
     /// Sorted by path.
@@ -161,9 +174,9 @@ impl TreeIndex {
         out
     }
 
-    /// SHA-256 (hex) of [`TreeIndex::to_bytes`].
+    /// SHA-256 (hex) of [`TreeIndex::to_bytes`] (computed once).
     pub fn release_id(&self) -> String {
-        sha256_hex(&self.to_bytes())
+        self.id.get_or_init(|| sha256_hex(&self.to_bytes())).clone()
     }
 
     /// Parse canonical bytes (an `.swarm-index` file, or one sent by a
@@ -193,7 +206,10 @@ impl TreeIndex {
             }
             entries.push(e);
         }
-        Ok(TreeIndex { entries })
+        Ok(TreeIndex {
+            entries,
+            id: std::sync::OnceLock::new(),
+        })
     }
 
     /// How `actual` differs from this (expected) index.

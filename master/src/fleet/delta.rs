@@ -160,24 +160,41 @@ pub(super) fn kept_index_in(dir: &Path, id: &str) -> Option<TreeIndex> {
 /// base's index is unreadable or they share no content with `tree`. An
 /// unreadable other index only makes the delta larger.
 fn have_of(indexes: &[PathBuf], tree: &Tree) -> Option<(Have, String)> {
-    let read = |p: &Path| {
+    let raw = |p: &Path| {
         let len = fs::metadata(p).ok()?.len();
         if len > MAX_INDEX_BYTES {
             return None;
         }
-        TreeIndex::parse(&fs::read(p).ok()?, usize::MAX).ok()
+        fs::read(p).ok()
     };
-    let base = read(indexes.first()?)?;
-    let mut have = Have::new();
-    let others = indexes[1..].iter().filter_map(|p| read(p));
-    for index in std::iter::once(base.clone()).chain(others) {
-        have.extend(
-            index
-                .entries()
-                .iter()
-                .filter(|e| e.kind == EntryKind::File)
-                .filter_map(|e| Some((e.sha256.clone()?, e.size))),
-        );
+    let base = TreeIndex::parse(&raw(indexes.first()?)?, usize::MAX).ok()?;
+    let mut have: Have = base
+        .entries()
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .filter_map(|e| Some((e.sha256.clone()?, e.size)))
+        .collect();
+    // What the base lacks is usually a few files: the other kept releases
+    // are searched for just those, in their canonical bytes, unparsed.
+    let mut lacking: Vec<(String, u64)> = tree
+        .index
+        .entries()
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .filter_map(|e| Some((e.sha256.clone()?, e.size)))
+        .filter(|c| !have.contains(c))
+        .collect();
+    for other in indexes[1..].iter().filter_map(|p| raw(p)) {
+        if lacking.is_empty() {
+            break;
+        }
+        lacking.retain(|(sha, size)| {
+            let listed = lists_file(&other, sha, *size);
+            if listed {
+                have.insert((sha.clone(), *size));
+            }
+            !listed
+        });
     }
     let want = &tree.index;
     let shared = want.entries().iter().any(|e| {
@@ -193,6 +210,18 @@ fn have_of(indexes: &[PathBuf], tree: &Tree) -> Option<(Have, String)> {
     Some((have, index_patch))
 }
 
+/// Whether the canonical index bytes `raw` list a regular file with this
+/// content (each entry is one line ending in `"size":N,"sha256":"H"}`; a
+/// path cannot hold an unescaped `"`, so the line's `"type":"file"` is
+/// the entry's own).
+fn lists_file(raw: &[u8], sha: &str, size: u64) -> bool {
+    let needle = format!(",\"size\":{size},\"sha256\":\"{sha}\"}}");
+    memchr::memmem::find_iter(raw, needle.as_bytes()).any(|at| {
+        let start = memchr::memrchr(b'\n', &raw[..at]).map_or(0, |i| i + 1);
+        memchr::memmem::find(&raw[start..at], br#""type":"file""#).is_some()
+    })
+}
+
 /// Keep `index` as `dir/<id>` (written aside, then renamed), and only the
 /// newest [`KEEP_INDEXES`].
 fn store(dir: &Path, id: &str, index: &TreeIndex) -> std::io::Result<()> {
@@ -204,7 +233,10 @@ fn store(dir: &Path, id: &str, index: &TreeIndex) -> std::io::Result<()> {
         fs::rename(&tmp, &path)?;
     } else {
         // Touch it: it is the newest again.
-        fs::write(&path, index.to_bytes())?;
+        fs::File::options()
+            .write(true)
+            .open(&path)?
+            .set_modified(std::time::SystemTime::now())?;
     }
     let mut kept: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(dir)?
         .filter_map(|e| e.ok())
@@ -218,4 +250,34 @@ fn store(dir: &Path, id: &str, index: &TreeIndex) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pki::index::IndexEntry;
+
+    #[test]
+    fn a_kept_index_lists_a_file_by_its_content_not_a_link_with_that_hash() {
+        let sha = "ab".repeat(32);
+        let index = TreeIndex::new(vec![
+            IndexEntry::file("a/x.txt", 0o644, 5, sha.clone()),
+            IndexEntry {
+                path: "l".into(),
+                kind: EntryKind::Link,
+                mode: pki::index::LINK_MODE,
+                size: 7,
+                sha256: Some("cd".repeat(32)),
+            },
+        ])
+        .unwrap();
+        let raw = index.to_bytes();
+        assert!(lists_file(&raw, &sha, 5));
+        assert!(!lists_file(&raw, &sha, 6), "another size");
+        assert!(
+            !lists_file(&raw, &"cd".repeat(32), 7),
+            "a link is not a file"
+        );
+        assert!(!lists_file(&raw, &"ef".repeat(32), 5));
+    }
 }
