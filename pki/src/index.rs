@@ -126,6 +126,19 @@ impl IndexDiff {
     }
 }
 
+/// A writer that only hashes.
+struct HashingWriter(Sha256);
+
+impl std::io::Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl TreeIndex {
     /// The index of `entries` (any order); a path twice is refused.
     pub fn new(mut entries: Vec<IndexEntry>) -> Result<TreeIndex, String> {
@@ -163,20 +176,35 @@ impl TreeIndex {
     /// The canonical bytes (see the module docs).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.entries.len() * 128);
-        out.extend_from_slice(HEADER.as_bytes());
-        out.push(b'\n');
+        // Writing into a Vec cannot fail.
+        let _ = self.write_to(&mut out);
+        out
+    }
+
+    /// Write the canonical bytes to `out`, entry by entry (a large index
+    /// is never held twice: what the updater writes to `.swarm-index` and
+    /// what `release_id` hashes).
+    pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        out.write_all(HEADER.as_bytes())?;
+        out.write_all(b"\n")?;
         for e in &self.entries {
             // A struct of strings and integers always serializes.
-            if serde_json::to_writer(&mut out, e).is_ok() {
-                out.push(b'\n');
-            }
+            serde_json::to_writer(&mut *out, e)?;
+            out.write_all(b"\n")?;
         }
-        out
+        Ok(())
     }
 
     /// SHA-256 (hex) of [`TreeIndex::to_bytes`] (computed once).
     pub fn release_id(&self) -> String {
-        self.id.get_or_init(|| sha256_hex(&self.to_bytes())).clone()
+        self.id
+            .get_or_init(|| {
+                let mut h = HashingWriter(Sha256::new());
+                // Hashing cannot fail.
+                let _ = self.write_to(&mut h);
+                hex::encode(h.0.finalize())
+            })
+            .clone()
     }
 
     /// Parse canonical bytes (an `.swarm-index` file, or one sent by a

@@ -193,10 +193,14 @@ async fn prepare(
         blocking(move || crate::signing::check(&bundle, &install, sig.as_deref(), &id)).await?;
     // Into the content store, only now (issue 12).
     let (l, dir, caps) = (layout.clone(), staging.to_owned(), d.config.caps.clone());
-    let want = received.extracted.index.clone();
-    blocking(move || match delta_got {
-        Some(got) => super::materialize::delta(&dir, &got, &want, &l, &caps),
-        None => super::materialize::whole(&dir, &want, &l),
+    // Moved there and back, not cloned: a large index is held once.
+    let want = std::mem::take(&mut received.extracted.index);
+    received.extracted.index = blocking(move || {
+        match delta_got {
+            Some(got) => super::materialize::delta(&dir, &got, &want, &l, &caps)?,
+            None => super::materialize::whole(&dir, &want, &l)?,
+        }
+        Ok(want)
     })
     .await?;
     let manifest = received.manifest(pushed_by);

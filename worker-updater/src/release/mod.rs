@@ -317,7 +317,12 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
 /// canonical bytes (whose SHA-256 is the manifest's `release_id`).
 pub fn write_index(dir: &Path, index: &pki::index::TreeIndex) -> Result<()> {
     let path = dir.join(pki::index::INDEX_FILE);
-    std::fs::write(&path, index.to_bytes()).map_err(|e| UpdaterError::io(&path, e))
+    let write = || -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        index.write_to(&mut out)?;
+        std::io::Write::flush(&mut out)
+    };
+    write().map_err(|e| UpdaterError::io(&path, e))
 }
 
 /// The index kept with the release in `dir`, if it has a readable one

@@ -64,13 +64,27 @@ pub fn write_json_unsynced(path: &Path, value: &impl Serialize) -> Result<()> {
     rename(&tmp, path)
 }
 
+/// Serialize straight into the temp sibling (a large ledger is never
+/// held twice); a failure removes it.
 fn write_temp(path: &Path, value: &impl Serialize) -> Result<PathBuf> {
     let tmp = temp_sibling(path);
-    let json = serde_json::to_vec_pretty(value)
-        .map_err(|e| UpdaterError::Internal(format!("serializing {}: {e}", path.display())))?;
-    fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(&json))
-        .map_err(|e| UpdaterError::io(&tmp, e))?;
+    let written = fs::File::create(&tmp)
+        .map_err(|e| UpdaterError::io(&tmp, e))
+        .and_then(|f| {
+            let mut out = std::io::BufWriter::new(f);
+            serde_json::to_writer_pretty(&mut out, value).map_err(|e| {
+                if e.is_io() {
+                    UpdaterError::io(&tmp, e.into())
+                } else {
+                    UpdaterError::Internal(format!("serializing {}: {e}", path.display()))
+                }
+            })?;
+            out.flush().map_err(|e| UpdaterError::io(&tmp, e))
+        });
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     Ok(tmp)
 }
 
