@@ -250,29 +250,26 @@ pub(crate) fn store_targets(report: &Report, targets: &mut Vec<(String, Target)>
         let Some(rest) = r.key.strip_prefix("fanout-store-") else {
             continue;
         };
-        if rest.ends_with("-bytes") {
-            if let Some(one) = release {
-                targets.push((
-                    r.key.clone(),
-                    Target {
-                        text: format!(
-                            "≤ {BYTES_TARGET}× one release = {:.1} MiB",
-                            BYTES_TARGET * one / (1024.0 * 1024.0)
-                        ),
-                        limit: BYTES_TARGET * one,
-                    },
-                ));
-            }
-        } else if rest != "1" {
-            if let Some(direct) = report.median(&format!("fanout-direct-{rest}")) {
-                targets.push((
-                    r.key.clone(),
-                    Target {
-                        text: format!("< fanout-direct-{rest} = {direct:.2} s"),
-                        limit: direct,
-                    },
-                ));
-            }
+        let target = if rest.ends_with("-bytes") {
+            release.map(|one| Target {
+                text: format!(
+                    "≤ {BYTES_TARGET}× one release = {:.1} MiB",
+                    BYTES_TARGET * one / (1024.0 * 1024.0)
+                ),
+                limit: BYTES_TARGET * one,
+            })
+        } else if rest == "1" {
+            None
+        } else {
+            report
+                .median(&format!("fanout-direct-{rest}"))
+                .map(|direct| Target {
+                    text: format!("< fanout-direct-{rest} = {direct:.2} s"),
+                    limit: direct,
+                })
+        };
+        if let Some(t) = target {
+            targets.push((r.key.clone(), t));
         }
     }
 }
