@@ -8,6 +8,7 @@
 //! garage@2.5.0 --locked`). [`Garage::require`] fails the test when it is
 //! absent: a store test never skips.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -31,6 +32,8 @@ const BOOT: Duration = Duration::from_secs(60);
 pub struct Garage {
     bin: PathBuf,
     dir: TempDir,
+    /// The address its S3 API listens on.
+    ip: IpAddr,
     s3_port: Port,
     _rpc_port: Port,
     daemon: Option<Daemon>,
@@ -71,6 +74,12 @@ impl Garage {
 
     /// [`Garage::start`], its errors returned.
     pub fn try_start(bucket: &str) -> anyhow::Result<Garage> {
+        Garage::try_start_at(bucket, IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// [`Garage::try_start`] with its S3 API on `ip` (an address of this
+    /// namespace; the bench's shaped uplink). Its RPC stays on loopback.
+    pub fn try_start_at(bucket: &str, ip: IpAddr) -> anyhow::Result<Garage> {
         let bin = Garage::require();
         let dir = tempfile::Builder::new().prefix("swarm-garage").tempdir()?;
         let (s3_port, rpc_port) = (Port::reserve()?, Port::reserve()?);
@@ -86,18 +95,19 @@ rpc_secret = "{secret}"
 
 [s3_api]
 s3_region = "{REGION}"
-api_bind_addr = "127.0.0.1:{s3}"
+api_bind_addr = "{s3_addr}"
 root_domain = ".s3.garage.localhost"
 "#,
             root = dir.path().display(),
             rpc = rpc_port.get(),
-            s3 = s3_port.get(),
+            s3_addr = std::net::SocketAddr::new(ip, s3_port.get()),
             secret = hex::encode(secret),
         );
         std::fs::write(dir.path().join("garage.toml"), config)?;
         let mut g = Garage {
             bin,
             dir,
+            ip,
             s3_port,
             _rpc_port: rpc_port,
             daemon: None,
@@ -110,9 +120,12 @@ root_domain = ".s3.garage.localhost"
         Ok(g)
     }
 
-    /// The S3 endpoint, `http://127.0.0.1:<port>`.
+    /// The S3 endpoint, `http://127.0.0.1:<port>` (or its `ip`).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.s3_port.get())
+        format!(
+            "http://{}",
+            std::net::SocketAddr::new(self.ip, self.s3_port.get())
+        )
     }
 
     /// The node's directory (config, data, metadata, log).

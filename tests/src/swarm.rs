@@ -7,7 +7,7 @@
 //! assert what a command wrote there) and `workers/<host>/` (install dir and
 //! updater log).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -157,12 +157,19 @@ impl Swarm {
     /// `swarm enroll` `host` at 127.0.0.1 on two reserved ports, bundles in
     /// `scratch/<host>` and `scratch/<host>-updater`.
     pub fn try_enroll(&self, host: &str) -> anyhow::Result<Enrolled> {
+        self.try_enroll_at(host, IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// [`Swarm::try_enroll`] at `ip` (an address of this namespace, e.g.
+    /// the root side of a veth the bench's master reaches it through).
+    pub fn try_enroll_at(&self, host: &str, ip: IpAddr) -> anyhow::Result<Enrolled> {
+        let address = ip.to_string();
         let updater_port = Port::reserve()?;
         let agent_port = Port::reserve()?;
         let out_dir = self.out(host);
         let out = self
             .command()
-            .args(["enroll", "--host", host, "--address", "127.0.0.1"])
+            .args(["enroll", "--host", host, "--address", &address])
             .args(["--updater-port", &updater_port.to_string()])
             .args(["--agent-port", &agent_port.to_string()])
             .arg("--updater")
@@ -176,7 +183,7 @@ impl Swarm {
         let bundles = WorkerBundles::load(host, &out_dir, &self.out(&format!("{host}-updater")))?;
         Ok(Enrolled {
             bundles,
-            listen: SocketAddr::from(([127, 0, 0, 1], updater_port.get())),
+            listen: SocketAddr::new(ip, updater_port.get()),
             agent_port: agent_port.get(),
             ports: [updater_port, agent_port],
         })
@@ -190,8 +197,19 @@ impl Swarm {
     /// Enroll `host` and start its updater in `workers/<host>/` with the
     /// enrolled bundles and ports, and an `.env.local` saying
     /// `AGENT_PORT=<its agent port>` (what release trees expand).
-    pub fn try_worker(&self, host: &str, mut options: WorkerOptions) -> anyhow::Result<Worker> {
-        let e = self.try_enroll(host)?;
+    pub fn try_worker(&self, host: &str, options: WorkerOptions) -> anyhow::Result<Worker> {
+        self.try_worker_at(host, IpAddr::V4(Ipv4Addr::LOCALHOST), options)
+    }
+
+    /// [`Swarm::try_worker`], enrolled and its updater listening at `ip`
+    /// (its agent stays on loopback).
+    pub fn try_worker_at(
+        &self,
+        host: &str,
+        ip: IpAddr,
+        mut options: WorkerOptions,
+    ) -> anyhow::Result<Worker> {
+        let e = self.try_enroll_at(host, ip)?;
         options.agent_port = Some(e.agent_port);
         options.dir = Some(self.root.join("workers").join(host));
         let mut w = Worker::try_start(e.bundles, e.listen, options)?;

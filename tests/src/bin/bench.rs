@@ -1,8 +1,8 @@
 //! `bench`: swarm's benchmark harness. Pushes generated trees to local
 //! workers with `swarm` and, in the same run, with what a user would pick
 //! instead (rsync over ssh, then an agent restart) and against the local
-//! tar floor; then broken pushes, rollbacks, fan-out and the updater's
-//! memory. Prints one table of medians, spreads, ratios and targets.
+//! tar floor; then broken pushes, rollbacks, fan-out (direct, and through
+//! an S3 store behind a shaped uplink) and the updater's memory. Prints one table of medians, spreads, ratios and targets.
 //!
 //! `cargo run --release -p tests --bin bench -- --help`; see
 //! `wiki/performance.md` for what is measured how, and a recorded run.
@@ -14,6 +14,8 @@ macro_rules! step {
 
 #[path = "bench/baseline.rs"]
 mod baseline;
+#[path = "bench/fanout_store.rs"]
+mod fanout_store;
 #[path = "bench/fleet.rs"]
 mod fleet;
 #[path = "bench/machine.rs"]
@@ -28,6 +30,8 @@ mod settle;
 mod stats;
 #[path = "bench/tree.rs"]
 mod tree;
+#[path = "bench/uplink.rs"]
+mod uplink;
 #[path = "bench/zero.rs"]
 mod zero;
 
@@ -70,6 +74,10 @@ enum Section {
     Rollback,
     /// `swarm update --all` to 1, 5 and 20 workers.
     Fanout,
+    /// The whole release to 1, 5 and 20 workers `--direct` and through a
+    /// real Garage, the master behind one shaped uplink: wall time and
+    /// the bytes the master sends (issue 16).
+    FanoutStore,
     /// The updater's peak RSS while it receives large uploads.
     Memory,
     /// Failed requests of a load during pushes: today, stop-first and
@@ -98,6 +106,10 @@ struct Args {
     /// `swarm update --parallel` for the fan-out (default: the CLI's own).
     #[arg(long, value_name = "N")]
     fanout_parallel: Option<u16>,
+    /// The master's uplink for fanout-store, Mbit/s (tc tbf on its veth;
+    /// 0: unshaped).
+    #[arg(long, default_value_t = 100, value_name = "MBIT")]
+    uplink_mbit: u32,
     /// Upload sizes for the memory figure, MB (10^6 bytes; the updater's
     /// default upload cap is 1 GiB, so 1000 is the largest that fits).
     #[arg(long, value_delimiter = ',', value_name = "MB,…")]
@@ -197,6 +209,7 @@ impl Plan {
                     Section::Broken,
                     Section::Rollback,
                     Section::Fanout,
+                    Section::FanoutStore,
                     Section::Memory,
                     Section::ZeroDowntime,
                 ]
@@ -458,6 +471,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
         )
         .await?;
         let _ = std::fs::remove_dir_all(&fan.root);
+    }
+
+    if plan.has(Section::FanoutStore) {
+        let fresh = |dir: &str, seed: u64| -> anyhow::Result<Tree> {
+            tree::generate(
+                &root.join("trees").join(dir),
+                plan.fan,
+                seed,
+                &launch,
+                AgentKind::Healthy,
+                in_tree,
+            )
+        };
+        fanout_store::fanout_store_section(
+            &plan,
+            &root,
+            &bins,
+            &args.updater_arg,
+            &fresh,
+            args.uplink_mbit,
+            &mut report,
+        )
+        .await?;
     }
 
     if plan.has(Section::ZeroDowntime) {

@@ -3,6 +3,7 @@
 //! `worker-updater`, install dir and reserved ports on loopback, as
 //! shipped), and the `swarm` commands the benchmark times against it.
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,9 @@ const CMD_TIMEOUT: Duration = Duration::from_secs(900);
 pub(crate) struct Fleet {
     swarm: Swarm,
     pub(crate) workers: Vec<Worker>,
+    /// The network namespace `swarm` runs in (the store fan-out's shaped
+    /// uplink), `None`: this one.
+    netns: Option<String>,
 }
 
 /// Per-host outcome of `swarm update`/`rollback --json`.
@@ -68,6 +72,19 @@ impl Fleet {
         prefix: &str,
         n: usize,
     ) -> anyhow::Result<Fleet> {
+        Fleet::start_at(dir, bins, updater_args, prefix, n, None).await
+    }
+
+    /// [`Fleet::start`] with the workers enrolled and listening at `ip`
+    /// and `swarm` run inside namespace `ns`: `at = Some((ip, ns))`.
+    pub(crate) async fn start_at(
+        dir: &Path,
+        bins: &Bins,
+        updater_args: &[String],
+        prefix: &str,
+        n: usize,
+        at: Option<(IpAddr, &str)>,
+    ) -> anyhow::Result<Fleet> {
         let swarm = Swarm::create_in(dir, bins.clone())?;
         process::run_ok(&mut swarm_cmd(&swarm, &["ca", "init"]), CMD_TIMEOUT).await?;
         let mut workers = Vec::with_capacity(n);
@@ -75,15 +92,38 @@ impl Fleet {
             let host = format!("{prefix}{i:02}");
             let mut options = WorkerOptions::as_shipped(bins.clone());
             options.extra_args = updater_args.to_vec();
-            let w = swarm.try_worker(&host, options)?;
+            let w = match at {
+                Some((ip, _)) => swarm.try_worker_at(&host, ip, options)?,
+                None => swarm.try_worker(&host, options)?,
+            };
             settle::watch_releases(w.install_dir.join("releases"));
             workers.push(w);
         }
-        Ok(Fleet { swarm, workers })
+        Ok(Fleet {
+            swarm,
+            workers,
+            netns: at.map(|(_, ns)| ns.to_owned()),
+        })
     }
 
     fn swarm(&self) -> Command {
-        swarm_cmd(&self.swarm, &[])
+        match &self.netns {
+            Some(ns) => crate::uplink::in_netns(ns, &self.swarm.command()),
+            None => swarm_cmd(&self.swarm, &[]),
+        }
+    }
+
+    /// `swarm ARGS`, expecting success (e.g. `store set`).
+    pub(crate) async fn swarm_ok(&self, args: &[&str]) -> anyhow::Result<()> {
+        let mut cmd = self.swarm();
+        cmd.args(args);
+        process::run_ok(&mut cmd, CMD_TIMEOUT).await?;
+        Ok(())
+    }
+
+    /// The master's scratch dir (for files like a credentials file).
+    pub(crate) fn scratch(&self) -> std::path::PathBuf {
+        self.swarm.scratch()
     }
 
     /// `swarm update --host H… --root TREE --json` (or `--all`), timed.

@@ -701,6 +701,7 @@ pub(crate) fn set_targets(report: &mut Report) {
             ));
         }
     }
+    crate::fanout_store::store_targets(report, &mut targets);
     for (key, target) in targets {
         if let Some(row) = report.get_mut(&key) {
             row.target = Some(target);
