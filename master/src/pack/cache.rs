@@ -6,8 +6,8 @@
 //! One cache file per tree root, `$SWARM_HOME/cache/<hash of the root>.json`
 //! (0600, written aside and renamed), holding exactly the files the last
 //! scan of that root saw. A file is trusted from the cache only while all
-//! four stat fields are those recorded; a file whose mtime was within
-//! [`RACY`] of the scan that hashed it is not recorded at all, so a write
+//! four stat fields are those recorded; a file whose mtime or ctime was
+//! within [`RACY`] of the scan that hashed it is not recorded at all, so a write
 //! in the same clock tick as the hash can never be mistaken for unchanged
 //! (git's "racy clean" rule). Whatever the cache says, every updater
 //! checks every byte it receives against the index, so a wrong entry can
@@ -50,6 +50,21 @@ impl Stamp {
             dev: meta.dev(),
         }
     }
+}
+
+/// The time a scan starts at (tests move it on, so the files they just
+/// wrote count as old).
+fn now() -> SystemTime {
+    let now = SystemTime::now();
+    #[cfg(test)]
+    let now = now + LATER.with(std::cell::Cell::get);
+    now
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How far this thread's scans believe they start in the future.
+    pub(super) static LATER: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
 }
 
 /// One cached file.
@@ -98,7 +113,7 @@ impl HashCache {
             path,
             old,
             new: HashMap::new(),
-            started: SystemTime::now(),
+            started: now(),
         }
     }
 
@@ -115,7 +130,14 @@ impl HashCache {
 
     /// Record what hashing `rel` found (`meta`: its stat before it was read).
     pub(super) fn put(&mut self, rel: &str, meta: &Metadata, sha256: &str, holds_key: bool) {
-        let racy = meta.modified().map_or(true, |m| m + RACY > self.started);
+        // The later of the mtime and the ctime: an mtime can be set back
+        // (`touch -d`, a tar extraction keeping mtimes), the ctime cannot.
+        let started = self
+            .started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i128::from(d.as_secs()));
+        let changed = i128::from(meta.mtime()).max(i128::from(meta.ctime()));
+        let racy = changed + i128::from(RACY.as_secs()) > started;
         if !racy {
             self.new.insert(
                 rel.to_owned(),
@@ -163,6 +185,7 @@ mod tests {
 
     #[test]
     fn a_file_is_trusted_only_while_its_stat_is_unchanged() {
+        LATER.with(|l| l.set(Duration::from_secs(60)));
         let dir = tempfile::tempdir().unwrap();
         let cache_dir = dir.path().join("cache");
         let root = dir.path().join("tree");
@@ -202,11 +225,25 @@ mod tests {
         let root = dir.path().join("tree");
         fs::create_dir(&root).unwrap();
         fs::write(root.join("a"), "fresh").unwrap();
-        let meta = fs::metadata(root.join("a")).unwrap();
+        // Its mtime set back does not make it old: its ctime is now.
+        fs::write(root.join("b"), "fresh").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(root.join("b"))
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
         let mut c = HashCache::open(Some(dir.path()), &root);
-        c.put("a", &meta, "sha", false);
+        for f in ["a", "b"] {
+            c.put(f, &fs::metadata(root.join(f)).unwrap(), "sha", false);
+        }
         c.save();
         let mut c = HashCache::open(Some(dir.path()), &root);
-        assert!(c.get("a", &meta).is_none());
+        for f in ["a", "b"] {
+            assert!(
+                c.get(f, &fs::metadata(root.join(f)).unwrap()).is_none(),
+                "{f}"
+            );
+        }
     }
 }

@@ -115,6 +115,8 @@ fn a_file_changed_after_the_scan_fails_the_pack() {
 
 #[test]
 fn an_unchanged_tree_is_scanned_from_the_cache() {
+    // The files were written just now: let the scans start a minute later.
+    super::cache::LATER.with(|l| l.set(std::time::Duration::from_secs(60)));
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("tree");
     write(&root, "a.txt", "one");
