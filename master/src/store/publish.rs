@@ -19,8 +19,9 @@ use sha2::{Digest, Sha256};
 use super::Store;
 use crate::error::{Error, Result};
 
-/// Uploads at once.
-const PARALLEL: usize = 4;
+/// Uploads at once: each small object is a round trip (and a write the
+/// store makes durable), so latency, not bandwidth, bounds 4 at once.
+const PARALLEL: usize = 16;
 /// The zstd level of stored objects (fast, and most of the gain).
 const LEVEL: i32 = 3;
 
