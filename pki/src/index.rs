@@ -359,6 +359,38 @@ impl TreeIndex {
 }
 
 /// SHA-256 (hex) of `bytes`.
+/// Which side of a [`copy_hashing`] failed.
+#[derive(Debug)]
+pub enum CopyError {
+    Read(std::io::Error),
+    Write(std::io::Error),
+}
+
+/// Copy `from` into `to` in 256 KiB pieces, hashing what passes: the
+/// SHA-256 (hex) and the byte count. The one loop every side uses to read
+/// content it must check (the master's scan and store upload, the
+/// updater's store and fetch); `std::io::sink()` hashes only.
+pub fn copy_hashing(
+    from: &mut impl std::io::Read,
+    to: &mut impl std::io::Write,
+) -> Result<(String, u64), CopyError> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        hasher.update(&buf[..n]);
+        total += n as u64;
+        to.write_all(&buf[..n]).map_err(CopyError::Write)?;
+    }
+    Ok((hex::encode(hasher.finalize()), total))
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -366,6 +398,28 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_hashing_copies_counts_and_hashes() {
+        let data = vec![7u8; 600_000];
+        let mut out = Vec::new();
+        let (sha, n) = copy_hashing(&mut &data[..], &mut out).unwrap();
+        assert_eq!((sha, n), (sha256_hex(&data), 600_000));
+        assert_eq!(out, data);
+        struct Full;
+        impl std::io::Write for Full {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("full"))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        assert!(matches!(
+            copy_hashing(&mut &data[..], &mut Full),
+            Err(CopyError::Write(_))
+        ));
+    }
 
     fn sample() -> Vec<IndexEntry> {
         vec![

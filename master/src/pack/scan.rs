@@ -6,7 +6,7 @@
 
 use std::cell::Cell;
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::OnceLock;
@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use ignore::WalkBuilder;
 use ignore::overrides::{Override, OverrideBuilder};
-use sha2::{Digest, Sha256};
 
 use super::cache::HashCache;
 use super::link_rule::check_link;
@@ -231,24 +230,14 @@ fn hash_and_scan(
     let io_err = |e: io::Error| Error::io(path, e);
     let mut f = File::open(path).map_err(io_err)?;
     let holds_key = holds_private_key(&mut f, name, rel, root)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut seen = 0u64;
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err(e)),
-        };
-        hasher.update(&buf[..n]);
-        seen += n as u64;
-    }
+    let (sha, seen) = pki::index::copy_hashing(&mut f, &mut io::sink()).map_err(|e| match e {
+        pki::index::CopyError::Read(e) | pki::index::CopyError::Write(e) => io_err(e),
+    })?;
     if seen != len {
         return Err(pack_err(
             root,
             format!("{rel} changed size while it was being scanned; push again"),
         ));
     }
-    Ok((hex::encode(hasher.finalize()), holds_key))
+    Ok((sha, holds_key))
 }

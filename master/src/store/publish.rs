@@ -14,7 +14,6 @@ use futures_util::{StreamExt, TryStreamExt};
 use pki::index::{EntryKind, TreeIndex};
 use pki::store::{index_key, object_key};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::Store;
 use crate::error::{Error, Result};
@@ -145,7 +144,7 @@ fn changed(path: &Path) -> Error {
 /// file is ever held in memory), which must hash to `sha` and be `size`
 /// bytes.
 fn compress(path: &Path, sha: &str, size: u64) -> Result<tempfile::NamedTempFile> {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let mut src = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let out = tempfile::NamedTempFile::new().map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let mut enc = zstd::stream::write::Encoder::new(out, LEVEL).map_err(|e| Error::io(path, e))?;
@@ -153,24 +152,12 @@ fn compress(path: &Path, sha: &str, size: u64) -> Result<tempfile::NamedTempFile
         .map_err(|e| Error::io(path, e))?;
     enc.set_pledged_src_size(Some(size))
         .map_err(|e| Error::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut n_total = 0u64;
-    loop {
-        let n = match src.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io(path, e)),
-        };
-        n_total += n as u64;
-        if n_total > size {
-            return Err(changed(path));
-        }
-        hasher.update(&buf[..n]);
-        enc.write_all(&buf[..n]).map_err(|e| Error::io(path, e))?;
-    }
-    if n_total != size || hex::encode(hasher.finalize()) != sha {
+    // One byte past `size` is enough to tell the file grew.
+    let mut limited = (&mut src).take(size.saturating_add(1));
+    let (got, n_total) = pki::index::copy_hashing(&mut limited, &mut enc).map_err(|e| match e {
+        pki::index::CopyError::Read(e) | pki::index::CopyError::Write(e) => Error::io(path, e),
+    })?;
+    if n_total != size || got != sha {
         return Err(changed(path));
     }
     enc.finish().map_err(|e| Error::io(path, e))

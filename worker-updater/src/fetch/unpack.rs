@@ -8,8 +8,6 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use crate::error::{Result, UpdaterError};
 
 /// The largest zstd window accepted (as for uploads: 8 MiB).
@@ -35,28 +33,14 @@ fn unpack_to(part: &Path, out: &Path, sha: &str, size: u64) -> Result<()> {
         .map_err(|e| UpdaterError::Internal(format!("zstd decoder: {e}")))?;
     let dst = fs::File::create(out).map_err(|e| UpdaterError::io(out, e))?;
     let mut w = io::BufWriter::with_capacity(256 * 1024, &dst);
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut n_total = 0u64;
     let mut limited = (&mut dec).take(size.saturating_add(1));
-    loop {
-        let n = match limited.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(UpdaterError::BadUpload(format!(
-                    "object {sha} from the store is not a zstd frame we accept ({e}): refused"
-                )));
-            }
-        };
-        n_total += n as u64;
-        hasher.update(&buf[..n]);
-        w.write_all(&buf[..n])
-            .map_err(|e| UpdaterError::io(out, e))?;
-    }
+    let (got, n_total) = pki::index::copy_hashing(&mut limited, &mut w).map_err(|e| match e {
+        pki::index::CopyError::Read(e) => UpdaterError::BadUpload(format!(
+            "object {sha} from the store is not a zstd frame we accept ({e}): refused"
+        )),
+        pki::index::CopyError::Write(e) => UpdaterError::io(out, e),
+    })?;
     w.flush().map_err(|e| UpdaterError::io(out, e))?;
-    let got = hex::encode(hasher.finalize());
     if n_total != size || got != sha {
         return Err(UpdaterError::BadUpload(format!(
             "object {sha} from the store holds {} bytes hashing to {got}, not the {size} bytes the index names: refused (altered in the store?); nothing was installed",

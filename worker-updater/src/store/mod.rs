@@ -34,9 +34,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use pki::index::{EntryKind, IndexEntry};
+use pki::index::{CopyError, EntryKind, IndexEntry, copy_hashing};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::error::{Result, UpdaterError};
 use crate::slots::fsx;
@@ -307,25 +306,13 @@ fn copy_checked(from: &Path, to: &Path, want: &IndexEntry) -> Result<bool> {
         .open(to)
         .map_err(|e| UpdaterError::io(to, e))?;
     let mut out = io::BufWriter::with_capacity(256 * 1024, &dst);
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = match src.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(UpdaterError::io(from, e)),
-        };
-        hasher.update(&buf[..n]);
-        size += n as u64;
-        out.write_all(&buf[..n])
-            .map_err(|e| UpdaterError::io(to, e))?;
-    }
+    let (sha, size) = copy_hashing(&mut src, &mut out).map_err(|e| match e {
+        CopyError::Read(e) => UpdaterError::io(from, e),
+        CopyError::Write(e) => UpdaterError::io(to, e),
+    })?;
     out.flush().map_err(|e| UpdaterError::io(to, e))?;
     drop(out);
-    if size != want.size || Some(hex::encode(hasher.finalize()).as_str()) != want.sha256.as_deref()
-    {
+    if size != want.size || Some(sha.as_str()) != want.sha256.as_deref() {
         fsx::remove_file(to)?;
         return Ok(false);
     }
@@ -335,17 +322,10 @@ fn copy_checked(from: &Path, to: &Path, want: &IndexEntry) -> Result<bool> {
 /// SHA-256 (hex) of the file at `path`, read in 256 KiB pieces.
 pub fn hash_file(path: &Path) -> Result<String> {
     let mut f = fs::File::open(path).map_err(|e| UpdaterError::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(UpdaterError::io(path, e)),
-        }
-    }
-    Ok(hex::encode(hasher.finalize()))
+    let (sha, _) = copy_hashing(&mut f, &mut io::sink()).map_err(|e| match e {
+        CopyError::Read(e) | CopyError::Write(e) => UpdaterError::io(path, e),
+    })?;
+    Ok(sha)
 }
 
 #[cfg(test)]
