@@ -25,7 +25,7 @@ use super::{elapsed_ms, fan_out, resolve_required, runtime, short};
 use crate::cli::UpdateArgs;
 use crate::error::{Error, Result};
 use crate::home::Home;
-use crate::inventory::{HostRecord, Inventory, Op, Outcome};
+use crate::inventory::{HostRecord, Op, Outcome};
 use crate::output::{self, outln};
 use crate::pack::{self, PackOptions, ReleaseInfo, Tree};
 
@@ -88,33 +88,34 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
         .include_self
         .then(|| Duration::from_secs(args.self_timeout));
     let deltas = Arc::new(Deltas::new(home, release.clone(), !args.full));
-    let (mut report, interrupted) = if plan.staged {
-        staged(
-            inv,
-            master,
-            plan,
-            &release,
-            args,
-            self_wait,
-            (deltas, via_store.clone()),
-        )?
-    } else {
-        let hosts = plan.waves.into_iter().flatten().collect::<Vec<_>>();
-        let waves = vec![hosts.iter().map(|h| h.host.to_string()).collect()];
-        let mut report = push(
-            inv,
-            master,
-            hosts,
-            &release,
-            args,
-            self_wait,
-            (deltas, via_store.clone()),
-        )?;
-        for r in &mut report.hosts {
-            r.wave = Some(1);
+    let rollout_id = plan.staged.then(rollout::new_id);
+    let mut recorder = Recorder::new(inv, Op::Update, Some(release.info.clone()));
+    if let Some(id) = &rollout_id {
+        recorder = recorder.with_rollout(id);
+    }
+    let pusher = Pusher {
+        master,
+        release: release.clone(),
+        recorder: Arc::new(recorder),
+        parallel: usize::from(args.parallel),
+        json: args.json,
+        self_wait,
+        stop: Arc::new(AtomicBool::new(false)),
+        deltas,
+        via_store: via_store.clone(),
+    };
+    let (mut report, interrupted) = match &rollout_id {
+        Some(id) => staged(&pusher, plan, id)?,
+        None => {
+            let hosts = plan.waves.into_iter().flatten().collect::<Vec<_>>();
+            let waves = vec![hosts.iter().map(|h| h.host.to_string()).collect()];
+            let mut report = push(&pusher, hosts)?;
+            for r in &mut report.hosts {
+                r.wave = Some(1);
+            }
+            report.rollout = Some(RolloutDoc::single(waves, &report.hosts));
+            (report, false)
         }
-        report.rollout = Some(RolloutDoc::single(waves, &report.hosts));
-        (report, false)
     };
     report.pack_ms = Some(pack_ms);
     report.release = Some(release.info_now());
@@ -131,67 +132,26 @@ pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
     Ok(report.exit_code())
 }
 
-/// A staged rollout of `release` by `plan`: its report, and whether Ctrl-C
-/// stopped it.
-fn staged(
-    inv: Inventory,
-    master: Arc<Master>,
-    plan: rollout::Plan,
-    release: &Arc<Tree>,
-    args: &UpdateArgs,
-    self_wait: Option<Duration>,
-    (deltas, via_store): (Arc<Deltas>, Option<Arc<ViaStore>>),
-) -> Result<(FleetReport, bool)> {
-    let id = rollout::new_id();
-    let pusher = Pusher {
-        master,
-        release: release.clone(),
-        recorder: Arc::new(
-            Recorder::new(inv, Op::Update, Some(release.info.clone())).with_rollout(&id),
-        ),
-        parallel: usize::from(args.parallel),
-        json: args.json,
-        self_wait,
-        stop: Arc::new(AtomicBool::new(false)),
-        deltas,
-        via_store,
-    };
-    let (rows, doc) = runtime()?.block_on(rollout::run(&pusher, &plan, &id));
+/// A staged rollout by `plan` (rollout `id`): its report, and whether
+/// Ctrl-C stopped it.
+fn staged(pusher: &Pusher, plan: rollout::Plan, id: &str) -> Result<(FleetReport, bool)> {
+    let (rows, doc) = runtime()?.block_on(rollout::run(pusher, &plan, id));
     pusher.recorder.finish();
-    let mut report = FleetReport::new(Op::Update, Some(release.info.clone()), rows);
+    let mut report = FleetReport::new(Op::Update, Some(pusher.release.info.clone()), rows);
     let interrupted = doc.interrupted;
     report.rollout = Some(doc);
     Ok((report, interrupted))
 }
 
-/// Push a packed release to `hosts`, recording each host's outcome as it
+/// Push the release to `hosts`, recording each host's outcome as it
 /// arrives; with `self_wait`, each host's updater too, after its agent
 /// updated.
-fn push(
-    inv: Inventory,
-    master: Arc<Master>,
-    hosts: Vec<HostRecord>,
-    release: &Arc<Tree>,
-    args: &UpdateArgs,
-    self_wait: Option<Duration>,
-    (deltas, via_store): (Arc<Deltas>, Option<Arc<ViaStore>>),
-) -> Result<FleetReport> {
-    let pusher = Pusher {
-        master,
-        release: release.clone(),
-        recorder: Arc::new(Recorder::new(inv, Op::Update, Some(release.info.clone()))),
-        parallel: usize::from(args.parallel),
-        json: args.json,
-        self_wait,
-        stop: Arc::new(AtomicBool::new(false)),
-        deltas,
-        via_store,
-    };
+fn push(pusher: &Pusher, hosts: Vec<HostRecord>) -> Result<FleetReport> {
     let results = runtime()?.block_on(pusher.wave(hosts, None));
     pusher.recorder.finish();
     Ok(FleetReport::new(
         Op::Update,
-        Some(release.info.clone()),
+        Some(pusher.release.info.clone()),
         results,
     ))
 }
