@@ -92,12 +92,7 @@ pub async fn receive(
         }
     };
     let base = req.base.map(|b| b.to_ascii_lowercase());
-    let (l, c, b, i) = (
-        live.to_owned(),
-        caps.clone(),
-        base.clone(),
-        clone_sent(&index),
-    );
+    let (l, c, b, i) = (live.to_owned(), caps.clone(), base.clone(), index.clone());
     let (want, base_index) =
         blocking(move || crate::receive::want::resolve(b.as_deref(), &i, &l, &c)).await?;
     if want.entries().len() as u64 > caps.max_entries
@@ -214,16 +209,6 @@ pub async fn receive(
             release_sha256: Some(release_sha256),
         }),
     })
-}
-
-fn clone_sent(i: &IndexSent) -> IndexSent {
-    match i {
-        IndexSent::Whole(s) => IndexSent::Whole(s.clone()),
-        IndexSent::Patch { patch, release_id } => IndexSent::Patch {
-            patch: patch.clone(),
-            release_id: release_id.clone(),
-        },
-    }
 }
 
 /// Create `dir` and remove from it everything that is not a download of

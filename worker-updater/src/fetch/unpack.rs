@@ -10,9 +10,6 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Result, UpdaterError};
 
-/// The largest zstd window accepted (as for uploads: 8 MiB).
-const WINDOW_LOG_MAX: u32 = 23;
-
 /// Decompress `part` into `dir/<sha>`: exactly `size` bytes hashing to
 /// `sha`, else refused (and both files removed).
 pub(super) fn unpack(part: &Path, sha: &str, size: u64, dir: &Path) -> Result<PathBuf> {
@@ -29,7 +26,7 @@ fn unpack_to(part: &Path, out: &Path, sha: &str, size: u64) -> Result<()> {
     let src = fs::File::open(part).map_err(|e| UpdaterError::io(part, e))?;
     let mut dec = zstd::stream::read::Decoder::new(src)
         .map_err(|e| UpdaterError::Internal(format!("zstd decoder: {e}")))?;
-    dec.window_log_max(WINDOW_LOG_MAX)
+    dec.window_log_max(crate::receive::decode::ZSTD_WINDOW_LOG_MAX)
         .map_err(|e| UpdaterError::Internal(format!("zstd decoder: {e}")))?;
     let dst = fs::File::create(out).map_err(|e| UpdaterError::io(out, e))?;
     let mut w = io::BufWriter::with_capacity(256 * 1024, &dst);

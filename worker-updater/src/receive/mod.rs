@@ -6,7 +6,7 @@
 //! [`want`] resolves the index it must end up with.
 //! Nothing is written outside staging, and nothing before it is validated.
 
-mod decode;
+pub(crate) mod decode;
 pub mod delta;
 pub mod extract;
 pub mod form;

@@ -52,7 +52,7 @@ pub struct Received {
 }
 
 /// How a delta push sent the new index.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum IndexSent {
     Whole(String),
     Patch { patch: String, release_id: String },
