@@ -55,7 +55,8 @@ pub struct Args {
     /// Most probe attempts, on top of the deadline; 0 for no limit.
     #[arg(long, env = "SWARM_UPDATER_PROBE_ATTEMPTS", default_value_t = 0)]
     pub probe_attempts: u32,
-    /// Pause after the first failed probe, in ms; it doubles up to the max.
+    /// Pause after a failed probe, in ms, for the first 500 ms; then it
+    /// doubles up to the max.
     #[arg(long, env = "SWARM_UPDATER_PROBE_BACKOFF_MS", default_value_t = 10)]
     pub probe_backoff_ms: u64,
     /// Largest pause between probes, in ms.

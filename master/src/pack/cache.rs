@@ -68,7 +68,7 @@ thread_local! {
 }
 
 /// One cached file.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Hashed {
     stamp: Stamp,
     pub(super) sha256: String,
@@ -150,10 +150,14 @@ impl HashCache {
         }
     }
 
-    /// Write what this scan saw, replacing the old cache. A cache that
-    /// cannot be written only costs the next scan its speed.
+    /// Write what this scan saw, replacing the old cache (not when it saw
+    /// exactly what the cache holds: the file stays as it is). A cache
+    /// that cannot be written only costs the next scan its speed.
     pub(super) fn save(self) {
         let Some(path) = self.path else { return };
+        if self.new == self.old {
+            return;
+        }
         let disk = OnDisk {
             version: 1,
             files: self.new,

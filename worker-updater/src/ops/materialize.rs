@@ -3,7 +3,7 @@
 //! the objects that already hold their content); a delta is completed
 //! against the kept release it names as its base. Both run only once the
 //! release is accepted (its signature checked): a refused push stores
-//! nothing.
+//! nothing. After a healthy push, [`after_push`] readies the next one.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -120,4 +120,32 @@ pub fn delta(
         "delta completed from the content store"
     );
     Ok(())
+}
+
+/// After a healthy push, off the request path: the directory pool
+/// ([`crate::slots::dirs`]) topped up to the live release's directory
+/// count, first (the next push waits on it, nothing waits on the trash),
+/// then `trash` deleted and the content store collected.
+pub fn after_push(layout: Layout, trash: Vec<PathBuf>) {
+    tokio::task::spawn_blocking(move || {
+        let t = std::time::Instant::now();
+        let dirs = read_index(&layout.active(), usize::MAX)
+            .ok()
+            .flatten()
+            .map_or(0, |i| {
+                i.entries()
+                    .iter()
+                    .filter(|e| e.kind == EntryKind::Dir)
+                    .count()
+            });
+        let made = crate::slots::dirs::fill(layout.releases_dir(), dirs);
+        tracing::debug!(
+            "directory pool: {made} made in {} ms",
+            t.elapsed().as_millis()
+        );
+        let store = Store::new(layout.store());
+        if let Err(e) = crate::store::gc::sweep(&store, &trash) {
+            tracing::warn!("content store {}: {e}", store.dir().display());
+        }
+    });
 }

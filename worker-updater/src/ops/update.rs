@@ -76,7 +76,7 @@ async fn push(d: Arc<Daemon>, source: Source, pushed_by: String, guard: OpGuard)
             }
             trash.extend(pruned);
         }
-        crate::store::gc::sweep_in_background(Store::new(d.layout.store()), trash);
+        super::materialize::after_push(d.layout.clone(), trash);
         timings.total_ms = ms(t0);
         tracing::info!(sha256 = %manifest.sha256, "update healthy");
         return Ok((

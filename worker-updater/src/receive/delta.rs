@@ -70,7 +70,7 @@ pub fn materialize(
             store.adopt(&staging.join(&w.path), w)?;
         }
     }
-    let mut reused = 0;
+    let mut todo = Vec::new();
     for w in want.entries() {
         if received.get(&w.path).is_some() {
             continue;
@@ -91,6 +91,15 @@ pub fn materialize(
                 "its parent is not a directory of the index",
             ));
         }
+        todo.push(w);
+    }
+    // What the store holds sealed, linked at once; the rest one by one.
+    let left = store.link_sealed(staging, &todo)?;
+    let reused: u64 = todo.iter().map(|w| w.size).sum();
+    if todo.len() > left.len() {
+        crate::crashpoint::at("delta-copying");
+    }
+    for w in left.into_iter().filter_map(|i| todo.get(i)) {
         if !store.link_to(&staging.join(&w.path), w)? {
             let sha = w.sha256.as_deref().unwrap_or_default();
             if kept_lists(sha, w.size) {
@@ -104,10 +113,6 @@ pub fn materialize(
                 w.path
             )));
         }
-        if reused == 0 {
-            crate::crashpoint::at("delta-copying");
-        }
-        reused += w.size;
     }
     Ok(reused)
 }

@@ -49,6 +49,7 @@ use tar::EntryType;
 
 use super::guard::{CapReader, TarGuard, quote};
 use crate::error::{Result, UpdaterError};
+use crate::slots::dirs::DirPool;
 
 /// Longest single path component (NAME_MAX).
 const MAX_COMPONENT_BYTES: usize = 255;
@@ -137,6 +138,7 @@ pub fn extract(reader: impl Read, dest: &Path, caps: &Caps) -> Result<Extracted>
         out: Extracted::default(),
         entries: 0,
         index: Vec::new(),
+        pool: DirPool::beside(dest),
     };
     let entries = archive
         .entries()
@@ -217,6 +219,8 @@ struct Extractor<'a> {
     entries: u64,
     /// The index entries so far, in tar order.
     index: Vec<IndexEntry>,
+    /// Where new directories come from.
+    pool: DirPool,
 }
 
 impl Extractor<'_> {
@@ -295,7 +299,7 @@ impl Extractor<'_> {
                     Some(Kind::Dir) => true,
                     Some(_) => return Err(UpdaterError::unsafe_entry(shown, "duplicate path")),
                     None => {
-                        mkdir(&path)?;
+                        self.mkdir(&path)?;
                         false
                     }
                 };
@@ -365,6 +369,11 @@ impl Extractor<'_> {
         Ok(())
     }
 
+    /// A new directory at `path` (from the pool when it has one).
+    fn mkdir(&mut self, path: &Path) -> Result<()> {
+        self.pool.make(path).map_err(|e| UpdaterError::io(path, e))
+    }
+
     /// Count one more entry (a tar entry, or a parent directory created
     /// for one) against `max_entries`.
     fn count(&mut self) -> Result<()> {
@@ -408,7 +417,7 @@ impl Extractor<'_> {
                     // deep paths must not create a directory per component.
                     self.count()?;
                     let dir = self.dest.join(&prefix);
-                    mkdir(&dir)?;
+                    self.mkdir(&dir)?;
                     set_mode(&dir, 0o755)?;
                     self.implied_at.insert(prefix.clone(), self.index.len());
                     self.index.push(IndexEntry::dir(prefix.clone(), 0o755));
@@ -437,9 +446,6 @@ impl<W: io::Write> io::Write for HashingWriter<W> {
     }
 }
 
-fn mkdir(path: &Path) -> Result<()> {
-    fs::create_dir(path).map_err(|e| UpdaterError::io(path, e))
-}
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))

@@ -16,6 +16,8 @@
 //! releases/failed/<time>-<sha>/ releases that failed their probe
 //! releases/.trash-prev-<pid>-<n>/ a dropped `prev`, deleted in the
 //!                               background after the update answered
+//! releases/.dirs/               empty directories made ahead of time for
+//!                               the next extraction ([`dirs`])
 //! ```
 //!
 //! `paths` names them, `transitions` moves them, `journal` records
@@ -30,6 +32,7 @@
 //! the last good one. There is no fallback for filesystems without
 //! `RENAME_EXCHANGE`: [`check_install_exchange`] refuses them at start-up.
 
+pub mod dirs;
 pub mod fsx;
 mod journal;
 mod paths;

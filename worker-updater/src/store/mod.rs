@@ -268,6 +268,68 @@ impl Session {
         Ok(false)
     }
 
+    /// Link each of `todo` (entries of files, at their paths below
+    /// `staging`) from its object when the store holds it trusted by its
+    /// seal, on two threads (objects split between them, so one object's
+    /// links and seals stay in order); the indexes of `todo` not linked,
+    /// for [`Session::link_to`] to settle one by one (a re-hash, another
+    /// mode's copy, or none).
+    pub fn link_sealed(&mut self, staging: &Path, todo: &[&IndexEntry]) -> Result<Vec<usize>> {
+        let ledger = &self.ledger;
+        let dir = &self.dir;
+        let work = |half: u8| -> Result<(Vec<(String, Seal)>, Vec<usize>)> {
+            let (mut sealed, mut left) = (Vec::new(), Vec::new());
+            for (i, e) in todo.iter().enumerate() {
+                let Some(name) = object_name(e) else {
+                    left.push(i);
+                    continue;
+                };
+                if name.as_bytes()[0] % 2 != half {
+                    continue;
+                }
+                let object = dir.join(&name);
+                let ok = fs::symlink_metadata(&object).is_ok_and(|m| {
+                    m.file_type().is_file()
+                        && ledger.get(&name) == Some(&Seal::of(&m))
+                        && parse_name(&name).is_some_and(|(_, mode)| {
+                            m.permissions().mode() & 0o7777 == installed_mode(mode)
+                        })
+                });
+                if !ok {
+                    left.push(i);
+                    continue;
+                }
+                let to = staging.join(&e.path);
+                fs::hard_link(&object, &to).map_err(|err| UpdaterError::io(&to, err))?;
+                let meta =
+                    fs::symlink_metadata(&object).map_err(|err| UpdaterError::io(&object, err))?;
+                sealed.push((name, Seal::of(&meta)));
+            }
+            Ok((sealed, left))
+        };
+        let (a, b) = std::thread::scope(|s| {
+            let other = s.spawn(|| work(1));
+            let mine = work(0);
+            (mine, other.join())
+        });
+        let b = b.map_err(|_| UpdaterError::Internal("a store link thread panicked".into()))?;
+        let mut left = Vec::new();
+        for part in [a, b] {
+            let (sealed, l) = part?;
+            if !sealed.is_empty() && self.linked == 0 {
+                self.linked += 1;
+                crate::crashpoint::at("store-linking");
+            }
+            self.linked += sealed.len() as u64;
+            for (name, seal) in sealed {
+                self.ledger.insert(name, seal);
+            }
+            left.extend(l);
+        }
+        left.sort_unstable();
+        Ok(left)
+    }
+
     /// After a link: the seal again (the link changed the ctime), and the
     /// `store-linking` crash point at the first.
     fn sealed_one(&mut self, name: &str) -> Result<()> {
