@@ -67,6 +67,23 @@ pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// Seed this process's random generator on a thread of its own, now.
+/// aws-lc seeds it once per process, on first use, from CPU jitter and
+/// the OS (tens of milliseconds of CPU on the bench VM); a command that
+/// starts this before its local work (the CLI's scan, the agent's set-up)
+/// does not wait for it in its first TLS handshake. Nothing is weakened:
+/// the same seeding runs, only earlier.
+pub fn warm_random() {
+    let _ = std::thread::Builder::new()
+        .name("seed-random".into())
+        .spawn(|| {
+            let mut byte = [0u8; 1];
+            let _ = rustls::crypto::aws_lc_rs::default_provider()
+                .secure_random
+                .fill(&mut byte);
+        });
+}
+
 #[cfg(test)]
 mod tests {
     #[derive(Debug)]

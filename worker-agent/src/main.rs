@@ -6,6 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     pki::daemon::unblock_shutdown_signals();
+    pki::warm_random();
     let args = match worker_agent::Args::try_parse() {
         Ok(args) => args,
         // --help and --version are not errors.

@@ -42,6 +42,8 @@ fn upload_timeout(info: &ReleaseInfo) -> Duration {
 
 /// `swarm update`.
 pub(crate) fn update(home: &Home, args: &UpdateArgs) -> Result<u8> {
+    // Seeded while the tree is scanned, not in the first handshake.
+    pki::warm_random();
     let mut inv = home.inventory()?;
     let hosts = resolve_required(&inv, &args.targets)?;
     let packing = Instant::now();
