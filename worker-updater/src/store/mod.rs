@@ -92,6 +92,10 @@ impl Seal {
     }
 }
 
+/// What one thread of [`Session::link_sealed`] did: the seals of the
+/// objects it linked, and the entries it left.
+type Linked = (Vec<(String, Seal)>, Vec<usize>);
+
 /// The store of one set of slots (`<releases>/store`).
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -277,7 +281,7 @@ impl Session {
     pub fn link_sealed(&mut self, staging: &Path, todo: &[&IndexEntry]) -> Result<Vec<usize>> {
         let ledger = &self.ledger;
         let dir = &self.dir;
-        let work = |half: u8| -> Result<(Vec<(String, Seal)>, Vec<usize>)> {
+        let work = |half: u8| -> Result<Linked> {
             let (mut sealed, mut left) = (Vec::new(), Vec::new());
             for (i, e) in todo.iter().enumerate() {
                 let Some(name) = object_name(e) else {
