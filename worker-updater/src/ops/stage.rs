@@ -139,8 +139,8 @@ async fn prepare(
                     "/update-self takes uploads, not store fetches".into(),
                 ));
             }
-            let (live, install) = (layout.active(), layout.install_dir().to_owned());
-            crate::fetch::receive(*req, staging, &live, &install, &d.config.caps).await?
+            let (store, install) = (layout.store(), layout.install_dir().to_owned());
+            crate::fetch::receive(*req, staging, &store, &install, &d.config.caps).await?
         }
     };
     timings.received_bytes = received.size_bytes;
