@@ -230,7 +230,9 @@ fn a_release_goes_through_the_store_once_and_workers_never_see_credentials() {
     assert_eq!(packs(&g).len(), 2);
     // A release sharing nothing with them: gc then removes both packs.
     let other = s.tree("other");
-    write(&other, "swarm.toml", agent_toml().as_bytes());
+    // (its swarm.toml too: another comment)
+    let toml = format!("# another release\n{}", agent_toml());
+    write(&other, "swarm.toml", toml.as_bytes());
     write(&other, "data/x.bin", &noise("x", 10_000));
     let third = s.json(
         &[
