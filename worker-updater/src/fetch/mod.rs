@@ -99,6 +99,7 @@ pub async fn receive(
         }
     }
     let client = download::client()?;
+    let t0 = std::time::Instant::now();
     let body = download::small(
         &client,
         &req.release_url,
@@ -111,7 +112,11 @@ pub async fn receive(
     let (doc, want) = blocking(move || read_doc(&body, &want_id, &c)).await?;
 
     let (sd, w) = (store_dir.to_owned(), want.clone());
+    let doc_ms = crate::ms(t0);
+    let t1 = std::time::Instant::now();
     let lacking = blocking(move || lacks(&sd, &w)).await?;
+    let lacks_ms = crate::ms(t1);
+    let t2 = std::time::Instant::now();
     let ranges = plan::plan(&doc, &lacking, &req.packs, caps)?;
     let dir = fetch_dir(install);
     let keep: HashSet<String> = ranges.iter().map(plan::Range::part_name).collect();
@@ -132,24 +137,41 @@ pub async fn receive(
         .try_collect()
         .await?;
     crate::crashpoint::at("fetch-downloaded");
+    let download_ms = crate::ms(t2);
+    let t3 = std::time::Instant::now();
     let fetched: HashMap<String, PathBuf> = fetched.into_iter().flatten().collect();
-    let downloaded: u64 = fetched
-        .values()
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum();
+    // Each content with the first entry that has it (another mode is
+    // copied from it when staging is completed).
+    let mut entries = Vec::with_capacity(fetched.len());
+    let mut paired = HashSet::new();
+    for e in want.entries() {
+        if let Some((sha, path)) = e
+            .sha256
+            .as_ref()
+            .filter(|_| e.kind == EntryKind::File)
+            .and_then(|s| fetched.get_key_value(s))
+            && paired.insert(sha.as_str())
+        {
+            entries.push((path.clone(), e.clone()));
+        }
+    }
+    let downloaded: u64 = entries.iter().map(|(_, e)| e.size).sum();
+    let objects = entries.len();
     let links: HashMap<String, String> = doc.links.into_iter().collect();
     let (staging_dir, caps2) = (staging.to_owned(), caps.clone());
     let want2 = want.clone();
-    let objects = fetched.len();
     let extracted = blocking(move || {
-        let x = assemble::assemble(&want2, &links, &fetched, &staging_dir, &caps2);
-        // In staging now (or refused): the downloads are done with.
-        let _ = prepare_dir(&dir, &HashSet::new());
+        let x = assemble::assemble(&want2, &links, &staging_dir, &caps2);
+        // The ranges are done with; the contents wait for the store.
+        remove_parts(&dir);
         x
     })
     .await?;
     tracing::info!(
+        doc_ms,
+        lacks_ms,
+        download_ms,
+        assemble_ms = crate::ms(t3),
         contents = objects,
         content_bytes = downloaded,
         document_bytes = doc_bytes,
@@ -168,6 +190,7 @@ pub async fn receive(
         signature: req.signature,
         delta: Some(DeltaFields {
             base: None,
+            fetched: entries,
             index: IndexSent::Whole(doc.index),
             release_sha256: Some(release_sha256),
         }),
@@ -244,6 +267,17 @@ fn lacks(store_dir: &Path, want: &TreeIndex) -> Result<HashSet<(String, u64)>> {
     // What the checks re-hashed or dropped is kept in the ledger.
     session.commit()?;
     Ok(lacking)
+}
+
+/// Remove the range downloads from `dir`.
+fn remove_parts(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".part") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// Create `dir` and remove from it everything but the downloads named

@@ -175,7 +175,7 @@ async fn prepare(
         if let Some(sha) = delta.release_sha256 {
             received.sha256 = sha;
         }
-        delta_got = Some(got);
+        delta_got = Some((got, delta.fetched));
     }
     if purpose == Purpose::Updater && received.confirm_self.as_deref() != Some("true") {
         return Err(UpdaterError::BadUpload(
@@ -197,7 +197,9 @@ async fn prepare(
     let want = std::mem::take(&mut received.extracted.index);
     received.extracted.index = blocking(move || {
         match delta_got {
-            Some(got) => super::materialize::delta(&dir, &got, &want, &l, &caps)?,
+            Some((got, fetched)) => {
+                super::materialize::delta(&dir, &got, &want, &fetched, &l, &caps)?
+            }
             None => super::materialize::whole(&dir, &want, &l)?,
         }
         Ok(want)
