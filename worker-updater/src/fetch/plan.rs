@@ -1,7 +1,7 @@
 //! What to download: for every content this worker lacks, the first chunk
 //! of the release document that holds it; the chunks checked against the
 //! caps and the packs' sizes, and grouped per pack into byte ranges of
-//! neighbouring chunks (at most [`RANGE_BYTES`] each, so downloads run in
+//! neighbouring chunks (at most [`RANGE_BYTES`] each: about one chunk, so downloads run in
 //! parallel and a retry resumes a bounded piece).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -13,7 +13,7 @@ use crate::error::{Result, UpdaterError};
 use crate::receive::Caps;
 
 /// Ranges grow up to this many bytes.
-const RANGE_BYTES: u64 = 4 << 20;
+const RANGE_BYTES: u64 = 1 << 20;
 
 /// One download: bytes `start..end` of pack `pack` (by `url`), holding
 /// `chunks` (in order).
