@@ -1,20 +1,20 @@
 //! `swarm update` through the store (issue 16): the release is published
-//! first ([`crate::store::publish`]: every object the store lacks, then the
-//! index), before any worker is contacted; each updater then gets a small
-//! `POST /update-from-store` — the index (a patch of its live release's when
-//! the master kept that one's index, as a delta push does), the commit, the
-//! link targets, and presigned GET URLs, valid for minutes, for exactly the
-//! contents its live release lacks. An expired URL (410) is answered once
-//! with fresh URLs; a base the host refuses (412) with the whole index and
-//! every object; a host that cannot reach the store (502) fails, or with
-//! `--fallback-direct` gets the direct push.
+//! first ([`crate::store::publish`]: the packs of every content the store
+//! lacks, then the release's document), before any worker is contacted;
+//! each updater then gets a small `POST /update-from-store` — a presigned
+//! GET URL, valid for minutes, for the release's document, and one for each
+//! pack holding content its live release lacks (every pack of the release
+//! when the master has no index of that one). An expired URL (410) is
+//! answered once with fresh URLs; a host that needs a pack it was not sent
+//! (412) gets every pack; a host that cannot reach the store (502) fails,
+//! or with `--fallback-direct` gets the direct push.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pki::index::{EntryKind, TreeIndex};
-use pki::store::{StoreObject, StoreUpdate};
+use pki::store::{StorePack, StoreUpdate};
 
 use super::client::Master;
 use super::report::{HostResult, interpret};
@@ -24,7 +24,7 @@ use crate::home::Home;
 use crate::inventory::{HostRecord, Op};
 use crate::pack::Tree;
 use crate::store::gc::StoreLock;
-use crate::store::publish::{Published, publish};
+use crate::store::publish::{Published, publish, read_docs, usable};
 use crate::store::{self, Store};
 
 /// How long a presigned URL stays valid by default.
@@ -72,15 +72,12 @@ pub(super) fn prepare(
     let store = Store::new(config)?;
     let rt = super::runtime()?;
     let published = rt
-        .block_on(publish(&store, &release.info.root, &release.index))
+        .block_on(publish(&store, home, &release.info.root, &release.index))
         .map_err(|e| {
             Error::Other(format!(
                 "publishing the release to the store {url} failed, so no worker was contacted: {e} (swarm update --direct pushes over mTLS instead)"
             ))
         })?;
-    // The link targets, for a later `rollback --to` through the store (the
-    // index names links by hash only).
-    let _ = keep_links(home, &release.info.release_id, &published.links);
     Ok(Some(ViaStore {
         store,
         published,
@@ -101,31 +98,11 @@ pub(super) fn prepare(
     }))
 }
 
-/// Where the link targets of pushed releases are kept.
-fn links_dir(home: &Home) -> std::path::PathBuf {
-    home.root().join("store-links")
-}
-
-/// Keep `links` as `store-links/<id>`; drop the files of releases whose
-/// index the master no longer keeps.
-fn keep_links(home: &Home, id: &str, links: &[(String, String)]) -> std::io::Result<()> {
-    let dir = links_dir(home);
-    std::fs::create_dir_all(&dir)?;
-    let body = serde_json::to_vec(links).map_err(std::io::Error::other)?;
-    std::fs::write(dir.join(id), body)?;
-    let indexes = home.root().join("indexes");
-    for e in std::fs::read_dir(&dir)?.flatten() {
-        if e.file_name() != id && !indexes.join(e.file_name()).exists() {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-    Ok(())
-}
-
 /// A release the master pushed through the store before, to send a host
 /// that no longer keeps it (`rollback --to PREFIX`): `Ok(None)` without a
 /// store, or when the master has no single kept index starting with
-/// `prefix`, or the store lacks one of its objects (the host's 404 stands).
+/// `prefix`, or the store lacks its document or one of its packs (the
+/// host's 404 stands).
 pub(super) fn for_rollback(home: &Home, prefix: &str) -> Result<Option<ViaStore>> {
     let Some(config) = store::configured(home)? else {
         return Ok(None);
@@ -145,30 +122,32 @@ pub(super) fn for_rollback(home: &Home, prefix: &str) -> Result<Option<ViaStore>
     let Some(index) = super::delta::kept_index_in(&indexes, id) else {
         return Ok(None);
     };
-    let links: Vec<(String, String)> = match std::fs::read(links_dir(home).join(id)) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
-        Err(_) => Vec::new(),
-    };
-    let has_links = index.entries().iter().any(|e| e.kind == EntryKind::Link);
-    if has_links && links.is_empty() {
-        return Ok(None);
-    }
     let lock = store::gc::lock_shared(home)?;
     let store = Store::new(config)?;
-    let prefix_key = format!("{}objects/", store.prefix());
-    let listed = super::runtime()?.block_on(store.list(&prefix_key))?;
-    let stored: std::collections::HashMap<String, u64> = listed
-        .into_iter()
-        .filter_map(|(k, n)| Some((k.rsplit('/').next()?.to_owned(), n)))
-        .collect();
-    let all_there = index
-        .entries()
-        .iter()
-        .filter(|e| e.kind == EntryKind::File)
-        .all(|e| e.sha256.as_ref().is_some_and(|s| stored.contains_key(s)));
-    if !all_there {
+    let rt = super::runtime()?;
+    let key = pki::store::release_key(&store.prefix(), id);
+    let found = rt.block_on(async {
+        let listed = store.list(&key).await?;
+        let there: std::collections::HashMap<String, u64> = listed
+            .into_iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, n)| (id.clone(), n))
+            .collect();
+        let mut docs = read_docs(&store, home, &there).await?;
+        let Some(doc) = docs.remove(id.as_str()) else {
+            return Ok::<_, Error>(None);
+        };
+        let packs: std::collections::HashMap<String, u64> = store
+            .list(&format!("{}packs/", store.prefix()))
+            .await?
+            .into_iter()
+            .filter_map(|(k, n)| Some((k.rsplit('/').next()?.to_owned(), n)))
+            .collect();
+        Ok(usable(&doc, &packs).then_some(doc))
+    })?;
+    let Some(doc) = found else {
         return Ok(None);
-    }
+    };
     let size: u64 = index
         .entries()
         .iter()
@@ -180,10 +159,10 @@ pub(super) fn for_rollback(home: &Home, prefix: &str) -> Result<Option<ViaStore>
         published: Published {
             uploaded: 0,
             uploaded_bytes: 0,
-            present: stored.len() as u64,
-            index_uploaded: false,
-            stored,
-            links,
+            packs_uploaded: 0,
+            present: index.files(),
+            release_uploaded: false,
+            doc,
         },
         want_id: id.clone(),
         release_sha256: id.clone(),
@@ -216,51 +195,57 @@ impl ViaStore {
     }
 
     /// The request for a host on `base` (its live release and the index
-    /// the master kept of it), or for one that gets everything.
+    /// the master kept of it): URLs for the release's document and for the
+    /// packs holding what `base` lacks (every pack without a base).
     fn request(&self, base: Option<(&str, &TreeIndex)>, signature: Option<&str>) -> StoreUpdate {
-        let have: HashSet<(&str, u64)> = base
-            .map(|(_, idx)| {
-                idx.entries()
-                    .iter()
-                    .filter(|e| e.kind == EntryKind::File)
-                    .filter_map(|e| Some((e.sha256.as_deref()?, e.size)))
-                    .collect()
+        let doc = &self.published.doc;
+        let needed: Option<HashSet<usize>> = base.map(|(_, idx)| {
+            let have: HashSet<(&str, u64)> = idx
+                .entries()
+                .iter()
+                .filter(|e| e.kind == EntryKind::File)
+                .filter_map(|e| Some((e.sha256.as_deref()?, e.size)))
+                .collect();
+            let lacks: HashSet<(&str, u64)> = self
+                .want
+                .entries()
+                .iter()
+                .filter(|e| e.kind == EntryKind::File)
+                .filter_map(|e| Some((e.sha256.as_deref()?, e.size)))
+                .filter(|c| !have.contains(c))
+                .collect();
+            doc.chunks
+                .iter()
+                .filter(|c| {
+                    c.contents
+                        .iter()
+                        .any(|(s, n)| lacks.contains(&(s.as_str(), *n)))
+                })
+                .map(|c| c.pack as usize)
+                .collect()
+        });
+        let prefix = self.store.prefix();
+        let packs = doc
+            .packs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| needed.as_ref().is_none_or(|n| n.contains(i)))
+            .map(|(_, p)| StorePack {
+                sha256: p.sha256.clone(),
+                url: self
+                    .store
+                    .presign_get(&pki::store::pack_key(&prefix, &p.sha256), self.ttl),
             })
-            .unwrap_or_default();
-        let mut seen = HashSet::new();
-        let mut objects = Vec::new();
-        for e in self.want.entries() {
-            let Some(sha) = e.sha256.as_deref() else {
-                continue;
-            };
-            if e.kind != EntryKind::File || have.contains(&(sha, e.size)) || !seen.insert(sha) {
-                continue;
-            }
-            let key = pki::store::object_key(&self.store.prefix(), sha);
-            objects.push(StoreObject {
-                sha256: sha.to_owned(),
-                stored_size: self.published.stored.get(sha).copied().unwrap_or_default(),
-                url: self.store.presign_get(&key, self.ttl),
-            });
-        }
-        let (base_id, index, index_patch) = match base {
-            Some((id, idx)) => (Some(id.to_owned()), None, Some(idx.patch_to(&self.want))),
-            None => (
-                None,
-                Some(String::from_utf8_lossy(&self.want.to_bytes()).into_owned()),
-                None,
-            ),
-        };
+            .collect();
         StoreUpdate {
             release_sha256: self.release_sha256.clone(),
             size_bytes: self.size_bytes,
-            release_id: self.want.release_id(),
+            release_id: self.want_id.clone(),
             git_commit: self.git_commit.clone(),
-            base: base_id,
-            index,
-            index_patch,
-            objects,
-            links: self.published.links.clone(),
+            release_url: self
+                .store
+                .presign_get(&pki::store::release_key(&prefix, &self.want_id), self.ttl),
+            packs,
             signature: signature.map(str::to_owned),
         }
     }
@@ -331,11 +316,13 @@ mod tests {
     use super::*;
     use crate::store::StoreConfig;
     use pki::index::IndexEntry;
+    use pki::store::{Chunk, PackRef, ReleaseDoc};
 
-    /// What a worker is sent: URLs for exactly the contents its base lacks,
-    /// each naming one object and expiring, and no credential anywhere.
+    /// What a worker is sent: URLs for the release's document and the
+    /// packs holding what its base lacks, each naming one object and
+    /// expiring, and no credential anywhere.
     #[test]
-    fn a_request_names_only_missing_objects_and_carries_no_credential() {
+    fn a_request_names_only_the_packs_a_host_needs_and_carries_no_credential() {
         let tmp = tempfile::tempdir().unwrap();
         let home = Home::resolve(Some(tmp.path())).unwrap();
         let creds = tmp.path().join("credentials");
@@ -362,15 +349,44 @@ mod tests {
         ])
         .unwrap();
         let base = TreeIndex::new(vec![IndexEntry::file("old", 0o644, 1, a.clone())]).unwrap();
+        let (pa, pb) = ("aa".repeat(32), "bb".repeat(32));
+        let doc = ReleaseDoc {
+            index: String::from_utf8(want.to_bytes()).unwrap(),
+            links: Vec::new(),
+            packs: vec![
+                PackRef {
+                    sha256: pa.clone(),
+                    size: 10,
+                },
+                PackRef {
+                    sha256: pb.clone(),
+                    size: 10,
+                },
+            ],
+            chunks: vec![
+                Chunk {
+                    pack: 0,
+                    offset: 0,
+                    len: 10,
+                    contents: vec![(a.clone(), 1)],
+                },
+                Chunk {
+                    pack: 1,
+                    offset: 0,
+                    len: 10,
+                    contents: vec![(b.clone(), 1)],
+                },
+            ],
+        };
         let vs = ViaStore {
             store,
             published: Published {
                 uploaded: 0,
                 uploaded_bytes: 0,
+                packs_uploaded: 0,
                 present: 2,
-                index_uploaded: false,
-                stored: [(a.clone(), 10), (b.clone(), 10)].into_iter().collect(),
-                links: Vec::new(),
+                release_uploaded: false,
+                doc,
             },
             want: Arc::new(want.clone()),
             want_id: want.release_id(),
@@ -382,18 +398,26 @@ mod tests {
             _lock: store::gc::lock_shared(&home).unwrap(),
         };
         let req = vs.request(Some(("base", &base)), Some("{\"sig\":1}"));
-        assert_eq!(req.objects.len(), 1, "only b, once: {req:?}");
-        let url = &req.objects[0].url;
+        assert_eq!(req.packs.len(), 1, "only b's pack: {req:?}");
+        let url = &req.packs[0].url;
         assert!(
-            url.starts_with(&format!("http://10.1.2.3:3900/rel/p/objects/{b}?")),
+            url.starts_with(&format!("http://10.1.2.3:3900/rel/p/packs/{pb}?")),
             "{url}"
         );
         assert!(url.contains("X-Amz-Expires=60"), "{url}");
-        assert!(req.index.is_none() && req.index_patch.is_some());
+        assert!(
+            req.release_url.starts_with(&format!(
+                "http://10.1.2.3:3900/rel/p/releases/{}?",
+                want.release_id()
+            )),
+            "{}",
+            req.release_url
+        );
         let body = serde_json::to_string(&req).unwrap();
         assert!(!body.contains("s3cretv4lue"), "{body}");
-        // Without a base: every distinct content.
+        assert!(body.len() < 2048, "a small request: {} bytes", body.len());
         assert_eq!(req.signature.as_deref(), Some("{\"sig\":1}"));
-        assert_eq!(vs.request(None, None).objects.len(), 2);
+        // Without a base: every pack.
+        assert_eq!(vs.request(None, None).packs.len(), 2);
     }
 }

@@ -1,12 +1,13 @@
-//! `swarm store gc --keep N`: delete the objects (and indexes) of the store
-//! that no release among the newest N the master pushed references. The
+//! `swarm store gc --keep N`: delete the release documents of the store
+//! but those of the newest N releases the master pushed, and the packs no
+//! kept document names (a pack goes only once nothing in it is needed). The
 //! master keeps the index of every release it pushed (`$SWARM_HOME/indexes`,
 //! touched on each push, so the newest are the releases hosts run now or
 //! ran last). Never during an update: `swarm update` holds
 //! `$SWARM_HOME/store.lock` shared while it uses the store, gc takes it
 //! exclusively or refuses.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -56,9 +57,11 @@ fn lock(home: &Home, how: FlockArg) -> Result<StoreLock> {
 #[derive(Serialize)]
 struct GcDoc {
     kept_releases: usize,
-    deleted_objects: u64,
-    deleted_indexes: u64,
-    kept_objects: u64,
+    deleted_releases: u64,
+    kept_packs: u64,
+    deleted_packs: u64,
+    /// Keys of the layout before packs (`objects/`, `indexes/`).
+    deleted_legacy: u64,
 }
 
 /// `swarm store gc`.
@@ -68,38 +71,58 @@ pub(crate) fn gc(home: &Home, args: &StoreGcArgs) -> Result<u8> {
     })?;
     let _lock = lock(home, FlockArg::LockExclusiveNonblock)?;
     let kept = newest_indexes(&home.root().join("indexes"), usize::from(args.keep))?;
-    let mut keep_objects: HashSet<String> = HashSet::new();
-    let mut keep_ids: HashSet<String> = HashSet::new();
-    for (id, index) in &kept {
-        keep_ids.insert(id.clone());
-        keep_objects.extend(index.entries().iter().filter_map(|e| e.sha256.clone()));
-    }
+    let keep_ids: HashSet<String> = kept.into_iter().map(|(id, _)| id).collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Other(format!("runtime: {e}")))?;
     let prefix = store.prefix();
     let doc = rt.block_on(async {
-        let mut doc = GcDoc {
-            kept_releases: kept.len(),
-            deleted_objects: 0,
-            deleted_indexes: 0,
-            kept_objects: 0,
-        };
-        for (key, _) in store.list(&format!("{prefix}objects/")).await? {
-            let sha = key.rsplit('/').next().unwrap_or_default();
-            if keep_objects.contains(sha) {
-                doc.kept_objects += 1;
-            } else {
-                store.delete(&key).await?;
-                doc.deleted_objects += 1;
-            }
+        let releases = store.list(&format!("{prefix}releases/")).await?;
+        let kept_there: HashMap<String, u64> = releases
+            .iter()
+            .filter_map(|(k, n)| Some((k.rsplit('/').next()?.to_owned(), *n)))
+            .filter(|(id, _)| keep_ids.contains(id))
+            .collect();
+        let docs = super::publish::read_docs(&store, home, &kept_there).await?;
+        if let Some(id) = kept_there.keys().find(|id| !docs.contains_key(*id)) {
+            return Err(Error::State(format!(
+                "the store's document of kept release {id} does not read: gc stopped, nothing deleted (push that release again to rewrite it)"
+            )));
         }
-        for (key, _) in store.list(&format!("{prefix}indexes/")).await? {
+        let keep_packs: HashSet<&str> = docs
+            .values()
+            .flat_map(|d| d.packs.iter().map(|p| p.sha256.as_str()))
+            .collect();
+        let mut doc = GcDoc {
+            kept_releases: docs.len(),
+            deleted_releases: 0,
+            kept_packs: 0,
+            deleted_packs: 0,
+            deleted_legacy: 0,
+        };
+        // Documents first: a pack is deleted only once no document left
+        // names it, whatever point a crash stops this at.
+        for (key, _) in &releases {
             let id = key.rsplit('/').next().unwrap_or_default();
             if !keep_ids.contains(id) {
+                store.delete(key).await?;
+                doc.deleted_releases += 1;
+            }
+        }
+        for (key, _) in store.list(&format!("{prefix}packs/")).await? {
+            let sha = key.rsplit('/').next().unwrap_or_default();
+            if keep_packs.contains(sha) {
+                doc.kept_packs += 1;
+            } else {
                 store.delete(&key).await?;
-                doc.deleted_indexes += 1;
+                doc.deleted_packs += 1;
+            }
+        }
+        for legacy in ["objects/", "indexes/"] {
+            for (key, _) in store.list(&format!("{prefix}{legacy}")).await? {
+                store.delete(&key).await?;
+                doc.deleted_legacy += 1;
             }
         }
         Ok::<_, Error>(doc)
@@ -108,11 +131,11 @@ pub(crate) fn gc(home: &Home, args: &StoreGcArgs) -> Result<u8> {
         output::json(&doc)?;
     } else {
         outln!(
-            "store gc: kept {} object(s) of the newest {} release(s); deleted {} object(s) and {} index(es)",
-            doc.kept_objects,
+            "store gc: kept {} release(s) and {} pack(s); deleted {} release(s) and {} pack(s)",
             doc.kept_releases,
-            doc.deleted_objects,
-            doc.deleted_indexes
+            doc.kept_packs,
+            doc.deleted_releases,
+            doc.deleted_packs
         )?;
     }
     Ok(0)

@@ -1,4 +1,4 @@
-//! The S3 calls the master makes (list, head, put, delete) and the
+//! The S3 calls the master makes (list, get, put, delete) and the
 //! presigned GET URLs it hands to workers: requests signed by rusty-s3
 //! (SigV4, query-string signing), sent with reqwest over rustls (system
 //! roots for https; plain http for a loopback store). Every call has a
@@ -94,6 +94,42 @@ impl Store {
                 _ => return Ok(out),
             }
         }
+    }
+
+    /// The object `key`, at most `cap` bytes of it (more is an error).
+    pub(crate) async fn get(&self, key: &str, cap: u64) -> Result<Vec<u8>> {
+        let url = self
+            .bucket
+            .get_object(Some(&self.creds), key)
+            .sign(OWN_URLS);
+        let timeout = CALL_TIMEOUT + Duration::from_secs(cap / (1 << 20));
+        let mut resp = self
+            .client
+            .get(url)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| self.fail(format!("reading {key}: {}", chain(&e))))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = read_capped(resp).await.unwrap_or_default();
+            return Err(self.fail(format!(
+                "reading {key}: HTTP {status}: {}",
+                pki::text::sanitize(&body, 300)
+            )));
+        }
+        let mut buf = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| self.fail(format!("reading {key}: {}", chain(&e))))?
+        {
+            if (buf.len() + chunk.len()) as u64 > cap {
+                return Err(self.fail(format!("reading {key}: larger than {cap} bytes")));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf)
     }
 
     /// Upload `body` as `key`.

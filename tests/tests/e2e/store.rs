@@ -1,8 +1,8 @@
 //! Issue 16: releases through a real S3-compatible store (Garage 2.5.0 on
-//! 127.0.0.1). The master publishes each object once and the index before
-//! touching a worker; workers download what they lack with presigned URLs
-//! and never see a credential; an altered object is refused with nothing
-//! rotated; a store that is down stops the master before any worker; a
+//! 127.0.0.1). The master publishes each content once (in packs) and the
+//! release's document before touching a worker; workers download what they
+//! lack with presigned URLs and never see a credential; an altered pack or
+//! document is refused with nothing rotated; a store that is down stops the master before any worker; a
 //! worker that cannot reach the store fails alone, or is pushed directly
 //! with --fallback-direct; an expired URL fails clearly; a download killed
 //! half-way leaves a worker the next push updates; `swarm store gc`.
@@ -104,8 +104,12 @@ fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", show(out)))
 }
 
-fn objects(g: &Garage) -> Vec<(String, u64)> {
-    g.list("fleet/objects/").expect("list the bucket")
+fn packs(g: &Garage) -> Vec<(String, u64)> {
+    g.list("fleet/packs/").expect("list the bucket")
+}
+
+fn releases(g: &Garage) -> Vec<(String, u64)> {
+    g.list("fleet/releases/").expect("list the bucket")
 }
 
 /// Every file under `dir`, recursively, as bytes (symlinks not followed).
@@ -144,11 +148,13 @@ fn a_release_goes_through_the_store_once_and_workers_never_see_credentials() {
     let t = tree(&s, "1");
     let root = t.to_str().unwrap();
     let first = s.json(&["update", "--all", "--root", root, "--json"], 0);
-    // Five objects: four distinct blobs, VERSION, swarm.toml (copy.bin is blob-0).
-    let listed = objects(&g);
-    assert_eq!(listed.len(), 6, "{listed:?} {first}");
+    // Six contents: four distinct blobs, VERSION, swarm.toml (copy.bin is
+    // blob-0), in one pack; and the release's document.
     assert_eq!(first["store"]["uploaded"], 6, "{first}");
-    assert_eq!(first["store"]["index_uploaded"], true, "{first}");
+    assert_eq!(first["store"]["packs_uploaded"], 1, "{first}");
+    assert_eq!(first["store"]["release_uploaded"], true, "{first}");
+    assert_eq!(packs(&g).len(), 1, "{first}");
+    assert_eq!(releases(&g).len(), 1, "{first}");
     // What the master uploaded for three hosts is one release's worth:
     // at most 1.1x the release packed whole (as a direct push sends it to
     // each host).
@@ -190,12 +196,17 @@ fn a_release_goes_through_the_store_once_and_workers_never_see_credentials() {
         );
     }
 
-    // A one-file change uploads one object, and each worker fetches it.
+    // A one-file change uploads one content (a pack of its own), and each
+    // worker fetches it, and only it.
     write(&t, "VERSION", b"2");
     let second = s.json(&["update", "--all", "--root", root, "--json"], 0);
     assert_eq!(second["store"]["uploaded"], 1, "{second}");
     assert_eq!(second["store"]["present"], 5, "{second}");
-    assert_eq!(objects(&g).len(), 7);
+    assert!(
+        second["store"]["uploaded_bytes"].as_u64().unwrap() < 4096,
+        "{second}"
+    );
+    assert_eq!(packs(&g).len(), 2);
     let sha2 = second["release"]["release_id"].as_str().unwrap().to_owned();
     for w in &workers {
         w.wait_agent_release_blocking(&sha2);
@@ -210,30 +221,66 @@ fn a_release_goes_through_the_store_once_and_workers_never_see_credentials() {
     assert_eq!(third["store"]["uploaded"], 0, "{third}");
     assert_eq!(third["hosts"][0]["agent"], "unchanged", "{third}");
 
-    // gc keeping the newest release removes the old VERSION object only.
+    // gc keeping the newest release removes release 1's document; its
+    // pack stays, since release 2 uses five of its contents.
     let gc = s.json(&["store", "gc", "--keep", "1", "--json"], 0);
-    assert_eq!(gc["deleted_objects"], 1, "{gc}");
-    assert_eq!(objects(&g).len(), 6);
+    assert_eq!(gc["deleted_releases"], 1, "{gc}");
+    assert_eq!(gc["deleted_packs"], 0, "{gc}");
+    assert_eq!(releases(&g).len(), 1);
+    assert_eq!(packs(&g).len(), 2);
+    // A release sharing nothing with them: gc then removes both packs.
+    let other = s.tree("other");
+    // (its swarm.toml too: another comment)
+    let toml = format!("# another release\n{}", agent_toml());
+    write(&other, "swarm.toml", toml.as_bytes());
+    write(&other, "data/x.bin", &noise("x", 10_000));
+    let third = s.json(
+        &[
+            "update",
+            "--all",
+            "--root",
+            other.to_str().unwrap(),
+            "--json",
+        ],
+        0,
+    );
+    assert_eq!(third["hosts"][0]["agent"], "updated", "{third}");
+    let gc = s.json(&["store", "gc", "--keep", "1", "--json"], 0);
+    assert_eq!(gc["deleted_packs"], 2, "{gc}");
+    assert_eq!(gc["kept_packs"], 1, "{gc}");
+    assert_eq!(packs(&g).len(), 1);
+    assert_eq!(releases(&g).len(), 1);
 }
 
 #[test]
-fn an_altered_object_is_refused_and_nothing_rotates() {
+fn an_altered_pack_is_refused_and_nothing_rotates() {
     let g = Garage::start("altered");
     let s = Swarm::new();
-    let w = s.worker("w1");
+    let w1 = s.worker("w1");
+    let _w2 = s.worker("w2");
     with_store(&s, &g, &g.endpoint());
     let t = tree(&s, "1");
     let root = t.to_str().unwrap();
-    s.json(&["update", "--host", "w1", "--root", root, "--json"], 0);
-    let before = w.slot_sha("active");
+    s.json(&["update", "--all", "--root", root, "--json"], 0);
+    let before = w1.slot_sha("active");
 
-    // Release 2's new VERSION object, then replaced in the store with
-    // other content (a valid zstd frame of the wrong bytes).
+    // Release 2 goes to w2 only: its one new content ("2") is a pack of
+    // its own, one frame whose last byte is that content. Altered in the
+    // store to "3".
     write(&t, "VERSION", b"2");
-    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"2"));
-    let evil = zstd_frame(b"3");
-    g.put(&format!("fleet/objects/{sha}"), evil).expect("put");
-    // The master sees the object there (it does not re-upload it).
+    let old: Vec<String> = packs(&g).into_iter().map(|(k, _)| k).collect();
+    s.json(&["update", "--host", "w2", "--root", root, "--json"], 0);
+    let (key, _) = packs(&g)
+        .into_iter()
+        .find(|(k, _)| !old.contains(k))
+        .expect("release 2's pack");
+    let mut bytes = g.get(&key).expect("get the pack");
+    let last = bytes.last_mut().expect("a byte");
+    assert_eq!(*last, b'2', "a raw block");
+    *last = b'3';
+    g.put(&key, bytes).expect("put");
+    // The master finds release 2 published (it uploads nothing) and w1
+    // fetches the altered pack.
     let out = run_env(
         &s,
         &["update", "--host", "w1", "--root", root, "--json"],
@@ -243,20 +290,86 @@ fn an_altered_object_is_refused_and_nothing_rotates() {
     let doc = json_of(&out);
     let detail = doc["hosts"][0]["detail"].as_str().unwrap_or_default();
     assert!(detail.contains("refused"), "{doc}");
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"2"));
     assert!(detail.contains(&sha), "{doc}");
-    assert_eq!(w.slot_sha("active"), before, "nothing rotated");
-    assert!(!w.install_dir.join("releases/active.new").exists());
+    assert_eq!(w1.slot_sha("active"), before, "nothing rotated");
+    assert!(!w1.install_dir.join("releases/active.new").exists());
 }
 
-/// A zstd frame of `bytes`, as the master stores objects.
-fn zstd_frame(bytes: &[u8]) -> Vec<u8> {
-    // The smallest valid frame: magic, a single-segment header with the
-    // content size, one raw last block.
-    let mut f = vec![0x28, 0xb5, 0x2f, 0xfd, 0x20, bytes.len() as u8];
-    let block = ((bytes.len() as u32) << 3) | 1; // raw, last
-    f.extend_from_slice(&block.to_le_bytes()[..3]);
-    f.extend_from_slice(bytes);
-    f
+/// `swarm update --host w1`, with the release's document in the store
+/// replaced by `evil` once the worker has the request (and before it
+/// downloads anything: its downloads are held back).
+fn push_swapping_the_document(
+    s: &Swarm,
+    g: &Garage,
+    (host, w): (&str, &tests::worker::Worker),
+    root: &str,
+    key: &str,
+    evil: Vec<u8>,
+) -> Output {
+    let mut c = s.command();
+    c.args(["update", "--host", host, "--root", root, "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().expect("spawn swarm");
+    let staging = w.install_dir.join("releases/active.new");
+    tests::eventually(
+        std::time::Duration::from_secs(30),
+        "the worker to start staging the fetch",
+        || staging.exists().then_some(()),
+    );
+    g.put(key, evil).expect("put");
+    child.wait_with_output().expect("wait for swarm")
+}
+
+#[test]
+fn an_altered_release_document_is_refused_and_nothing_rotates() {
+    let g = Garage::start("altereddoc");
+    let s = Swarm::new();
+    let options = tests::worker::WorkerOptions {
+        env: vec![("SWARM_UPDATER_FETCH_DELAY_MS".into(), "3000".into())],
+        ..Default::default()
+    };
+    let w1 = s.try_worker("w1", options).expect("worker");
+    let _w2 = s.worker("w2");
+    with_store(&s, &g, &g.endpoint());
+    let t = tree(&s, "1");
+    let root = t.to_str().unwrap();
+    let first = s.json(&["update", "--host", "w2", "--root", root, "--json"], 0);
+    let id1 = first["release"]["release_id"].as_str().unwrap().to_owned();
+    write(&t, "VERSION", b"2");
+    let second = s.json(&["update", "--host", "w2", "--root", root, "--json"], 0);
+    let id2 = second["release"]["release_id"].as_str().unwrap().to_owned();
+    let key = format!("fleet/releases/{id2}");
+
+    // Release 1's document where release 2's should be: a valid document,
+    // of another release.
+    let doc1 = g.get(&format!("fleet/releases/{id1}")).expect("get");
+    let out = push_swapping_the_document(&s, &g, ("w1", &w1), root, &key, doc1);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let doc = json_of(&out);
+    let detail = doc["hosts"][0]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("refused"), "{doc}");
+    assert!(detail.contains(&id1), "{doc}");
+    assert_eq!(w1.slot_sha("active"), None, "nothing installed");
+
+    // The master reads documents too: it does not use that one, and
+    // publishes release 2's again. Garbage swapped in then: refused too.
+    let out =
+        push_swapping_the_document(&s, &g, ("w1", &w1), root, &key, b"not a document".to_vec());
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let doc = json_of(&out);
+    assert_eq!(doc["store"]["release_uploaded"], true, "{doc}");
+    let detail = doc["hosts"][0]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("release document"), "{doc}");
+    assert!(detail.contains("refused"), "{doc}");
+    assert_eq!(w1.slot_sha("active"), None, "nothing installed");
+
+    // Left alone, the garbage is replaced and w1 gets release 2.
+    let doc = s.json(&["update", "--host", "w1", "--root", root, "--json"], 0);
+    assert_eq!(doc["hosts"][0]["agent"], "updated", "{doc}");
+    assert_eq!(doc["store"]["release_uploaded"], true, "{doc}");
+    w1.wait_agent_release_blocking(&id2);
 }
 
 #[test]

@@ -1,25 +1,25 @@
-//! Writing the fetched release into staging through the one extractor:
-//! the index's directories, its links (targets as the master sent them,
-//! each checked against its index hash) and every fetched content become a
-//! zstd tar stream that [`crate::receive::extract`] reads, so a fetched
-//! release meets every rule an upload does (paths, link targets, modes,
-//! caps, nothing outside staging) and yields the index of what it wrote.
+//! Writing the fetched release's skeleton into staging through the one
+//! extractor: the index's directories and its links (targets as the
+//! document gives them, each checked against its index hash) become a zstd
+//! tar stream that [`crate::receive::extract`] reads, so they meet every
+//! rule an upload does (paths, link targets, modes, caps, nothing outside
+//! staging). The files are then linked from the content store, as for a
+//! delta push (`ops::materialize::delta`), the fetched contents first
+//! stored there: no content is written twice.
 
 use std::collections::HashMap;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use pki::index::{EntryKind, TreeIndex, sha256_hex};
 
 use crate::error::{Result, UpdaterError};
 use crate::receive::{Caps, Extracted};
 
-/// Write `want`'s directories, links and the contents in `fetched`
-/// (content SHA-256 → verified file) into `staging`.
+/// Write `want`'s directories and links into `staging`.
 pub(super) fn assemble(
     want: &TreeIndex,
     links: &HashMap<String, String>,
-    fetched: &HashMap<String, PathBuf>,
     staging: &Path,
     caps: &Caps,
 ) -> Result<Extracted> {
@@ -38,7 +38,7 @@ pub(super) fn assemble(
     }
     let (reader, writer) = io::pipe().map_err(|e| UpdaterError::Internal(format!("pipe: {e}")))?;
     std::thread::scope(|s| {
-        let producer = s.spawn(move || write_tar(writer, want, links, fetched));
+        let producer = s.spawn(move || write_tar(writer, want, links));
         let extracted = crate::receive::extract::extract(reader, staging, caps);
         let produced = producer
             .join()
@@ -57,7 +57,6 @@ fn write_tar(
     writer: io::PipeWriter,
     want: &TreeIndex,
     links: &HashMap<String, String>,
-    fetched: &HashMap<String, PathBuf>,
 ) -> io::Result<()> {
     let z = zstd::stream::write::Encoder::new(writer, 1)?;
     let mut tar = tar::Builder::new(z);
@@ -72,15 +71,8 @@ fn write_tar(
                 let mut h = header(tar::EntryType::Symlink, 0o777, 0);
                 tar.append_link(&mut h, &e.path, target)?;
             }
-            EntryKind::File => {
-                let Some(src) = e.sha256.as_ref().and_then(|s| fetched.get(s)) else {
-                    // Not fetched: the live release has it (materialize).
-                    continue;
-                };
-                let f = std::fs::File::open(src)?;
-                let mut h = header(tar::EntryType::Regular, e.mode, e.size);
-                tar.append_data(&mut h, &e.path, io::Read::take(f, e.size))?;
-            }
+            // Linked from the content store (materialize).
+            EntryKind::File => {}
         }
     }
     tar.into_inner()?.finish()?;

@@ -1,12 +1,16 @@
-//! `POST /update-from-store` (issue 16): the master sends the index, the
-//! link targets and presigned GET URLs for the contents this worker lacks;
-//! the updater downloads them itself (`download`: bounded parallelism,
-//! deadlines, retries with backoff, resume by `Range`, every byte capped),
-//! checks each against the index (`unpack`), writes the tree into staging
-//! through the one extractor (`assemble`), and hands staging and the
-//! index to the same completion, hook, flip, restart, probe and revert path
-//! as `/update` (`ops::stage`). Nothing here holds a credential: a URL
-//! names one object and expires.
+//! `POST /update-from-store` (issue 16): the master sends presigned GET
+//! URLs for the release's document and for the packs holding what this
+//! worker may lack; the updater downloads the document (`download`), checks
+//! its index against the `release_id` the master sent, works out which
+//! contents its own content store lacks, downloads just the chunks holding
+//! them (`plan`: ranges of packs, bounded parallelism, deadlines, retries
+//! with backoff, resume by `Range`, every byte capped), checks every
+//! content against its hash as it decompresses it (`unpack`), writes the
+//! fetched files into staging through the one extractor (`assemble`), and
+//! hands staging and the index to the same completion, hook, flip,
+//! restart, probe and revert path as a delta push (`ops::stage`), which
+//! links the rest from the content store. Nothing here holds a credential:
+//! a URL names one object and expires.
 //!
 //! Downloads live in `<install>/.fetch/` until staging has them; a crash
 //! mid-download leaves `.part` files the next push resumes (or, when they
@@ -14,23 +18,22 @@
 
 mod assemble;
 mod download;
+mod plan;
 mod unpack;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use futures_util::{StreamExt, TryStreamExt};
-use pki::index::EntryKind;
-use pki::store::{StoreUpdate, max_stored};
+use pki::index::{EntryKind, TreeIndex};
+use pki::store::{DOC_BYTES_PER_ENTRY, DOC_SLACK, MAX_RELEASE_DOC, StoreUpdate};
 
 use crate::error::{Result, UpdaterError};
 use crate::receive::{Caps, DeltaFields, IndexSent, Received};
 use crate::state::blocking;
 
-/// Objects downloaded at once: a release is mostly small objects, each a
-/// round trip to the store (4 at once left a 1,000-object release waiting
-/// on latency, not bandwidth, in the fan-out bench).
-const PARALLEL: usize = 16;
+/// Ranges downloaded at once.
+const PARALLEL: usize = 8;
 
 /// The directory downloads are kept in, under the install dir.
 pub fn fetch_dir(install: &Path) -> PathBuf {
@@ -53,13 +56,13 @@ fn hex64(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Fetch `req` into `staging` (empty); `live` is the live release,
+/// Fetch `req` into `staging` (empty); `store_dir` is the content store,
 /// `install` the install dir. The result goes through the same completion
 /// as a delta push.
 pub async fn receive(
     req: StoreUpdate,
     staging: &Path,
-    live: &Path,
+    store_dir: &Path,
     install: &Path,
     caps: &Caps,
 ) -> Result<Received> {
@@ -69,6 +72,7 @@ pub async fn receive(
         ));
     }
     let release_sha256 = req.release_sha256.to_ascii_lowercase();
+    let release_id = req.release_id.to_ascii_lowercase();
     if req
         .signature
         .as_ref()
@@ -79,117 +83,98 @@ pub async fn receive(
             pki::sign::MAX_SIGNATURE_FIELD
         )));
     }
-    let index = match (req.index, req.index_patch) {
-        (Some(i), None) => IndexSent::Whole(i),
-        (None, Some(patch)) => IndexSent::Patch {
-            patch,
-            release_id: req.release_id.to_ascii_lowercase(),
-        },
-        _ => {
-            return Err(UpdaterError::BadUpload(
-                "send `index`, or `index_patch` with `base`".into(),
-            ));
-        }
-    };
-    let base = req.base.map(|b| b.to_ascii_lowercase());
-    let (l, c, b, i) = (live.to_owned(), caps.clone(), base.clone(), index.clone());
-    let (want, base_index) =
-        blocking(move || crate::receive::want::resolve(b.as_deref(), &i, &l, &c)).await?;
-    if want.entries().len() as u64 > caps.max_entries
-        || req.objects.len() as u64 > caps.max_entries
-        || req.links.len() as u64 > caps.max_entries
-    {
+    if req.packs.len() as u64 > caps.max_entries {
         return Err(UpdaterError::Cap(format!(
-            "the request names more than {} entries (--max-entries)",
+            "the request names more than {} packs (--max-entries)",
             caps.max_entries
         )));
     }
-    let have: HashSet<(&str, u64)> = base_index
-        .entries()
-        .iter()
-        .filter(|e| e.kind == EntryKind::File)
-        .filter_map(|e| Some((e.sha256.as_deref()?, e.size)))
-        .collect();
-    let sizes: HashMap<&str, u64> = want
-        .entries()
-        .iter()
-        .filter(|e| e.kind == EntryKind::File)
-        .filter_map(|e| Some((e.sha256.as_deref()?, e.size)))
-        .collect();
-    let total: u64 = sizes.values().sum();
-    if total > caps.max_unpacked {
-        return Err(UpdaterError::Cap(format!(
-            "the release holds more than {} bytes (--max-unpacked-bytes)",
-            caps.max_unpacked
-        )));
-    }
-    let mut jobs = Vec::new();
     let mut named = HashSet::new();
-    for obj in &req.objects {
-        if !hex64(&obj.sha256) || !named.insert(obj.sha256.as_str()) {
+    for p in &req.packs {
+        if !hex64(&p.sha256) || !named.insert(p.sha256.as_str()) {
             return Err(UpdaterError::BadUpload(format!(
-                "object {:?}: not a hex SHA-256, or named twice",
-                pki::text::sanitize(&obj.sha256, 80)
-            )));
-        }
-        let Some(size) = sizes.get(obj.sha256.as_str()).copied() else {
-            return Err(UpdaterError::BadUpload(format!(
-                "object {} is not content of the release's index",
-                pki::text::sanitize(&obj.sha256, 80)
-            )));
-        };
-        if obj.stored_size > max_stored(size) {
-            return Err(UpdaterError::BadUpload(format!(
-                "object {} is said to take {} bytes, more than {size} content bytes can",
-                obj.sha256, obj.stored_size
-            )));
-        }
-        jobs.push((obj.clone(), size));
-    }
-    let listed: HashSet<&str> = req.objects.iter().map(|o| o.sha256.as_str()).collect();
-    for (sha, size) in &sizes {
-        if !listed.contains(sha) && !have.contains(&(*sha, *size)) {
-            // The master thought the live release had it: 412, and it
-            // asks again with every object.
-            return Err(UpdaterError::NoBase(format!(
-                "content {sha} is neither in the request nor in the live release"
+                "pack {:?}: not a hex SHA-256, or named twice",
+                pki::text::sanitize(&p.sha256, 80)
             )));
         }
     }
+    let client = download::client()?;
+    let t0 = std::time::Instant::now();
+    let body = download::small(
+        &client,
+        &req.release_url,
+        "the release document",
+        MAX_RELEASE_DOC,
+    )
+    .await?;
+    let doc_bytes = body.len() as u64;
+    let (c, want_id) = (caps.clone(), release_id.clone());
+    let (doc, want) = blocking(move || read_doc(&body, &want_id, &c)).await?;
+
+    let (sd, w) = (store_dir.to_owned(), want.clone());
+    let doc_ms = crate::ms(t0);
+    let t1 = std::time::Instant::now();
+    let lacking = blocking(move || lacks(&sd, &w)).await?;
+    let lacks_ms = crate::ms(t1);
+    let t2 = std::time::Instant::now();
+    let ranges = plan::plan(&doc, &lacking, &req.packs, caps)?;
     let dir = fetch_dir(install);
-    let keep: HashSet<String> = jobs.iter().map(|(o, _)| o.sha256.clone()).collect();
+    let keep: HashSet<String> = ranges.iter().map(plan::Range::part_name).collect();
     let d = dir.clone();
     blocking(move || prepare_dir(&d, &keep)).await?;
-    let client = download::client()?;
-    let fetched: Vec<(String, PathBuf, u64)> = futures_util::stream::iter(jobs)
-        .map(|(obj, size)| {
-            let (client, dir) = (&client, dir.clone());
+    let needed = std::sync::Arc::new(lacking);
+    let fetched: Vec<Vec<(String, PathBuf)>> = futures_util::stream::iter(ranges)
+        .map(|r| {
+            let (client, dir, needed) = (&client, dir.clone(), needed.clone());
             async move {
-                let part = download::download(client, &obj, max_stored(size), &dir).await?;
-                let sha = obj.sha256.clone();
-                let plain = blocking(move || unpack::unpack(&part, &sha, size, &dir)).await?;
-                Ok::<_, UpdaterError>((obj.sha256, plain, obj.stored_size))
+                let part = dir.join(r.part_name());
+                let what = format!("pack {} bytes {}-{}", r.pack, r.start, r.end);
+                download::range(client, &r.url, &what, (r.start, r.end), &part).await?;
+                blocking(move || unpack::unpack(&part, r.start, &r.chunks, &needed, &dir)).await
             }
         })
         .buffer_unordered(PARALLEL)
         .try_collect()
         .await?;
     crate::crashpoint::at("fetch-downloaded");
-    let downloaded: u64 = fetched.iter().map(|(_, _, n)| n).sum();
-    let fetched: HashMap<String, PathBuf> = fetched.into_iter().map(|(s, p, _)| (s, p)).collect();
-    let links: HashMap<String, String> = req.links.into_iter().collect();
+    let download_ms = crate::ms(t2);
+    let t3 = std::time::Instant::now();
+    let fetched: HashMap<String, PathBuf> = fetched.into_iter().flatten().collect();
+    // Each content with the first entry that has it (another mode is
+    // copied from it when staging is completed).
+    let mut entries = Vec::with_capacity(fetched.len());
+    let mut paired = HashSet::new();
+    for e in want.entries() {
+        if let Some((sha, path)) = e
+            .sha256
+            .as_ref()
+            .filter(|_| e.kind == EntryKind::File)
+            .and_then(|s| fetched.get_key_value(s))
+            && paired.insert(sha.as_str())
+        {
+            entries.push((path.clone(), e.clone()));
+        }
+    }
+    let downloaded: u64 = entries.iter().map(|(_, e)| e.size).sum();
+    let objects = entries.len();
+    let links: HashMap<String, String> = doc.links.into_iter().collect();
     let (staging_dir, caps2) = (staging.to_owned(), caps.clone());
     let want2 = want.clone();
     let extracted = blocking(move || {
-        let x = assemble::assemble(&want2, &links, &fetched, &staging_dir, &caps2);
-        // In staging now (or refused): the downloads are done with.
-        let _ = prepare_dir(&dir, &HashSet::new());
+        let x = assemble::assemble(&want2, &links, &staging_dir, &caps2);
+        // The ranges are done with; the contents wait for the store.
+        remove_parts(&dir);
         x
     })
     .await?;
     tracing::info!(
-        objects = req.objects.len(),
-        downloaded_bytes = downloaded,
+        doc_ms,
+        lacks_ms,
+        download_ms,
+        assemble_ms = crate::ms(t3),
+        contents = objects,
+        content_bytes = downloaded,
+        document_bytes = doc_bytes,
         "release fetched from the store"
     );
     Ok(Received {
@@ -204,22 +189,105 @@ pub async fn receive(
         // Checked by the same `signing::check` as an upload's (ops::stage).
         signature: req.signature,
         delta: Some(DeltaFields {
-            base,
-            index,
+            base: None,
+            fetched: entries,
+            index: IndexSent::Whole(doc.index),
             release_sha256: Some(release_sha256),
         }),
     })
 }
 
-/// Create `dir` and remove from it everything that is not a download of
-/// `keep` (a partial one is resumed).
+/// The release document in `body`, and its index, which must be release
+/// `release_id` and within the caps.
+fn read_doc(
+    body: &[u8],
+    release_id: &str,
+    caps: &Caps,
+) -> Result<(pki::store::ReleaseDoc, TreeIndex)> {
+    let max_json = caps
+        .max_entries
+        .saturating_mul(DOC_BYTES_PER_ENTRY)
+        .saturating_add(DOC_SLACK);
+    let doc = pki::store::decode_doc(body, max_json).map_err(|why| {
+        UpdaterError::BadUpload(format!(
+            "the store's release document: {}: refused (altered in the store?)",
+            pki::text::sanitize(&why, 200)
+        ))
+    })?;
+    let max = usize::try_from(caps.max_entries).unwrap_or(usize::MAX);
+    let want = TreeIndex::parse(doc.index.as_bytes(), max).map_err(|why| {
+        UpdaterError::BadUpload(format!("the store's release document: its index: {why}"))
+    })?;
+    if want.release_id() != release_id {
+        return Err(UpdaterError::BadUpload(format!(
+            "the store's document of release {release_id} holds the index of release {}: refused (altered in the store?); nothing was installed",
+            want.release_id()
+        )));
+    }
+    let too_many = [doc.links.len(), doc.chunks.len(), doc.packs.len()]
+        .iter()
+        .any(|n| *n as u64 > caps.max_entries);
+    if too_many {
+        return Err(UpdaterError::Cap(format!(
+            "the release document names more than {} entries (--max-entries)",
+            caps.max_entries
+        )));
+    }
+    let total = want
+        .entries()
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .fold(0u64, |n, e| n.saturating_add(e.size));
+    if total > caps.max_unpacked {
+        return Err(UpdaterError::Cap(format!(
+            "the release holds more than {} bytes (--max-unpacked-bytes)",
+            caps.max_unpacked
+        )));
+    }
+    Ok((doc, want))
+}
+
+/// The contents (`sha256`, size) of `want` the content store at
+/// `store_dir` holds no trustworthy copy of.
+fn lacks(store_dir: &Path, want: &TreeIndex) -> Result<HashSet<(String, u64)>> {
+    let mut session = crate::store::Store::new(store_dir.to_owned()).begin()?;
+    let mut lacking = HashSet::new();
+    let mut seen = HashSet::new();
+    for e in want.entries() {
+        let Some(sha) = e.sha256.as_ref().filter(|_| e.kind == EntryKind::File) else {
+            continue;
+        };
+        if !seen.insert((sha.as_str(), e.size, e.mode)) {
+            continue;
+        }
+        if !session.holds(e)? {
+            lacking.insert((sha.clone(), e.size));
+        }
+    }
+    // What the checks re-hashed or dropped is kept in the ledger.
+    session.commit()?;
+    Ok(lacking)
+}
+
+/// Remove the range downloads from `dir`.
+fn remove_parts(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".part") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// Create `dir` and remove from it everything but the downloads named
+/// `keep` (`<pack>-<start>-<end>.part`: a partial one is resumed).
 fn prepare_dir(dir: &Path, keep: &HashSet<String>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| UpdaterError::io(dir, e))?;
     let entries = std::fs::read_dir(dir).map_err(|e| UpdaterError::io(dir, e))?;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let sha = name.strip_suffix(".part").unwrap_or(&name);
-        if !keep.contains(sha) || !name.ends_with(".part") {
+        if !keep.contains(&name) {
             let _ = std::fs::remove_file(e.path());
         }
     }

@@ -1,86 +1,159 @@
-//! Turning a downloaded object into its content: the zstd frame is
-//! decompressed (window capped as for uploads) into `<fetch dir>/<sha256>`,
-//! at most the index's size, hashed as it is written; content that does not
-//! hash to the index's SHA-256 (an object altered in the store) is refused
-//! before anything uses it.
+//! Turning a downloaded range of a pack into contents: each chunk in it is
+//! one zstd frame (window capped as for uploads) of the contents its
+//! document lists, back to back. Every content is hashed as it is
+//! decompressed, never read past its listed size, and refused unless it
+//! hashes to its name (an altered pack); the ones this worker needs are
+//! written to `<fetch dir>/<sha256>`. A frame holding more than its list
+//! is refused too.
 
+use std::collections::HashSet;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+use pki::store::Chunk;
 
 use crate::error::{Result, UpdaterError};
 
-/// Decompress `part` into `dir/<sha>`: exactly `size` bytes hashing to
-/// `sha`, else refused (and both files removed).
-pub(super) fn unpack(part: &Path, sha: &str, size: u64, dir: &Path) -> Result<PathBuf> {
-    let out = dir.join(sha);
-    let result = unpack_to(part, &out, sha, size);
-    if result.is_err() {
-        let _ = fs::remove_file(&out);
-        let _ = fs::remove_file(part);
+/// The contents of `chunks` (all within the range that starts at byte
+/// `start` of its pack, downloaded to `part`) that are in `needed`, as
+/// `(sha256, file)` in `dir`. On a refusal `part` is removed, so the next
+/// push downloads it again.
+pub(super) fn unpack(
+    part: &Path,
+    start: u64,
+    chunks: &[Chunk],
+    needed: &HashSet<(String, u64)>,
+    dir: &Path,
+) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for c in chunks {
+        match unpack_chunk(part, start, c, needed, dir, &mut out) {
+            Ok(()) => {}
+            Err(e) => {
+                let _ = fs::remove_file(part);
+                for (_, p) in &out {
+                    let _ = fs::remove_file(p);
+                }
+                return Err(e);
+            }
+        }
     }
-    result.map(|()| out)
+    Ok(out)
 }
 
-fn unpack_to(part: &Path, out: &Path, sha: &str, size: u64) -> Result<()> {
-    let src = fs::File::open(part).map_err(|e| UpdaterError::io(part, e))?;
-    let mut dec = zstd::stream::read::Decoder::new(src)
-        .map_err(|e| UpdaterError::Internal(format!("zstd decoder: {e}")))?;
+fn unpack_chunk(
+    part: &Path,
+    start: u64,
+    c: &Chunk,
+    needed: &HashSet<(String, u64)>,
+    dir: &Path,
+    out: &mut Vec<(String, PathBuf)>,
+) -> Result<()> {
+    let mut file = fs::File::open(part).map_err(|e| UpdaterError::io(part, e))?;
+    file.seek(SeekFrom::Start(c.offset - start))
+        .map_err(|e| UpdaterError::io(part, e))?;
+    let frame = BufReader::with_capacity(128 * 1024, file.take(c.len));
+    let mut dec = zstd::stream::read::Decoder::with_buffer(frame)
+        .map_err(|e| UpdaterError::Internal(format!("zstd decoder: {e}")))?
+        .single_frame();
     dec.window_log_max(crate::receive::decode::ZSTD_WINDOW_LOG_MAX)
         .map_err(|e| UpdaterError::Internal(format!("zstd decoder: {e}")))?;
-    let dst = fs::File::create(out).map_err(|e| UpdaterError::io(out, e))?;
-    let mut w = io::BufWriter::with_capacity(256 * 1024, &dst);
-    let mut limited = (&mut dec).take(size.saturating_add(1));
-    let (got, n_total) = pki::index::copy_hashing(&mut limited, &mut w).map_err(|e| match e {
-        pki::index::CopyError::Read(e) => UpdaterError::BadUpload(format!(
-            "object {sha} from the store is not a zstd frame we accept ({e}): refused"
-        )),
-        pki::index::CopyError::Write(e) => UpdaterError::io(out, e),
-    })?;
-    w.flush().map_err(|e| UpdaterError::io(out, e))?;
-    if n_total != size || got != sha {
+    for (sha, size) in &c.contents {
+        let key = (sha.clone(), *size);
+        let wanted = needed.contains(&key) && !out.iter().any(|(s, _)| s == sha);
+        let mut limited = (&mut dec).take(*size);
+        let (got, n) = if wanted {
+            let path = dir.join(sha);
+            let dst = fs::File::create(&path).map_err(|e| UpdaterError::io(&path, e))?;
+            out.push((sha.clone(), path.clone()));
+            let mut w = io::BufWriter::with_capacity(256 * 1024, dst);
+            let r = pki::index::copy_hashing(&mut limited, &mut w);
+            w.flush().map_err(|e| UpdaterError::io(&path, e))?;
+            r.map_err(|e| copy_error(e, c, &path))?
+        } else {
+            pki::index::copy_hashing(&mut limited, &mut io::sink())
+                .map_err(|e| copy_error(e, c, dir))?
+        };
+        if n != *size || got != *sha {
+            return Err(UpdaterError::BadUpload(format!(
+                "content {sha} from the store (pack chunk at {}) holds {n} bytes hashing to {got}, not the {size} bytes its name says: refused (altered in the store?); nothing was installed",
+                c.offset
+            )));
+        }
+    }
+    let mut one = [0u8; 1];
+    let more = dec
+        .read(&mut one)
+        .map_err(|e| copy_error(pki::index::CopyError::Read(e), c, dir))?;
+    if more != 0 {
         return Err(UpdaterError::BadUpload(format!(
-            "object {sha} from the store holds {} bytes hashing to {got}, not the {size} bytes the index names: refused (altered in the store?); nothing was installed",
-            if n_total > size {
-                format!("more than {size}")
-            } else {
-                n_total.to_string()
-            }
+            "the pack chunk at {} holds more than the contents its document lists: refused (altered in the store?)",
+            c.offset
         )));
     }
     Ok(())
+}
+
+fn copy_error(e: pki::index::CopyError, c: &Chunk, path: &Path) -> UpdaterError {
+    match e {
+        pki::index::CopyError::Read(e) => UpdaterError::BadUpload(format!(
+            "the pack chunk at {} from the store is not a zstd frame we accept ({e}): refused",
+            c.offset
+        )),
+        pki::index::CopyError::Write(e) => UpdaterError::io(path, e),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn frame(bytes: &[u8]) -> Vec<u8> {
-        zstd::bulk::compress(bytes, 3).unwrap()
+    fn chunk_of(contents: &[&[u8]], offset: u64, frame_len: u64) -> Chunk {
+        Chunk {
+            pack: 0,
+            offset,
+            len: frame_len,
+            contents: contents
+                .iter()
+                .map(|c| (pki::index::sha256_hex(c), c.len() as u64))
+                .collect(),
+        }
     }
 
     #[test]
-    fn only_the_content_the_index_names_is_accepted() {
+    fn only_the_contents_the_document_names_are_accepted() {
         let tmp = tempfile::tempdir().unwrap();
-        let sha = pki::index::sha256_hex(b"hello");
         let part = tmp.path().join("p.part");
-        std::fs::write(&part, frame(b"hello")).unwrap();
-        let out = unpack(&part, &sha, 5, tmp.path()).unwrap();
-        assert_eq!(std::fs::read(out).unwrap(), b"hello");
+        let frame = zstd::bulk::compress(b"helloworld", 3).unwrap();
+        // The range starts 100 bytes into the pack; garbage before the frame.
+        let mut bytes = vec![0u8; 7];
+        bytes.extend_from_slice(&frame);
+        std::fs::write(&part, &bytes).unwrap();
+        let c = chunk_of(&[b"hello", b"world"], 107, frame.len() as u64);
+        let need: HashSet<(String, u64)> = [(pki::index::sha256_hex(b"world"), 5)].into();
+        let got = unpack(&part, 100, std::slice::from_ref(&c), &need, tmp.path()).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(std::fs::read(&got[0].1).unwrap(), b"world");
 
-        // Other bytes under that name: refused, both files gone.
-        std::fs::write(&part, frame(b"hellO")).unwrap();
-        let e = unpack(&part, &sha, 5, tmp.path()).unwrap_err();
+        // Other bytes under those names: refused, the part removed.
+        let evil = zstd::bulk::compress(b"hellOworld", 3).unwrap();
+        std::fs::write(&part, &evil).unwrap();
+        let c = chunk_of(&[b"hello", b"world"], 0, evil.len() as u64);
+        let e = unpack(&part, 0, &[c], &need, tmp.path()).unwrap_err();
         assert!(e.to_string().contains("refused"), "{e}");
-        assert!(!part.exists() && !tmp.path().join(&sha).exists());
+        assert!(!part.exists());
 
-        // More bytes than the index says: read no further than size + 1.
-        std::fs::write(&part, frame(&vec![b'x'; 1 << 20])).unwrap();
-        let e = unpack(&part, &sha, 5, tmp.path()).unwrap_err();
-        assert!(e.to_string().contains("more than 5"), "{e}");
+        // More than listed.
+        let long = zstd::bulk::compress(b"helloworld!", 3).unwrap();
+        std::fs::write(&part, &long).unwrap();
+        let c = chunk_of(&[b"hello", b"world"], 0, long.len() as u64);
+        let e = unpack(&part, 0, &[c], &need, tmp.path()).unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
 
         // Not zstd at all.
-        std::fs::write(&part, b"plain text").unwrap();
-        assert!(unpack(&part, &sha, 5, tmp.path()).is_err());
+        std::fs::write(&part, b"plain text, not a frame").unwrap();
+        let c = chunk_of(&[b"hello", b"world"], 0, 23);
+        assert!(unpack(&part, 0, &[c], &need, tmp.path()).is_err());
     }
 }

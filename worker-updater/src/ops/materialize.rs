@@ -85,11 +85,14 @@ pub fn delta_index(
 }
 
 /// Complete a delta push in `staging` (which holds `got`) into the release
-/// `want` ([`delta_index`]) through the content store.
+/// `want` ([`delta_index`]) through the content store, into which the
+/// contents `fetched` from an object store (each checked against the
+/// entry it is paired with) go first.
 pub fn delta(
     staging: &Path,
     got: &TreeIndex,
     want: &TreeIndex,
+    fetched: &[(std::path::PathBuf, pki::index::IndexEntry)],
     layout: &Layout,
     caps: &Caps,
 ) -> Result<()> {
@@ -111,6 +114,11 @@ pub fn delta(
         all.contains(&(sha.to_owned(), size))
     };
     let mut store = Store::new(layout.store()).begin()?;
+    for (path, e) in fetched {
+        store.adopt(path, e)?;
+        // The object is linked now; the download's own name goes.
+        let _ = std::fs::remove_file(path);
+    }
     let reused =
         receive::delta::materialize(staging, got, want, &mut store, &mut kept_lists, caps)?;
     store.commit()?;

@@ -139,8 +139,8 @@ async fn prepare(
                     "/update-self takes uploads, not store fetches".into(),
                 ));
             }
-            let (live, install) = (layout.active(), layout.install_dir().to_owned());
-            crate::fetch::receive(*req, staging, &live, &install, &d.config.caps).await?
+            let (store, install) = (layout.store(), layout.install_dir().to_owned());
+            crate::fetch::receive(*req, staging, &store, &install, &d.config.caps).await?
         }
     };
     timings.received_bytes = received.size_bytes;
@@ -175,7 +175,7 @@ async fn prepare(
         if let Some(sha) = delta.release_sha256 {
             received.sha256 = sha;
         }
-        delta_got = Some(got);
+        delta_got = Some((got, delta.fetched));
     }
     if purpose == Purpose::Updater && received.confirm_self.as_deref() != Some("true") {
         return Err(UpdaterError::BadUpload(
@@ -197,7 +197,9 @@ async fn prepare(
     let want = std::mem::take(&mut received.extracted.index);
     received.extracted.index = blocking(move || {
         match delta_got {
-            Some(got) => super::materialize::delta(&dir, &got, &want, &l, &caps)?,
+            Some((got, fetched)) => {
+                super::materialize::delta(&dir, &got, &want, &fetched, &l, &caps)?
+            }
             None => super::materialize::whole(&dir, &want, &l)?,
         }
         Ok(want)

@@ -10,7 +10,7 @@ use crate::error::{Result, UpdaterError};
 /// The largest zstd window accepted, as a power of two: 8 MiB (`zstd -19`
 /// uses that; `--long` and `--ultra` frames that need more are refused, so
 /// a hostile frame cannot make the decoder allocate up to 2 GiB).
-pub(crate) const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+pub(crate) const ZSTD_WINDOW_LOG_MAX: u32 = pki::store::ZSTD_WINDOW_LOG_MAX;
 
 /// The first bytes of a zstd frame.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];

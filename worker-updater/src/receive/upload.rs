@@ -74,6 +74,10 @@ pub struct DeltaFields {
     /// The `release_id` the tarball is a delta against (the live one);
     /// `None` for a store push with nothing to reuse (issue 16).
     pub base: Option<String>,
+    /// Contents fetched from the store (issue 16), each checked against its
+    /// SHA-256, outside staging: into the content store with the entry
+    /// they were fetched for, before staging is completed from it.
+    pub fetched: Vec<(std::path::PathBuf, pki::index::IndexEntry)>,
     /// The whole new release's index (`index`, canonical bytes), or what
     /// turns the base's index into it (`index_patch`) and the `release_id`
     /// that must come out.
@@ -208,6 +212,7 @@ pub async fn receive(mut form: Form, staging: &Path, caps: &Caps) -> Result<Rece
     let delta = match (base, sent) {
         (Some(base), Some(index)) => Some(DeltaFields {
             base: Some(base),
+            fetched: Vec::new(),
             index,
             release_sha256,
         }),

@@ -222,6 +222,15 @@ impl Session {
         Ok(true)
     }
 
+    /// Whether the store holds a trustworthy copy of `e`'s content in its
+    /// mode (by the object's seal, else a re-hash).
+    pub fn holds(&mut self, e: &IndexEntry) -> Result<bool> {
+        match object_name(e) {
+            Some(name) => self.trusted(&name),
+            None => Ok(false),
+        }
+    }
+
     /// `staged` was just written and hashed as `e` says: make it the
     /// stored object (read-only), or, when the store already holds that
     /// content, replace it by a link to the object.

@@ -206,6 +206,13 @@ async fn push_all(
         last = last.max(fleet::wait_release(w, &sha, SETTLE_TIMEOUT).await?);
     }
     let sent = uplink.tx_bytes().await?.saturating_sub(before);
+    if plan.keep {
+        // Every host's phases, for a look afterwards.
+        let _ = std::fs::write(
+            fleet.scratch().join(format!("{name}-{seed}.json")),
+            out.raw.to_string(),
+        );
+    }
     let _ = std::fs::remove_dir_all(&tree.root);
     Ok(Push {
         wall: (last - start).as_secs_f64(),
