@@ -281,6 +281,9 @@ async fn a_release_can_give_a_slow_agent_a_longer_probe_deadline() {
         "w1",
         WorkerOptions {
             probe_deadline_ms: Some(1000),
+            // Pauses of 100 ms (then 200, 250…): fewer than 12 tries fit
+            // in 1 s, all 12 in 30 s.
+            probe_backoff_ms: Some(100),
             ..WorkerOptions::default()
         },
     );
