@@ -446,7 +446,6 @@ impl<W: io::Write> io::Write for HashingWriter<W> {
     }
 }
 
-
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(|e| UpdaterError::io(path, e))

@@ -59,7 +59,13 @@ impl DirPool {
             while let Some(name) = self.names.pop() {
                 let from = dir.join(&name);
                 // Never over an existing entry, as mkdir(2).
-                match renameat2(AT_FDCWD, &from, AT_FDCWD, path, RenameFlags::RENAME_NOREPLACE) {
+                match renameat2(
+                    AT_FDCWD,
+                    &from,
+                    AT_FDCWD,
+                    path,
+                    RenameFlags::RENAME_NOREPLACE,
+                ) {
                     Ok(()) if is_empty(path) => return Ok(()),
                     // Something was put in it: removed, not used.
                     Ok(()) => {

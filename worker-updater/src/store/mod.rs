@@ -27,7 +27,7 @@
 
 pub mod gc;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -291,19 +291,25 @@ impl Session {
         let ledger = &self.ledger;
         let dir = &self.dir;
         let work = |half: u8| -> Result<Linked> {
-            let (mut sealed, mut left) = (Vec::new(), Vec::new());
+            // The seals this thread took (an object linked twice is
+            // checked against the seal of its first link).
+            let mut sealed: HashMap<String, Seal> = HashMap::new();
+            let mut left = Vec::new();
             for (i, e) in todo.iter().enumerate() {
                 let Some(name) = object_name(e) else {
-                    left.push(i);
+                    if half == 0 {
+                        left.push(i);
+                    }
                     continue;
                 };
                 if name.as_bytes()[0] % 2 != half {
                     continue;
                 }
                 let object = dir.join(&name);
+                let want = sealed.get(&name).or_else(|| ledger.get(&name));
                 let ok = fs::symlink_metadata(&object).is_ok_and(|m| {
                     m.file_type().is_file()
-                        && ledger.get(&name) == Some(&Seal::of(&m))
+                        && want == Some(&Seal::of(&m))
                         && parse_name(&name).is_some_and(|(_, mode)| {
                             m.permissions().mode() & 0o7777 == installed_mode(mode)
                         })
@@ -316,9 +322,9 @@ impl Session {
                 fs::hard_link(&object, &to).map_err(|err| UpdaterError::io(&to, err))?;
                 let meta =
                     fs::symlink_metadata(&object).map_err(|err| UpdaterError::io(&object, err))?;
-                sealed.push((name, Seal::of(&meta)));
+                sealed.insert(name, Seal::of(&meta));
             }
-            Ok((sealed, left))
+            Ok((sealed.into_iter().collect(), left))
         };
         let (a, b) = std::thread::scope(|s| {
             let other = s.spawn(|| work(1));

@@ -234,3 +234,53 @@ fn a_sweep_reseals_what_it_unlinked_without_trusting_a_change() {
     assert_eq!(got.dropped, 1);
     assert!(!object.exists());
 }
+
+#[test]
+fn sealed_objects_are_linked_on_two_threads_and_stay_sealed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::new(tmp.path().join("store"));
+    let old = tmp.path().join("old");
+    let mut s = store.begin().unwrap();
+    let mut stored = Vec::new();
+    for i in 0..40 {
+        let e = staged(
+            &old,
+            &format!("f{i}"),
+            0o644,
+            format!("content {i}").as_bytes(),
+        );
+        s.adopt(&old.join(&e.path), &e).unwrap();
+        stored.push(e);
+    }
+    // A new release: every stored content, one of them at two paths, and
+    // one the store never had.
+    let new = tmp.path().join("new");
+    fs::create_dir(&new).unwrap();
+    let mut want: Vec<IndexEntry> = stored
+        .iter()
+        .map(|e| IndexEntry {
+            path: format!("n-{}", e.path),
+            ..e.clone()
+        })
+        .collect();
+    want.push(IndexEntry {
+        path: "twice".into(),
+        ..stored[7].clone()
+    });
+    want.push(entry("absent", 0o644, b"never stored"));
+    let todo: Vec<&IndexEntry> = want.iter().collect();
+    let left = s.link_sealed(&new, &todo).unwrap();
+    assert_eq!(left, vec![want.len() - 1], "only the absent one is left");
+    for e in &want[..want.len() - 1] {
+        let object = store.dir().join(object_name(e).unwrap());
+        assert_eq!(ino(&new.join(&e.path)), ino(&object), "{}", e.path);
+    }
+    s.commit().unwrap();
+    // Every seal holds after the links: nothing is re-hashed next time.
+    let s = store.begin().unwrap();
+    for e in &stored {
+        let name = object_name(e).unwrap();
+        let meta = fs::symlink_metadata(store.dir().join(&name)).unwrap();
+        assert_eq!(s.ledger.get(&name), Some(&Seal::of(&meta)), "{name}");
+    }
+}
