@@ -100,6 +100,23 @@ fn run_env(s: &Swarm, args: &[&str], env: &[(&str, &str)]) -> Output {
     c.output().expect("run swarm")
 }
 
+/// `swarm update --host HOST --root ROOT --json`, which must fail (exit 1):
+/// its JSON and the host's detail.
+fn failed_push(s: &Swarm, host: &str, root: &str) -> (Value, String) {
+    let out = run_env(
+        s,
+        &["update", "--host", host, "--root", root, "--json"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let doc = json_of(&out);
+    let detail = doc["hosts"][0]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (doc, detail)
+}
+
 fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", show(out)))
 }
@@ -281,14 +298,7 @@ fn an_altered_pack_is_refused_and_nothing_rotates() {
     g.put(&key, bytes).expect("put");
     // The master finds release 2 published (it uploads nothing) and w1
     // fetches the altered pack.
-    let out = run_env(
-        &s,
-        &["update", "--host", "w1", "--root", root, "--json"],
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    let doc = json_of(&out);
-    let detail = doc["hosts"][0]["detail"].as_str().unwrap_or_default();
+    let (doc, detail) = failed_push(&s, "w1", root);
     assert!(detail.contains("refused"), "{doc}");
     let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"2"));
     assert!(detail.contains(&sha), "{doc}");
@@ -437,14 +447,7 @@ fn a_worker_without_a_route_fails_alone_and_fallback_direct_pushes_it() {
     ]);
     let t = tree(&s, "1");
     let root = t.to_str().unwrap();
-    let out = run_env(
-        &s,
-        &["update", "--host", "w1", "--root", root, "--json"],
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    let doc = json_of(&out);
-    let detail = doc["hosts"][0]["detail"].as_str().unwrap_or_default();
+    let (doc, detail) = failed_push(&s, "w1", root);
     assert!(detail.contains("store unreachable from worker"), "{doc}");
     assert_eq!(w.slot_sha("active"), None, "nothing installed");
     let out = run_env(
@@ -609,4 +612,47 @@ fn rollback_to_a_release_the_host_no_longer_keeps_goes_through_the_store() {
         std::fs::read_link(active.join("latest")).unwrap(),
         Path::new("data/blob-1.bin")
     );
+}
+
+#[test]
+fn a_store_fetch_whose_signature_is_refused_stores_nothing() {
+    let g = Garage::start("signed");
+    let s = Swarm::new();
+    let w = s.worker("w1");
+    assert!(
+        w.bundles.updater_dir.join("release.pub").exists(),
+        "the updater takes only signed releases"
+    );
+    with_store(&s, &g, &g.endpoint());
+    let t = tree(&s, "1");
+    let root = t.to_str().unwrap();
+    s.json(&["update", "--host", "w1", "--root", root, "--json"], 0);
+    let before = w.slot_sha("active");
+    let store = w.install_dir.join("releases/store");
+    let names = |dir: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let objects = names(&store);
+    // A new release key the updater does not hold (no renew): the master
+    // signs with it, the updater refuses after fetching.
+    s.json(&["key", "init", "--force", "--json"], 0);
+    write(&t, "VERSION", b"2");
+    write(&t, "data/new.bin", &noise("new", 20_000));
+    let (doc, detail) = failed_push(&s, "w1", root);
+    assert!(detail.contains("does not verify"), "{doc}");
+    assert_eq!(w.slot_sha("active"), before, "nothing rotated");
+    assert_eq!(names(&store), objects, "nothing stored");
+    let left: Vec<String> = names(&w.install_dir.join(".fetch"))
+        .into_iter()
+        .filter(|n| !n.ends_with(".part"))
+        .collect();
+    assert!(left.is_empty(), "fetched contents kept: {left:?}");
 }

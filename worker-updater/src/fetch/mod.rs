@@ -269,6 +269,18 @@ fn lacks(store_dir: &Path, want: &TreeIndex) -> Result<HashSet<(String, u64)>> {
     Ok(lacking)
 }
 
+/// Remove the contents a fetch left in `install`'s fetch dir (a refused
+/// push); the partial range downloads stay, for the next push to resume.
+pub fn drop_contents(install: &Path) {
+    if let Ok(rd) = std::fs::read_dir(fetch_dir(install)) {
+        for e in rd.flatten() {
+            if !e.file_name().to_string_lossy().ends_with(".part") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 /// Remove the range downloads from `dir`.
 fn remove_parts(dir: &Path) {
     if let Ok(rd) = std::fs::read_dir(dir) {

@@ -76,6 +76,13 @@ pub async fn stage(
         }
         Err(e) => {
             discard(layout).await;
+            // Contents a refused store fetch verified are not kept either.
+            let install = layout.install_dir().to_owned();
+            let _ = blocking(move || {
+                crate::fetch::drop_contents(&install);
+                Ok(())
+            })
+            .await;
             return Err(StageError::Before(e));
         }
     };
