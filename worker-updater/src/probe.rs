@@ -61,7 +61,7 @@ impl ProbeSettings {
 /// `agent` is the process that should be answering: its exit ends the probe
 /// early, and an answer counts only while it still runs.
 ///
-/// Tries start at once, then after pauses of `backoff` (for [`STEADY`]),
+/// Tries start at once, then after pauses of `backoff` (for the first 500 ms),
 /// then doubling up to `max_backoff`, the last pause shortened so that a try lands on the
 /// deadline itself; each request is cut at the deadline (but gets at least
 /// `LAST_TRY`), so the probe lasts at most the deadline plus that.
