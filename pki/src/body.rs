@@ -41,6 +41,20 @@ pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<
     Ok(body)
 }
 
+/// At most `cap` bytes of an answer that is only ever quoted (an error
+/// body): the rest is left unread, and a read error ends it early.
+pub async fn read_prefix(mut resp: reqwest::Response, cap: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = cap - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == cap {
+            break;
+        }
+    }
+    body
+}
+
 /// [`read_capped`], then parsed as JSON; a body that does not parse is
 /// [`PkiError::BadBody`] with serde's message sanitised (it may quote
 /// the peer's text).

@@ -49,7 +49,7 @@ pub fn max_stored(size: u64) -> u64 {
 }
 
 /// The largest release document (compressed) a worker downloads.
-pub const MAX_RELEASE_DOC: u64 = 64 << 20;
+pub const MAX_RELEASE_DOC: usize = 64 << 20;
 
 /// A release document's JSON may take at most this many bytes per index
 /// entry (plus [`DOC_SLACK`]): a worker decompresses no more.

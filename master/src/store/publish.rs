@@ -274,7 +274,7 @@ pub(crate) async fn read_docs(
                 let body = match cached {
                     Some(b) => b,
                     None => {
-                        if size > MAX_RELEASE_DOC {
+                        if size > MAX_RELEASE_DOC as u64 {
                             return Ok(None);
                         }
                         let b = store

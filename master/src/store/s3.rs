@@ -18,6 +18,8 @@ const OWN_URLS: Duration = Duration::from_secs(600);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest answer body read (a list page is ~1000 keys).
 const MAX_ANSWER: usize = 4 << 20;
+/// Largest error body read (only quoted, sanitised).
+const MAX_ERROR_BODY: usize = 4096;
 
 /// The configured store, opened with its credentials.
 pub(crate) struct Store {
@@ -97,39 +99,19 @@ impl Store {
     }
 
     /// The object `key`, at most `cap` bytes of it (more is an error).
-    pub(crate) async fn get(&self, key: &str, cap: u64) -> Result<Vec<u8>> {
+    pub(crate) async fn get(&self, key: &str, cap: usize) -> Result<Vec<u8>> {
         let url = self
             .bucket
             .get_object(Some(&self.creds), key)
             .sign(OWN_URLS);
-        let timeout = CALL_TIMEOUT + Duration::from_secs(cap / (1 << 20));
-        let mut resp = self
-            .client
-            .get(url)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| self.fail(format!("reading {key}: {}", chain(&e))))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let body = read_capped(resp).await.unwrap_or_default();
-            return Err(self.fail(format!(
-                "reading {key}: HTTP {status}: {}",
-                pki::text::sanitize(&body, 300)
-            )));
-        }
-        let mut buf = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| self.fail(format!("reading {key}: {}", chain(&e))))?
-        {
-            if (buf.len() + chunk.len()) as u64 > cap {
-                return Err(self.fail(format!("reading {key}: larger than {cap} bytes")));
-            }
-            buf.extend_from_slice(&chunk);
-        }
-        Ok(buf)
+        let timeout = CALL_TIMEOUT + Duration::from_secs(cap as u64 / (1 << 20));
+        self.send_capped(
+            self.client.get(url),
+            &format!("reading {key}"),
+            timeout,
+            cap,
+        )
+        .await
     }
 
     /// Upload `body` as `key`.
@@ -194,20 +176,36 @@ impl Store {
         what: &str,
         timeout: Duration,
     ) -> Result<String> {
+        let body = self.send_capped(req, what, timeout, MAX_ANSWER).await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Send `req` (`what` in messages) under `timeout`: the answer's body,
+    /// at most `cap` bytes (more is an error); a non-2xx answer is an
+    /// error quoting the store.
+    async fn send_capped(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+        timeout: Duration,
+        cap: usize,
+    ) -> Result<Vec<u8>> {
         let resp = req
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| self.fail(format!("{what}: {}", chain(&e))))?;
+            .map_err(|e| self.fail(format!("{what}: {}", pki::error_chain(&e))))?;
         let status = resp.status();
-        let body = read_capped(resp).await.unwrap_or_default();
         if !status.is_success() {
+            let body = pki::body::read_prefix(resp, MAX_ERROR_BODY).await;
             return Err(self.fail(format!(
                 "{what}: HTTP {status}: {}",
-                pki::text::sanitize(&body, 300)
+                pki::text::sanitize(&String::from_utf8_lossy(&body), 300)
             )));
         }
-        Ok(body)
+        pki::body::read_capped(resp, cap)
+            .await
+            .map_err(|e| self.fail(format!("{what}: {e}")))
     }
 
     fn fail(&self, why: String) -> Error {
@@ -235,28 +233,4 @@ fn bucket(config: &StoreConfig, endpoint: &str) -> Result<Bucket> {
 /// [`bucket`] at `endpoint`, or at the master's.
 fn bucket_for(config: &StoreConfig, endpoint: Option<&str>) -> Result<Bucket> {
     bucket(config, endpoint.unwrap_or(&config.endpoint))
-}
-
-/// An answer body, at most [`MAX_ANSWER`] bytes of it.
-async fn read_capped(mut resp: reqwest::Response) -> Option<String> {
-    let mut buf = Vec::new();
-    while let Some(chunk) = resp.chunk().await.ok()? {
-        if buf.len() + chunk.len() > MAX_ANSWER {
-            break;
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Some(String::from_utf8_lossy(&buf).into_owned())
-}
-
-/// An error with its causes.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }

@@ -65,15 +65,15 @@ async fn send(req: reqwest::RequestBuilder, what: &str) -> Result<reqwest::Respo
     crate::fetch::slow_down().await;
     let resp = req.send().await.map_err(|e| {
         if e.is_connect() || e.is_timeout() {
-            UpdaterError::StoreUnreachable(format!("{UNREACHABLE}: {}", chain(&e)))
+            UpdaterError::StoreUnreachable(format!("{UNREACHABLE}: {}", pki::error_chain(&e)))
         } else {
-            UpdaterError::Internal(format!("{what}: {}", chain(&e)))
+            UpdaterError::Internal(format!("{what}: {}", pki::error_chain(&e)))
         }
     })?;
     let status = resp.status();
     if !status.is_success() {
-        let body = error_body(resp).await;
-        return Err(refusal(what, status, &body));
+        let body = pki::body::read_prefix(resp, MAX_ERROR_BODY).await;
+        return Err(refusal(what, status, &String::from_utf8_lossy(&body)));
     }
     Ok(resp)
 }
@@ -83,24 +83,18 @@ pub(super) async fn small(
     client: &reqwest::Client,
     url: &str,
     what: &str,
-    cap: u64,
+    cap: usize,
 ) -> Result<Vec<u8>> {
     retrying(|| async {
-        let mut resp = send(client.get(url).timeout(deadline(cap)), what).await?;
-        let mut buf = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
+        let resp = send(client.get(url).timeout(deadline(cap as u64)), what).await?;
+        pki::body::read_capped(resp, cap)
             .await
-            .map_err(|e| UpdaterError::Internal(format!("{what}: {}", chain(&e))))?
-        {
-            if (buf.len() + chunk.len()) as u64 > cap {
-                return Err(UpdaterError::BadUpload(format!(
+            .map_err(|e| match e {
+                pki::PkiError::BodyTooLarge { .. } => UpdaterError::BadUpload(format!(
                     "{what} from the store is larger than {cap} bytes: refused"
-                )));
-            }
-            buf.extend_from_slice(&chunk);
-        }
-        Ok(buf)
+                )),
+                e => UpdaterError::Internal(format!("{what}: {e}")),
+            })
     })
     .await
 }
@@ -169,7 +163,7 @@ async fn once(
         let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| UpdaterError::Internal(format!("{what}: {}", chain(&e))))?
+            .map_err(|e| UpdaterError::Internal(format!("{what}: {}", pki::error_chain(&e))))?
         else {
             break;
         };
@@ -216,28 +210,4 @@ fn refusal(what: &str, status: StatusCode, body: &str) -> UpdaterError {
     UpdaterError::BadUpload(format!(
         "{what} could not be fetched from the store: HTTP {status}: {said}"
     ))
-}
-
-async fn error_body(mut resp: reqwest::Response) -> String {
-    let mut buf = Vec::new();
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        buf.extend_from_slice(&chunk);
-        if buf.len() >= MAX_ERROR_BODY {
-            buf.truncate(MAX_ERROR_BODY);
-            break;
-        }
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-/// An error with its causes.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
