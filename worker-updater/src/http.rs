@@ -85,9 +85,10 @@ async fn update(
     Ok((code, Json(body)).into_response())
 }
 
-/// Largest `/update-from-store` body: the whole index (about 200 bytes an
-/// entry) and a URL per object.
-const MAX_STORE_REQUEST: usize = 96 << 20;
+/// Largest `/update-from-store` body: a URL (under 1 KiB) for the release
+/// document and one per pack (64 MiB of content each), so 4 MiB is room
+/// for thousands of packs.
+const MAX_STORE_REQUEST: usize = 4 << 20;
 
 /// `POST /update-from-store` (issue 16): a JSON [`pki::store::StoreUpdate`];
 /// the updater downloads what it lacks from the store, then the same path
@@ -101,7 +102,8 @@ async fn update_from_store(
     let guard = app.try_begin("update")?;
     let req: pki::store::StoreUpdate = serde_json::from_slice(&body).map_err(|e| {
         UpdaterError::BadUpload(format!(
-            "the /update-from-store body is not the JSON the master sends: {e}"
+            "the /update-from-store body is not the JSON the master sends: {}",
+            pki::text::sanitize(&e.to_string(), 200)
         ))
     })?;
     let by = cert.by(&who);

@@ -27,8 +27,9 @@ pub(super) fn unpack(
     dir: &Path,
 ) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
+    let mut written = HashSet::new();
     for c in chunks {
-        match unpack_chunk(part, start, c, needed, dir, &mut out) {
+        match unpack_chunk(part, start, c, needed, dir, &mut out, &mut written) {
             Ok(()) => {}
             Err(e) => {
                 let _ = fs::remove_file(part);
@@ -49,6 +50,7 @@ fn unpack_chunk(
     needed: &HashSet<(String, u64)>,
     dir: &Path,
     out: &mut Vec<(String, PathBuf)>,
+    written: &mut HashSet<String>,
 ) -> Result<()> {
     let mut file = fs::File::open(part).map_err(|e| UpdaterError::io(part, e))?;
     file.seek(SeekFrom::Start(c.offset - start))
@@ -61,7 +63,7 @@ fn unpack_chunk(
         .map_err(|e| UpdaterError::Internal(format!("zstd decoder: {e}")))?;
     for (sha, size) in &c.contents {
         let key = (sha.clone(), *size);
-        let wanted = needed.contains(&key) && !out.iter().any(|(s, _)| s == sha);
+        let wanted = needed.contains(&key) && written.insert(sha.clone());
         let mut limited = (&mut dec).take(*size);
         let (got, n) = if wanted {
             let path = dir.join(sha);
