@@ -9,6 +9,28 @@ use sha2::{Digest, Sha256};
 
 use crate::bin;
 
+/// A `swarm.toml` whose agent is the reference `worker-agent` on the
+/// worker's `${AGENT_PORT}`, with `extra` arguments.
+pub fn agent_toml(extra: &[&str]) -> String {
+    let mut cmd = vec![
+        bin("worker-agent").display().to_string(),
+        "--listen".to_owned(),
+        "127.0.0.1:${AGENT_PORT}".to_owned(),
+    ];
+    cmd.extend(extra.iter().map(|s| (*s).to_owned()));
+    format!(
+        "[agent]\ncommand = {}\nhealth_url = \"https://127.0.0.1:${{AGENT_PORT}}/health\"\n",
+        toml_array(&cmd)
+    )
+}
+
+/// Write `bytes` to `root/rel` on disk, making its directories.
+pub fn write_file(root: &std::path::Path, rel: &str, bytes: impl AsRef<[u8]>) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    std::fs::write(p, bytes).expect("write");
+}
+
 /// The multipart body of `/update` and `/update-self`: `sha256`, the
 /// `extra` text fields, then the `tarball`, as `curl -F` would send them.
 pub fn release_form(tgz: &[u8], sha256: &str, extra: &[(&str, &str)]) -> reqwest::multipart::Form {

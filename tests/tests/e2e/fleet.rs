@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use pki::Ca;
 use serde_json::Value;
-use tests::release::toml_array;
+use tests::release::agent_toml;
 use tests::swarm::{show, stdout};
 use tests::worker::{Worker, WorkerOptions};
 use tests::{Swarm, TestPki, bin, free_port};
@@ -22,19 +22,6 @@ fn write(root: &Path, rel: &str, text: &str) {
 
 /// A release whose agent is the reference agent on each worker's own port
 /// (from its `.env.local`), with extra agent arguments.
-fn agent_toml(extra: &[&str]) -> String {
-    let mut cmd = vec![
-        bin("worker-agent").display().to_string(),
-        "--listen".to_owned(),
-        "127.0.0.1:${AGENT_PORT}".to_owned(),
-    ];
-    cmd.extend(extra.iter().map(|s| (*s).to_owned()));
-    format!(
-        "[agent]\ncommand = {}\nhealth_url = \"https://127.0.0.1:${{AGENT_PORT}}/health\"\n",
-        toml_array(&cmd)
-    )
-}
-
 /// A good release tree with `version` in it.
 fn good_tree(dir: &Path, version: &str) {
     write(dir, "VERSION", version);

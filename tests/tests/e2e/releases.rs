@@ -8,9 +8,9 @@ use std::path::Path;
 
 use pki::index::{INDEX_FILE, IndexEntry, TreeIndex};
 use pki::wire::{MANIFEST_FILE, Manifest, OpStatus};
-use tests::release::{ReleaseTree, raw, sha256_hex, toml_array};
+use tests::release::{ReleaseTree, agent_toml, raw, sha256_hex, write_file as write};
 use tests::worker::{Worker, WorkerOptions};
-use tests::{Swarm, TestPki, bin};
+use tests::{Swarm, TestPki};
 
 /// The same files as [`ReleaseTree::tarball`], gzip-compressed at `level`.
 fn tgz_at(tree: &ReleaseTree, level: u32) -> Vec<u8> {
@@ -108,30 +108,12 @@ async fn an_index_or_manifest_in_the_upload_is_refused() {
     }
 }
 
-fn write(root: &Path, rel: &str, text: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-    std::fs::write(p, text).expect("write");
-}
-
-fn agent_toml() -> String {
-    let cmd = vec![
-        bin("worker-agent").display().to_string(),
-        "--listen".to_owned(),
-        "127.0.0.1:${AGENT_PORT}".to_owned(),
-    ];
-    format!(
-        "[agent]\ncommand = {}\nhealth_url = \"https://127.0.0.1:${{AGENT_PORT}}/health\"\n",
-        toml_array(&cmd)
-    )
-}
-
 #[test]
 fn the_master_and_the_updater_compute_the_same_release_id() {
     let s = Swarm::new();
     let w = s.worker("w1");
     let tree = s.tree("app");
-    write(&tree, "swarm.toml", &agent_toml());
+    write(&tree, "swarm.toml", agent_toml(&[]));
     write(&tree, "VERSION", "1");
     write(&tree, "deep/er/file.txt", "hello");
     std::os::unix::fs::symlink("./er/file.txt", tree.join("deep/link")).unwrap();
@@ -171,7 +153,7 @@ fn verify_reports_a_file_changed_by_hand_on_the_worker() {
     let s = Swarm::new();
     let w = s.worker("w1");
     let tree = s.tree("app");
-    write(&tree, "swarm.toml", &agent_toml());
+    write(&tree, "swarm.toml", agent_toml(&[]));
     write(&tree, "VERSION", "1");
     write(&tree, "lib/code.txt", "original");
     let root = tree.to_str().unwrap();
@@ -250,7 +232,7 @@ fn noise(seed: &str, n: usize) -> Vec<u8> {
 /// A tree of 20 files of 100 KB of noise each, and an agent.
 fn large_tree(s: &Swarm) -> std::path::PathBuf {
     let tree = s.tree("large");
-    write(&tree, "swarm.toml", &agent_toml());
+    write(&tree, "swarm.toml", agent_toml(&[]));
     write(&tree, "VERSION", "1");
     for i in 0..20 {
         let p = tree.join(format!("data/{}/blob-{i}.bin", i % 4));
@@ -650,10 +632,10 @@ fn rollback_to_the_third_newest_kept_release_is_probed() {
     let s = Swarm::new();
     let w = s.worker("w1");
     let tree = s.tree("app");
-    write(&tree, "swarm.toml", &agent_toml());
+    write(&tree, "swarm.toml", agent_toml(&[]));
     let root = tree.to_str().unwrap();
     for v in 1..=4 {
-        write(&tree, "VERSION", &v.to_string());
+        write(&tree, "VERSION", v.to_string());
         s.ok(&["update", "--host", "w1", "--root", root]);
     }
     let r = s.json(&["releases", "--host", "w1", "--json"], 0);
@@ -1216,7 +1198,7 @@ fn a_refused_signature_writes_nothing_into_the_content_store() {
     let s = Swarm::new();
     let mut w = s.worker("w1");
     let tree = s.tree("app");
-    write(&tree, "swarm.toml", &agent_toml());
+    write(&tree, "swarm.toml", agent_toml(&[]));
     write(&tree, "VERSION", "1");
     let root = tree.to_str().unwrap();
     s.ok(&["update", "--host", "w1", "--root", root]);

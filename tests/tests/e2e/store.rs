@@ -11,28 +11,10 @@ use std::path::Path;
 use std::process::Output;
 
 use serde_json::Value;
+use tests::Swarm;
 use tests::garage::Garage;
-use tests::release::toml_array;
+use tests::release::{agent_toml, write_file as write};
 use tests::swarm::show;
-use tests::{Swarm, bin};
-
-fn write(root: &Path, rel: &str, text: &[u8]) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-    std::fs::write(p, text).expect("write");
-}
-
-fn agent_toml() -> String {
-    let cmd = vec![
-        bin("worker-agent").display().to_string(),
-        "--listen".to_owned(),
-        "127.0.0.1:${AGENT_PORT}".to_owned(),
-    ];
-    format!(
-        "[agent]\ncommand = {}\nhealth_url = \"https://127.0.0.1:${{AGENT_PORT}}/health\"\n",
-        toml_array(&cmd)
-    )
-}
 
 fn noise(seed: &str, n: usize) -> Vec<u8> {
     use sha2::{Digest, Sha256};
@@ -49,16 +31,16 @@ fn noise(seed: &str, n: usize) -> Vec<u8> {
 /// A tree of a few files (two with the same content), a link and an agent.
 fn tree(s: &Swarm, version: &str) -> std::path::PathBuf {
     let t = s.tree("app");
-    write(&t, "swarm.toml", agent_toml().as_bytes());
+    write(&t, "swarm.toml", agent_toml(&[]).as_bytes());
     write(&t, "VERSION", version.as_bytes());
     for i in 0..4 {
         write(
             &t,
             &format!("data/blob-{i}.bin"),
-            &noise(&format!("b{i}"), 50_000),
+            noise(&format!("b{i}"), 50_000),
         );
     }
-    write(&t, "data/copy.bin", &noise("b0", 50_000));
+    write(&t, "data/copy.bin", noise("b0", 50_000));
     let link = t.join("latest");
     if !link.exists() {
         std::os::unix::fs::symlink("data/blob-1.bin", &link).expect("symlink");
@@ -248,9 +230,9 @@ fn a_release_goes_through_the_store_once_and_workers_never_see_credentials() {
     // A release sharing nothing with them: gc then removes both packs.
     let other = s.tree("other");
     // (its swarm.toml too: another comment)
-    let toml = format!("# another release\n{}", agent_toml());
+    let toml = format!("# another release\n{}", agent_toml(&[]));
     write(&other, "swarm.toml", toml.as_bytes());
-    write(&other, "data/x.bin", &noise("x", 10_000));
+    write(&other, "data/x.bin", noise("x", 10_000));
     let third = s.json(
         &[
             "update",
@@ -645,7 +627,7 @@ fn a_store_fetch_whose_signature_is_refused_stores_nothing() {
     // signs with it, the updater refuses after fetching.
     s.json(&["key", "init", "--force", "--json"], 0);
     write(&t, "VERSION", b"2");
-    write(&t, "data/new.bin", &noise("new", 20_000));
+    write(&t, "data/new.bin", noise("new", 20_000));
     let (doc, detail) = failed_push(&s, "w1", root);
     assert!(detail.contains("does not verify"), "{doc}");
     assert_eq!(w.slot_sha("active"), before, "nothing rotated");
