@@ -295,6 +295,18 @@ root_domain = ".s3.garage.localhost"
         }
     }
 
+    /// Write the key as an AWS-style credentials file (`[default]`) at
+    /// `path`, for `swarm store set --credentials-file`.
+    pub fn write_credentials(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::write(
+            path,
+            format!(
+                "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+                self.key_id, self.secret
+            ),
+        )
+    }
+
     /// The key's credentials.
     pub fn credentials(&self) -> Credentials {
         Credentials::new(self.key_id.clone(), self.secret.clone())

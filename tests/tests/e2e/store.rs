@@ -51,14 +51,7 @@ fn tree(s: &Swarm, version: &str) -> std::path::PathBuf {
 /// A master whose store is the Garage `g`, its key in a credentials file.
 fn with_store(s: &Swarm, g: &Garage, endpoint: &str) {
     let creds = s.scratch().join("aws-credentials");
-    std::fs::write(
-        &creds,
-        format!(
-            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            g.key_id, g.secret
-        ),
-    )
-    .expect("credentials file");
+    g.write_credentials(&creds).expect("credentials file");
     s.ok(&[
         "store",
         "set",

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, anyhow, ensure};
+use anyhow::Context;
 use tests::Bins;
 use tests::garage::{Garage, REGION};
 
@@ -191,20 +191,8 @@ async fn push_all(
     let out = fleet
         .update_with(None, &tree.root, plan.fanout_parallel, extra)
         .await?;
-    let n = fleet.workers.len();
-    ensure!(
-        out.hosts.len() == n && out.hosts.iter().all(|h| h.status == "updated"),
-        "fan-out push {name} to {n} did not update every host: {}",
-        out.raw
-    );
-    let sha = out.hosts[0]
-        .sha256
-        .clone()
-        .ok_or_else(|| anyhow!("no release sha256 in {}", out.raw))?;
-    let mut last = Instant::now();
-    for w in &fleet.workers {
-        last = last.max(fleet::wait_release(w, &sha, SETTLE_TIMEOUT).await?);
-    }
+    let what = format!("fan-out push {name}");
+    let last = fleet::all_serve(fleet, &out, &what, SETTLE_TIMEOUT).await?;
     let sent = uplink.tx_bytes().await?.saturating_sub(before);
     if plan.keep {
         // Every host's phases, for a look afterwards.
@@ -224,14 +212,9 @@ async fn push_all(
 /// `swarm store set` to `garage`, its key in a credentials file.
 async fn set_store(fleet: &Fleet, garage: &Garage) -> anyhow::Result<()> {
     let creds = fleet.scratch().join("aws-credentials");
-    std::fs::write(
-        &creds,
-        format!(
-            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            garage.key_id, garage.secret
-        ),
-    )
-    .with_context(|| format!("writing {}", creds.display()))?;
+    garage
+        .write_credentials(&creds)
+        .with_context(|| format!("writing {}", creds.display()))?;
     let creds = creds.display().to_string();
     fleet
         .swarm_ok(&[

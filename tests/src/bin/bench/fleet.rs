@@ -241,6 +241,31 @@ pub(crate) async fn wait_release(
     Ok(at)
 }
 
+/// After a fan-out push `out` (`what` in messages): every host of `fleet`
+/// updated, and the instant the last agent answered on the release.
+pub(crate) async fn all_serve(
+    fleet: &Fleet,
+    out: &Outcome,
+    what: &str,
+    timeout: Duration,
+) -> anyhow::Result<Instant> {
+    let n = fleet.workers.len();
+    anyhow::ensure!(
+        out.hosts.len() == n && out.hosts.iter().all(|h| h.status == "updated"),
+        "{what} to {n} did not update every host: {}",
+        out.raw
+    );
+    let sha = out.hosts[0]
+        .sha256
+        .clone()
+        .ok_or_else(|| anyhow!("no release sha256 in {}", out.raw))?;
+    let mut last = Instant::now();
+    for w in &fleet.workers {
+        last = last.max(wait_release(w, &sha, timeout).await?);
+    }
+    Ok(last)
+}
+
 /// Read per-host results out of the CLI's JSON, whatever its exact
 /// shape: an array of host objects under `hosts`/`results`, or at the top.
 fn host_outcomes(raw: &Value) -> Vec<HostOutcome> {

@@ -479,19 +479,7 @@ pub(crate) async fn fanout_section(
                 settle::settle().await;
                 let start = Instant::now();
                 let out = fleet.update(None, &tree.root, parallel).await?;
-                ensure!(
-                    out.hosts.len() == n && out.hosts.iter().all(|h| h.status == "updated"),
-                    "fan-out push to {n} did not update every host: {}",
-                    out.raw
-                );
-                let sha = out.hosts[0]
-                    .sha256
-                    .clone()
-                    .ok_or_else(|| anyhow!("no release sha256 in {}", out.raw))?;
-                let mut last = Instant::now();
-                for w in &fleet.workers {
-                    last = last.max(fleet::wait_release(w, &sha, SETTLE_TIMEOUT).await?);
-                }
+                let last = fleet::all_serve(&fleet, &out, "fan-out push", SETTLE_TIMEOUT).await?;
                 let row = report.row(
                     &key,
                     &format!("fan-out: swarm update --all to {n} worker(s) ({how}), total"),
