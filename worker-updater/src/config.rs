@@ -57,7 +57,7 @@ pub struct Args {
     pub probe_attempts: u32,
     /// Pause after a failed probe, in ms, for the first 500 ms; then it
     /// doubles up to the max.
-    #[arg(long, env = "SWARM_UPDATER_PROBE_BACKOFF_MS", default_value_t = 10)]
+    #[arg(long, env = "SWARM_UPDATER_PROBE_BACKOFF_MS", default_value_t = 5)]
     pub probe_backoff_ms: u64,
     /// Largest pause between probes, in ms.
     #[arg(
