@@ -68,11 +68,14 @@ pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Seed this process's random generator on a thread of its own, now.
-/// aws-lc seeds it once per process, on first use, from CPU jitter and
-/// the OS (tens of milliseconds of CPU on the bench VM); a command that
-/// starts this before its local work (the CLI's scan, the agent's set-up)
-/// does not wait for it in its first TLS handshake. Nothing is weakened:
-/// the same seeding runs, only earlier.
+/// aws-lc seeds it once per process, on first use. This workspace builds
+/// aws-lc without CPU-jitter entropy (`.cargo/config.toml`), so that is a
+/// `getrandom` and this call costs one short thread; a build that keeps
+/// the jitter collector (one outside this workspace's config, or with
+/// `AWS_LC_SYS_NO_JITTER_ENTROPY=0`) spends ~35 ms of CPU there, and a
+/// command that starts this before its local work (the CLI's scan, the
+/// agent's set-up) does not wait for it in its first TLS handshake.
+/// Nothing is weakened: the same seeding runs, only earlier.
 pub fn warm_random() {
     let _ = std::thread::Builder::new()
         .name("seed-random".into())
